@@ -1,0 +1,86 @@
+"""Command line: ``python -m tailor <command>``; the everyday interface is doit (see dodo.py).
+
+Commands::
+
+    check [RECIPE ...]          validate recipes (all by default)
+    config APP                  resolve and verify APP's kernel config (like doit config:APP)
+    explain APP SYMBOL          why SYMBOL has its value in APP's config
+    pin-source [PACKAGE]        pin the installed linux-source package in kernel-sources.lock
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tailor.errors import TailorError
+
+
+def _check(args) -> int:
+    from tailor.recipe import RECIPES_DIR, find, load
+
+    paths = args.recipes or sorted(str(p) for p in RECIPES_DIR.glob("*.yaml"))
+    bad = 0
+    for p in paths:
+        try:
+            r = load(p) if p.endswith((".yaml", ".yml")) else find(p)
+            print(f"ok    {r.name}: {r.description}")
+        except TailorError as e:
+            bad += 1
+            print(f"error {e}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _config(args) -> int:
+    from tailor.config import configure
+    from tailor.recipe import find
+
+    configure(find(args.app))
+    return 0
+
+
+def _explain(args) -> int:
+    from tailor.tasks import explain
+
+    explain(args.app, args.symbol)
+    return 0
+
+
+def _pin(args) -> int:
+    from tailor.source import LOCK_FILE, pin
+
+    entry = pin(args.package)
+    print(f"pinned {args.package} {entry['version']} sha256 {entry['sha256']} in {LOCK_FILE.name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tailor",
+                                     description="tailor: per-app microVM kernels and root filesystems")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="validate recipes")
+    p.add_argument("recipes", nargs="*", help="recipe names or files (default: all in recipes/)")
+    p.set_defaults(fn=_check)
+    p = sub.add_parser("config", help="resolve and verify an app's kernel config")
+    p.add_argument("app")
+    p.set_defaults(fn=_config)
+    p = sub.add_parser("explain", help="why a symbol has its value in an app's config")
+    p.add_argument("app")
+    p.add_argument("symbol")
+    p.set_defaults(fn=_explain)
+    p = sub.add_parser("pin-source", help="pin the installed Debian kernel source package")
+    p.add_argument("package", nargs="?", default="linux-source-6.1")
+    p.set_defaults(fn=_pin)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except TailorError as e:
+        print(f"tailor: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tailor: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The kernel stage: build a resolved ``.config`` out of tree, keyed by the config's identity.
+
+Kernels live in ``out/kernel/<identity>/``: the kbuild object tree in
+``build/`` and the artefacts beside it (``bzImage``, ``vmlinux``,
+``System.map``, ``config``, ``build.log``, ``kernel.json``). Recipes whose
+resolved configs (and sources) are identical share one directory, so the
+second one costs nothing. ``kernel.json`` is written last: a directory
+without it is an unfinished build, which the next run simply continues in the
+same object tree (kbuild is incremental).
+
+Before compiling, kbuild's own ``make olddefconfig`` must reproduce the
+engine's ``.config`` byte for byte; otherwise the build stops, because the
+engine and kbuild disagree about what this kernel is.
+
+The environment is fixed for reproducible output: SOURCE_DATE_EPOCH and
+KBUILD_BUILD_TIMESTAMP, KBUILD_BUILD_USER/HOST/VERSION, file-prefix maps,
+LC_ALL=C and TZ=UTC. ccache is used when installed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from tailor.errors import TailorError
+from tailor.kconfig import config_diff
+from tailor.util import (Progress, atomic_path, file_lock, human_size, makedirs, out_dir, read_json,
+                         write_json)
+
+DEFAULT_EPOCH = 1672531200
+"""SOURCE_DATE_EPOCH when the environment sets none (2023-01-01, around Linux 6.1's release)."""
+
+ARTEFACTS = {
+    "bzImage": "arch/x86/boot/bzImage",
+    "vmlinux": "vmlinux",
+    "System.map": "System.map",
+}
+_OBJ_LINE = re.compile(r"^\s+(CC|AS|CPP|HOSTCC|LD|AR|GEN|OBJCOPY|LDS)\s+\S")
+_COMPILE_LINE = re.compile(r"^\s+(CC|AS)\s+\S")
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH from the environment, else :data:`DEFAULT_EPOCH`."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if raw:
+        if not raw.isdigit():
+            raise TailorError(f"SOURCE_DATE_EPOCH={raw!r}: must be a whole number of seconds")
+        return int(raw)
+    return DEFAULT_EPOCH
+
+
+def kernel_root() -> Path:
+    return out_dir() / "kernel"
+
+
+def kernel_dir(identity: str) -> Path:
+    return kernel_root() / identity[:16]
+
+
+def app_pointer(app: str) -> Path:
+    """Per-app file naming the kernel an app uses (the kernel task's target)."""
+    return kernel_root() / "by-app" / f"{app}.json"
+
+
+def make_env(srctree: Path, objdir: Path) -> tuple[dict[str, str], list[str]]:
+    """The environment and make variables for a reproducible kbuild run."""
+    epoch = source_date_epoch()
+    stamp = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%a %b %d %H:%M:%S UTC %Y")
+    env = dict(os.environ)
+    for var in ("KCONFIG_FUNCTIONS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "CFLAGS", "LDFLAGS", "ARCH"):
+        env.pop(var, None)
+    env.update({
+        "SOURCE_DATE_EPOCH": str(epoch),
+        "KBUILD_BUILD_TIMESTAMP": stamp,
+        "KBUILD_BUILD_USER": "tailor",
+        "KBUILD_BUILD_HOST": "tailor",
+        "KBUILD_BUILD_VERSION": "1",
+        "LC_ALL": "C",
+        "TZ": "UTC",
+    })
+    maps = f"-ffile-prefix-map={objdir.resolve()}/= -ffile-prefix-map={srctree.resolve()}/="
+    make_vars = ["ARCH=x86_64", "LOCALVERSION=", f"KCFLAGS={maps}", f"KAFLAGS={maps}"]
+    if shutil.which("ccache"):
+        env.setdefault("CCACHE_BASEDIR", str(out_dir().resolve()))
+        env.setdefault("CCACHE_NOHASHDIR", "1")
+        make_vars += ["CC=ccache gcc", "HOSTCC=ccache gcc"]
+    return env, make_vars
+
+
+def _make(srctree: Path, objdir: Path, targets: list[str], jobs: int | None = None) -> tuple[list[str], dict]:
+    env, make_vars = make_env(srctree, objdir)
+    cmd = ["make", "-C", str(srctree.resolve()), f"O={objdir.resolve()}"] + make_vars
+    if jobs:
+        cmd.append(f"-j{jobs}")
+    return cmd + targets, env
+
+
+def kbuild_olddefconfig(srctree: Path, objdir: Path, config_text: str) -> str:
+    """Put *config_text* in *objdir*, run kbuild's ``make olddefconfig`` there; return the .config it writes."""
+    makedirs(objdir)
+    cfg = objdir / ".config"
+    cfg.write_text(config_text)
+    cmd, env = _make(srctree, objdir, ["-s", "olddefconfig"])
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    except OSError as e:
+        raise TailorError(f"cannot run make ({e.strerror}); run ./setup.sh") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise TailorError(f"make olddefconfig failed in {objdir}: {' | '.join(tail) or 'no output'}")
+    return cfg.read_text()
+
+
+def olddefconfig_check(srctree: Path, objdir: Path, config_text: str) -> None:
+    """Fail unless kbuild's olddefconfig reproduces *config_text* byte for byte."""
+    theirs = kbuild_olddefconfig(srctree, objdir, config_text)
+    if theirs != config_text:
+        diffs = config_diff(config_text, theirs)
+        raise TailorError(f"kbuild's olddefconfig disagrees with tailor's resolved config "
+                          f"({'; '.join(diffs)}); this is a bug in the engine, please report it")
+
+
+def _estimate(enabled: int) -> int:
+    """Estimated objects to compile, from earlier builds of this project (nearest by option count)."""
+    hist = kernel_root() / "objects.json"
+    try:
+        data = read_json(hist) if hist.exists() else {}
+    except TailorError:
+        data = {}
+    if data:
+        near = min(data, key=lambda k: abs(int(k) - enabled))
+        return max(1, round(int(data[near]) * enabled / max(1, int(near))))
+    return max(200, int(enabled * 1.6))
+
+
+def _record_estimate(enabled: int, objects: int) -> None:
+    hist = kernel_root() / "objects.json"
+    try:
+        data = read_json(hist) if hist.exists() else {}
+    except TailorError:
+        data = {}
+    data[str(enabled)] = objects
+    write_json(hist, data)
+
+
+def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jobs: int | None = None,
+                   label: str = "kernel") -> int:
+    """Run ``make bzImage`` in *objdir*, logging to *log_path* and showing progress; return objects compiled."""
+    jobs = jobs or os.cpu_count() or 1
+    cmd, env = _make(srctree, objdir, ["bzImage"], jobs)
+    estimate = _estimate(enabled)
+    progress = Progress(f"[{label}]")
+    tail: deque[str] = deque(maxlen=40)
+    compiled = 0
+    makedirs(log_path.parent)
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+        except OSError as e:
+            raise TailorError(f"cannot run make ({e.strerror}); run ./setup.sh") from None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line.rstrip("\n"))
+                if _COMPILE_LINE.match(line):
+                    compiled += 1
+                    estimate = max(estimate, compiled)
+                    progress.update(f"{compiled}/~{estimate} objects compiled")
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if rc != 0:
+        progress.done("FAILED")
+        sys.stderr.write("".join(f"  | {t}\n" for t in list(tail)[-25:]))
+        raise TailorError(f"kernel build failed (make exited {rc}); full log: {log_path}")
+    progress.done(f"done, {compiled} objects compiled")
+    return compiled
+
+
+def build(config_path: Path, srctree: Path, identity: str, source_label: str = "",
+          jobs: int | None = None, label: str = "kernel") -> dict:
+    """Build the kernel for *config_path* (unless one with this identity exists); return its metadata."""
+    config_text = Path(config_path).read_text()
+    kdir = kernel_dir(identity)
+    meta_path = kdir / "kernel.json"
+    with file_lock(kernel_root() / f".{identity[:16]}.lock", f"kernel build {identity[:16]}"):
+        if meta_path.exists():
+            meta = read_json(meta_path)
+            if meta.get("identity") == identity and all((kdir / a).exists() for a in ARTEFACTS):
+                print(f"[{label}] reusing kernel {identity[:16]} (identical config)", file=sys.stderr)
+                return meta
+        objdir = kdir / "build"
+        olddefconfig_check(srctree, objdir, config_text)
+        enabled = sum(1 for ln in config_text.splitlines() if ln.startswith("CONFIG_") and ln.endswith("=y"))
+        log_tmp = kdir / "build.log.partial"
+        compiled = compile_kernel(srctree, objdir, log_tmp, enabled, jobs, label)
+        for name, rel in ARTEFACTS.items():
+            with atomic_path(kdir / name) as tmp:
+                shutil.copyfile(objdir / rel, tmp)
+        with atomic_path(kdir / "config") as tmp:
+            shutil.copyfile(objdir / ".config", tmp)
+        os.replace(log_tmp, kdir / "build.log")
+        total = sum(1 for ln in (kdir / "build.log").read_text(errors="replace").splitlines()
+                    if _COMPILE_LINE.match(ln))
+        if compiled == total and compiled > 0:
+            _record_estimate(enabled, compiled)
+        meta = {
+            "identity": identity,
+            "source": source_label,
+            "enabled": enabled,
+            "objects_compiled": compiled,
+            "source_date_epoch": source_date_epoch(),
+            "sizes": {name: (kdir / name).stat().st_size for name in ARTEFACTS},
+            "artefacts": {name: name for name in list(ARTEFACTS) + ["config", "build.log"]},
+        }
+        write_json(meta_path, meta)
+    sizes = meta["sizes"]
+    print(f"[{label}] bzImage {human_size(sizes['bzImage'])}, vmlinux {human_size(sizes['vmlinux'])} "
+          f"in {kdir}", file=sys.stderr)
+    return meta
+
+
+def link_app(app: str, identity: str, meta: dict) -> Path:
+    """Write the per-app pointer to the kernel it uses."""
+    kdir = kernel_dir(identity)
+    return write_json(app_pointer(app), {
+        "app": app,
+        "identity": identity,
+        "dir": str(kdir),
+        "bzImage": str(kdir / "bzImage"),
+        "vmlinux": str(kdir / "vmlinux"),
+        "sizes": meta["sizes"],
+        "enabled": meta["enabled"],
+    })
+
+
+def build_for(recipe) -> dict:
+    """The kernel stage for one recipe: build (or reuse) the kernel of its resolved config."""
+    from tailor import config, source
+
+    paths = config.config_paths(recipe.name)
+    try:
+        identity = paths["identity"].read_text().strip()
+    except FileNotFoundError:
+        raise TailorError(f"{paths['identity']}: missing; run `doit config:{recipe.name}` first") from None
+    ref = source.recipe_ref(recipe)
+    srctree = source.prepare(ref)
+    meta = build(paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.name}")
+    link_app(recipe.name, identity, meta)
+    return meta
+
+
+def tasks(recipes, action):
+    """doit tasks ``kernel:<app>``: one per recipe; identical configs share one build."""
+    from tailor import config, source
+
+    for r in recipes:
+        paths = config.config_paths(r.name)
+        yield {
+            "basename": "kernel", "name": r.name,
+            "doc": f"build the kernel of {r.name} (bzImage, vmlinux, System.map)",
+            "actions": [action(build_for, r)],
+            "file_dep": [str(paths["config"]), str(paths["identity"]),
+                         str(source.stamp_path(source.recipe_ref(r)))],
+            "targets": [str(app_pointer(r.name))],
+            "verbosity": 2,
+        }

@@ -1,0 +1,597 @@
+"""Recipes: ``recipes/<app>.yaml`` read, validated as a whole and turned into one typed model.
+
+A recipe is data only. :func:`load` parses the YAML while keeping the line of
+every key, rejects duplicate keys, unknown keys and wrong types with one line
+that names the file, the line and the key path, and returns a frozen
+:class:`Recipe`. Nothing here touches the kernel tree or the network.
+
+Example (the README documents every key)::
+
+    description: redis-server as init
+    kernel:
+      base: [lupine-base]
+      options: {NET: y, INET: y, EPOLL: y}
+    rootfs:
+      packages: [redis-server]
+    app:
+      command: redis-server
+      args: [--protected-mode, "no"]
+      network: true
+    test:
+      ready: Ready to accept connections
+      probe: {type: redis, port: 6379}
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tailor.errors import TailorError
+from tailor.util import PROJECT, canonical_json, sha256_text
+
+RECIPES_DIR = PROJECT / "recipes"
+BASE_CONFIGS_DIR = PROJECT / "base_configs"
+ROOTFS_DIR = PROJECT / "rootfs"
+
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SYMBOL = re.compile(r"^[A-Za-z0-9_]+$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_SOURCE_PACKAGE = "linux-source-6.1"
+
+
+# --------------------------------------------------------------------------
+# YAML with line numbers
+
+
+class _Located:
+    """Parsed YAML plus the line of every key path, for error messages."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self.lines: dict[tuple, int] = {}
+
+    def line(self, keypath: tuple) -> int | None:
+        while keypath:
+            if keypath in self.lines:
+                return self.lines[keypath]
+            keypath = keypath[:-1]
+        return self.lines.get((), None)
+
+    def error(self, keypath: tuple, message: str) -> TailorError:
+        line = self.line(keypath)
+        where = f"{_rel(self.file)}:{line}" if line else f"{_rel(self.file)}"
+        key = ".".join(str(k) for k in keypath)
+        return TailorError(f"{where}: {key + ': ' if key else ''}{message}")
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT))
+    except ValueError:
+        return str(path)
+
+
+def _load_yaml(path: Path, text: str) -> tuple[Any, _Located]:
+    loc = _Located(path)
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        problem = (e.problem or e.context or "syntax error").strip()
+        raise TailorError(f"{_rel(path)}{line}: YAML syntax error: {problem}; fix the YAML") from None
+    except yaml.YAMLError as e:
+        raise TailorError(f"{_rel(path)}: YAML error: {str(e).splitlines()[0]}") from None
+    if node is None:
+        raise TailorError(f"{_rel(path)}: the recipe is empty; it needs at least an `app` section")
+    constructor = yaml.SafeLoader("")
+
+    def build(n, keypath):
+        loc.lines.setdefault(keypath, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            out = {}
+            for knode, vnode in n.value:
+                if not isinstance(knode, yaml.ScalarNode):
+                    raise loc.error(keypath, f"line {knode.start_mark.line + 1}: keys must be plain names")
+                key = constructor.construct_object(knode)
+                if not isinstance(key, (str, int)) or isinstance(key, bool):
+                    key = str(knode.value)
+                key = str(key)
+                sub = keypath + (key,)
+                if key in out:
+                    first = loc.lines.get(sub)
+                    loc.lines[sub] = knode.start_mark.line + 1
+                    raise loc.error(sub, f"duplicate key (first on line {first}); keep one")
+                loc.lines[sub] = knode.start_mark.line + 1
+                out[key] = build(vnode, sub)
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [build(v, keypath + (i,)) for i, v in enumerate(n.value)]
+        try:
+            return constructor.construct_object(n)
+        except yaml.YAMLError as e:
+            raise loc.error(keypath, f"bad value: {str(e).splitlines()[0]}") from None
+
+    return build(node, ()), loc
+
+
+# --------------------------------------------------------------------------
+# The typed model
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the kernel source comes from.
+
+    ``kind`` is ``debian`` (the ``linux-source-6.1`` package's tarball, pinned
+    in ``kernel-sources.lock``), ``url`` or ``path``; the latter two carry the
+    sha256 the tarball must have.
+    """
+
+    kind: str = "debian"
+    package: str = DEFAULT_SOURCE_PACKAGE
+    url: str | None = None
+    path: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Patch:
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    source: Source = field(default_factory=Source)
+    base: tuple[str, ...] = ("lupine-base",)
+    options: tuple[tuple[str, Any], ...] = ()
+    """(symbol without CONFIG_, value) in recipe order; values are 'y', 'n', int or str."""
+    option_lines: tuple[tuple[str, int], ...] = ()
+    resolve: str = "strict"
+    patches: tuple[Patch, ...] = ()
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    packages: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    overlay: tuple[str, ...] = ()
+    format: str = "cpio"
+    slim: bool = True
+    size_mib: int | None = None
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/"
+    network: bool = False
+
+
+@dataclass(frozen=True)
+class Probe:
+    type: str = "none"
+    port: int | None = None
+    path: str = "/"
+    status: int = 200
+    body: str | None = None
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    ready: str = ""
+    probe: Probe = field(default_factory=Probe)
+    memory: int = 256
+    timeout: int = 180
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One validated recipe. ``digests`` holds a stable hash of each section's data."""
+
+    name: str
+    path: Path
+    description: str
+    kernel: KernelSpec
+    rootfs: RootfsSpec
+    app: AppSpec
+    test: TestSpec
+    digests: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def fragment_paths(self, base_dir: Path = BASE_CONFIGS_DIR) -> list[Path]:
+        """The base fragments' files, in order."""
+        return [base_dir / f"{b}.config" for b in self.kernel.base]
+
+
+# --------------------------------------------------------------------------
+# Validation
+
+
+def _type_name(v) -> str:
+    if v is None:
+        return "nothing"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "a number"
+    if isinstance(v, float):
+        return "a decimal number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "a mapping"
+    return type(v).__name__
+
+
+class _Checker:
+    def __init__(self, loc: _Located):
+        self.loc = loc
+
+    def err(self, keypath, msg):
+        return self.loc.error(keypath, msg)
+
+    def mapping(self, value, keypath, allowed: dict[str, str], required=()):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.err(keypath, f"expected a mapping, got {_type_name(value)}")
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+                hint = f"did you mean `{close[0]}`?" if close else f"allowed keys: {', '.join(allowed)}"
+                raise self.err(keypath + (key,), f"unknown key; {hint}")
+        for key in required:
+            if key not in value:
+                raise self.err(keypath, f"missing required key `{key}` ({allowed[key]})")
+        return value
+
+    def string(self, value, keypath, nonempty=True, pattern=None, what="a string"):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.err(keypath, f"expected {what}, got {_type_name(value)}")
+        if not isinstance(value, str):
+            raise self.err(keypath, f"expected {what}, got {_type_name(value)}; quote it")
+        if nonempty and not value.strip():
+            raise self.err(keypath, f"expected {what}, got an empty string")
+        if pattern is not None and not pattern.match(value):
+            raise self.err(keypath, f"{value!r} is not {what}")
+        return value
+
+    def text(self, value, keypath):
+        """A free-form string that may also be written as a number (e.g. an argv item)."""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.err(keypath, f"expected a string, got {_type_name(value)}")
+        if "\0" in str(value):
+            raise self.err(keypath, "contains a NUL character, which cannot reach a program")
+        return str(value)
+
+    def boolean(self, value, keypath):
+        if not isinstance(value, bool):
+            raise self.err(keypath, f"expected true or false, got {_type_name(value)}")
+        return value
+
+    def integer(self, value, keypath, lo=None, hi=None, what="a number"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.err(keypath, f"expected {what}, got {_type_name(value)}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise self.err(keypath, f"{value} is out of range ({rng})")
+        return value
+
+    def string_list(self, value, keypath, item=None):
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.err(keypath, f"expected a list, got {_type_name(value)}")
+        item = item or (lambda v, kp: self.text(v, kp))
+        return tuple(item(v, keypath + (i,)) for i, v in enumerate(value))
+
+
+def _safe_relpath(c: _Checker, value, keypath) -> str:
+    s = c.string(value, keypath, what="a relative path")
+    p = Path(s)
+    if p.is_absolute() or ".." in p.parts:
+        raise c.err(keypath, f"{s!r} must be a path inside the project, without `..`")
+    return s
+
+
+def _abs_in_tree(c: _Checker, value, keypath, what="an absolute path inside the rootfs") -> str:
+    s = c.string(value, keypath, what=what)
+    if not s.startswith("/") or ".." in Path(s).parts or "\n" in s:
+        raise c.err(keypath, f"{s!r} is not {what} (starts with /, no `..`)")
+    return s
+
+
+def _kernel(c: _Checker, raw, recipe_dir: Path) -> KernelSpec:
+    kp = ("kernel",)
+    raw = c.mapping(raw, kp, {
+        "source": "debian, or a mapping with url+sha256 or path+sha256",
+        "base": "ordered list of base_configs fragment names",
+        "options": "mapping of Kconfig symbol to value",
+        "resolve": "strict or deps",
+        "patches": "list of {path, sha256}",
+        "cmdline": "extra kernel command-line arguments",
+    })
+    # source
+    src = raw.get("source", "debian")
+    if isinstance(src, str):
+        if src != "debian":
+            raise c.err(kp + ("source",), f"{src!r} is not a source; use `debian` or a mapping with url/path and sha256")
+        source = Source()
+    else:
+        s = c.mapping(src, kp + ("source",), {
+            "url": "https URL of a kernel tarball", "path": "local kernel tarball",
+            "sha256": "the tarball's sha256", "package": "Debian source package name",
+        })
+        if "url" in s and "path" in s:
+            raise c.err(kp + ("source",), "give either `url` or `path`, not both")
+        if "url" in s or "path" in s:
+            key = "url" if "url" in s else "path"
+            if "sha256" not in s:
+                raise c.err(kp + ("source",), f"a `{key}` source needs its `sha256` so the tarball can be verified")
+            sha = c.string(s["sha256"], kp + ("source", "sha256"), pattern=SHA256, what="64 lowercase hex digits")
+            loc = c.string(s[key], kp + ("source", key))
+            if key == "url" and not re.match(r"^(https?|file)://", loc):
+                raise c.err(kp + ("source", "url"), f"{loc!r} is not an http(s) or file URL")
+            if key == "path":
+                loc = str((recipe_dir / loc).resolve()) if not loc.startswith("/") else loc
+            if "package" in s:
+                raise c.err(kp + ("source", "package"), "`package` only applies to the debian source")
+            source = Source(kind=key, url=loc if key == "url" else None,
+                            path=loc if key == "path" else None, sha256=sha)
+        else:
+            if "sha256" in s:
+                raise c.err(kp + ("source", "sha256"), "the debian source is pinned in kernel-sources.lock; "
+                            "use `url` or `path` to pin a tarball here")
+            pkg = c.string(s.get("package", DEFAULT_SOURCE_PACKAGE), kp + ("source", "package"),
+                           pattern=re.compile(r"^linux-source-[0-9.]+$"), what="a linux-source-X.Y package name")
+            source = Source(package=pkg)
+    # base
+    base = raw.get("base", ["lupine-base"])
+    base = c.string_list(base, kp + ("base",), item=lambda v, k: c.string(
+        v, k, pattern=SAFE_NAME, what="a fragment name (a file base_configs/<name>.config)"))
+    seen = set()
+    for i, b in enumerate(base):
+        if b in seen:
+            raise c.err(kp + ("base", i), f"fragment {b!r} is listed twice")
+        seen.add(b)
+    # options
+    opts_raw = raw.get("options") or {}
+    if not isinstance(opts_raw, dict):
+        raise c.err(kp + ("options",), f"expected a mapping of symbol to value, got {_type_name(opts_raw)}")
+    options, lines, names = [], [], {}
+    for key, value in opts_raw.items():
+        okp = kp + ("options", key)
+        sym = key[7:] if key.startswith("CONFIG_") else key
+        if not SYMBOL.match(sym) or not sym:
+            raise c.err(okp, "not a Kconfig symbol name (letters, digits and _ only)")
+        if sym in names:
+            raise c.err(okp, f"same symbol as `{names[sym]}`; keep one")
+        names[sym] = key
+        if value is True:
+            value = "y"
+        elif value is False:
+            value = "n"
+        if value == "m":
+            raise c.err(okp, "`m` (module) is not allowed: tailor kernels have no modules; use y or n")
+        if isinstance(value, float) or value is None or isinstance(value, (list, dict)):
+            raise c.err(okp, f"expected y, n, a string or a whole number, got {_type_name(value)}")
+        if isinstance(value, str) and "\n" in value:
+            raise c.err(okp, "a Kconfig value cannot contain a newline")
+        options.append((sym, value))
+        lines.append((sym, c.loc.line(okp) or 0))
+    resolve = raw.get("resolve", "strict")
+    if resolve not in ("strict", "deps"):
+        raise c.err(kp + ("resolve",), f"{resolve!r} is not a resolve mode; use `strict` or `deps`")
+    patches = []
+    for i, p in enumerate(raw.get("patches") or []):
+        pkp = kp + ("patches", i)
+        p = c.mapping(p, pkp, {"path": "patch file, relative to the recipe", "sha256": "its sha256"},
+                      required=("path", "sha256"))
+        ppath = _safe_relpath(c, p["path"], pkp + ("path",))
+        sha = c.string(p["sha256"], pkp + ("sha256",), pattern=SHA256, what="64 lowercase hex digits")
+        patches.append(Patch(path=(recipe_dir / ppath), sha256=sha))
+    if raw.get("patches") is not None and not isinstance(raw.get("patches"), list):
+        raise c.err(kp + ("patches",), "expected a list of {path, sha256}")
+    cmdline = raw.get("cmdline", "")
+    cmdline = c.string(cmdline, kp + ("cmdline",), nonempty=False) if cmdline else ""
+    if "\n" in cmdline:
+        raise c.err(kp + ("cmdline",), "must be one line")
+    return KernelSpec(source=source, base=base, options=tuple(options), option_lines=tuple(lines),
+                      resolve=resolve, patches=tuple(patches), cmdline=cmdline)
+
+
+def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
+    kp = ("rootfs",)
+    raw = c.mapping(raw, kp, {
+        "packages": "Debian packages whose files make the app",
+        "files": "extra in-tree paths kept when slim",
+        "overlay": "directories under rootfs/ copied over the tree",
+        "format": "cpio or ext2",
+        "slim": "keep only what the app needs (default true)",
+        "size_mib": "ext2 image size in MiB (default: computed)",
+    })
+    pkg = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+    packages = c.string_list(raw.get("packages"), kp + ("packages",),
+                             item=lambda v, k: c.string(v, k, pattern=pkg, what="a Debian package name"))
+    files = c.string_list(raw.get("files"), kp + ("files",), item=lambda v, k: _abs_in_tree(c, v, k))
+    if "overlay" in raw:
+        overlay = c.string_list(raw.get("overlay"), kp + ("overlay",),
+                                item=lambda v, k: _safe_relpath(c, v, k))
+    else:
+        overlay = tuple(d for d in ("common", name) if (ROOTFS_DIR / d).is_dir())
+    fmt = raw.get("format", "cpio")
+    if fmt not in ("cpio", "ext2"):
+        raise c.err(kp + ("format",), f"{fmt!r} is not an image format; use `cpio` or `ext2`")
+    slim = c.boolean(raw.get("slim", True), kp + ("slim",))
+    size = raw.get("size_mib")
+    if size is not None:
+        size = c.integer(size, kp + ("size_mib",), lo=1, hi=1 << 20, what="a size in MiB")
+        if fmt != "ext2":
+            raise c.err(kp + ("size_mib",), "only an ext2 image has a size; remove it or use format: ext2")
+    return RootfsSpec(packages=packages, files=files, overlay=overlay, format=fmt, slim=slim, size_mib=size)
+
+
+def _app(c: _Checker, raw) -> AppSpec:
+    kp = ("app",)
+    raw = c.mapping(raw, kp, {
+        "command": "the program run as init (a path, or a name looked up in the rootfs PATH)",
+        "args": "its arguments", "env": "environment variables", "workdir": "working directory",
+        "network": "bring up eth0 on the VMM's user network",
+    }, required=("command",))
+    command = c.string(raw["command"], kp + ("command",), what="a program path or name")
+    if "\n" in command or "\0" in command:
+        raise c.err(kp + ("command",), "must be one line")
+    args = c.string_list(raw.get("args"), kp + ("args",))
+    env_raw = raw.get("env") or {}
+    if not isinstance(env_raw, dict):
+        raise c.err(kp + ("env",), f"expected a mapping of NAME: value, got {_type_name(env_raw)}")
+    env = []
+    for k, v in env_raw.items():
+        if not ENV_NAME.match(k):
+            raise c.err(kp + ("env", k), "not a valid environment variable name (letters, digits, _)")
+        env.append((k, c.text(v, kp + ("env", k))))
+    workdir = _abs_in_tree(c, raw.get("workdir", "/"), kp + ("workdir",), what="an absolute directory")
+    network = c.boolean(raw.get("network", False), kp + ("network",))
+    return AppSpec(command=command, args=args, env=tuple(env), workdir=workdir, network=network)
+
+
+PROBES = ("none", "console", "redis", "http", "tcp")
+
+
+def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
+    kp = ("test",)
+    raw = c.mapping(raw, kp, {
+        "ready": "regular expression the console shows when the app is ready",
+        "probe": "how the host checks the app", "memory": "guest memory in MiB",
+        "timeout": "seconds the whole boot test may take",
+    })
+    ready = raw.get("ready", "")
+    if ready:
+        ready = c.string(ready, kp + ("ready",), what="a regular expression")
+        try:
+            re.compile(ready)
+        except re.error as e:
+            raise c.err(kp + ("ready",), f"not a valid regular expression ({e})") from None
+    pkp = kp + ("probe",)
+    praw = raw.get("probe", {"type": "none"})
+    if isinstance(praw, str):
+        praw = {"type": praw}
+    praw = c.mapping(praw, pkp, {
+        "type": "/".join(PROBES), "port": "guest TCP port", "path": "HTTP path",
+        "status": "expected HTTP status", "body": "text the HTTP body must contain",
+        "expect": "regular expression the console must show",
+    }, required=("type",))
+    ptype = praw["type"]
+    if ptype not in PROBES:
+        raise c.err(pkp + ("type",), f"{ptype!r} is not a probe; use one of {', '.join(PROBES)}")
+    port = praw.get("port")
+    if port is not None:
+        port = c.integer(port, pkp + ("port",), lo=1, hi=65535, what="a TCP port")
+    if ptype in ("redis", "http", "tcp"):
+        if port is None:
+            raise c.err(pkp, f"a {ptype} probe needs `port` (the guest port the app listens on)")
+        if not app.network:
+            raise c.err(pkp, f"a {ptype} probe talks to the app over the network; set app.network: true")
+    path = praw.get("path", "/")
+    path = c.string(path, pkp + ("path",), what="an HTTP path")
+    if not path.startswith("/") or any(ch.isspace() for ch in path):
+        raise c.err(pkp + ("path",), f"{path!r} is not an HTTP path (starts with /, no spaces)")
+    status = c.integer(praw.get("status", 200), pkp + ("status",), lo=100, hi=599, what="an HTTP status")
+    body = praw.get("body")
+    if body is not None:
+        body = c.text(body, pkp + ("body",))
+    expect = praw.get("expect")
+    if expect is not None:
+        expect = c.string(expect, pkp + ("expect",), what="a regular expression")
+        try:
+            re.compile(expect)
+        except re.error as e:
+            raise c.err(pkp + ("expect",), f"not a valid regular expression ({e})") from None
+    if ptype == "console" and expect is None:
+        raise c.err(pkp, "a console probe needs `expect` (what the console must show)")
+    memory = c.integer(raw.get("memory", 256), kp + ("memory",), lo=16, hi=65536, what="MiB of guest memory")
+    timeout = c.integer(raw.get("timeout", 180), kp + ("timeout",), lo=1, hi=24 * 3600, what="seconds")
+    return TestSpec(ready=ready, probe=Probe(type=ptype, port=port, path=path, status=status,
+                                             body=body, expect=expect),
+                    memory=memory, timeout=timeout)
+
+
+def parse(text: str, path: Path) -> Recipe:
+    """Validate recipe *text* read from *path*; return the model or raise a one-line TailorError."""
+    path = Path(path)
+    data, loc = _load_yaml(path, text)
+    c = _Checker(loc)
+    data = c.mapping(data, (), {
+        "name": "the app's name (default: the file name)", "description": "one line about the recipe",
+        "kernel": "kernel section", "rootfs": "rootfs section", "app": "app section", "test": "test section",
+    }, required=("app",))
+    name = data.get("name", path.stem)
+    name = c.string(name, ("name",), pattern=SAFE_NAME,
+                    what="a safe name (lowercase letters, digits, - and _; at most 63)")
+    description = c.string(data.get("description", ""), ("description",), nonempty=False)
+    kernel = _kernel(c, data.get("kernel"), path.parent)
+    rootfs = _rootfs(c, data.get("rootfs"), name)
+    app = _app(c, data.get("app"))
+    test = _test(c, data.get("test"), app)
+    digests = {sec: sha256_text(canonical_json(data.get(sec))) for sec in ("kernel", "rootfs", "app", "test")}
+    return Recipe(name=name, path=path, description=description, kernel=kernel, rootfs=rootfs,
+                  app=app, test=test, digests=digests)
+
+
+def load(path: str | Path) -> Recipe:
+    """Read and validate one recipe file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TailorError(f"{_rel(path)}: no such recipe file") from None
+    except OSError as e:
+        raise TailorError(f"{_rel(path)}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TailorError(f"{_rel(path)}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    return parse(text, path)
+
+
+def find(name: str, recipes_dir: Path = RECIPES_DIR) -> Recipe:
+    """Load ``recipes/<name>.yaml``; an unknown name lists the recipes there."""
+    if not SAFE_NAME.match(name or ""):
+        raise TailorError(f"{name!r}: not a recipe name (lowercase letters, digits, - and _)")
+    path = recipes_dir / f"{name}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"recipes: {', '.join(names) or 'none'}"
+        raise TailorError(f"{_rel(path)}: no such recipe; {hint}")
+    return load(path)
+
+
+def all_recipes(recipes_dir: Path = RECIPES_DIR) -> list[Recipe]:
+    """Every recipe in *recipes_dir*, sorted by name; names must be unique."""
+    out, seen = [], {}
+    for p in sorted(recipes_dir.glob("*.yaml")):
+        r = load(p)
+        if r.name in seen:
+            raise TailorError(f"{_rel(p)}: name {r.name!r} is already used by {_rel(seen[r.name])}")
+        seen[r.name] = p
+        out.append(r)
+    return out

@@ -1,0 +1,500 @@
+"""The rootfs stage: Debian packages + overlays + a generated init -> a deterministic image.
+
+Steps, each a plain function:
+
+1. :func:`apt_closure` resolves the packages' dependency closure with apt as
+   if nothing were installed (so the result does not depend on the host);
+   :func:`download` fetches the .debs into ``out/cache/debs`` with
+   ``apt-get download`` (apt verifies them against the signed archive
+   indexes; cached files are checked against the index's SHA256 again);
+   :func:`extract` unpacks them with ``dpkg-deb -x`` (no root needed).
+2. :func:`stage` builds the image tree: with ``slim`` (the default) only the
+   entrypoint, its ELF shared-library closure resolved inside the extracted
+   tree, the recipe's ``files`` and busybox; otherwise the whole tree. Then
+   the overlays (``rootfs/common``, ``rootfs/<app>``) and ``/init``, rendered
+   from ``templates/init.sh.j2`` with every recipe value shell-quoted.
+3. :func:`pack_cpio` / :func:`pack_ext2` write the image: same inputs, same
+   bytes (sorted entries, times clamped to SOURCE_DATE_EPOCH, owner 0:0,
+   fixed UUID and hash seed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from tailor import cpio
+from tailor.elf import library_closure, read_dynamic, resolve_in_root
+from tailor.errors import TailorError
+from tailor.kernel import source_date_epoch
+from tailor.recipe import ROOTFS_DIR, Recipe, _rel
+from tailor.util import (PROJECT, atomic_path, file_lock, makedirs, out_dir, remove, sha256_file,
+                         write_atomic, write_json)
+
+TEMPLATES_DIR = PROJECT / "templates"
+INIT_TEMPLATE = "init.sh.j2"
+ROOTFS_VERSION = "1"
+"""Bump when the stage's output for the same recipe changes (invalidates rootfs tasks)."""
+
+ALWAYS_PACKAGES = ("busybox-static",)
+"""Packages every rootfs gets: busybox provides the few tools the init uses."""
+
+GUEST_ADDRESS = "10.0.2.15/24"
+GUEST_GATEWAY = "10.0.2.2"
+PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+SKELETON_DIRS = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "tmp": 0o1777, "run": 0o755,
+                 "root": 0o700, "etc": 0o755, "var": 0o755, "var/tmp": 0o1777}
+
+
+def rootfs_dir(app: str) -> Path:
+    return out_dir() / "rootfs" / app
+
+
+def image_path(recipe: Recipe) -> Path:
+    return rootfs_dir(recipe.name) / f"rootfs.{recipe.rootfs.format}"
+
+
+def manifest_path(app: str) -> Path:
+    return rootfs_dir(app) / "rootfs.json"
+
+
+def deb_cache() -> Path:
+    return out_dir() / "cache" / "debs"
+
+
+def _apt_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"})
+    return env
+
+
+# --------------------------------------------------------------------------
+# Packages
+
+
+def apt_closure(packages: list[str], origin: str = "rootfs.packages") -> list[tuple[str, str, str]]:
+    """The (name, version, arch) of every package needed to install *packages* on an empty system."""
+    cmd = ["apt-get", "-s", "-q", "-o", "Dir::State::status=/dev/null", "-o", "APT::Install-Recommends=false",
+           "-o", "APT::Install-Suggests=false", "-o", "pkgCacheGen::Essential=none", "install"] + list(packages)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_apt_env(), stdin=subprocess.DEVNULL)
+    except OSError:
+        raise TailorError("apt-get not found; tailor builds root filesystems from Debian packages") from None
+    if proc.returncode != 0:
+        text = proc.stdout + proc.stderr
+        m = re.search(r"Unable to locate package (\S+)", text) or re.search(
+            r"Package '?([^' ]+)'? has no installation candidate", text)
+        if m:
+            raise TailorError(f"{origin}: package {m.group(1)!r} does not exist in the apt sources; "
+                              f"check the name (apt-cache search) or run apt-get update")
+        lines = [ln for ln in text.splitlines() if ln.startswith("E:")] or text.strip().splitlines()[-1:]
+        raise TailorError(f"{origin}: apt cannot resolve {' '.join(packages)}: {lines[0] if lines else '?'}")
+    out = []
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^Inst (\S+) (?:\[\S+\] )?\((\S+) .*\[(\S+)\]\)", line)
+        if m:
+            name = m.group(1).split(":")[0]
+            out.append((name, m.group(2), m.group(3)))
+    if not out:
+        raise TailorError(f"{origin}: apt resolved nothing to install for {' '.join(packages)}")
+    return sorted(out)
+
+
+def _deb_name(name: str, version: str, arch: str) -> str:
+    return f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
+
+
+def _index_sha256(specs: list[str]) -> dict[str, str]:
+    """SHA256 of each ``name=version`` from apt's (signature-verified) package indexes."""
+    proc = subprocess.run(["apt-cache", "show", "--no-all-versions"] + specs, capture_output=True, text=True,
+                          env=_apt_env())
+    out, pkg, ver = {}, None, None
+    for line in proc.stdout.splitlines():
+        if line.startswith("Package: "):
+            pkg = line.split(None, 1)[1]
+        elif line.startswith("Version: "):
+            ver = line.split(None, 1)[1]
+        elif line.startswith("SHA256: ") and pkg and ver:
+            out[f"{pkg}={ver}"] = line.split(None, 1)[1].strip()
+    return out
+
+
+def download(closure: list[tuple[str, str, str]]) -> list[Path]:
+    """Fetch the .debs of *closure* into the cache (apt verifies them); return their paths, in order."""
+    cache = makedirs(deb_cache())
+    paths = [cache / _deb_name(*p) for p in closure]
+    specs = [f"{n}={v}" for n, v, _a in closure]
+    want = _index_sha256(specs)
+    missing = []
+    for (n, v, _a), path in zip(closure, paths):
+        if path.exists() and want.get(f"{n}={v}") and sha256_file(path) != want[f"{n}={v}"]:
+            path.unlink()
+        if not path.exists():
+            missing.append(f"{n}={v}")
+    if missing:
+        with file_lock(cache / ".lock", "the .deb cache"):
+            scratch = Path(makedirs(cache / f".download-{os.getpid()}"))
+            try:
+                print(f"tailor: downloading {len(missing)} package(s) with apt", file=sys.stderr, flush=True)
+                proc = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root"] + missing,
+                                      cwd=scratch, capture_output=True, text=True, env=_apt_env(),
+                                      stdin=subprocess.DEVNULL)
+                if proc.returncode != 0:
+                    err = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("E:")]
+                    raise TailorError(f"apt-get download failed: {(err or ['see apt output'])[0]}")
+                for f in sorted(scratch.iterdir()):
+                    os.replace(f, cache / f.name)
+            finally:
+                remove(scratch)
+    for path in paths:
+        if not path.exists():
+            raise TailorError(f"{path.name}: apt did not download it; run apt-get update and retry")
+    return paths
+
+
+def extract(debs: list[Path], dest: Path) -> None:
+    """Unpack every .deb into *dest* with ``dpkg-deb -x`` (in order; later files win)."""
+    makedirs(dest)
+    for deb in debs:
+        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise TailorError(f"{deb.name}: dpkg-deb cannot extract it ({proc.stderr.strip()[:200]}); "
+                              f"delete it from {deb.parent} and retry")
+
+
+# --------------------------------------------------------------------------
+# Staging
+
+
+def find_command(tree: Path, command: str, origin: str) -> str:
+    """The in-tree absolute path of the app's command (a path, or a name looked up in PATH)."""
+    candidates = [command] if command.startswith("/") else [f"{d}/{command}" for d in PATH_DIRS]
+    for c in candidates:
+        real = resolve_in_root(tree, c)
+        host = tree / real.lstrip("/")
+        if host.is_file() and os.access(host, os.X_OK):
+            return c
+    where = "" if command.startswith("/") else " (searched PATH in the packages' files)"
+    raise TailorError(f"{origin}: {command!r} is not in the packages{where}; "
+                      f"add the package that provides it to rootfs.packages")
+
+
+def _link_target(tree: Path, path: str) -> str:
+    """Where the symlink at in-tree *path* points, as a normalised in-tree absolute path."""
+    text = os.readlink(tree / path.lstrip("/"))
+    base = text if text.startswith("/") else os.path.join(os.path.dirname(path), text)
+    parts = []
+    for part in base.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def copy_in(tree: Path, stage: Path, path: str, depth: int = 0) -> None:
+    """Copy in-tree *path* from *tree* to *stage*, recreating symlinks on the way (and their targets)."""
+    if depth > 40:
+        raise TailorError(f"{path}: too many levels of symbolic links in the packages")
+    parts = [p for p in path.split("/") if p]
+    cur = ""
+    for i, part in enumerate(parts):
+        cur += "/" + part
+        src = tree / cur.lstrip("/")
+        dst = stage / cur.lstrip("/")
+        rest = "/".join(parts[i + 1:])
+        if src.is_symlink():
+            if not dst.is_symlink() and not dst.exists():
+                os.symlink(os.readlink(src), dst)
+            target = _link_target(tree, cur)
+            copy_in(tree, stage, target + ("/" + rest if rest else ""), depth + 1)
+            return
+        if not src.exists():
+            raise TailorError(f"{path}: not in the packages' files")
+        if i < len(parts) - 1 or src.is_dir():
+            if dst.is_symlink():
+                raise TailorError(f"{cur}: is a symlink in the image but a directory in the packages")
+            if not dst.exists():
+                dst.mkdir()
+                os.chmod(dst, stat.S_IMODE(src.stat().st_mode))
+            if i == len(parts) - 1:
+                for child in sorted(os.listdir(src)):
+                    copy_in(tree, stage, f"{cur}/{child}", depth)
+        elif not dst.exists():
+            shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[str]:
+    out = []
+    for pat in patterns:
+        matches = sorted("/" + str(p.relative_to(tree)) for p in tree.glob(pat.lstrip("/")))
+        if not matches and (tree / pat.lstrip("/")).is_symlink():
+            matches = [pat]
+        if not matches:
+            raise TailorError(f"{origin}: {pat!r} matches nothing in the packages' files")
+        out += matches
+    return out
+
+
+def _check_overlay(overlay: Path, origin: str) -> list[Path]:
+    """Every file of an overlay directory, refusing symlinks that escape it and special files."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(overlay):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            rel = p.relative_to(overlay)
+            if p.is_symlink():
+                text = os.readlink(p)
+                if not text.startswith("/"):
+                    depth = len(rel.parts) - 1
+                    for part in Path(text).parts:
+                        depth += -1 if part == ".." else (0 if part == "." else 1)
+                        if depth < 0:
+                            raise TailorError(f"{_rel(p)}: symlink to {text!r} points outside the rootfs; "
+                                              f"use a path inside it")
+                files.append(p)
+            elif p.is_file():
+                files.append(p)
+            elif not p.is_dir():
+                raise TailorError(f"{_rel(p)}: not a regular file, directory or symlink; remove it")
+    return files
+
+
+def apply_overlay(stage: Path, overlay: Path, origin: str) -> None:
+    """Copy *overlay* over *stage*; never writes through a symlink of the stage."""
+    if not overlay.is_dir():
+        raise TailorError(f"{origin}: overlay directory {_rel(overlay)} does not exist")
+    for p in _check_overlay(overlay, origin):
+        rel = p.relative_to(overlay)
+        dst = stage / rel
+        parent = stage
+        for part in rel.parts[:-1]:
+            parent = parent / part
+            if parent.is_symlink():
+                raise TailorError(f"{_rel(p)}: would be written through the symlink /{parent.relative_to(stage)} "
+                                  f"of the image; put it at the symlink's target instead")
+            if not parent.exists():
+                parent.mkdir(mode=0o755)
+        if dst.is_symlink() or dst.is_file():
+            dst.unlink()
+        elif dst.is_dir() and not p.is_dir() or (p.is_symlink() and dst.is_dir()):
+            shutil.rmtree(dst)
+        if p.is_symlink():
+            os.symlink(os.readlink(p), dst)
+        elif p.is_dir():
+            dst.mkdir(exist_ok=True)
+            os.chmod(dst, 0o755)
+        else:
+            shutil.copyfile(p, dst)
+            os.chmod(dst, 0o755 if os.access(p, os.X_OK) else 0o644)
+
+
+def render(template: str, **values) -> str:
+    """Render ``templates/<template>`` with jinja2; the ``sh`` filter shell-quotes a value."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["sh"] = lambda v: shlex.quote(str(v))
+    env.filters["tojson"] = lambda v: __import__("json").dumps(v, ensure_ascii=False)
+    try:
+        return env.get_template(template).render(**values)
+    except jinja2.TemplateError as e:
+        raise TailorError(f"templates/{template}: {e}") from None
+
+
+def init_script(recipe: Recipe, command_path: str) -> str:
+    """The app-as-init script for *recipe* (every recipe value shell-quoted by the template)."""
+    app = recipe.app
+    return render(INIT_TEMPLATE, name=recipe.name, command=command_path, args=list(app.args),
+                  env=list(app.env), workdir=app.workdir, network=app.network,
+                  address=GUEST_ADDRESS, gateway=GUEST_GATEWAY, path=":".join(PATH_DIRS))
+
+
+def normalise(stage: Path, epoch: int) -> None:
+    """Clamp every mtime to *epoch* and, as root, make root own everything (deterministic images)."""
+    is_root = os.geteuid() == 0
+    for dirpath, dirnames, filenames in os.walk(stage, topdown=False):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            if is_root:
+                os.lchown(p, 0, 0)
+            os.utime(p, (epoch, epoch), follow_symlinks=False)
+    if is_root:
+        os.lchown(stage, 0, 0)
+    os.utime(stage, (epoch, epoch))
+
+
+def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
+    """Build the image tree of *recipe* in *dest* from the extracted packages in *tree*."""
+    origin = _rel(recipe.path)
+    command = find_command(tree, recipe.app.command, f"{origin}: app.command")
+    remove(dest)
+    if recipe.rootfs.slim:
+        dest.mkdir(parents=True)
+        keep = {command, "/bin/busybox"}
+        files = _expand_files(tree, recipe.rootfs.files, f"{origin}: rootfs.files")
+        programs = [command, "/bin/busybox"] + [
+            f for f in files if (tree / f.lstrip("/")).is_file()
+            and not (tree / f.lstrip("/")).is_symlink() and read_dynamic(tree / f.lstrip("/")) is not None]
+        try:
+            keep.update(library_closure(tree, programs))
+        except TailorError as e:
+            raise TailorError(f"{origin}: {e}") from None
+        keep.update(files)
+        for p in sorted(keep):
+            copy_in(tree, dest, p)
+    else:
+        shutil.copytree(tree, dest, symlinks=True)
+    for d, mode in SKELETON_DIRS.items():
+        p = dest / d
+        if not p.exists() and not p.is_symlink():
+            p.mkdir(parents=True)
+        if not p.is_symlink():
+            os.chmod(p, mode)
+    sh = dest / "bin" / "sh"
+    if not sh.exists() and not sh.is_symlink():
+        makedirs(sh.parent)
+        os.symlink("busybox", sh)
+    for name in recipe.rootfs.overlay:
+        apply_overlay(dest, ROOTFS_DIR / name, f"{origin}: rootfs.overlay")
+    workdir = dest / recipe.app.workdir.lstrip("/")
+    if recipe.app.workdir != "/" and not workdir.is_dir():
+        raise TailorError(f"{origin}: app.workdir {recipe.app.workdir!r} is not a directory in the rootfs; "
+                          f"create it with an overlay or fix the path")
+    init = dest / "init"
+    if init.exists() or init.is_symlink():
+        init.unlink()
+    init.write_text(init_script(recipe, command))
+    os.chmod(init, 0o755)
+    return {"command": command}
+
+
+# --------------------------------------------------------------------------
+# Images
+
+
+def pack_cpio(stage_dir: Path, image: Path, epoch: int) -> None:
+    """Write an uncompressed newc cpio of *stage_dir*, with /dev/console, to *image* (atomically)."""
+    entries = [e for e in cpio.entries_from_tree(str(stage_dir), epoch) if e.path != "dev/console"]
+    entries.append(cpio.device_entry("dev/console", 5, 1, mode=0o600, mtime=epoch))
+    entries.sort(key=lambda e: e.path.encode())
+    cpio.write_archive(str(image), entries)
+
+
+def _tree_size(stage_dir: Path) -> tuple[int, int]:
+    blocks, inodes = 0, 1
+    for dirpath, dirnames, filenames in os.walk(stage_dir):
+        for name in dirnames + filenames:
+            inodes += 1
+            st = os.lstat(os.path.join(dirpath, name))
+            blocks += (st.st_size + 4095) // 4096 + 1
+    return blocks, inodes
+
+
+def pack_ext2(stage_dir: Path, image: Path, epoch: int, name: str, size_mib: int | None = None) -> None:
+    """Write an ext2 image of *stage_dir* with ``mke2fs -d``, deterministic (fixed UUID, seed, times)."""
+    blocks, inodes = _tree_size(stage_dir)
+    if size_mib is None:
+        size_mib = max(8, int(blocks * 4096 * 1.25 / (1 << 20)) + 8)
+    fixed = str(uuid.uuid5(uuid.NAMESPACE_URL, f"tailor-rootfs:{name}"))
+    env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(epoch), MKE2FS_CONFIG="/dev/null", LC_ALL="C", TZ="UTC")
+    with atomic_path(image) as tmp:
+        cmd = ["mke2fs", "-q", "-F", "-t", "ext2", "-b", "4096", "-I", "256", "-m", "0",
+               "-N", str(inodes + 64), "-O", "none,sparse_super,large_file,filetype,dir_index,ext_attr",
+               "-U", fixed, "-E", f"hash_seed={fixed},root_owner=0:0,no_copy_xattrs",
+               "-L", "tailor-root", "-d", str(stage_dir), str(tmp), f"{size_mib}M"]
+        if os.geteuid() != 0 and shutil.which("fakeroot"):
+            cmd = ["fakeroot"] + cmd
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        except OSError:
+            raise TailorError("mke2fs not found; install e2fsprogs (./setup.sh does)") from None
+        if proc.returncode != 0:
+            detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["?"]
+            hint = "; raise rootfs.size_mib" if "space" in detail[0].lower() or "full" in detail[0].lower() else ""
+            raise TailorError(f"mke2fs failed for {name} ({size_mib} MiB): {detail[0]}{hint}")
+
+
+def build(recipe: Recipe) -> dict:
+    """The rootfs stage for one recipe: packages -> staged tree -> image; returns the manifest."""
+    rdir = makedirs(rootfs_dir(recipe.name))
+    epoch = source_date_epoch()
+    origin = _rel(recipe.path)
+    packages = sorted(set(recipe.rootfs.packages) | set(ALWAYS_PACKAGES))
+    closure = apt_closure(packages, f"{origin}: rootfs.packages")
+    debs = download(closure)
+    work = rdir / "work"
+    remove(work)
+    try:
+        full = work / "packages"
+        extract(debs, full)
+        staged = work / "image"
+        info = stage(recipe, full, staged)
+        normalise(staged, epoch)
+        image = image_path(recipe)
+        for other in ("cpio", "ext2"):
+            if other != recipe.rootfs.format:
+                remove(rdir / f"rootfs.{other}")
+        if recipe.rootfs.format == "cpio":
+            pack_cpio(staged, image, epoch)
+        else:
+            pack_ext2(staged, image, epoch, recipe.name, recipe.rootfs.size_mib)
+        files = sum(1 for _ in staged.rglob("*"))
+    finally:
+        remove(work)
+    manifest = {
+        "app": recipe.name,
+        "format": recipe.rootfs.format,
+        "image": image.name,
+        "size": image.stat().st_size,
+        "sha256": sha256_file(image),
+        "slim": recipe.rootfs.slim,
+        "files": files,
+        "command": info["command"],
+        "packages": [{"name": n, "version": v, "arch": a} for n, v, a in closure],
+        "source_date_epoch": epoch,
+    }
+    write_json(manifest_path(recipe.name), manifest)
+    print(f"[rootfs:{recipe.name}] {image.name}: {manifest['size'] / 1e6:.2f} MB, {files} files, "
+          f"{len(closure)} packages", file=sys.stderr)
+    return manifest
+
+
+def _overlay_files(recipe: Recipe) -> list[str]:
+    out = []
+    for name in recipe.rootfs.overlay:
+        d = ROOTFS_DIR / name
+        if d.is_dir():
+            out += [str(p) for p in sorted(d.rglob("*")) if p.is_file() and not p.is_symlink()]
+    return out
+
+
+def tasks(recipes, action):
+    """doit tasks ``rootfs:<app>``: rebuilt only when the recipe's rootfs/app sections, overlays or init template change."""
+    from doit.tools import config_changed
+
+    for r in recipes:
+        yield {
+            "basename": "rootfs", "name": r.name,
+            "doc": f"build the {r.rootfs.format} root filesystem of {r.name} "
+                   f"({', '.join(r.rootfs.packages) or 'no packages'}; app as init)",
+            "actions": [action(build, r)],
+            "file_dep": _overlay_files(r) + [str(TEMPLATES_DIR / INIT_TEMPLATE)],
+            "targets": [str(image_path(r)), str(manifest_path(r.name))],
+            "uptodate": [config_changed({"rootfs": r.digests["rootfs"], "app": r.digests["app"],
+                                         "version": ROOTFS_VERSION})],
+            "verbosity": 2,
+        }

@@ -1,0 +1,207 @@
+"""Small helpers shared by every stage: project paths, atomic writes, hashing, locks.
+
+Every file that tailor produces is written to a temporary name in the same
+directory and renamed into place, so a final path only ever holds a complete
+file, whatever happens to the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from tailor.errors import TailorError
+
+PROJECT = Path(__file__).resolve().parent.parent
+"""The project's top directory (the one that holds dodo.py)."""
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def out_dir() -> Path:
+    """Where every build output goes: ``out/`` in the project, or ``$TAILOR_OUT``."""
+    return Path(os.environ.get("TAILOR_OUT") or PROJECT / "out")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file's contents."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as e:
+        raise TailorError(f"{path}: cannot read ({e.strerror})") from None
+    return h.hexdigest()
+
+
+def sha256_text(text: str | bytes) -> str:
+    """Return the hex sha256 of a string (UTF-8) or bytes."""
+    if isinstance(text, str):
+        text = text.encode()
+    return hashlib.sha256(text).hexdigest()
+
+
+def canonical_json(data) -> str:
+    """JSON with sorted keys and no insignificant whitespace: stable input for hashes."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _os_error(path, e: OSError) -> TailorError:
+    if e.errno == errno.ENOSPC:
+        return TailorError(f"{path}: no space left on device; free some space (e.g. `doit clean`) and rerun")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return TailorError(f"{path}: not writable ({e.strerror}); fix the permissions of the output directory")
+    return TailorError(f"{path}: {e.strerror}")
+
+
+def makedirs(path: str | os.PathLike) -> Path:
+    """mkdir -p with a one-line error on failure."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside *path*; on success rename it to *path*.
+
+    On any exception the temporary file (or directory) is removed and *path*
+    is left untouched.
+    """
+    path = Path(path)
+    makedirs(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        if tmp.is_file() and not tmp.is_symlink():
+            os.chmod(tmp, mode if mode is not None else 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except OSError as e:
+        remove(tmp)
+        raise _os_error(path, e) from None
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int | None = None) -> Path:
+    """Write *data* to *path* atomically (temporary file + rename); return the path."""
+    with atomic_path(path, mode) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """Write *data* as indented, key-sorted JSON, atomically."""
+    return write_atomic(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    """Read a JSON file written by :func:`write_json`; a clear error if it is missing or broken."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise TailorError(f"{path}: missing; run the stage that writes it first") from None
+    except (OSError, ValueError) as e:
+        raise TailorError(f"{path}: unreadable ({e}); delete it and rerun") from None
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Remove a file, symlink or directory tree if it exists."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the finished directory *tmp* to *final*, replacing an older one."""
+    final = Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old.{os.getpid()}")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old is not None:
+        remove(old)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive flock on *path* for the duration of the block.
+
+    When another process holds it, say so on stderr and wait (or, with
+    ``wait=False``, raise a TailorError naming *what* is busy).
+    """
+    makedirs(Path(path).parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise TailorError(f"{what} is in use by another tailor process; wait for it to finish") from None
+            print(f"tailor: waiting for another process using {what} ...", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def human_size(n: int) -> str:
+    """Format a byte count as e.g. '1.65 MB' (decimal units, as kernel sizes are usually quoted)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+class Progress:
+    """A one-line progress display on stderr: rewritten in place on a terminal, throttled lines otherwise."""
+
+    def __init__(self, label: str, interval: float = 10.0):
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.interval = interval
+        self._last = 0.0
+
+    def update(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            if force or now - self._last >= 0.2:
+                sys.stderr.write(f"\r\033[K{self.label}: {text}")
+                sys.stderr.flush()
+                self._last = now
+        elif force or now - self._last >= self.interval:
+            sys.stderr.write(f"{self.label}: {text}\n")
+            sys.stderr.flush()
+            self._last = now
+
+    def done(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        sys.stderr.write(f"{self.label}: {text}\n")
+        sys.stderr.flush()
