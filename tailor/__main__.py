@@ -33,9 +33,10 @@ def _check(args) -> int:
 
 def _config(args) -> int:
     from tailor.config import configure
-    from tailor.recipe import find
+    from tailor.recipe import find, load
 
-    configure(find(args.app))
+    recipe = load(args.app) if args.app.endswith((".yaml", ".yml")) else find(args.app)
+    configure(recipe)
     return 0
 
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recipes", nargs="*", help="recipe names or files (default: all in recipes/)")
     p.set_defaults(fn=_check)
     p = sub.add_parser("config", help="resolve and verify an app's kernel config")
-    p.add_argument("app")
+    p.add_argument("app", help="a recipe name, or a recipe file")
     p.set_defaults(fn=_config)
     p = sub.add_parser("explain", help="why a symbol has its value in an app's config")
     p.add_argument("app")

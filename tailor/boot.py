@@ -26,9 +26,11 @@ The VM never outlives the test:
 Accelerator: :func:`detect_accel` picks KVM only when ``/dev/kvm`` opens
 read-write and the CPU flags show ``vmx`` or ``svm``; a paravirtual nested
 KVM without them (where a guest hangs silently) gives TCG at once. If KVM was
-chosen anyway and the guest prints nothing within
-:data:`NO_OUTPUT_S` seconds, the boot is rerun under TCG and the result says
-so (``fallback_from_kvm``).
+chosen anyway and the guest prints nothing within :data:`NO_OUTPUT_S`
+seconds, or qemu fails under KVM before the guest prints anything (qemu 7.2
+aborts with "failed to set MSR" for ``-cpu host`` on that nested KVM), the
+boot is rerun under TCG and the result says so (``fallback_from_kvm``, with
+the KVM attempt's failure in ``kvm_failure``).
 """
 
 from __future__ import annotations
@@ -302,7 +304,7 @@ def assess(con: ConsoleState, probe_type: str, now: float, timeout: float, *,
         return Verdict("fail", _panic_reason(con, ready))
     if exit_status is not None:
         when = "before the console probe matched" if ready else "before ready"
-        return Verdict("fail", f"qemu exited with status {exit_status} {when}")
+        return Verdict("fail", f"{_exit_text(exit_status)} {when}")
     if con.first_output_s is None and now >= no_output_s:
         return Verdict("fail", f"no console output within {no_output_s:g} s", no_output=True)
     if now >= timeout:
@@ -312,6 +314,16 @@ def assess(con: ConsoleState, probe_type: str, now: float, timeout: float, *,
             return Verdict("fail", f"kernel did not reach init within {timeout:g} s")
         return Verdict("fail", f"ready pattern {con.ready!r} not seen within {timeout:g} s")
     return None
+
+
+def _exit_text(status: int) -> str:
+    """``qemu exited with status N``, or ``qemu was killed by SIGX`` for a negative Popen status."""
+    if status < 0:
+        try:
+            return f"qemu was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"qemu was killed by signal {-status}"
+    return f"qemu exited with status {status}"
 
 
 def _panic_reason(con: ConsoleState, ready: bool) -> str:
@@ -330,7 +342,15 @@ def _panic_reason(con: ConsoleState, ready: bool) -> str:
 
 
 class ProbeFailed(Exception):
-    """A probe gave up; str() is the detail (without the ``<type> probe:`` prefix)."""
+    """A probe gave up; str() is the detail (without the ``<type> probe:`` prefix).
+
+    When nothing answered properly before the deadline, ``last`` holds the
+    last error seen (and str() says how long the probe tried).
+    """
+
+    def __init__(self, detail: str, last: str | None = None):
+        super().__init__(detail)
+        self.last = last
 
 
 class _Mismatch(Exception):
@@ -353,25 +373,24 @@ def _retry(attempt: Callable[[float], str], deadline: float,
     """
     start = time.monotonic()
     mismatch_since = None
-    last = "no attempt made"
+    last, answered = "no attempt made", False
     while True:
         if abort is not None and (why := abort()):
             raise ProbeFailed(why)
-        now = time.monotonic()
         try:
-            return attempt(max(0.2, min(5.0, deadline - now)))
+            return attempt(max(0.2, min(5.0, deadline - time.monotonic())))
         except _Mismatch as e:
             now = time.monotonic()
             mismatch_since = mismatch_since or now
-            if now - mismatch_since >= MISMATCH_GRACE_S or now >= deadline:
-                raise ProbeFailed(str(e)) from None
-            last = str(e)
+            last, answered = str(e), True
+            if now - mismatch_since >= MISMATCH_GRACE_S:
+                raise ProbeFailed(last) from None
         except (OSError, http.client.HTTPException, _Closed) as e:
-            last = _describe(e)
-            if time.monotonic() >= deadline:
-                raise ProbeFailed(f"no answer within {deadline - start:.0f} s (last error: {last})") from None
+            last, answered = _describe(e), False
         if time.monotonic() >= deadline:
-            raise ProbeFailed(f"{last} (probe deadline reached)")
+            if answered:
+                raise ProbeFailed(last)
+            raise ProbeFailed(f"no answer within {deadline - start:.0f} s (last error: {last})", last=last)
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
@@ -559,14 +578,16 @@ class _Attempt:
     stderr: str = ""
 
 
-def _boot_once(recipe, cmd: list[str], hostport: int | None, timeout: float,
+def _new_console(recipe) -> ConsoleState:
+    probe = recipe.test.probe
+    return ConsoleState(ready=recipe.test.ready, expect=probe.expect if probe.type == "console" else None)
+
+
+def _boot_once(recipe, cmd: list[str], con: ConsoleState, hostport: int | None, timeout: float,
                no_output_s: float) -> _Attempt:
-    """Start qemu with *cmd*, watch the console and probe the app; qemu is dead when this returns."""
-    test = recipe.test
-    probe = test.probe
-    att = _Attempt(con=ConsoleState(ready=test.ready, expect=probe.expect if probe.type == "console" else None),
-                   cmd=cmd)
-    con = att.con
+    """Start qemu with *cmd*, feed its console to *con*, probe the app; qemu is dead when this returns."""
+    probe = recipe.test.probe
+    att = _Attempt(con=con, cmd=cmd)
     cond = threading.Condition()
     preexec = _pdeathsig_preexec()
     with tempfile.TemporaryFile() as errf:
@@ -585,7 +606,7 @@ def _boot_once(recipe, cmd: list[str], hostport: int | None, timeout: float,
             reader.start()
             att.verdict = _watch(proc, reader, con, cond, t0, timeout, no_output_s, probe.type)
             if att.verdict.state == "probe":
-                att.verdict, att.probe_detail = _probe(recipe, proc, con, cond, hostport, t0 + timeout)
+                att.verdict, att.probe_detail = _probe(recipe, proc, con, cond, hostport, t0, timeout)
             elif att.verdict.state == "pass":
                 att.probe_detail = _console_detail(con, probe.type)
         finally:
@@ -594,7 +615,7 @@ def _boot_once(recipe, cmd: list[str], hostport: int | None, timeout: float,
             proc.stdout.close()
             errf.seek(0)
             att.stderr = errf.read(8192).decode("utf-8", errors="replace").strip()
-    if att.verdict.state == "fail" and att.verdict.reason.startswith("qemu exited") and att.stderr:
+    if att.verdict.state == "fail" and att.verdict.reason.startswith("qemu ") and att.stderr:
         first = att.stderr.splitlines()[0]
         att.verdict = Verdict("fail", f"{att.verdict.reason}: {first}")
     return att
@@ -622,9 +643,10 @@ def _watch(proc: subprocess.Popen, reader: _Reader, con: ConsoleState, cond: thr
 
 
 def _probe(recipe, proc: subprocess.Popen, con: ConsoleState, cond: threading.Condition,
-           hostport: int, deadline: float) -> tuple[Verdict, str]:
-    """Run the recipe's network probe against 127.0.0.1:*hostport* until *deadline* (monotonic)."""
+           hostport: int, t0: float, timeout: float) -> tuple[Verdict, str]:
+    """Run the recipe's network probe against 127.0.0.1:*hostport* until *timeout* s after *t0* (monotonic)."""
     p = recipe.test.probe
+    deadline = t0 + timeout
 
     def abort() -> str | None:
         with cond:
@@ -632,7 +654,7 @@ def _probe(recipe, proc: subprocess.Popen, con: ConsoleState, cond: threading.Co
                 return _panic_reason(con, True)
         status = proc.poll()
         if status is not None:
-            return f"qemu exited with status {status} during the probe"
+            return f"{_exit_text(status)} during the probe"
         return None
 
     try:
@@ -644,8 +666,10 @@ def _probe(recipe, proc: subprocess.Popen, con: ConsoleState, cond: threading.Co
             detail = probe_tcp(hostport, deadline, abort=abort)
     except ProbeFailed as e:
         why = str(e)
-        if why.startswith(("qemu exited", "kernel panic", "init exited")):
+        if why.startswith(("qemu ", "kernel panic", "init exited")):
             return Verdict("fail", why), why
+        if e.last is not None:
+            why = f"no answer from guest port {p.port} within the {timeout:g} s test timeout (last error: {e.last})"
         return Verdict("fail", f"{p.type} probe: {why}"), why
     return Verdict("pass"), f"{detail} (guest port {p.port} via 127.0.0.1:{hostport})"
 
@@ -691,15 +715,34 @@ def run(recipe, kernel: Path, image: Path, outdir: Path, *, accel: str | None = 
     test, probe = recipe.test, recipe.test.probe
     chosen = detect_accel(accel)
     network = bool(recipe.app.network)
-    hostport = free_port() if (probe.type in NETWORK_PROBES and network) else None
-    hostfwd = [(hostport, probe.port)] if hostport is not None else None
+    forward = probe.type in NETWORK_PROBES and network
     name = f"tailor-{recipe.name}-{os.getpid()}-{secrets.token_hex(4)}"
-    fallback = False
     start = time.monotonic()
+    fallback, fallback_reason = False, ""
     att: _Attempt | None = None
+    con = _new_console(recipe)
+    hostport = free_port() if forward else None
     reason = ""
-    cmd = qemu_command(kernel, image, recipe.rootfs.format, test.memory, recipe.kernel.cmdline, chosen,
-                       hostfwd, network, name=name)
+
+    def command() -> list[str]:
+        hostfwd = [(hostport, probe.port)] if forward else None
+        return qemu_command(kernel, image, recipe.rootfs.format, test.memory, recipe.kernel.cmdline, chosen,
+                            hostfwd, network, name=name)
+
+    def boot() -> _Attempt:
+        # One boot under `chosen`; a new port if another process took ours first (free_port races).
+        nonlocal con, cmd, hostport
+        for _ in range(3):
+            con = _new_console(recipe)
+            cmd = command()
+            remaining = max(1.0, test.timeout - (time.monotonic() - start))
+            result = _boot_once(recipe, cmd, con, hostport, remaining, NO_OUTPUT_S)
+            if not (forward and result.verdict.state == "fail" and "host forwarding" in result.stderr):
+                break
+            hostport = free_port()
+        return result
+
+    cmd = command()
     try:
         if probe.type in NETWORK_PROBES and not network:
             reason = f"a {probe.type} probe needs app.network: true"
@@ -710,16 +753,14 @@ def run(recipe, kernel: Path, image: Path, outdir: Path, *, accel: str | None = 
         elif shutil.which(QEMU) is None:
             reason = f"{QEMU} not found; run ./setup.sh"
         else:
-            att = _boot_once(recipe, cmd, hostport, float(test.timeout), NO_OUTPUT_S)
-            if att.verdict.no_output and chosen == "kvm":
-                fallback, chosen = True, "tcg"
-                cmd = qemu_command(kernel, image, recipe.rootfs.format, test.memory, recipe.kernel.cmdline,
-                                   chosen, hostfwd, network, name=name)
-                remaining = max(1.0, test.timeout - (time.monotonic() - start))
-                att = _boot_once(recipe, cmd, hostport, remaining, NO_OUTPUT_S)
+            att = boot()
+            if chosen == "kvm" and att.verdict.state == "fail" and att.con.first_output_s is None:
+                # KVM that hangs silently (nested paravirtual KVM) or that qemu cannot use
+                # (e.g. "failed to set MSR" with -cpu host): rerun under TCG.
+                fallback, fallback_reason, chosen = True, att.verdict.reason, "tcg"
+                att = boot()
             reason = att.verdict.reason if att.verdict.state != "pass" else ""
-    finally:
-        con = att.con if att else ConsoleState()
+    finally:  # also on KeyboardInterrupt: keep what the console showed
         write_atomic(outdir / "console.log", con.text())
     passed = att is not None and att.verdict.state == "pass"
     result = {
@@ -728,6 +769,7 @@ def run(recipe, kernel: Path, image: Path, outdir: Path, *, accel: str | None = 
         "reason": "" if passed else reason,
         "accel": chosen,
         "fallback_from_kvm": fallback,
+        "kvm_failure": fallback_reason,
         "time_to_init_s": _round(con.init_s),
         "time_to_ready_s": _round(con.ready_s),
         "probe": {"type": probe.type, "detail": att.probe_detail if att else ""},

@@ -16,8 +16,8 @@ from tailor import source as src
 from tailor.errors import TailorError
 from tailor.kconfig import (Assign, Result, load_tree, parse_fragment, recipe_assigns, resolve,
                             write_outputs)
-from tailor.recipe import BASE_CONFIGS_DIR, Recipe, _rel
-from tailor.util import out_dir
+from tailor.recipe import BASE_CONFIGS_DIR, Recipe
+from tailor.util import display_path, out_dir
 
 ENGINE_VERSION = "1"
 """Bump when the engine's output for the same input changes (invalidates config tasks)."""
@@ -43,10 +43,10 @@ def layers(recipe: Recipe, base_dir: Path = BASE_CONFIGS_DIR) -> list[list[Assig
         path = fragment_path(name, base_dir)
         if not path.is_file():
             have = sorted(p.stem for p in base_dir.glob("*.config"))
-            raise TailorError(f"{_rel(recipe.path)}: kernel.base.{i}: no fragment {name!r} "
+            raise TailorError(f"{display_path(recipe.path)}: kernel.base.{i}: no fragment {name!r} "
                               f"(base_configs/{name}.config); available: {', '.join(have) or 'none'}")
         out.append(parse_fragment(path, label=f"{base_dir.name}/{name}.config"))
-    out.append(recipe_assigns(recipe.kernel.options, _rel(recipe.path), dict(recipe.kernel.option_lines)))
+    out.append(recipe_assigns(recipe.kernel.options, display_path(recipe.path), dict(recipe.kernel.option_lines)))
     return out
 
 
@@ -63,10 +63,7 @@ def configure(recipe: Recipe, srctree: Path | None = None, outdir: Path | None =
         srctree = src.prepare(ref)
         source_id = ref.id
     tree = load_tree(srctree)
-    try:
-        result = resolve(tree, the_layers, recipe.kernel.resolve, source_id=source_id or "")
-    except TailorError as e:
-        raise TailorError(f"{_rel(recipe.path)}: {e}") from None
+    result = resolve(tree, the_layers, recipe.kernel.resolve, source_id=source_id or "")
     write_outputs(result, outdir or config_dir(recipe.name), extra={
         "app": recipe.name, "resolve": recipe.kernel.resolve, "base": list(recipe.kernel.base),
         "kernel_version": tree.version,

@@ -318,8 +318,7 @@ class Outcome:
     why: str = ""
 
     def line(self) -> str:
-        return (f"CONFIG_{self.name}: asked {self.asked}, got {self.resolved or '(unset)'} "
-                f"({self.origin}): {self.why}")
+        return f"{self.origin}: CONFIG_{self.name}: asked {self.asked}, got {self.resolved or '(unset)'}: {self.why}"
 
 
 @dataclass
@@ -638,10 +637,15 @@ def resolve(tree: Tree, layers: list[list[Assign]], mode: str = "strict", source
                                     "" if ok else why(sym, a.value)))
         failed = [o for o in outcomes if not o.ok]
         if failed:
-            hint = ("enable what they depend on, or use `resolve: deps`" if mode == "strict"
-                    else "their dependencies cannot be enabled automatically; see `explain`")
-            lines = [f"{len(failed)} asked option(s) would be dropped by Kconfig (resolve: {mode}); {hint}:"]
-            lines += ["  " + o.line() for o in failed]
+            hint = ("enable what it depends on, or use `resolve: deps`" if mode == "strict"
+                    else "its dependencies cannot be enabled automatically; see `explain`")
+            lines = [o.line() for o in failed]
+            if len(failed) == 1:
+                if failed[0].why.startswith("depends on"):
+                    lines[0] += f"; {hint}"
+            else:
+                lines = [f"{len(failed)} asked options would be dropped by Kconfig (resolve: {mode}): "
+                         f"{', '.join(o.name for o in failed)}"] + ["  " + ln for ln in lines]
             raise ResolveError("\n".join(lines), outcomes)
         config = kconf._config_contents(tree.header())
     added_names = []

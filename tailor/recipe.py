@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from tailor.errors import TailorError
-from tailor.util import PROJECT, canonical_json, sha256_text
+from tailor.util import PROJECT, canonical_json, display_path, sha256_text
 
 RECIPES_DIR = PROJECT / "recipes"
 BASE_CONFIGS_DIR = PROJECT / "base_configs"
@@ -71,11 +71,7 @@ class _Located:
         return TailorError(f"{where}: {key + ': ' if key else ''}{message}")
 
 
-def _rel(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(PROJECT))
-    except ValueError:
-        return str(path)
+_rel = display_path
 
 
 def _load_yaml(path: Path, text: str) -> tuple[Any, _Located]:
@@ -452,7 +448,7 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
 def _app(c: _Checker, raw) -> AppSpec:
     kp = ("app",)
     raw = c.mapping(raw, kp, {
-        "command": "the program run as init (a path, or a name looked up in the rootfs PATH)",
+        "command": "the program run as init: a path, or a name looked up in the rootfs PATH",
         "args": "its arguments", "env": "environment variables", "workdir": "working directory",
         "network": "bring up eth0 on the VMM's user network",
     }, required=("command",))

@@ -34,9 +34,9 @@ from tailor import cpio
 from tailor.elf import library_closure, read_dynamic, resolve_in_root
 from tailor.errors import TailorError
 from tailor.kernel import source_date_epoch
-from tailor.recipe import ROOTFS_DIR, Recipe, _rel
-from tailor.util import (PROJECT, atomic_path, file_lock, makedirs, out_dir, remove, sha256_file,
-                         write_atomic, write_json)
+from tailor.recipe import ROOTFS_DIR, Recipe
+from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, out_dir, remove,
+                         sha256_file, write_json)
 
 TEMPLATES_DIR = PROJECT / "templates"
 INIT_TEMPLATE = "init.sh.j2"
@@ -261,20 +261,20 @@ def _check_overlay(overlay: Path, origin: str) -> list[Path]:
                     for part in Path(text).parts:
                         depth += -1 if part == ".." else (0 if part == "." else 1)
                         if depth < 0:
-                            raise TailorError(f"{_rel(p)}: symlink to {text!r} points outside the rootfs; "
+                            raise TailorError(f"{display_path(p)}: symlink to {text!r} points outside the rootfs; "
                                               f"use a path inside it")
                 files.append(p)
             elif p.is_file():
                 files.append(p)
             elif not p.is_dir():
-                raise TailorError(f"{_rel(p)}: not a regular file, directory or symlink; remove it")
+                raise TailorError(f"{display_path(p)}: not a regular file, directory or symlink; remove it")
     return files
 
 
 def apply_overlay(stage: Path, overlay: Path, origin: str) -> None:
     """Copy *overlay* over *stage*; never writes through a symlink of the stage."""
     if not overlay.is_dir():
-        raise TailorError(f"{origin}: overlay directory {_rel(overlay)} does not exist")
+        raise TailorError(f"{origin}: overlay directory {display_path(overlay)} does not exist")
     for p in _check_overlay(overlay, origin):
         rel = p.relative_to(overlay)
         dst = stage / rel
@@ -282,7 +282,7 @@ def apply_overlay(stage: Path, overlay: Path, origin: str) -> None:
         for part in rel.parts[:-1]:
             parent = parent / part
             if parent.is_symlink():
-                raise TailorError(f"{_rel(p)}: would be written through the symlink /{parent.relative_to(stage)} "
+                raise TailorError(f"{display_path(p)}: would be written through the symlink /{parent.relative_to(stage)} "
                                   f"of the image; put it at the symlink's target instead")
             if not parent.exists():
                 parent.mkdir(mode=0o755)
@@ -339,7 +339,7 @@ def normalise(stage: Path, epoch: int) -> None:
 
 def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     """Build the image tree of *recipe* in *dest* from the extracted packages in *tree*."""
-    origin = _rel(recipe.path)
+    origin = display_path(recipe.path)
     command = find_command(tree, recipe.app.command, f"{origin}: app.command")
     remove(dest)
     if recipe.rootfs.slim:
@@ -432,7 +432,7 @@ def build(recipe: Recipe) -> dict:
     """The rootfs stage for one recipe: packages -> staged tree -> image; returns the manifest."""
     rdir = makedirs(rootfs_dir(recipe.name))
     epoch = source_date_epoch()
-    origin = _rel(recipe.path)
+    origin = display_path(recipe.path)
     packages = sorted(set(recipe.rootfs.packages) | set(ALWAYS_PACKAGES))
     closure = apt_closure(packages, f"{origin}: rootfs.packages")
     debs = download(closure)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from tailor.errors import TailorError
 from tailor.recipe import Recipe, Source
-from tailor.util import (PROJECT, atomic_path, file_lock, makedirs, out_dir, read_json, remove,
-                         sha256_file, sha256_text, write_json)
+from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, out_dir, read_json,
+                         remove, sha256_file, sha256_text, write_json)
 
 LOCK_FILE = PROJECT / "kernel-sources.lock"
 DEBIAN_SRC_DIR = Path("/usr/src")
@@ -134,7 +134,7 @@ def fetch(ref: SourceRef) -> Path:
         if ref.kind == "debian":
             raise TailorError(f"{tarball}: missing; install the Debian package "
                               f"{tarball.name.removesuffix('.tar.xz')} (./setup.sh does)")
-        raise TailorError(f"{tarball}: kernel source tarball does not exist; fix kernel.source.path")
+        raise TailorError(f"{display_path(tarball)}: kernel source tarball does not exist; fix kernel.source.path")
     got = sha256_file(tarball)
     if got != ref.sha256:
         if ref.kind == "debian":
@@ -146,7 +146,7 @@ def fetch(ref: SourceRef) -> Path:
                 f"`python -m tailor pin-source {package}` or pin a kernel.org tarball by url+sha256 in the recipe")
         if ref.kind == "url":
             remove(tarball)
-        raise TailorError(f"{ref.url or tarball}: sha256 is {got}, the recipe pins {ref.sha256}; "
+        raise TailorError(f"{ref.url or display_path(tarball)}: sha256 is {got}, the recipe pins {ref.sha256}; "
                           f"fix kernel.source.sha256 or the tarball")
     return tarball
 

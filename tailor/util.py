@@ -35,6 +35,14 @@ def out_dir() -> Path:
     return Path(os.environ.get("TAILOR_OUT") or PROJECT / "out")
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """*path* relative to the project when inside it (for messages), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Return the hex sha256 of a file's contents."""
     h = hashlib.sha256()

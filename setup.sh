@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up tailor on Debian 12: the Debian packages the pipeline runs (qemu, the
+# kernel source, the kernel's build tools, busybox, e2fsprogs, ...) and a venv
+# in .venv with the pinned Python dependencies of requirements.txt.
+# Idempotent: a second run installs nothing and takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(
+  qemu-system-x86 linux-source-6.1 busybox-static
+  build-essential bc flex bison libelf-dev libssl-dev dwarves
+  e2fsprogs cpio ccache xz-utils patch
+  python3 python3-venv ca-certificates
+)
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup: run as root or install sudo" >&2; exit 1; }
+  sudo=sudo
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# The rootfs stage asks apt for package indexes: make sure there are some.
+lists=$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' 2>/dev/null | head -n 1)
+if [ "${#missing[@]}" -gt 0 ] || [ -z "$lists" ]; then
+  echo "setup: installing Debian packages: ${missing[*]:-(refreshing package lists)}"
+  $sudo apt-get update -q
+  if [ "${#missing[@]}" -gt 0 ]; then
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating .venv with the pinned Python dependencies"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" > .venv/.requirements.sha256
+fi
+echo "setup: ready (activate with: . .venv/bin/activate)"

@@ -1,0 +1,609 @@
+"""Tests for tailor.boot: accelerator choice, qemu argv, console logic, probes on real sockets, and run().
+
+Everything except the ``slow`` test runs without a VM: run() is exercised with
+a fake ``qemu-system-x86_64`` shell script on PATH that prints a console
+transcript. The slow test boots a real kernel when TAILOR_TEST_KERNEL names a
+bzImage.
+"""
+
+import http.server
+import json
+import os
+import shutil
+import socket
+import socketserver
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tailor import boot  # noqa: E402
+from tailor.boot import ConsoleState, ProbeFailed, assess, split_lines  # noqa: E402
+from tailor.errors import TailorError  # noqa: E402
+from tailor.recipe import parse  # noqa: E402
+
+CPUINFO_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme de pse tsc msr vmx sse2\n\n"
+CPUINFO_SVM = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu vme svm sse2 lm\n\n"
+CPUINFO_NONE = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme de pse tsc msr sse2 hypervisor\n\n"
+
+
+def make_recipe(yaml_text, tmp_path):
+    return parse(yaml_text, tmp_path / "t.yaml")
+
+
+# --------------------------------------------------------------------------
+# detect_accel
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv("TAILOR_ACCEL", raising=False)
+
+
+@pytest.fixture
+def kvm_dev(tmp_path):
+    """A stand-in for /dev/kvm that opens read-write."""
+    p = tmp_path / "kvm"
+    p.write_bytes(b"")
+    return p
+
+
+def cpuinfo(tmp_path, text):
+    p = tmp_path / "cpuinfo"
+    p.write_text(text)
+    return p
+
+
+def test_accel_kvm_needs_device_and_virt_flags(no_env, tmp_path, kvm_dev):
+    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "kvm"
+    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_SVM), kvm_path=kvm_dev) == "kvm"
+
+
+def test_accel_paravirtual_kvm_without_flags_is_tcg(no_env, tmp_path, kvm_dev):
+    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_NONE), kvm_path=kvm_dev) == "tcg"
+
+
+def test_accel_missing_device_is_tcg(no_env, tmp_path):
+    info = cpuinfo(tmp_path, CPUINFO_VMX)
+    assert boot.detect_accel(cpuinfo_path=info, kvm_path=tmp_path / "nope") == "tcg"
+    assert boot.detect_accel(cpuinfo_path=tmp_path / "no-cpuinfo", kvm_path=tmp_path / "nope") == "tcg"
+
+
+def test_accel_env_and_force_override(monkeypatch, tmp_path, kvm_dev):
+    info = cpuinfo(tmp_path, CPUINFO_NONE)
+    monkeypatch.setenv("TAILOR_ACCEL", "kvm")
+    assert boot.detect_accel(cpuinfo_path=info, kvm_path=kvm_dev) == "kvm"
+    assert boot.detect_accel("tcg", cpuinfo_path=info, kvm_path=kvm_dev) == "tcg"
+    monkeypatch.setenv("TAILOR_ACCEL", "TCG")
+    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "tcg"
+    monkeypatch.setenv("TAILOR_ACCEL", "hvf")
+    with pytest.raises(TailorError, match="TAILOR_ACCEL='hvf' is not an accelerator"):
+        boot.detect_accel()
+
+
+def test_accel_on_this_machine_is_fast(no_env):
+    t = time.monotonic()
+    accel = boot.detect_accel()
+    assert time.monotonic() - t < 0.5
+    assert accel in ("kvm", "tcg")
+    with open("/proc/cpuinfo") as f:
+        flags = set(" ".join(l for l in f if l.startswith("flags")).split())
+    if not flags & {"vmx", "svm"}:
+        assert accel == "tcg"
+
+
+# --------------------------------------------------------------------------
+# qemu_command
+
+
+def test_qemu_command_cpio_tcg():
+    cmd = boot.qemu_command("/k/bzImage", "/r/rootfs.cpio", "cpio", 128, "", "tcg", None, False)
+    assert cmd[0] == "qemu-system-x86_64"
+    assert cmd[cmd.index("-M") + 1] == "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"
+    assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-cpu") + 1] == "max"
+    assert cmd[cmd.index("-m") + 1] == "128" and cmd[cmd.index("-smp") + 1] == "1"
+    for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
+        assert flag in cmd
+    assert cmd[cmd.index("-display") + 1] == "none" and cmd[cmd.index("-serial") + 1] == "stdio"
+    assert cmd[cmd.index("-kernel") + 1] == "/k/bzImage"
+    assert cmd[cmd.index("-initrd") + 1] == "/r/rootfs.cpio"
+    assert cmd[cmd.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 rdinit=/init"
+    assert "-netdev" not in cmd and "-drive" not in cmd
+
+
+def test_qemu_command_ext2_kvm_extra_args():
+    cmd = boot.qemu_command(Path("/k/bzImage"), Path("/r/root.ext2"), "ext2", 64, "  quiet  loglevel=3 ",
+                            "kvm", None, False, name="tailor-x")
+    assert cmd[cmd.index("-accel") + 1] == "kvm" and cmd[cmd.index("-cpu") + 1] == "host"
+    assert cmd[cmd.index("-drive") + 1] == "id=root,file=/r/root.ext2,format=raw,if=none,snapshot=on"
+    assert cmd[cmd.index("-device") + 1] == "virtio-blk-device,drive=root"
+    assert cmd[cmd.index("-name") + 1] == "tailor-x"
+    assert "-initrd" not in cmd
+    assert cmd[cmd.index("-append") + 1] == ("console=ttyS0 reboot=t panic=-1 root=/dev/vda rw init=/init "
+                                             "quiet loglevel=3")
+
+
+def test_qemu_command_network():
+    cmd = boot.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(40000, 6379), (40001, 80)], True)
+    assert cmd[cmd.index("-netdev") + 1] == ("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40000-:6379,"
+                                             "hostfwd=tcp:127.0.0.1:40001-:80")
+    assert cmd[cmd.index("-device") + 1] == "virtio-net-device,netdev=n0"
+    plain = boot.qemu_command("/k", "/r", "cpio", 256, "", "tcg", None, True)
+    assert plain[plain.index("-netdev") + 1] == "user,id=n0,restrict=on"
+
+
+def test_qemu_command_rejects_bad_input():
+    with pytest.raises(ValueError):
+        boot.qemu_command("/k", "/r", "squashfs", 256, "", "tcg", None, False)
+    with pytest.raises(ValueError):
+        boot.qemu_command("/k", "/r", "cpio", 256, "", "hvf", None, False)
+    with pytest.raises(ValueError):
+        boot.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(1, 2)], False)
+
+
+def test_free_port_is_bindable():
+    port = boot.free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+# --------------------------------------------------------------------------
+# Console parsing and the verdict
+
+
+def test_split_lines_keeps_partial_rest_and_drops_cr():
+    lines, rest = split_lines(b"one\r\ntwo\n\xffbad\r\nthr")
+    assert lines == ["one", "two", "\ufffdbad"]
+    assert rest == b"thr"
+    assert split_lines(b"") == ([], b"")
+    assert split_lines(b"\n") == ([""], b"")
+
+
+def feed_all(con, lines, t0=0.0, step=0.1):
+    for i, line in enumerate(lines):
+        con.feed(line, t0 + i * step)
+    return con
+
+
+KERNEL = ["Linux version 6.1", "Serial: 8250/16550 driver", "Freeing unused kernel image"]
+
+
+def test_console_state_init_and_ready():
+    con = feed_all(ConsoleState(ready=r"Ready to accept"), KERNEL + [
+        "Run /init as init process", "tailor-init: eth0 up", "1:M * Ready to accept connections"])
+    assert con.init_path == "/init" and con.init_index == 3 and con.init_s == pytest.approx(0.3)
+    assert con.ready_index == 5 and con.ready_s == pytest.approx(0.5)
+    assert con.first_output_s == 0.0 and con.panic is None
+    assert "[   0.300] Run /init as init process\n" in con.text()
+
+
+def test_console_state_empty_ready_means_init_any_path():
+    con = feed_all(ConsoleState(), ["[    0.41] Run /sbin/myapp as init process"])
+    assert con.init_path == "/sbin/myapp" and con.ready_index == 0 and con.ready_s == 0.0
+
+
+def test_hello_world_panic_after_ready_passes():
+    con = feed_all(ConsoleState(ready="hello world"), KERNEL + [
+        "Run /init as init process", "hello world", "Kernel panic - not syncing: Attempted to kill init! "
+        "exitcode=0x00000000"])
+    assert con.panic.startswith("Attempted to kill init")
+    assert assess(con, "none", 1.0, 30) == boot.Verdict("pass")
+
+
+def test_panic_before_ready_fails_with_reason():
+    con = feed_all(ConsoleState(ready="never"), KERNEL + [
+        "Run /init as init process", "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"])
+    v = assess(con, "none", 1.0, 30)
+    assert v.state == "fail"
+    assert v.reason == "init exited before ready (kernel panic: Attempted to kill init! exitcode=0x00000100)"
+    con = feed_all(ConsoleState(), KERNEL + ["Kernel panic - not syncing: VFS: Unable to mount root fs"])
+    assert assess(con, "none", 1.0, 30).reason == "kernel panic before init: VFS: Unable to mount root fs"
+
+
+def test_console_probe_expect_then_panic_passes_but_not_the_reverse():
+    con = feed_all(ConsoleState(ready="", expect=r"result=\d+"), [
+        "Run /init as init process", "result=42", "Kernel panic - not syncing: Attempted to kill init!"])
+    assert assess(con, "console", 1.0, 30).state == "pass"
+    con = feed_all(ConsoleState(expect=r"result=\d+"), [
+        "Run /init as init process", "Kernel panic - not syncing: Attempted to kill init!", "result=42"])
+    v = assess(con, "console", 1.0, 30)
+    assert v.state == "fail" and "console probe: pattern 'result=\\\\d+' not seen before a kernel panic" in v.reason
+    waiting = feed_all(ConsoleState(expect="x{3}"), ["Run /init as init process"])
+    assert assess(waiting, "console", 1.0, 30) is None
+    v = assess(waiting, "console", 30.0, 30)
+    assert v.reason == "console probe: pattern 'x{3}' not seen within 30 s"
+
+
+def test_network_probe_waits_for_ready_and_fails_on_later_panic():
+    con = feed_all(ConsoleState(ready="Ready"), ["Run /init as init process"])
+    assert assess(con, "redis", 1.0, 30) is None
+    con.feed("Ready", 1.1)
+    assert assess(con, "redis", 1.2, 30) == boot.Verdict("probe")
+    con.feed("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000b00", 1.3)
+    v = assess(con, "redis", 1.4, 30)
+    assert v.state == "fail" and v.reason.startswith("init exited after ready (kernel panic: Attempted")
+
+
+def test_no_output_timeouts_and_exit():
+    empty = ConsoleState(ready="x")
+    assert assess(empty, "none", 9.9, 30, no_output_s=10) is None
+    v = assess(empty, "none", 10.0, 30, no_output_s=10)
+    assert v.no_output and v.reason == "no console output within 10 s"
+    partial = ConsoleState(ready="x")
+    partial.output(0.5)  # bytes without a newline still count as output
+    assert assess(partial, "none", 11.0, 30, no_output_s=10) is None
+    kernel_only = feed_all(ConsoleState(ready="zzz"), KERNEL)
+    assert assess(kernel_only, "none", 30.0, 30).reason == "kernel did not reach init within 30 s"
+    at_init = feed_all(ConsoleState(ready="Ready to go"), KERNEL + ["Run /init as init process"])
+    assert assess(at_init, "none", 30.0, 30).reason == "ready pattern 'Ready to go' not seen within 30 s"
+    assert assess(at_init, "none", 2.0, 30, exit_status=0).reason == "qemu exited with status 0 before ready"
+    assert assess(at_init, "none", 2.0, 30, exit_status=-6).reason == "qemu was killed by SIGABRT before ready"
+
+
+# --------------------------------------------------------------------------
+# Probes against real sockets on loopback
+
+
+class _Server:
+    """A threaded TCP server on 127.0.0.1 for one test, shut down afterwards."""
+
+    def __init__(self, handler):
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def fake_redis(corrupt_get=False):
+    """A RESP server that knows PING, SET and GET (GET answers garbage with corrupt_get)."""
+    store = {}
+
+    class Handler(socketserver.StreamRequestHandler):
+        def read_command(self):
+            head = self.rfile.readline()
+            if not head:
+                return None
+            assert head.startswith(b"*"), head
+            args = []
+            for _ in range(int(head[1:])):
+                size = int(self.rfile.readline()[1:])
+                args.append(self.rfile.read(size + 2)[:-2])
+            return args
+
+        def handle(self):
+            while (args := self.read_command()) is not None:
+                name = args[0].upper()
+                if name == b"PING":
+                    self.wfile.write(b"+PONG\r\n")
+                elif name == b"SET":
+                    store[args[1]] = args[2]
+                    self.wfile.write(b"+OK\r\n")
+                elif name == b"GET":
+                    value = b"wrong" if corrupt_get else store.get(args[1])
+                    if value is None:
+                        self.wfile.write(b"$-1\r\n")
+                    else:
+                        self.wfile.write(b"$%d\r\n%s\r\n" % (len(value), value))
+                else:
+                    self.wfile.write(b"-ERR unknown command\r\n")
+
+    return _Server(Handler)
+
+
+@pytest.fixture
+def quick_grace(monkeypatch):
+    monkeypatch.setattr(boot, "MISMATCH_GRACE_S", 0.3)
+
+
+def test_redis_probe_passes_against_fake_redis():
+    srv = fake_redis()
+    try:
+        detail = boot.probe_redis(srv.port, time.monotonic() + 5)
+        assert detail == "PING, SET and GET answered correctly"
+    finally:
+        srv.close()
+
+
+def test_redis_probe_reports_wrong_get(quick_grace):
+    srv = fake_redis(corrupt_get=True)
+    try:
+        with pytest.raises(ProbeFailed, match=r"^GET returned b'wrong', expected b'[0-9a-f]{16}'$"):
+            boot.probe_redis(srv.port, time.monotonic() + 5)
+    finally:
+        srv.close()
+
+
+def test_redis_probe_times_out_when_nothing_listens():
+    port = boot.free_port()
+    t = time.monotonic()
+    with pytest.raises(ProbeFailed) as info:
+        boot.probe_redis(port, time.monotonic() + 0.6)
+    assert time.monotonic() - t < 3
+    assert info.value.last == "Connection refused"
+    assert str(info.value).startswith("no answer within")
+
+
+class _HTTPHandler(http.server.BaseHTTPRequestHandler):
+    hosts = []
+
+    def do_GET(self):
+        self.hosts.append(self.headers.get("Host"))
+        body = b"hello tailor\n" if self.path == "/ok" else b"missing\n"
+        self.send_response(200 if self.path == "/ok" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HTTPHandler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_http_probe_passes_and_sends_host(http_server):
+    detail = boot.probe_http(http_server, time.monotonic() + 5, path="/ok", status=200, body="hello tailor")
+    assert detail == "GET /ok -> 200, 13 bytes"
+    assert _HTTPHandler.hosts[-1] == f"127.0.0.1:{http_server}"
+    assert boot.probe_http(http_server, time.monotonic() + 5, path="/gone", status=404).startswith("GET /gone -> 404")
+
+
+def test_http_probe_status_and_body_mismatch(http_server, quick_grace):
+    with pytest.raises(ProbeFailed, match="GET /gone returned status 404, expected 200"):
+        boot.probe_http(http_server, time.monotonic() + 5, path="/gone")
+    with pytest.raises(ProbeFailed, match="GET /ok body does not contain 'bye'"):
+        boot.probe_http(http_server, time.monotonic() + 5, path="/ok", body="bye")
+
+
+def test_http_probe_wrong_answer_at_deadline_is_not_a_timeout(http_server):
+    with pytest.raises(ProbeFailed, match="^GET /gone returned status 404, expected 200$") as info:
+        boot.probe_http(http_server, time.monotonic() + 0.3, path="/gone")
+    assert info.value.last is None
+
+
+def test_tcp_probe_open_versus_closed_at_once():
+    class Hold(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(1)  # keep the connection open until the client goes
+
+    class Slam(socketserver.BaseRequestHandler):
+        def handle(self):
+            pass  # close at once, like user-mode networking with nothing listening in the guest
+
+    hold, slam = _Server(Hold), _Server(Slam)
+    try:
+        assert boot.probe_tcp(hold.port, time.monotonic() + 5, hold=0.3) == "connected; still open after 0.3 s"
+        with pytest.raises(ProbeFailed) as info:
+            boot.probe_tcp(slam.port, time.monotonic() + 0.8, hold=0.3)
+        assert info.value.last == "peer closed the connection at once"
+    finally:
+        hold.close()
+        slam.close()
+
+
+def test_probe_abort_stops_retrying():
+    port = boot.free_port()
+    t = time.monotonic()
+    with pytest.raises(ProbeFailed, match="^qemu exited with status 1 during the probe$"):
+        boot.probe_tcp(port, time.monotonic() + 30, abort=lambda: "qemu exited with status 1 during the probe")
+    assert time.monotonic() - t < 1
+
+
+# --------------------------------------------------------------------------
+# run() with a fake qemu (a shell script printing a console transcript)
+
+
+FAKE_QEMU = r"""#!/bin/sh
+# fake qemu for tailor's tests: behaviour chosen by $FAKE_QEMU_MODE
+case "$*" in *"-accel kvm"*) accel=kvm ;; *) accel=tcg ;; esac
+echo "$$ $accel" >> "$FAKE_QEMU_LOG"
+if [ "$accel" = kvm ] && [ "$FAKE_QEMU_KVM" = hang ]; then exec sleep 30; fi
+case "$FAKE_QEMU_MODE" in
+  hello)
+    printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\nhello from init\r\n'
+    printf 'Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000\r\n'
+    exec sleep 30 ;;
+  panic)
+    printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\n'
+    printf 'Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n'
+    exit 0 ;;
+  silent) exec sleep 30 ;;
+  error) echo "qemu-system-x86_64: -kernel /x: could not load kernel" >&2; exit 1 ;;
+  slow) printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\n'; exec sleep 30 ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_qemu(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "qemu-system-x86_64"
+    script.write_text(FAKE_QEMU)
+    script.chmod(0o755)
+    log = tmp_path / "fake-qemu.log"
+    log.write_text("")
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_QEMU_LOG", str(log))
+    monkeypatch.delenv("TAILOR_ACCEL", raising=False)
+    monkeypatch.setattr(boot, "NO_OUTPUT_S", 0.7)
+    kernel, image = tmp_path / "bzImage", tmp_path / "rootfs.cpio"
+    kernel.write_bytes(b"k")
+    image.write_bytes(b"i")
+
+    def starts():
+        return [line.split() for line in log.read_text().splitlines()]
+
+    return kernel, image, starts
+
+
+def assert_dead(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return
+    raise AssertionError(f"fake qemu {pid} is still running")
+
+
+def test_run_passes_and_kills_vm(tmp_path, fake_qemu, monkeypatch):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "hello")
+    recipe = make_recipe("app: {command: /init}\ntest: {ready: hello from init, memory: 64, timeout: 20}\n",
+                         tmp_path)
+    t = time.monotonic()
+    result = boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    assert time.monotonic() - t < 5
+    assert result["pass"] is True and result["reason"] == "" and result["accel"] == "tcg"
+    assert result["time_to_init_s"] > 0 and result["time_to_ready_s"] >= result["time_to_init_s"]
+    assert result["memory"] == 64 and result["qemu"][0] == "qemu-system-x86_64"
+    on_disk = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert on_disk == result
+    log = (tmp_path / "out" / "console.log").read_text()
+    assert "] hello from init\n" in log and "\r" not in log
+    [(pid, accel)] = starts()
+    assert_dead(pid)
+
+
+def test_run_failure_writes_result_then_raises(tmp_path, fake_qemu, monkeypatch, capsys):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "panic")
+    recipe = make_recipe("app: {command: /init}\ntest: {ready: never, timeout: 20}\n", tmp_path)
+    with pytest.raises(TailorError) as info:
+        boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    assert str(info.value) == ("boot test of t failed: init exited before ready "
+                               "(kernel panic: Attempted to kill init! exitcode=0x00000100)")
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["pass"] is False and result["reason"].startswith("init exited before ready")
+    assert "Attempted to kill init" in capsys.readouterr().err
+
+
+def test_run_timeout_kills_vm(tmp_path, fake_qemu, monkeypatch):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "slow")
+    recipe = make_recipe("app: {command: /init}\ntest: {ready: Ready, timeout: 1}\n", tmp_path)
+    with pytest.raises(TailorError, match="ready pattern 'Ready' not seen within 1 s"):
+        boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    assert_dead(starts()[0][0])
+
+
+def test_run_qemu_error_names_stderr(tmp_path, fake_qemu, monkeypatch):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "error")
+    recipe = make_recipe("app: {command: /init}\ntest: {timeout: 20}\n", tmp_path)
+    with pytest.raises(TailorError, match="qemu exited with status 1 before ready: qemu-system-x86_64: -kernel"):
+        boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+
+
+def test_run_silent_kvm_falls_back_to_tcg(tmp_path, fake_qemu, monkeypatch):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "hello")
+    monkeypatch.setenv("FAKE_QEMU_KVM", "hang")
+    recipe = make_recipe("app: {command: /init}\ntest: {timeout: 20}\n", tmp_path)
+    result = boot.run(recipe, kernel, image, tmp_path / "out", accel="kvm")
+    assert result["pass"] is True and result["accel"] == "tcg" and result["fallback_from_kvm"] is True
+    assert result["kvm_failure"] == "no console output within 0.7 s"
+    assert [a for _, a in starts()] == ["kvm", "tcg"]
+    for pid, _ in starts():
+        assert_dead(pid)
+
+
+def test_run_silent_tcg_fails(tmp_path, fake_qemu, monkeypatch):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "silent")
+    recipe = make_recipe("app: {command: /init}\ntest: {timeout: 20}\n", tmp_path)
+    with pytest.raises(TailorError, match="no console output within 0.7 s"):
+        boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    assert len(starts()) == 1
+
+
+def test_run_kills_vm_on_keyboard_interrupt(tmp_path, fake_qemu, monkeypatch):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "slow")
+    recipe = make_recipe("app: {command: /init}\ntest: {ready: never, timeout: 20}\n", tmp_path)
+    real_assess = boot.assess
+
+    def interrupting(con, *a, **k):
+        if con.init_s is not None:
+            raise KeyboardInterrupt
+        return real_assess(con, *a, **k)
+
+    monkeypatch.setattr(boot, "assess", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    assert_dead(starts()[0][0])
+    assert "Run /init as init process" in (tmp_path / "out" / "console.log").read_text()
+
+
+def test_run_missing_qemu_and_kernel(tmp_path, monkeypatch):
+    recipe = make_recipe("app: {command: /init}\n", tmp_path)
+    image = tmp_path / "rootfs.cpio"
+    image.write_bytes(b"i")
+    with pytest.raises(TailorError, match=r"kernel .*/nope not found"):
+        boot.run(recipe, tmp_path / "nope", image, tmp_path / "out", accel="tcg")
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"k")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(TailorError, match="^boot test of t failed: qemu-system-x86_64 not found; run ./setup.sh$"):
+        boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["pass"] is False
+
+
+# --------------------------------------------------------------------------
+# A real boot
+
+
+def busybox_initramfs(path: Path) -> Path:
+    """A newc initramfs: static busybox, /dev/console and an /init that prints a line and reboots."""
+    from tailor.cpio import Entry, device_entry, write_archive
+
+    bb = shutil.which("busybox")
+    if bb is None or b"statically linked" not in subprocess.run(["file", "-L", bb], capture_output=True).stdout:
+        pytest.skip("needs a static busybox (busybox-static) and file(1)")
+    init = (b"#!/bin/busybox sh\n/bin/busybox echo 'tailor slow test: init is up'\n"
+            b"/bin/busybox sleep 1\n/bin/busybox reboot -f\n")
+    d = stat.S_IFDIR | 0o755
+    entries = [Entry("bin", d), Entry("bin/busybox", stat.S_IFREG | 0o755, source=bb), Entry("dev", d),
+               device_entry("dev/console", 5, 1), Entry("init", stat.S_IFREG | 0o755, data=init),
+               Entry("proc", d)]
+    write_archive(path, entries)
+    return path
+
+
+@pytest.mark.slow
+def test_real_boot(tmp_path):
+    kernel = os.environ.get("TAILOR_TEST_KERNEL")
+    if not kernel or not os.path.isfile(kernel):
+        pytest.skip("set TAILOR_TEST_KERNEL to a bzImage with a serial console and initrd support")
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    image = busybox_initramfs(tmp_path / "rootfs.cpio")
+    recipe = make_recipe("app: {command: /init}\n"
+                         "test: {ready: 'tailor slow test: init is up', memory: 128, timeout: 60}\n", tmp_path)
+    result = boot.run(recipe, Path(kernel), image, tmp_path / "out")
+    assert result["pass"] is True
+    assert result["time_to_init_s"] > 0
+    assert result["time_to_ready_s"] >= result["time_to_init_s"]
+    name = result["qemu"][result["qemu"].index("-name") + 1]
+    assert name.startswith("tailor-t-")
+    left = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True)
+    assert left.stdout == "", f"qemu still running: {left.stdout}"
