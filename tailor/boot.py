@@ -50,10 +50,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tailor.errors import TailorError
-from tailor.util import makedirs, write_atomic, write_json
+from tailor.util import makedirs, out_dir, read_json, write_atomic, write_json
+
+if TYPE_CHECKING:
+    from tailor.recipe import Recipe
 
 QEMU = "qemu-system-x86_64"
 MACHINE = "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"
@@ -578,12 +581,12 @@ class _Attempt:
     stderr: str = ""
 
 
-def _new_console(recipe) -> ConsoleState:
+def _new_console(recipe: Recipe) -> ConsoleState:
     probe = recipe.test.probe
     return ConsoleState(ready=recipe.test.ready, expect=probe.expect if probe.type == "console" else None)
 
 
-def _boot_once(recipe, cmd: list[str], con: ConsoleState, hostport: int | None, timeout: float,
+def _boot_once(recipe: Recipe, cmd: list[str], con: ConsoleState, hostport: int | None, timeout: float,
                no_output_s: float) -> _Attempt:
     """Start qemu with *cmd*, feed its console to *con*, probe the app; qemu is dead when this returns."""
     probe = recipe.test.probe
@@ -642,7 +645,7 @@ def _watch(proc: subprocess.Popen, reader: _Reader, con: ConsoleState, cond: thr
                 pass
 
 
-def _probe(recipe, proc: subprocess.Popen, con: ConsoleState, cond: threading.Condition,
+def _probe(recipe: Recipe, proc: subprocess.Popen, con: ConsoleState, cond: threading.Condition,
            hostport: int, t0: float, timeout: float) -> tuple[Verdict, str]:
     """Run the recipe's network probe against 127.0.0.1:*hostport* until *timeout* s after *t0* (monotonic)."""
     p = recipe.test.probe
@@ -699,7 +702,7 @@ def _kill(proc: subprocess.Popen) -> None:
 # The boot test
 
 
-def run(recipe, kernel: Path, image: Path, outdir: Path, *, accel: str | None = None) -> dict:
+def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str | None = None) -> dict:
     """Boot-test *recipe*'s VM: *kernel* (bzImage) with *image* (``recipe.rootfs.format``).
 
     Writes ``outdir/console.log`` and ``outdir/result.json`` (both atomically)
@@ -801,3 +804,48 @@ def _print_tail(app: str, con: ConsoleState, outdir: Path) -> None:
     else:
         out.write(f"tailor: {app} printed nothing on the console\n")
     out.flush()
+
+
+# --------------------------------------------------------------------------
+# The stage for a recipe, and its doit tasks
+
+
+def boot_dir(app: str) -> Path:
+    return out_dir() / "boot" / app
+
+
+def result_path(app: str) -> Path:
+    return boot_dir(app) / "result.json"
+
+
+def boot_app(recipe: Recipe, accel: str | None = None) -> dict:
+    """Boot-test *recipe* with the kernel its kernel stage recorded and its rootfs image."""
+    from tailor import kernel as kernel_stage
+    from tailor import rootfs
+
+    pointer = read_json(kernel_stage.app_pointer(recipe.name))
+    result = run(recipe, Path(pointer["bzImage"]), rootfs.image_path(recipe), boot_dir(recipe.name), accel=accel)
+    print(f"[boot:{recipe.name}] PASS ({result['accel']}): init after {result['time_to_init_s']} s, "
+          f"ready after {result['time_to_ready_s']} s; {result['probe']['detail'] or recipe.test.probe.type}",
+          file=sys.stderr)
+    return result
+
+
+def tasks(recipes, action):
+    """doit tasks ``boot:<app>``: rerun when the kernel, the image or the recipe's test section change."""
+    from doit.tools import config_changed
+
+    from tailor import kernel as kernel_stage
+    from tailor import rootfs
+
+    for r in recipes:
+        yield {
+            "basename": "boot", "name": r.name,
+            "doc": f"boot {r.name} under qemu microvm and probe it ({r.test.probe.type})",
+            "actions": [action(boot_app, r)],
+            "file_dep": [str(kernel_stage.app_pointer(r.name)), str(rootfs.image_path(r))],
+            "targets": [str(result_path(r.name))],
+            "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
+                                         "cmdline": r.kernel.cmdline})],
+            "verbosity": 2,
+        }

@@ -1,0 +1,198 @@
+"""The rootfs stage: staging (slim closure, overlays, init), deterministic images, real Debian packages."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tailor import elf, recipe, rootfs
+from tailor.errors import TailorError
+
+
+def make_recipe(tmp_path, text, name="app"):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(text)
+    return recipe.load(p)
+
+
+@pytest.fixture
+def pkg_tree(tmp_path):
+    """A fake 'extracted packages' tree: the host's /bin/ls and busybox with ls's real libraries."""
+    tree = tmp_path / "packages"
+    for d in ("usr/bin", "bin"):
+        (tree / d).mkdir(parents=True)
+    for path in elf.library_closure("/", ["/usr/bin/ls"]):
+        src = Path(path)
+        dst = tree / path.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            if not dst.exists() and not dst.is_symlink():
+                os.symlink(os.readlink(src), dst)
+        elif src.is_file() and not dst.exists():
+            shutil.copy2(src, dst)
+    shutil.copy2("/bin/busybox", tree / "bin/busybox")
+    (tree / "usr/share/doc/x").mkdir(parents=True)
+    (tree / "usr/share/doc/x/README").write_text("not needed\n")
+    (tree / "etc").mkdir()
+    (tree / "etc/app.conf").write_text("port 1\n")
+    return tree
+
+
+def test_stage_slim_keeps_closure_files_and_init(tmp_path, pkg_tree):
+    r = make_recipe(tmp_path, "rootfs:\n  files: [/etc/app.conf]\n  overlay: []\napp:\n  command: ls\n  args: [-l]\n")
+    dest = tmp_path / "image"
+    info = rootfs.stage(r, pkg_tree, dest)
+    assert info["command"] == "/usr/bin/ls"
+    assert (dest / "usr/bin/ls").is_file() and (dest / "bin/busybox").is_file()
+    assert (dest / "etc/app.conf").read_text() == "port 1\n"
+    assert not (dest / "usr/share/doc").exists()  # slim: only what the app needs
+    for lib in elf.read_dynamic("/usr/bin/ls").needed:
+        assert list(dest.rglob(lib)), f"{lib} missing from the slim tree"
+    assert os.readlink(dest / "bin/sh") == "busybox"
+    assert oct((dest / "tmp").stat().st_mode & 0o7777) == "0o1777"
+    init = (dest / "init").read_text()
+    assert init.startswith("#!/bin/busybox sh\n") and "exec /usr/bin/ls -l\n" in init
+    assert os.access(dest / "init", os.X_OK)
+
+
+def test_stage_full_keeps_everything(tmp_path, pkg_tree):
+    r = make_recipe(tmp_path, "rootfs: {slim: false, overlay: []}\napp: {command: /usr/bin/ls}\n")
+    rootfs.stage(r, pkg_tree, tmp_path / "image")
+    assert (tmp_path / "image/usr/share/doc/x/README").exists()
+
+
+def test_missing_command_is_named(tmp_path, pkg_tree):
+    r = make_recipe(tmp_path, "rootfs: {overlay: []}\napp: {command: redis-server}\n")
+    with pytest.raises(TailorError, match=r"app.command: 'redis-server' is not in the packages \(searched PATH"):
+        rootfs.stage(r, pkg_tree, tmp_path / "image")
+
+
+def test_missing_file_is_named(tmp_path, pkg_tree):
+    r = make_recipe(tmp_path, "rootfs: {overlay: [], files: [/etc/nope*]}\napp: {command: ls}\n")
+    with pytest.raises(TailorError, match=r"rootfs.files: '/etc/nope\*' matches nothing"):
+        rootfs.stage(r, pkg_tree, tmp_path / "image")
+
+
+def test_overlay_symlink_escaping_is_refused(tmp_path, pkg_tree):
+    over = tmp_path / "over"
+    (over / "etc").mkdir(parents=True)
+    os.symlink("../../../../etc/shadow", over / "etc/evil")
+    with pytest.raises(TailorError, match="points outside the rootfs"):
+        rootfs.apply_overlay(tmp_path / "stage", over, "o")
+
+
+def test_overlay_never_writes_through_a_symlink(tmp_path):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    outside = tmp_path / "host-etc"
+    outside.mkdir()
+    os.symlink(str(outside), stage / "etc")
+    over = tmp_path / "over"
+    (over / "etc").mkdir(parents=True)
+    (over / "etc/passwd").write_text("x\n")
+    with pytest.raises(TailorError, match="would be written through the symlink /etc"):
+        rootfs.apply_overlay(stage, over, "o")
+    assert not (outside / "passwd").exists()
+
+
+def test_overlay_copies_files_and_relative_links(tmp_path):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    over = tmp_path / "over"
+    (over / "srv/www").mkdir(parents=True)
+    (over / "srv/www/index.html").write_text("hi\n")
+    os.symlink("www/index.html", over / "srv/home.html")
+    rootfs.apply_overlay(stage, over, "o")
+    assert (stage / "srv/www/index.html").read_text() == "hi\n"
+    assert os.readlink(stage / "srv/home.html") == "www/index.html"
+
+
+def test_init_passes_args_and_env_literally(tmp_path):
+    """Run the generated init's tail with a program that prints its argv and env: every value arrives intact."""
+    nasty = ["a b", "it's", '"dq"', "$HOME", "`id`", "; rm -rf /", "tab\there", "new\nline", "ünï", "*", ""]
+    yaml_args = json.dumps(nasty)
+    r = make_recipe(tmp_path, f"app:\n  command: x\n  args: {yaml_args}\n  env:\n    FOO: {json.dumps(nasty[5])}\n"
+                              f"    BAR: {json.dumps(nasty[7])}\n  workdir: /tmp\n")
+    printer = tmp_path / "printer"
+    printer.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                       "print(json.dumps([sys.argv[1:], os.environ['FOO'], os.environ['BAR'], os.getcwd()]))\n")
+    printer.chmod(0o755)
+    script = rootfs.init_script(r, str(printer))
+    tail = script[script.index("export PATH"):]
+    proc = subprocess.run(["sh", "-c", tail], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": os.environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    argv, foo, bar, cwd = json.loads(proc.stdout.splitlines()[-1])
+    assert argv == nasty and foo == nasty[5] and bar == nasty[7] and cwd == "/tmp"
+
+
+def test_init_network_section_only_when_asked(tmp_path):
+    plain = rootfs.init_script(make_recipe(tmp_path, "app: {command: x}\n"), "/x")
+    net = rootfs.init_script(make_recipe(tmp_path, "app: {command: x, network: true}\n", "n"), "/x")
+    assert "eth0" not in plain
+    assert "ip addr add 10.0.2.15/24 dev eth0" in net and "route add default via 10.0.2.2" in net
+
+
+def _staged(tmp_path, pkg_tree, name, touch_time):
+    r = make_recipe(tmp_path, "rootfs: {overlay: [common]}\napp: {command: ls}\n", "det")
+    dest = tmp_path / name
+    rootfs.stage(r, pkg_tree, dest)
+    for p in dest.rglob("*"):
+        if not p.is_symlink():
+            os.utime(p, (touch_time, touch_time))
+    rootfs.normalise(dest, 1_000_000)
+    return dest
+
+
+def test_cpio_image_is_deterministic(tmp_path, pkg_tree):
+    a = _staged(tmp_path, pkg_tree, "a", 2_000_000_000)
+    b = _staged(tmp_path, pkg_tree, "b", 1_500_000_000)
+    rootfs.pack_cpio(a, tmp_path / "a.cpio", 1_000_000)
+    rootfs.pack_cpio(b, tmp_path / "b.cpio", 1_000_000)
+    assert (tmp_path / "a.cpio").read_bytes() == (tmp_path / "b.cpio").read_bytes()
+    listing = subprocess.run(["cpio", "-itv"], stdin=open(tmp_path / "a.cpio", "rb"), capture_output=True,
+                             text=True).stdout
+    console = next(line for line in listing.splitlines() if line.endswith(" dev/console"))
+    assert console.startswith("crw-------") and " 5,   1 " in console
+    assert all(" root     root " in line for line in listing.splitlines() if line)
+
+
+def test_ext2_image_is_deterministic(tmp_path, pkg_tree):
+    a = _staged(tmp_path, pkg_tree, "a", 2_000_000_000)
+    b = _staged(tmp_path, pkg_tree, "b", 1_500_000_000)
+    rootfs.pack_ext2(a, tmp_path / "a.img", 1_000_000, "det")
+    rootfs.pack_ext2(b, tmp_path / "b.img", 1_000_000, "det")
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+    out = subprocess.run(["debugfs", "-R", "stat /init", str(tmp_path / "a.img")], capture_output=True,
+                         text=True).stdout
+    assert "User:     0   Group:     0" in out
+    assert "Mode:  0755" in out
+
+
+@pytest.mark.slow
+def test_real_packages_hello_image_byte_identical(tmp_path, monkeypatch):
+    """apt closure -> download -> extract -> slim -> cpio, twice in two output dirs: same bytes."""
+    images = []
+    for run in ("one", "two"):
+        monkeypatch.setenv("TAILOR_OUT", str(tmp_path / run))
+        (tmp_path / run / "cache").mkdir(parents=True)
+        # share the .deb cache with the project so the packages are downloaded once
+        cache = Path(rootfs.PROJECT / "out" / "cache" / "debs")
+        cache.mkdir(parents=True, exist_ok=True)
+        (tmp_path / run / "cache" / "debs").symlink_to(cache)
+        manifest = rootfs.build(recipe.find("hello"))
+        assert {p["name"] for p in manifest["packages"]} >= {"hello", "libc6", "busybox-static"}
+        assert manifest["command"] == "/usr/bin/hello"
+        images.append((tmp_path / run / "rootfs" / "hello" / "rootfs.cpio").read_bytes())
+        assert not (tmp_path / run / "rootfs" / "hello" / "work").exists()
+    assert images[0] == images[1]
+
+
+@pytest.mark.slow
+def test_unknown_package_is_named(tmp_path):
+    with pytest.raises(TailorError, match="package 'no-such-package-tailor' does not exist"):
+        rootfs.apt_closure(["no-such-package-tailor"])
