@@ -9,6 +9,7 @@
 import sys
 
 from tailor import boot, config, kernel, rootfs, source, tasks
+from tailor.recipe import with_variants
 
 DOIT_CONFIG = {
     "dep_file": str(tasks.state_file()),
@@ -52,12 +53,49 @@ def task_boot():
 
 def task_build():
     """config, kernel, rootfs and boot test of a recipe"""
-    for r in RECIPES:
-        yield {"name": r.name, "doc": f"build and boot-test {r.name}: {r.description}",
-               "actions": None, "task_dep": [f"boot:{r.name}"]}
+    for r in with_variants(RECIPES):
+        what = "on the general kernel" if r.variant else "on its own kernel"
+        yield {"name": r.id, "doc": f"build and boot-test {r.name} {what}: {r.description}",
+               "actions": None, "task_dep": [f"boot:{r.id}"]}
     yield from tasks.broken_tasks("build", BROKEN)
 
 
 def task_explain():
     """why a symbol has its value in a recipe: doit explain <app> <SYMBOL>"""
     return tasks.explain_task()
+
+
+def task_release():
+    """release a recipe: kernel, rootfs, .deb, OCI layout for urunc, Firecracker config, manifest, SHA256SUMS"""
+    from tailor import release
+
+    yield from release.tasks(RECIPES, tasks.action)
+    yield from tasks.broken_tasks("release", BROKEN)
+
+
+def task_verify_reproducible():
+    """release an app (default hello) twice from scratch and compare every file byte for byte"""
+    from tailor import release
+
+    yield from release.verify_tasks(tasks.action)
+
+
+def task_baseline():
+    """build a general-purpose baseline kernel to measure against (long; not part of build)"""
+    from tailor import baseline
+
+    yield from baseline.tasks(tasks.action)
+
+
+def task_bench():
+    """measure what is built (size, boot, memory, throughput) into out/bench/*.json"""
+    from tailor import measure
+
+    yield from measure.tasks(tasks.action)
+
+
+def task_report():
+    """render out/report/index.html and report.md from out/bench/*.json (measures nothing)"""
+    from tailor import report
+
+    return {"actions": [tasks.action(report.build)], "uptodate": [False], "verbosity": 2}

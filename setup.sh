@@ -11,6 +11,7 @@ packages=(
   build-essential bc flex bison libelf-dev libssl-dev dwarves
   e2fsprogs cpio ccache xz-utils patch
   python3 python3-venv ca-certificates
+  chromium  # tests/test_report.py renders the measurement report in headless Chromium
 )
 
 sudo=""

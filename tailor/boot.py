@@ -50,13 +50,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from tailor.errors import TailorError
 from tailor.util import makedirs, out_dir, read_json, write_atomic, write_json
 
-if TYPE_CHECKING:
-    from tailor.recipe import Recipe
+from tailor.recipe import Recipe, with_variants
 
 QEMU = "qemu-system-x86_64"
 MACHINE = "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"
@@ -719,7 +718,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
     chosen = detect_accel(accel)
     network = bool(recipe.app.network)
     forward = probe.type in NETWORK_PROBES and network
-    name = f"tailor-{recipe.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    name = f"tailor-{recipe.name}-{recipe.variant or 'specific'}-{os.getpid()}-{secrets.token_hex(4)}"
     start = time.monotonic()
     fallback, fallback_reason = False, ""
     att: _Attempt | None = None
@@ -768,6 +767,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
     passed = att is not None and att.verdict.state == "pass"
     result = {
         "app": recipe.name,
+        "variant": recipe.variant or "specific",
         "pass": passed,
         "reason": "" if passed else reason,
         "accel": chosen,
@@ -785,8 +785,8 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
     }
     write_json(outdir / "result.json", result)
     if not passed:
-        _print_tail(recipe.name, con, outdir)
-        raise TailorError(f"boot test of {recipe.name} failed: {reason}")
+        _print_tail(recipe.id, con, outdir)
+        raise TailorError(f"boot test of {recipe.id} failed: {reason}")
     return result
 
 
@@ -823,9 +823,9 @@ def boot_app(recipe: Recipe, accel: str | None = None) -> dict:
     from tailor import kernel as kernel_stage
     from tailor import rootfs
 
-    pointer = read_json(kernel_stage.app_pointer(recipe.name))
-    result = run(recipe, Path(pointer["bzImage"]), rootfs.image_path(recipe), boot_dir(recipe.name), accel=accel)
-    print(f"[boot:{recipe.name}] PASS ({result['accel']}): init after {result['time_to_init_s']} s, "
+    pointer = read_json(kernel_stage.app_pointer(recipe.id))
+    result = run(recipe, Path(pointer["bzImage"]), rootfs.image_path(recipe), boot_dir(recipe.id), accel=accel)
+    print(f"[boot:{recipe.id}] PASS ({result['accel']}): init after {result['time_to_init_s']} s, "
           f"ready after {result['time_to_ready_s']} s; {result['probe']['detail'] or recipe.test.probe.type}",
           file=sys.stderr)
     return result
@@ -838,13 +838,13 @@ def tasks(recipes, action):
     from tailor import kernel as kernel_stage
     from tailor import rootfs
 
-    for r in recipes:
+    for r in with_variants(recipes):
         yield {
-            "basename": "boot", "name": r.name,
-            "doc": f"boot {r.name} under qemu microvm and probe it ({r.test.probe.type})",
+            "basename": "boot", "name": r.id,
+            "doc": f"boot {r.id} under qemu microvm and probe it ({r.test.probe.type})",
             "actions": [action(boot_app, r)],
-            "file_dep": [str(kernel_stage.app_pointer(r.name)), str(rootfs.image_path(r))],
-            "targets": [str(result_path(r.name))],
+            "file_dep": [str(kernel_stage.app_pointer(r.id)), str(rootfs.image_path(r))],
+            "targets": [str(result_path(r.id))],
             "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
                                          "cmdline": r.kernel.cmdline})],
             "verbosity": 2,

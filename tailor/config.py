@@ -16,7 +16,7 @@ from tailor import source as src
 from tailor.errors import TailorError
 from tailor.kconfig import (Assign, Result, load_tree, parse_fragment, recipe_assigns, resolve,
                             write_outputs)
-from tailor.recipe import BASE_CONFIGS_DIR, Recipe
+from tailor.recipe import BASE_CONFIGS_DIR, Recipe, with_variants
 from tailor.util import display_path, out_dir
 
 ENGINE_VERSION = "1"
@@ -64,11 +64,11 @@ def configure(recipe: Recipe, srctree: Path | None = None, outdir: Path | None =
         source_id = ref.id
     tree = load_tree(srctree)
     result = resolve(tree, the_layers, recipe.kernel.resolve, source_id=source_id or "")
-    write_outputs(result, outdir or config_dir(recipe.name), extra={
-        "app": recipe.name, "resolve": recipe.kernel.resolve, "base": list(recipe.kernel.base),
+    write_outputs(result, outdir or config_dir(recipe.id), extra={
+        "app": recipe.id, "resolve": recipe.kernel.resolve, "base": list(recipe.kernel.base),
         "kernel_version": tree.version,
     })
-    msg = f"[config:{recipe.name}] {result.enabled()} options on, identity {result.identity[:16]}"
+    msg = f"[config:{recipe.id}] {result.enabled()} options on, identity {result.identity[:16]}"
     if result.added:
         msg += f"; resolve: deps added {len(result.added)}: {', '.join(result.added)}"
     print(msg, file=sys.stderr)
@@ -83,16 +83,16 @@ def tasks(recipes: list[Recipe], action):
     """
     from doit.tools import config_changed
 
-    for r in recipes:
+    for r in with_variants(recipes):
         ref = src.recipe_ref(r)
         yield {
-            "basename": "config", "name": r.name,
-            "doc": f"resolve and verify the kernel .config of {r.name} ({', '.join(r.kernel.base) or 'no base'}"
+            "basename": "config", "name": r.id,
+            "doc": f"resolve and verify the kernel .config of {r.id} ({', '.join(r.kernel.base) or 'no base'}"
                    f" + {len(r.kernel.options)} options)",
             "actions": [action(configure, r)],
             "file_dep": [str(fragment_path(b)) for b in r.kernel.base if fragment_path(b).exists()]
                         + [str(src.stamp_path(ref))],
-            "targets": [str(p) for p in config_paths(r.name).values()],
+            "targets": [str(p) for p in config_paths(r.id).values()],
             "uptodate": [config_changed({"kernel": r.digests["kernel"], "engine": ENGINE_VERSION})],
             "verbosity": 2,
         }

@@ -65,7 +65,7 @@ def kernel_dir(identity: str) -> Path:
 
 def app_pointer(app: str) -> Path:
     """Per-app file naming the kernel an app uses (the kernel task's target)."""
-    return kernel_root() / "by-app" / f"{app}.json"
+    return out_dir() / "kernels" / f"{app}.json"
 
 
 def make_env(srctree: Path, objdir: Path) -> tuple[dict[str, str], list[str]]:
@@ -248,30 +248,31 @@ def build_for(recipe) -> dict:
     """The kernel stage for one recipe: build (or reuse) the kernel of its resolved config."""
     from tailor import config, source
 
-    paths = config.config_paths(recipe.name)
+    paths = config.config_paths(recipe.id)
     try:
         identity = paths["identity"].read_text().strip()
     except FileNotFoundError:
-        raise TailorError(f"{paths['identity']}: missing; run `doit config:{recipe.name}` first") from None
+        raise TailorError(f"{paths['identity']}: missing; run `doit config:{recipe.id}` first") from None
     ref = source.recipe_ref(recipe)
     srctree = source.prepare(ref)
-    meta = build(paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.name}")
-    link_app(recipe.name, identity, meta)
+    meta = build(paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.id}")
+    link_app(recipe.id, identity, meta)
     return meta
 
 
 def tasks(recipes, action):
     """doit tasks ``kernel:<app>``: one per recipe; identical configs share one build."""
     from tailor import config, source
+    from tailor.recipe import with_variants
 
-    for r in recipes:
-        paths = config.config_paths(r.name)
+    for r in with_variants(recipes):
+        paths = config.config_paths(r.id)
         yield {
-            "basename": "kernel", "name": r.name,
-            "doc": f"build the kernel of {r.name} (bzImage, vmlinux, System.map)",
+            "basename": "kernel", "name": r.id,
+            "doc": f"build the kernel of {r.id} (bzImage, vmlinux, System.map)",
             "actions": [action(build_for, r)],
             "file_dep": [str(paths["config"]), str(paths["identity"]),
                          str(source.stamp_path(source.recipe_ref(r)))],
-            "targets": [str(app_pointer(r.name))],
+            "targets": [str(app_pointer(r.id))],
             "verbosity": 2,
         }

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,9 +197,19 @@ class TestSpec:
     timeout: int = 180
 
 
+GENERAL_BASE = ("lupine-base", "lupine-general")
+"""The general variant's kernel: the same for every recipe, so all general variants share one build."""
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """One validated recipe. ``digests`` holds a stable hash of each section's data."""
+    """One validated recipe. ``digests`` holds a stable hash of each section's data.
+
+    ``variant`` is ``""`` for the recipe as written (its app-specific kernel)
+    and ``"general"`` for :func:`general_variant`; ``id`` names the pair in
+    task names and output paths (``redis``, ``redis@general``). Both variants
+    share the rootfs, which is keyed by ``name``.
+    """
 
     name: str
     path: Path
@@ -208,7 +218,13 @@ class Recipe:
     rootfs: RootfsSpec
     app: AppSpec
     test: TestSpec
+    general: bool = True
+    variant: str = ""
     digests: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.variant}" if self.variant else self.name
 
     def fragment_paths(self, base_dir: Path = BASE_CONFIGS_DIR) -> list[Path]:
         """The base fragments' files, in order."""
@@ -530,6 +546,29 @@ def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
                     memory=memory, timeout=timeout)
 
 
+def general_variant(recipe: Recipe) -> Recipe:
+    """*recipe* on the general kernel (lupine-base + lupine-general, no options of its own)."""
+    kernel = KernelSpec(source=recipe.kernel.source, base=GENERAL_BASE, options=(), option_lines=(),
+                        resolve="strict", patches=recipe.kernel.patches, cmdline=recipe.kernel.cmdline)
+    digests = dict(recipe.digests)
+    digests["kernel"] = sha256_text(canonical_json({
+        "source": [recipe.kernel.source.kind, recipe.kernel.source.package, recipe.kernel.source.url,
+                   recipe.kernel.source.path, recipe.kernel.source.sha256],
+        "base": list(GENERAL_BASE), "patches": [[str(p.path), p.sha256] for p in recipe.kernel.patches],
+        "cmdline": recipe.kernel.cmdline}))
+    return replace(recipe, kernel=kernel, variant="general", digests=digests)
+
+
+def with_variants(recipes: list[Recipe]) -> list[Recipe]:
+    """Each recipe followed by its general variant (when the recipe has ``general: true``)."""
+    out = []
+    for r in recipes:
+        out.append(r)
+        if r.general and not r.variant:
+            out.append(general_variant(r))
+    return out
+
+
 def parse(text: str, path: Path) -> Recipe:
     """Validate recipe *text* read from *path*; return the model or raise a one-line TailorError."""
     path = Path(path)
@@ -538,6 +577,7 @@ def parse(text: str, path: Path) -> Recipe:
     data = c.mapping(data, (), {
         "name": "the app's name (default: the file name)", "description": "one line about the recipe",
         "kernel": "kernel section", "rootfs": "rootfs section", "app": "app section", "test": "test section",
+        "general": "also boot-test the app on the shared general kernel (default true)",
     }, required=("app",))
     name = data.get("name", path.stem)
     name = c.string(name, ("name",), pattern=SAFE_NAME,
@@ -547,9 +587,10 @@ def parse(text: str, path: Path) -> Recipe:
     rootfs = _rootfs(c, data.get("rootfs"), name)
     app = _app(c, data.get("app"))
     test = _test(c, data.get("test"), app)
+    general = c.boolean(data.get("general", True), ("general",))
     digests = {sec: sha256_text(canonical_json(data.get(sec))) for sec in ("kernel", "rootfs", "app", "test")}
     return Recipe(name=name, path=path, description=description, kernel=kernel, rootfs=rootfs,
-                  app=app, test=test, digests=digests)
+                  app=app, test=test, general=general, digests=digests)
 
 
 def load(path: str | Path) -> Recipe:

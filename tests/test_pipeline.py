@@ -67,7 +67,7 @@ def test_build_hello(project):
     assert result["time_to_init_s"] > 0 and result["time_to_ready_s"] >= result["time_to_init_s"]
     console = (project / "out/boot/hello/console.log").read_text()
     assert "Run /init as init process" in console and "Hello, world!" in console
-    kernel = json.loads((project / "out/kernel/by-app/hello.json").read_text())
+    kernel = json.loads((project / "out/kernels/hello.json").read_text())
     assert Path(kernel["bzImage"]).stat().st_size == kernel["sizes"]["bzImage"] > 100_000
 
 
@@ -113,8 +113,8 @@ def test_options_change_rebuilds_only_the_kernel_and_reuses_identical_configs(pr
         assert ran(proc, "config:redis") and ran(proc, "kernel:redis")
         assert not ran(proc, "rootfs:redis")
         assert "reusing kernel" in proc.stderr
-        hello = json.loads((project / "out/kernel/by-app/hello.json").read_text())
-        redis = json.loads((project / "out/kernel/by-app/redis.json").read_text())
+        hello = json.loads((project / "out/kernels/hello.json").read_text())
+        redis = json.loads((project / "out/kernels/redis.json").read_text())
         assert hello["identity"] == redis["identity"]
     finally:
         recipe.write_text(original)

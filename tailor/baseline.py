@@ -1,0 +1,178 @@
+"""Baseline kernels: general-purpose microVM configs that tailor's kernels are measured against.
+
+Two baselines exist, each built from the same pinned kernel source as the
+recipes and stored like any kernel in ``out/kernel/<identity>/``:
+
+* ``microvm``: ``base_configs/microvm.config`` (the kernel's own
+  ``x86_64_defconfig`` + ``kvm_guest.config``, no modules, virtio-mmio),
+  resolved by tailor's engine from all-no like a recipe's fragments and
+  verified line by line (kbuild's olddefconfig writes one more ``is not set``
+  comment than kconfiglib, for an implied symbol with unmet dependencies; the
+  values are identical, so kbuild's layout is kept, with the same identity);
+* ``firecracker``: Firecracker's recommended 6.1 guest config, read at run
+  time from ``../shared/reference/firecracker-microvm-6.1.config`` beside the
+  project when that file exists (it is never copied into the repository).
+  It does not verify in tailor's engine (six of its lines name symbols that
+  Debian's 6.1 does not have, e.g. ``SYSGENID`` and ``AMAZON_DRIVER_UPDATES``
+  from Amazon's kernel), so it is derived with kbuild's own ``make
+  olddefconfig`` from the file as it is; the result says so (``method``).
+
+A baseline is written to ``out/baseline/<name>/`` (``.config``,
+``identity``, ``baseline.json`` naming the kernel). Baselines take tens of
+minutes to compile, so they have their own doit tasks (``baseline:<name>``)
+and are not part of ``doit build``. Everything that uses a baseline treats a
+missing one as "not measured".
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tailor.errors import TailorError
+from tailor.recipe import BASE_CONFIGS_DIR, Source
+from tailor.util import PROJECT, makedirs, out_dir, read_json, write_atomic, write_json
+
+FIRECRACKER_CONFIG = PROJECT.parent / "shared" / "reference" / "firecracker-microvm-6.1.config"
+"""Firecracker's 6.1 guest config, when the shared reference folder is beside the project."""
+
+BASELINES = {
+    "microvm": "the kernel's x86_64_defconfig + kvm_guest.config (base_configs/microvm.config)",
+    "firecracker": "Firecracker's recommended 6.1 guest config (read from ../shared/reference)",
+}
+"""Every baseline's name and what it is."""
+
+
+def baseline_dir(name: str) -> Path:
+    return out_dir() / "baseline" / name
+
+
+def meta_path(name: str) -> Path:
+    """``baseline.json``: which kernel the baseline is (the baseline task's target)."""
+    return baseline_dir(name) / "baseline.json"
+
+
+def available(name: str) -> bool:
+    """True when the baseline's input exists (Firecracker's config is optional)."""
+    if name == "microvm":
+        return (BASE_CONFIGS_DIR / "microvm.config").is_file()
+    if name == "firecracker":
+        return FIRECRACKER_CONFIG.is_file()
+    return False
+
+
+def input_path(name: str) -> Path:
+    """The file a baseline is derived from."""
+    if name == "microvm":
+        return BASE_CONFIGS_DIR / "microvm.config"
+    if name == "firecracker":
+        return FIRECRACKER_CONFIG
+    raise TailorError(f"{name!r}: no such baseline; baselines: {', '.join(BASELINES)}")
+
+
+def source_ref():
+    """The kernel source of every baseline: the default pinned source of the recipes."""
+    from tailor import source
+
+    return source.ref_for(Source())
+
+
+def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, str]:
+    """Resolve the baseline *name* on *srctree*; return ``(config text, identity, method)``.
+
+    ``microvm`` goes through the engine (all-no start, every line verified);
+    ``firecracker`` through kbuild's ``make olddefconfig`` on the file as is.
+    """
+    from tailor.kconfig import config_diff, config_identity, load_tree, parse_fragment, resolve
+
+    path = input_path(name)
+    if not path.is_file():
+        raise TailorError(f"baseline {name}: {path.name} not found; it is optional, skip it")
+    from tailor.kernel import kbuild_olddefconfig
+
+    scratch = out_dir() / "baseline" / name / "olddefconfig"
+    if name == "microvm":
+        tree = load_tree(srctree)
+        result = resolve(tree, [parse_fragment(path, label=f"base_configs/{path.name}")], "strict",
+                         source_id=source_id)
+        theirs = kbuild_olddefconfig(srctree, scratch, result.config)
+        if theirs == result.config:
+            return result.config, result.identity, "engine (all-no + base_configs/microvm.config, verified)"
+        if _values(theirs) != _values(result.config):
+            diffs = "; ".join(config_diff(result.config, theirs))
+            raise TailorError(f"baseline {name}: kbuild's olddefconfig changes the engine's values ({diffs})")
+        # Same values; kbuild only writes an extra "is not set" comment (an implied symbol
+        # with unmet dependencies, which kconfiglib leaves out). The identity ignores comments.
+        return (theirs, config_identity(theirs, source_id),
+                "engine (all-no + base_configs/microvm.config, verified); layout from kbuild olddefconfig")
+    text = kbuild_olddefconfig(srctree, scratch, path.read_text())
+    return text, config_identity(text, source_id), "kbuild olddefconfig of the file as is"
+
+
+def _values(config_text: str) -> dict[str, str]:
+    """Every ``CONFIG_X=value`` assignment of a .config (``is not set`` comments count as absent)."""
+    out = {}
+    for line in config_text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def build_baseline(name: str, jobs: int | None = None) -> dict:
+    """Resolve and build the baseline *name* (or reuse its kernel); write and return ``baseline.json``."""
+    from tailor import kernel, source
+
+    if not available(name):
+        raise TailorError(f"baseline {name}: {input_path(name).name} not found; it is optional, skip it")
+    ref = source_ref()
+    srctree = source.prepare(ref)
+    text, identity, method = resolve_config(name, srctree, ref.id)
+    bdir = makedirs(baseline_dir(name))
+    write_atomic(bdir / ".config", text)
+    write_atomic(bdir / "identity", identity + "\n")
+    meta = kernel.build(bdir / ".config", srctree, identity, ref.label, jobs=jobs, label=f"baseline:{name}")
+    kdir = kernel.kernel_dir(identity)
+    info = {
+        "name": name,
+        "description": BASELINES[name],
+        "method": method,
+        "identity": identity,
+        "dir": str(kdir),
+        "bzImage": str(kdir / "bzImage"),
+        "vmlinux": str(kdir / "vmlinux"),
+        "sizes": meta["sizes"],
+        "enabled": meta["enabled"],
+        "source": ref.label,
+    }
+    write_json(meta_path(name), info)
+    print(f"[baseline:{name}] kernel {identity[:16]} ({method})", file=sys.stderr)
+    return info
+
+
+def load(name: str) -> dict | None:
+    """The baseline's ``baseline.json`` when it was built and its kernel is still there, else None."""
+    path = meta_path(name)
+    if not path.is_file():
+        return None
+    try:
+        info = read_json(path)
+    except TailorError:
+        return None
+    return info if Path(info.get("bzImage", "")).is_file() else None
+
+
+def tasks(action):
+    """doit tasks ``baseline:<name>``, one per baseline whose input exists (not part of ``build``)."""
+    for name, what in BASELINES.items():
+        if not available(name):
+            continue
+        path = input_path(name)
+        yield {
+            "basename": "baseline", "name": name,
+            "doc": f"build the {name} baseline kernel: {what} (long: a full kernel)",
+            "actions": [action(build_baseline, name)],
+            "file_dep": [str(path)],
+            "targets": [str(meta_path(name))],
+            "verbosity": 2,
+        }

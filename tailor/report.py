@@ -1,0 +1,586 @@
+"""The measurement report: ``out/bench/*.json`` -> ``out/report/index.html`` and ``report.md``.
+
+:func:`build` reads whatever the benchmarks stored (see :mod:`tailor.measure`),
+turns it into sections (one table per metric, each absolute number with its
+ratio to every baseline measured beside it, and a bar chart), evaluates the
+targets of :data:`TARGETS`, and renders ``templates/report.html.j2`` (charts
+as inline SVG, no plotting dependency) and ``templates/report.md.j2``. It
+measures nothing, so it takes well under a second; a metric without data is
+shown as "not measured" with what to run.
+
+Ratios are *variant / baseline* of the same app (boot, memory, throughput)
+or of the kernels (size, system calls). For sizes, times and memory lower is
+better; for throughput higher is better.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tailor.errors import TailorError
+from tailor.util import PROJECT, out_dir, read_json, write_atomic
+
+TEMPLATES_DIR = PROJECT / "templates"
+KINDS = ("size", "boot", "memory", "throughput", "pipeline")
+BASELINE_ORDER = ("microvm", "firecracker")
+TARGET_BASELINES = ("firecracker", "microvm")
+"""The baseline the targets are measured against: Firecracker's config when it was measured, else microvm."""
+VARIANT_ORDER = ("specific", "general") + BASELINE_ORDER
+BENCH_HINT = {
+    "size": "doit bench:size (or python benchmarks/size.py)",
+    "syscalls": "doit bench:size (or python benchmarks/size.py)",
+    "boot": "doit bench:boot (or python benchmarks/boot_time.py)",
+    "memory": "doit bench:memory (or python benchmarks/memory.py)",
+    "throughput": "doit bench:throughput (or python benchmarks/throughput.py)",
+    "pipeline": "python benchmarks/pipeline.py (outside doit)",
+}
+
+
+def report_dir() -> Path:
+    return out_dir() / "report"
+
+
+def load_results(bench: Path | None = None) -> dict[str, dict]:
+    """Every ``<kind>.json`` of *bench* (default ``out/bench``) that exists and reads, by kind."""
+    from tailor.measure import bench_dir
+
+    bench = bench or bench_dir()
+    out = {}
+    for kind in KINDS:
+        path = bench / f"{kind}.json"
+        if path.is_file():
+            try:
+                out[kind] = read_json(path)
+            except TailorError as e:
+                print(f"tailor: report: {e}", file=sys.stderr)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Formatting
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base in (None, 0):
+        return None
+    return value / base
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "–" if r is None else f"{r:.2f}x"
+
+
+def fmt_mb(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def fmt_s(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f} s"
+
+
+def fmt_num(x: float | None, digits: int = 0) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _app_rank(app: str) -> tuple[int, str]:
+    """Apps in the report's order (hello, redis, nginx), others after them by name."""
+    from tailor.measure import REPORT_APPS
+
+    return (REPORT_APPS.index(app) if app in REPORT_APPS else len(REPORT_APPS), app)
+
+
+def _row_order(r: dict) -> tuple:
+    return (_app_rank(r["app"]), _variant_rank(r["variant"]))
+
+
+def _variant_rank(variant: str) -> int:
+    return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+
+
+def _kind(variant: str) -> str:
+    """The chart colour class of a variant: specific, general or baseline."""
+    return variant if variant in ("specific", "general") else "baseline"
+
+
+# --------------------------------------------------------------------------
+# Charts: geometry here, drawing in the template
+
+
+CHART_LABEL_W = 230
+CHART_BAR_W = 380
+CHART_ROW_H = 22
+CHART_TOP = 8
+
+
+def chart(title: str, unit: str, items: list[tuple[str, float | None, str, str]]) -> dict | None:
+    """Horizontal bar chart geometry for *items* ``(label, value, value text, variant)``.
+
+    Bars are scaled to the largest value; items without a value are left
+    out. Returns None when nothing is left.
+    """
+    items = [i for i in items if i[1] is not None and i[1] >= 0]
+    if not items:
+        return None
+    top = max(i[1] for i in items) or 1.0
+    bars = []
+    for n, (label, value, text, variant) in enumerate(items):
+        width = max(1, round(value / top * CHART_BAR_W)) if value > 0 else 0
+        bars.append({"label": label, "text": text, "kind": _kind(variant), "y": CHART_TOP + n * CHART_ROW_H,
+                     "width": width, "value": value})
+    return {"title": title, "unit": unit, "bars": bars, "label_w": CHART_LABEL_W, "bar_w": CHART_BAR_W,
+            "row_h": CHART_ROW_H, "width": CHART_LABEL_W + CHART_BAR_W + 110,
+            "height": CHART_TOP * 2 + len(bars) * CHART_ROW_H}
+
+
+# --------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class Section:
+    """One metric: a table (head and rows of strings), charts, notes and what is not measured."""
+
+    id: str
+    title: str
+    intro: str
+    head: list[str]
+    rows: list[list[str]]
+    charts: list[dict]
+    missing: list[str]
+    notes: list[str]
+    measured: bool
+
+
+def _baselines_in(rows: list[dict]) -> list[str]:
+    present = {r.get("variant") for r in rows if not r.get("missing")}
+    return [b for b in BASELINE_ORDER if b in present]
+
+
+def _by_app_variant(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(r["app"], r["variant"]): r for r in rows}
+
+
+def _not_measured(kind: str, title: str, intro: str) -> Section:
+    return Section(kind, title, intro, [], [], [], [f"not measured: run {BENCH_HINT[kind]}"], [], False)
+
+
+def size_sections(data: dict | None) -> list[Section]:
+    """Kernel image size and options, and the attack surface (system calls)."""
+    size_intro = ("bzImage (what the VMM loads) and vmlinux (the uncompressed ELF), and the number of "
+                  "options set to y in the kernel's .config.")
+    sc_intro = ("System calls compiled in: the `__x64_sys_*` entry points in System.map (T/t), without "
+                "`__x64_sys_ni_syscall` and without the entry points that alias a `sys_ni_*` stub "
+                "(e.g. the POSIX timers when POSIX_TIMERS=n); compiled-out calls are weak stubs that "
+                "return -ENOSYS.")
+    if not data:
+        return [_not_measured("size", "Kernel image size", size_intro),
+                _not_measured("syscalls", "Attack surface: system calls", sc_intro)]
+    kernels = sorted(data["kernels"], key=lambda k: (_variant_rank(k["variant"]),
+                                                     min((_app_rank(a) for a in k["apps"]), default=(99, ""))))
+    bases = {k["variant"]: k for k in kernels if k["variant"] in BASELINE_ORDER}
+    order = [b for b in BASELINE_ORDER if b in bases]
+    head = ["kernel", "used by", "bzImage"] + [f"× {b}" for b in order] + ["vmlinux"] + \
+           [f"× {b}" for b in order] + ["options =y"] + [f"× {b}" for b in order]
+    rows, sc_rows = [], []
+    for k in kernels:
+        row = [k["label"], ", ".join(k["apps"]), fmt_mb(k["bzImage"])]
+        row += [fmt_ratio(ratio(k["bzImage"], bases[b]["bzImage"])) for b in order]
+        row += [fmt_mb(k["vmlinux"])] + [fmt_ratio(ratio(k["vmlinux"], bases[b]["vmlinux"])) for b in order]
+        row += [str(k["enabled"])] + [fmt_ratio(ratio(k["enabled"], bases[b]["enabled"])) for b in order]
+        rows.append(row)
+        sc = k["syscalls"]
+        sc_rows.append([k["label"], str(sc["real"])]
+                       + [fmt_ratio(ratio(sc["real"], bases[b]["syscalls"]["real"])) for b in order]
+                       + [str(sc["raw"]), str(sc["stubs"])])
+    missing = [f"{m['app']} ({m['variant']}): {m['why']}" for m in data.get("missing", [])]
+    notes = [] if order else ["no baseline kernel measured: run `doit baseline:microvm`, then the size benchmark"]
+    charts = [c for c in [
+        chart("bzImage size", "MB", [(k["label"], k["bzImage"] / 1e6, fmt_mb(k["bzImage"]), k["variant"])
+                                     for k in kernels]),
+        chart("vmlinux size", "MB", [(k["label"], k["vmlinux"] / 1e6, fmt_mb(k["vmlinux"]), k["variant"])
+                                     for k in kernels]),
+    ] if c]
+    sc_chart = chart("system calls compiled in", "", [(k["label"], k["syscalls"]["real"],
+                                                       str(k["syscalls"]["real"]), k["variant"]) for k in kernels])
+    sc_head = ["kernel", "system calls"] + [f"× {b}" for b in order] + ["T/t entry points", "stubs"]
+    return [
+        Section("size", "Kernel image size", size_intro, head, rows, charts, missing, notes, True),
+        Section("syscalls", "Attack surface: system calls", sc_intro, sc_head, sc_rows,
+                [sc_chart] if sc_chart else [], [], notes, True),
+    ]
+
+
+def _spread_text(s: dict | None) -> str:
+    if not s or s.get("median") is None:
+        return "–"
+    return f"{s['min']:.3f}–{s['max']:.3f}"
+
+
+def boot_section(data: dict | None) -> Section:
+    intro = ("Host time from starting qemu to the init's first console line (`tailor-init: start`, the "
+             "guest's signal) and to the app's ready pattern, with `quiet` on every kernel's command line; "
+             "median of N boots with min–max.")
+    if not data:
+        return _not_measured("boot", "Boot time", intro)
+    rows_in = sorted(data["results"], key=_row_order)
+    order = _baselines_in(rows_in)
+    idx = _by_app_variant(rows_in)
+    head = ["app", "kernel", "to init (median)", "min–max"] + [f"× {b}" for b in order] + \
+           ["to ready (median)", "min–max"] + [f"× {b}" for b in order]
+    rows, missing, items = [], [], []
+    for r in rows_in:
+        if r.get("missing"):
+            missing.append(f"{r['app']} on {r['variant']}: {r['missing']}")
+            continue
+        init, ready = r["init_s"], r["ready_s"]
+        row = [r["app"], r["label"], fmt_s(init["median"]), _spread_text(init)]
+        row += [fmt_ratio(ratio(init["median"], _median(idx.get((r["app"], b)), "init_s"))) for b in order]
+        row += [fmt_s(ready["median"]), _spread_text(ready)]
+        row += [fmt_ratio(ratio(ready["median"], _median(idx.get((r["app"], b)), "ready_s"))) for b in order]
+        rows.append(row)
+        if r.get("errors"):
+            missing.append(f"{r['app']} on {r['variant']}: {len(r['errors'])} failed boot(s): {r['errors'][0]}")
+        items.append((f"{r['app']} · {r['label']}", init["median"], fmt_s(init["median"]), r["variant"]))
+    notes = [f"{data['runs']} boots per kernel, accelerator: {', '.join(data.get('accel_used') or ['?'])}"]
+    c = chart("boot to init (median)", "s", items)
+    return Section("boot", "Boot time", intro, head, rows, [c] if c else [], missing, notes, True)
+
+
+def _median(row: dict | None, key: str) -> float | None:
+    if not row or row.get("missing") or not row.get(key):
+        return None
+    return row[key].get("median")
+
+
+def memory_section(data: dict | None) -> Section:
+    intro = ("The smallest guest memory (MiB) with which the app's boot test still passes, found by "
+             "bisection (`quiet` on the command line).")
+    if not data:
+        return _not_measured("memory", "Memory footprint", intro)
+    rows_in = sorted(data["results"], key=_row_order)
+    order = _baselines_in(rows_in)
+    idx = _by_app_variant(rows_in)
+    head = ["app", "kernel", "min memory"] + [f"× {b}" for b in order] + ["boots tried"]
+    rows, missing, items = [], [], []
+    for r in rows_in:
+        if r.get("missing"):
+            missing.append(f"{r['app']} on {r['variant']}: {r['missing']}")
+            continue
+        v = r.get("min_mib")
+        text = f"{v} MiB" if v is not None else f"> {r['range'][1]} MiB"
+        row = [r["app"], r["label"], text]
+        row += [fmt_ratio(ratio(v, (idx.get((r["app"], b)) or {}).get("min_mib"))) for b in order]
+        row.append(str(len(r.get("tried", {}))))
+        rows.append(row)
+        items.append((f"{r['app']} · {r['label']}", v, text, r["variant"]))
+    c = chart("minimum guest memory", "MiB", items)
+    return Section("memory", "Memory footprint", intro, head, rows, [c] if c else [], missing, [], True)
+
+
+def throughput_section(data: dict | None) -> Section:
+    intro = ("Requests per second from the host through the forwarded loopback port: redis-benchmark "
+             "(GET and SET) for redis, ApacheBench for nginx, fixed parameters; all kernels of an app run "
+             "alternately in one session; median of the rounds with min–max. Higher is better.")
+    if not data:
+        return _not_measured("throughput", "Throughput", intro)
+    rows_in = sorted(data["results"], key=_row_order)
+    order = _baselines_in(rows_in)
+    idx = _by_app_variant(rows_in)
+    head = ["app", "kernel", "test", "requests/s (median)", "min–max"] + [f"× {b}" for b in order]
+    rows, missing, items = [], [], []
+    for r in rows_in:
+        if r.get("missing") or (r.get("error") and not r.get("tests")):
+            missing.append(f"{r['app']} on {r['variant']}: {r.get('missing') or r.get('error')}")
+            continue
+        for test, s in sorted(r["tests"].items()):
+            row = [r["app"], r["label"], test, fmt_num(s["median"]), f"{fmt_num(s['min'])}–{fmt_num(s['max'])}"]
+            for b in order:
+                base = (idx.get((r["app"], b)) or {}).get("tests", {}).get(test, {})
+                row.append(fmt_ratio(ratio(s["median"], base.get("median"))))
+            rows.append(row)
+            items.append((f"{r['app']} {test} · {r['label']}", s["median"], fmt_num(s["median"]), r["variant"]))
+    p = data.get("params", {})
+    notes = []
+    if "redis-benchmark" in p:
+        rb = p["redis-benchmark"]
+        notes.append(f"redis-benchmark -n {rb['requests']} -c {rb['clients']} -t {rb['tests']}, "
+                     f"{rb['rounds']} rounds")
+    if "ab" in p:
+        notes.append(f"ab -n {p['ab']['requests']} -c {p['ab']['clients']}, {p['ab']['rounds']} rounds")
+    c = chart("throughput (median)", "req/s", items)
+    return Section("throughput", "Throughput", intro, head, rows, [c] if c else [], missing, notes, True)
+
+
+def pipeline_section(data: dict | None) -> Section:
+    intro = ("The pipeline's own cost: a no-op `doit build:<app>` (everything up to date) against kbuild's "
+             "own no-op `make bzImage` in the already-built kernel tree; and, when measured, a clean build "
+             "against the raw compile of the same config.")
+    if not data:
+        return _not_measured("pipeline", "The pipeline itself", intro)
+    n = data["noop"]
+    d, k = n["doit_s"], n["kbuild_s"]
+    rows = [[f"no-op {n['doit_cmd']}", fmt_s(d["median"]), _spread_text(d),
+             fmt_ratio(ratio(d["median"], k["median"])) + " of kbuild's no-op"],
+            [f"no-op {n['kbuild_cmd']} ({data['app']}'s kernel)", fmt_s(k["median"]), _spread_text(k), "1.00x"]]
+    items = [(f"no-op doit build:{data['app']}", d["median"], fmt_s(d["median"]), "specific"),
+             ("no-op make bzImage", k["median"], fmt_s(k["median"]), "baseline")]
+    c = data.get("clean")
+    if c:
+        rows.append([f"clean doit build:{data['app']}", fmt_s(c["doit_s"]), "–",
+                     fmt_ratio(ratio(c["doit_s"], c["raw_make_s"])) + " of the raw compile"])
+        rows.append(["raw make olddefconfig bzImage (same config)", fmt_s(c["raw_make_s"]), "–", "1.00x"])
+        items += [(f"clean doit build:{data['app']}", c["doit_s"], fmt_s(c["doit_s"]), "specific"),
+                  ("raw compile", c["raw_make_s"], fmt_s(c["raw_make_s"]), "baseline")]
+    notes = [] if n.get("doit_was_noop", True) else ["warning: a timed doit run executed a task (not a no-op)"]
+    if not c:
+        notes.append("clean build not measured (python benchmarks/pipeline.py --clean; takes two kernel compiles)")
+    ch = chart("pipeline times", "s", items)
+    return Section("pipeline", "The pipeline itself", intro, ["what", "median", "min–max", "ratio"], rows,
+                   [ch] if ch else [], [], notes, True)
+
+
+# --------------------------------------------------------------------------
+# Targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal: ``metric`` of ``subject`` compared with ``limit`` (``<=`` or ``>=``)."""
+
+    id: str
+    what: str
+    metric: str
+    app: str
+    variant: str
+    op: str
+    limit: float
+    gap: str
+    accel: str | None = None
+    absolute: bool = False
+
+
+TARGETS = (
+    Target("size-base", "bzImage size, lupine-base (hello)", "size", "hello", "specific", "<=", 0.12,
+           "compress with XZ instead of gzip (KERNEL_XZ), drop KALLSYMS, BUG and printk verbosity, "
+           "or boot the uncompressed vmlinux through PVH"),
+    Target("size-redis", "bzImage size, redis app-specific", "size", "redis", "specific", "<=", 0.18,
+           "the same as for lupine-base, plus fewer networking options (e.g. no IPv6, no netfilter)"),
+    Target("size-general", "bzImage size, general", "size", "hello", "general", "<=", 0.20,
+           "the same as for lupine-base; the general options themselves add little"),
+    Target("boot-base", "boot to init, lupine-base (hello), TCG", "boot", "hello", "specific", "<=", 0.5,
+           "a smaller image to decompress (XZ or an uncompressed PVH vmlinux), fewer initcalls, "
+           "a quieter console", accel="tcg"),
+    Target("boot-general", "boot to init, general, TCG", "boot", "hello", "general", "<=", 0.6,
+           "the same as for lupine-base", accel="tcg"),
+    Target("boot-kvm", "boot to init, lupine-base (hello), KVM", "boot", "hello", "specific", "<=", 0.35,
+           "boot the uncompressed vmlinux through PVH and skip the decompressor", accel="kvm"),
+    Target("memory-hello", "minimum memory, hello", "memory", "hello", "specific", "<=", 0.6,
+           "a smaller kernel image and initramfs (memory holds both while unpacking)"),
+    Target("memory-redis", "minimum memory, redis", "memory", "redis", "specific", "<=", 0.6,
+           "a smaller kernel image; redis's own footprint dominates"),
+    Target("tput-redis", "redis GET and SET throughput", "throughput", "redis", "specific", ">=", 1.1,
+           "measure under KVM (TCG's emulation cost hides kernel differences), pin the vCPU, more rounds"),
+    Target("tput-nginx", "nginx throughput", "throughput", "nginx", "specific", ">=", 1.1,
+           "measure under KVM (TCG's emulation cost hides kernel differences), more rounds"),
+    Target("sys-base", "system calls, lupine-base (hello)", "syscalls", "hello", "specific", "<=", 0.6,
+           "turn off more syscall-gating options (ADVISE_SYSCALLS, FHANDLE, ...) in lupine-base"),
+    Target("sys-general", "system calls, general", "syscalls", "hello", "general", "<=", 0.75,
+           "drop the lupine-general options that no studied app needs"),
+    Target("noop-abs", "no-op doit build:redis", "noop", "redis", "specific", "<=", 1.0,
+           "import less at doit start-up (recipes, kconfiglib) and keep the task graph small", absolute=True),
+    Target("noop-ratio", "no-op doit build:redis vs kbuild's no-op", "noop", "redis", "specific", "<=", 0.1,
+           "the same as for the absolute time"),
+)
+
+
+def _kernel_of(size: dict, app: str, variant: str) -> dict | None:
+    for k in size.get("kernels", []):
+        if k["variant"] == variant and (variant in BASELINE_ORDER or app in k["apps"]):
+            return k
+    return None
+
+
+def _target_values(t: Target, results: dict[str, dict]) -> tuple[float | None, float | None, str, str]:
+    """(value, baseline value, value text, baseline name) of a target, from the stored results."""
+    if t.metric in ("size", "syscalls"):
+        size = results.get("size")
+        if not size:
+            return None, None, "", ""
+        k = _kernel_of(size, t.app, t.variant)
+        pick = (lambda x: x["bzImage"]) if t.metric == "size" else (lambda x: x["syscalls"]["real"])
+        show = fmt_mb if t.metric == "size" else str
+        for b in TARGET_BASELINES:
+            base = _kernel_of(size, t.app, b)
+            if base:
+                return (pick(k) if k else None), pick(base), (show(pick(k)) if k else ""), b
+        return (pick(k) if k else None), None, (show(pick(k)) if k else ""), ""
+    if t.metric == "noop":
+        p = results.get("pipeline")
+        if not p or p.get("app") != t.app:
+            return None, None, "", ""
+        d, k = p["noop"]["doit_s"]["median"], p["noop"]["kbuild_s"]["median"]
+        return d, (None if t.absolute else k), fmt_s(d), "" if t.absolute else "kbuild no-op"
+    data = results.get(t.metric)
+    if not data:
+        return None, None, "", ""
+    if t.accel and t.metric == "boot" and t.accel not in (data.get("accel_used") or []):
+        return None, None, "n/a", ""
+    idx = _by_app_variant(data["results"])
+    if t.metric == "boot":
+        get, show = (lambda r: _median(r, "init_s")), fmt_s
+    elif t.metric == "memory":
+        get, show = (lambda r: r.get("min_mib") if r and not r.get("missing") else None), (lambda v: f"{v} MiB")
+    else:
+        def get(r):
+            if not r or not r.get("tests"):
+                return None
+            return min(s["median"] for s in r["tests"].values())
+        show = fmt_num
+    value = get(idx.get((t.app, t.variant)))
+    for b in TARGET_BASELINES:
+        row = idx.get((t.app, b))
+        if t.metric == "throughput" and row and row.get("tests"):
+            # per-test ratios: the target holds when the worst test meets it
+            mine = (idx.get((t.app, t.variant)) or {}).get("tests") or {}
+            ratios = [s["median"] / row["tests"][n]["median"] for n, s in mine.items() if n in row["tests"]]
+            if ratios:
+                return min(ratios), 1.0, " / ".join(f"{n} {fmt_num(s['median'])}" for n, s in sorted(mine.items())), b
+        base = get(row)
+        if base is not None:
+            return value, base, (show(value) if value is not None else ""), b
+    return value, None, (show(value) if value is not None else ""), ""
+
+
+def evaluate_targets(results: dict[str, dict]) -> list[dict]:
+    """Each target with its value, ratio, verdict (met, missed, not measured, n/a) and gap note."""
+    out = []
+    for t in TARGETS:
+        value, base, text, against = _target_values(t, results)
+        r = value if t.absolute else ratio(value, base)
+        if text == "n/a":
+            verdict, text = "n/a", f"not measured under {t.accel.upper()} here"
+        elif r is None:
+            verdict = "not measured"
+        else:
+            met = r <= t.limit if t.op == "<=" else r >= t.limit
+            verdict = "met" if met else "missed"
+        out.append({
+            "id": t.id, "what": t.what, "value": text or "–",
+            "ratio": (fmt_s(r) if t.absolute else fmt_ratio(r)) if r is not None else "–",
+            "limit": f"{t.op} {t.limit:g} s" if t.absolute else f"{t.op} {t.limit:g}x",
+            "against": against or "–", "verdict": verdict,
+            "gap": t.gap if verdict == "missed" else "",
+        })
+    return out
+
+
+def target_lines(results: dict[str, dict], metrics: tuple[str, ...]) -> list[str]:
+    """Plain-text lines for the targets of *metrics*: figure, ratio, limit and whether it is met."""
+    metric_of = {t.id: t.metric for t in TARGETS}
+    lines = []
+    for row in evaluate_targets(results):
+        if metric_of[row["id"]] in metrics:
+            lines.append(f"target {row['what']}: {row['value']} = {row['ratio']} (limit {row['limit']}, "
+                         f"against {row['against']}): {row['verdict'].upper()}"
+                         + (f"; to close the gap: {row['gap']}" if row["gap"] else ""))
+    return lines
+
+
+# --------------------------------------------------------------------------
+# Rendering
+
+
+def sections(results: dict[str, dict]) -> list[Section]:
+    return (size_sections(results.get("size")) + [boot_section(results.get("boot")),
+            memory_section(results.get("memory")), throughput_section(results.get("throughput")),
+            pipeline_section(results.get("pipeline"))])
+
+
+def conditions_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Conditions of each stored measurement (machine, accelerator, qemu, gcc, kernel, date)."""
+    keys = ("machine", "os", "accel", "qemu", "gcc", "kernel", "load", "date")
+    head = ["measurement"] + list(keys)
+    rows = []
+    for kind in KINDS:
+        c = (results.get(kind) or {}).get("conditions")
+        if c:
+            rows.append([kind] + [" / ".join(map(str, c[k])) if isinstance(c.get(k), list) else str(c.get(k, "–"))
+                                  for k in keys])
+    return head, rows
+
+
+def code_spans(text: str):
+    """HTML for *text* with its `backtick` spans as <code> (everything else escaped)."""
+    import re
+
+    from markupsafe import Markup, escape
+
+    parts = re.split(r"`([^`]+)`", str(text))
+    return Markup("".join(f"<code>{escape(p)}</code>" if i % 2 else str(escape(p)) for i, p in enumerate(parts)))
+
+
+def _env(autoescape: bool):
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
+                             autoescape=autoescape, keep_trailing_newline=True, trim_blocks=True,
+                             lstrip_blocks=True)
+    env.filters["code"] = code_spans
+    return env
+
+
+def render(template: str, **values) -> str:
+    """Render ``templates/<template>`` (HTML-escaped when it ends in ``.html.j2``)."""
+    import jinja2
+
+    try:
+        return _env(template.endswith(".html.j2")).get_template(template).render(**values)
+    except jinja2.TemplateError as e:
+        raise TailorError(f"templates/{template}: {e}") from None
+
+
+def context(results: dict[str, dict]) -> dict:
+    """Everything the report templates show."""
+    from tailor.measure import conditions
+
+    secs = sections(results)
+    head, rows = conditions_table(results)
+    targets = evaluate_targets(results)
+    counts = {v: sum(1 for t in targets if t["verdict"] == v) for v in ("met", "missed", "not measured", "n/a")}
+    return {"sections": secs, "targets": targets, "counts": counts, "cond_head": head, "cond_rows": rows,
+            "now": conditions(), "measured": [k for k in KINDS if k in results]}
+
+
+def build(bench: Path | None = None, dest: Path | None = None) -> dict[str, Path]:
+    """Render the report from *bench* (default ``out/bench``) into *dest* (default ``out/report``)."""
+    results = load_results(bench)
+    ctx = context(results)
+    dest = dest or report_dir()
+    paths = {"html": dest / "index.html", "md": dest / "report.md"}
+    write_atomic(paths["html"], render("report.html.j2", **ctx))
+    write_atomic(paths["md"], render("report.md.j2", **ctx))
+    c = ctx["counts"]
+    print(f"[report] {paths['html']} and report.md: {len(ctx['measured'])} of {len(KINDS)} measurements; "
+          f"targets: {c['met']} met, {c['missed']} missed, {c['not measured']} not measured", file=sys.stderr)
+    return paths
+
+
+def summary(results: dict[str, dict], section_ids: tuple[str, ...], metrics: tuple[str, ...]) -> str:
+    """Plain text of some sections and their targets (what the benchmark scripts print)."""
+    secs = [s for s in sections(results) if s.id in section_ids]
+    return render("report.txt.j2", sections=secs, targets=target_lines(results, metrics), widths=widths,
+                  text_row=text_row)
+
+
+def widths(head: list[str], rows: list[list[str]]) -> list[int]:
+    """Column widths for a plain-text table."""
+    cols = [head] + rows
+    return [max(len(r[i]) for r in cols if i < len(r)) for i in range(len(head))]
+
+
+
+def text_row(cells: list[str], w: list[int]) -> str:
+    """One plain-text table row, each cell padded to its column's width."""
+    return "  ".join(c.ljust(w[i]) for i, c in enumerate(cells)).rstrip()

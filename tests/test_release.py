@@ -1,0 +1,514 @@
+"""Releases: checksums, tree comparison, the .deb, the OCI layout for urunc, the Firecracker config.
+
+The fast tests use small fake artefacts (a fake bzImage with a real setup
+header, a fake rootfs, a fake boot result) and need no kernel build. The
+slow ones run ``doit release:hello`` and ``doit verify_reproducible`` for
+real in a copy of the project, like tests/test_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tailor import boot, kernel, release, rootfs
+from tailor.errors import TailorError
+from tailor.recipe import load
+
+ROOT = Path(__file__).resolve().parent.parent
+EPOCH = 1672531200
+IDENTITY = "ab" * 32
+KREL = "6.1.99"
+
+needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
+
+
+def fake_bzimage(path: Path, version: str = KREL) -> Path:
+    """A file with a bzImage setup header whose kernel_version string says *version*."""
+    data = bytearray(0x1000)
+    data[0x202:0x206] = b"HdrS"
+    data[0x20E:0x210] = (0x300 - 0x200).to_bytes(2, "little")
+    text = f"{version} (tailor@tailor) #1 Sun Jan  1 00:00:00 UTC 2023".encode() + b"\0"
+    data[0x300:0x300 + len(text)] = text
+    path.write_bytes(bytes(data) + b"payload" * 100)
+    return path
+
+
+def fake_kernel_files(d: Path) -> dict[str, Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    files = {"bzImage": fake_bzimage(d / "bzImage"), "vmlinux": d / "vmlinux", "System.map": d / "System.map",
+             "config": d / "config"}
+    files["vmlinux"].write_bytes(b"\x7fELF" + bytes(range(256)) * 40)
+    files["System.map"].write_text("ffffffff81000000 T _text\nffffffff81000040 T startup_64\n")
+    files["config"].write_text("# fake\nCONFIG_VIRTIO_MMIO=y\nCONFIG_PRINTK=y\n")
+    return files
+
+
+# --------------------------------------------------------------------------
+# Checksums and tree comparison
+
+
+def test_write_sums_passes_sha256sum_c(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one").write_bytes(b"1" * 5000)
+    (tmp_path / "two words.txt").write_text("x")
+    (tmp_path / ".lock").write_text("")
+    sums = release.write_sums(tmp_path)
+    text = sums.read_text()
+    assert ".lock" not in text and "SHA256SUMS" not in text
+    assert text.splitlines() == [f"{hashlib.sha256(b'1' * 5000).hexdigest()}  a/one",
+                                 f"{hashlib.sha256(b'x').hexdigest()}  two words.txt"]
+    proc = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert release.check_sums(tmp_path) == []
+    (tmp_path / "a" / "one").write_bytes(b"2")
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path, capture_output=True).returncode != 0
+    assert release.check_sums(tmp_path) == ["a/one: sha256 differs"]
+
+
+def test_compare_trees_reports_the_first_differing_offset(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "sub").mkdir(parents=True)
+        (d / "same").write_bytes(b"s" * 10)
+    data = bytes(range(256)) * 40
+    (a / "sub" / "big").write_bytes(data)
+    (b / "sub" / "big").write_bytes(data[:5000] + b"\xff" + data[5001:])
+    (a / "short").write_bytes(b"abc")
+    (b / "short").write_bytes(b"abcdef")
+    (a / "only-a").write_text("1")
+    (b / "only-b").write_text("1")
+    diffs = {d["path"]: d for d in release.compare_trees(a, b)}
+    assert set(diffs) == {"sub/big", "short", "only-a", "only-b"}
+    assert diffs["sub/big"]["kind"] == "differs" and diffs["sub/big"]["offset"] == 5000
+    assert diffs["short"]["offset"] == 3 and (diffs["short"]["size_a"], diffs["short"]["size_b"]) == (3, 6)
+    assert diffs["only-a"]["kind"] == "only in a" and diffs["only-b"]["kind"] == "only in b"
+    assert "differs at byte offset 5000 (0x1388)" in release.describe_difference(diffs["sub/big"])
+    assert release.compare_trees(a / "sub", a / "sub") == []
+    assert release.first_difference(a / "same", b / "same") is None
+
+
+def test_measurement_only_allows_the_boot_time_and_nothing_else(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    base = {"app": "x", "artefacts": [{"path": "bzImage", "sha256": "0" * 64, "size": 1}]}
+    for d, t in ((a, 0.71), (b, 0.93)):
+        (d / "x").mkdir(parents=True)
+        (d / "x" / "manifest.json").write_text(json.dumps(dict(base, boot_test={"time_to_init_s": t})))
+        (d / "SHA256SUMS").write_text(f"{'1' * 64}  x/bzImage\n{hashlib.sha256(str(t).encode()).hexdigest()}"
+                                      f"  x/manifest.json\n")
+    diffs = release.compare_trees(a, b)
+    assert len(diffs) == 2 and all(release.measurement_only(a, b, d) for d in diffs)
+    (b / "x" / "manifest.json").write_text(json.dumps(dict(base, app="y", boot_test={"time_to_init_s": 1})))
+    manifest_diff = [d for d in release.compare_trees(a, b) if d["path"] == "x/manifest.json"][0]
+    assert not release.measurement_only(a, b, manifest_diff)
+
+
+# --------------------------------------------------------------------------
+# Deterministic tar and the OCI layout
+
+
+def test_deterministic_tar_ignores_times_and_owners(tmp_path):
+    src = tmp_path / "kernel"
+    src.write_bytes(b"k" * 3000)
+    one = release.deterministic_tar([("/.boot/kernel", src, 0o644), ("urunc.json", b"{}", 0o644)],
+                                    tmp_path / "one.tar", EPOCH)
+    time.sleep(1.1)
+    os.utime(src, None)
+    two = release.deterministic_tar([("urunc.json", b"{}", 0o644), ("/.boot/kernel", src, 0o644)],
+                                    tmp_path / "two.tar", EPOCH)
+    assert one.read_bytes() == two.read_bytes()
+    with tarfile.open(one) as tf:
+        members = tf.getmembers()
+    assert [m.name for m in members] == [".boot", ".boot/kernel", "urunc.json"]
+    assert all(m.mtime == EPOCH and m.uid == 0 and m.gid == 0 and m.uname == "" and m.gname == "" for m in members)
+    assert members[0].isdir() and members[1].size == 3000
+
+
+def walk_layout(layout: Path) -> dict:
+    """Walk an OCI layout by hand: index -> manifest -> config and layers, checking every digest and size."""
+    assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((layout / "index.json").read_text())
+    assert index["schemaVersion"] == 2 and len(index["manifests"]) == 1
+
+    def blob(desc):
+        algo, hexdigest = desc["digest"].split(":")
+        data = (layout / "blobs" / algo / hexdigest).read_bytes()
+        assert algo == "sha256" and hashlib.sha256(data).hexdigest() == hexdigest
+        assert len(data) == desc["size"]
+        return data
+
+    mdesc = index["manifests"][0]
+    assert mdesc["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    manifest = json.loads(blob(mdesc))
+    assert manifest["schemaVersion"] == 2 and manifest["mediaType"] == mdesc["mediaType"]
+    assert manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    config = json.loads(blob(manifest["config"]))
+    layers = {}
+    for ldesc in manifest["layers"]:
+        assert ldesc["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+        with tarfile.open(fileobj=io.BytesIO(blob(ldesc))) as tf:
+            for m in tf.getmembers():
+                if m.isfile():
+                    layers[m.name] = tf.extractfile(m).read()
+    assert config["rootfs"] == {"type": "layers", "diff_ids": [d["digest"] for d in manifest["layers"]]}
+    referenced = {mdesc["digest"], manifest["config"]["digest"]} | {d["digest"] for d in manifest["layers"]}
+    assert {"sha256:" + p.name for p in (layout / "blobs" / "sha256").iterdir()} == referenced
+    return {"index": index, "manifest": manifest, "config": config, "files": layers}
+
+
+@pytest.mark.parametrize("fmt", ["cpio", "ext2"])
+def test_oci_layout_for_urunc(tmp_path, fmt):
+    kfile = fake_kernel_files(tmp_path / "k")["vmlinux"]
+    image = tmp_path / f"rootfs.{fmt}"
+    image.write_bytes(b"070701" + b"r" * 2000)
+    argv = ["/usr/bin/redis-server", "--save", "", "--port", "6379"]
+
+    def make(dest):
+        return release.oci_layout(dest, app="redis", version="0.1.0", kernel=kfile, rootfs=image,
+                                  rootfs_format=fmt, argv=argv, env=["HOME=/root", "A=b c"], workdir="/",
+                                  hypervisor="firecracker", epoch=EPOCH)
+
+    info = make(tmp_path / "oci")
+    walked = walk_layout(tmp_path / "oci")
+    assert release.verify_oci(tmp_path / "oci")["manifest"] == walked["manifest"]
+    ann = walked["manifest"]["annotations"]
+    assert ann["com.urunc.unikernel.unikernelType"] == "linux"
+    assert ann["com.urunc.unikernel.hypervisor"] == "firecracker"
+    assert ann["com.urunc.unikernel.binary"] == "/.boot/kernel"
+    assert ann["com.urunc.unikernel.cmdline"] == "/usr/bin/redis-server --save '' --port 6379"
+    if fmt == "cpio":
+        assert ann["com.urunc.unikernel.initrd"] == "/.boot/rootfs" and "com.urunc.unikernel.block" not in ann
+    else:
+        assert ann["com.urunc.unikernel.block"] == "/.boot/rootfs"
+        assert ann["com.urunc.unikernel.blkMntPoint"] == "/" and "com.urunc.unikernel.initrd" not in ann
+    assert walked["files"][".boot/kernel"] == kfile.read_bytes()
+    assert walked["files"][".boot/rootfs"] == image.read_bytes()
+    urunc = json.loads(walked["files"]["urunc.json"])
+    urunc_plain = {k: base64.b64decode(v).decode() for k, v in urunc.items()}
+    assert urunc_plain == {k: v for k, v in ann.items() if k.startswith("com.urunc.")}
+    cfg = walked["config"]
+    assert cfg["config"]["Entrypoint"] == argv[:1] and cfg["config"]["Cmd"] == argv[1:]
+    assert cfg["config"]["Env"] == ["HOME=/root", "A=b c"] and cfg["architecture"] == "amd64"
+    assert cfg["created"] == "2023-01-01T00:00:00Z"
+    ref = walked["index"]["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    assert ref == "0.1.0" == info["ref"] and info["manifest"]["digest"] == walked["index"]["manifests"][0]["digest"]
+    # same inputs, another directory, later: the same bytes
+    make(tmp_path / "again")
+    assert release.compare_trees(tmp_path / "oci", tmp_path / "again") == []
+
+
+def test_verify_oci_finds_a_corrupt_blob(tmp_path):
+    files = fake_kernel_files(tmp_path / "k")
+    release.oci_layout(tmp_path / "oci", app="x", version="1.0", kernel=files["bzImage"], rootfs=files["config"],
+                       rootfs_format="cpio", argv=["/x"], env=[], workdir="/", hypervisor="qemu", epoch=EPOCH)
+    manifest = json.loads((tmp_path / "oci" / "index.json").read_text())["manifests"][0]
+    blob = json.loads((tmp_path / "oci" / "blobs" / "sha256" / manifest["digest"].split(":")[1]).read_text())
+    layer = tmp_path / "oci" / "blobs" / "sha256" / blob["layers"][0]["digest"].split(":")[1]
+    layer.write_bytes(layer.read_bytes()[:-1] + b"\1")
+    with pytest.raises(TailorError, match="layer 0 blob sha256:[0-9a-f]+ does not match its digest"):
+        release.verify_oci(tmp_path / "oci")
+
+
+# --------------------------------------------------------------------------
+# Firecracker
+
+
+def check_firecracker_fields(cfg: dict) -> None:
+    """The config-file fields of Firecracker's API description, with their JSON types."""
+    assert set(cfg) <= {"boot-source", "drives", "machine-config", "network-interfaces", "vsock", "logger",
+                        "metrics", "balloon", "mmds-config", "entropy"}
+    bs = cfg["boot-source"]
+    assert set(bs) <= {"kernel_image_path", "boot_args", "initrd_path"} and isinstance(bs["kernel_image_path"], str)
+    assert isinstance(bs["boot_args"], str)
+    mc = cfg["machine-config"]
+    assert type(mc["vcpu_count"]) is int and type(mc["mem_size_mib"]) is int and type(mc["smt"]) is bool
+    for d in cfg["drives"]:
+        assert set(d) == {"drive_id", "path_on_host", "is_root_device", "is_read_only"}
+        assert type(d["is_root_device"]) is bool and type(d["is_read_only"]) is bool
+    for n in cfg["network-interfaces"]:
+        assert set(n) == {"iface_id", "host_dev_name", "guest_mac"}
+        assert all(isinstance(v, str) for v in n.values())
+    release.check_firecracker_config(cfg)
+
+
+def test_firecracker_config_initrd_with_network():
+    cfg = json.loads(release.firecracker_config(kernel="vmlinux", rootfs="rootfs.cpio", rootfs_format="cpio",
+                                                memory=256, network=True, cmdline_extra="quiet"))
+    check_firecracker_fields(cfg)
+    assert cfg["boot-source"] == {"kernel_image_path": "vmlinux", "initrd_path": "rootfs.cpio",
+                                  "boot_args": "console=ttyS0 reboot=k panic=1 pci=off rdinit=/init quiet"}
+    assert cfg["drives"] == [] and cfg["machine-config"]["mem_size_mib"] == 256
+    assert cfg["machine-config"]["vcpu_count"] == 1
+    assert cfg["network-interfaces"] == [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                          "guest_mac": "06:00:0a:00:02:0f"}]
+
+
+def test_firecracker_config_block_root_without_network():
+    cfg = json.loads(release.firecracker_config(kernel="vmlinux", rootfs="rootfs.ext2", rootfs_format="ext2",
+                                                memory=64, network=False))
+    check_firecracker_fields(cfg)
+    assert "initrd_path" not in cfg["boot-source"]
+    assert cfg["boot-source"]["boot_args"].endswith("root=/dev/vda rw init=/init")
+    assert cfg["drives"] == [{"drive_id": "rootfs", "path_on_host": "rootfs.ext2", "is_root_device": True,
+                              "is_read_only": False}]
+    assert cfg["network-interfaces"] == []
+
+
+# --------------------------------------------------------------------------
+# The Debian package
+
+
+def test_kernel_release_from_the_setup_header(tmp_path):
+    assert release.kernel_release(fake_bzimage(tmp_path / "bz", "6.1.192")) == "6.1.192"
+    (tmp_path / "not").write_bytes(b"\0" * 4096)
+    with pytest.raises(TailorError, match="not a bzImage"):
+        release.kernel_release(tmp_path / "not")
+
+
+def build_fake_deb(dest: Path, files: dict[str, Path], app: str = "redis") -> Path:
+    return release.build_deb(dest, app=app, kernel_rel=KREL, version="0.1.0", bzimage=files["bzImage"],
+                             config=files["config"], system_map=files["System.map"], epoch=EPOCH,
+                             description="a test", source_label="linux-source-6.1 6.1.99-1",
+                             source_sha256="0" * 64, config_identity=IDENTITY)
+
+
+@needs_dpkg
+def test_deb_is_reproducible_and_installs_into_a_scratch_root(tmp_path):
+    files = fake_kernel_files(tmp_path / "k")
+    one = build_fake_deb(tmp_path / "one", files)
+    assert one.name == "linux-image-6.1-tailor-redis_0.1.0_amd64.deb"
+    time.sleep(1.1)
+    for f in files.values():
+        os.utime(f, None)
+    two = build_fake_deb(tmp_path / "second-dir", files)
+    assert one.read_bytes() == two.read_bytes()
+    fields = subprocess.run(["dpkg-deb", "-f", str(one)], capture_output=True, text=True, check=True).stdout
+    assert "Package: linux-image-6.1-tailor-redis\n" in fields and "Version: 0.1.0\n" in fields
+    assert "Architecture: amd64\n" in fields and "Section: kernel\n" in fields
+    listing = subprocess.run(["dpkg-deb", "-c", str(one)], capture_output=True, text=True, check=True).stdout
+    assert all(" root/root " in ln and " 2023-01-01 00:00 " in ln for ln in listing.splitlines())
+    scratch = tmp_path / "scratch"
+    installed = release.install_deb(one, scratch)
+    for name, src in (("vmlinuz", "bzImage"), ("config", "config"), ("System.map", "System.map")):
+        path = f"/boot/{name}-{KREL}-tailor-redis"
+        assert path in installed
+        assert (scratch / path.lstrip("/")).read_bytes() == files[src].read_bytes()
+    doc = scratch / "usr/share/doc/linux-image-6.1-tailor-redis"
+    assert "GPL-2" in (doc / "copyright").read_text()
+    import gzip
+
+    changelog = gzip.decompress((doc / "changelog.gz").read_bytes()).decode()
+    assert changelog.startswith("linux-image-6.1-tailor-redis (0.1.0) unstable; urgency=medium")
+    assert "Sun, 01 Jan 2023 00:00:00 +0000" in changelog
+    status = (scratch / "var/lib/dpkg/status").read_text()
+    assert "Package: linux-image-6.1-tailor-redis\nStatus: install ok installed" in status
+
+
+@needs_dpkg
+@pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian not installed")
+def test_lintian_reports_no_errors_or_warnings(tmp_path):
+    deb = build_fake_deb(tmp_path, fake_kernel_files(tmp_path / "k"), app="my_app")
+    proc = subprocess.run(["lintian", "--pedantic", "-I", str(deb)], capture_output=True, text=True)
+    tags = [ln for ln in proc.stdout.splitlines() if ln[:2] in ("E:", "W:", "I:", "P:")]
+    assert tags == [] and proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_version_and_maintainer_are_checked(monkeypatch):
+    monkeypatch.setenv("TAILOR_RELEASE_VERSION", "1.0-beta/2")
+    with pytest.raises(TailorError, match="TAILOR_RELEASE_VERSION='1.0-beta/2'"):
+        release.release_version()
+    monkeypatch.setenv("TAILOR_RELEASE_VERSION", "2.0~rc1")
+    assert release.release_version() == "2.0~rc1"
+    monkeypatch.setenv("TAILOR_DEB_MAINTAINER", "nobody")
+    with pytest.raises(TailorError, match="Full Name <address@domain>"):
+        release.maintainer()
+
+
+# --------------------------------------------------------------------------
+# A whole app's release from fake pipeline outputs
+
+
+RECIPE = """\
+description: a fake app for the release tests
+kernel:
+  base: [lupine-base]
+rootfs:
+  packages: [hello]
+app:
+  command: /usr/bin/hello
+  args: [--greeting, "hi there"]
+  network: true
+test:
+  ready: hi
+  memory: 96
+"""
+
+
+def fake_pipeline(out: Path, tmp: Path, passed: bool = True):
+    """Fake outputs of every stage for the recipe ``fakeapp`` under TAILOR_OUT=*out*; return the recipe."""
+    recipes = tmp / "recipes"
+    recipes.mkdir(parents=True, exist_ok=True)
+    (recipes / "fakeapp.yaml").write_text(RECIPE)
+    recipe = load(recipes / "fakeapp.yaml")
+    files = fake_kernel_files(kernel.kernel_dir(IDENTITY))
+    meta = {"sizes": {n: files[n].stat().st_size for n in ("bzImage", "vmlinux", "System.map")}, "enabled": 2}
+    kernel.link_app("fakeapp", IDENTITY, meta)
+    image = rootfs.image_path(recipe)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"070701" + b"\0" * 4000)
+    (rootfs.manifest_path("fakeapp")).write_text(json.dumps({
+        "format": "cpio", "command": "/usr/bin/hello", "sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+        "packages": [{"name": "hello", "version": "2.10-3", "arch": "amd64"}]}))
+    result = boot.result_path("fakeapp")
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps({
+        "app": "fakeapp", "pass": passed, "reason": "" if passed else "ready pattern not seen in 96 s",
+        "accel": "tcg", "time_to_init_s": 0.7, "time_to_ready_s": 0.8, "memory": 96,
+        "probe": {"type": "none", "detail": "ready pattern matched at 0.8 s"},
+        "kernel": str(kernel.kernel_dir(IDENTITY) / "bzImage"), "image": str(image)}))
+    return recipe
+
+
+@needs_dpkg
+def test_release_app_from_fake_outputs(tmp_path, monkeypatch):
+    trees = []
+    for name in ("a", "second"):
+        out = tmp_path / name / "out"
+        monkeypatch.setenv("TAILOR_OUT", str(out))
+        recipe = fake_pipeline(out, tmp_path / name)
+        manifest = release.release_app(recipe, "0.1.0")
+        trees.append(out / "release" / "0.1.0")
+    root = trees[0]
+    app = root / "fakeapp"
+    names = {p.relative_to(app).as_posix() for p in app.rglob("*") if p.is_file()}
+    assert {"bzImage", "vmlinux", "config", "System.map", "rootfs.cpio", "recipe.yaml", "manifest.json",
+            "firecracker.json", "oci/index.json", "oci/oci-layout",
+            f"linux-image-6.1-tailor-fakeapp_0.1.0_amd64.deb"} <= names
+    assert (app / "recipe.yaml").read_text() == RECIPE
+    proc = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0 and "fakeapp/manifest.json: OK" in proc.stdout, proc.stdout + proc.stderr
+    assert json.loads((app / "manifest.json").read_text()) == manifest
+    assert manifest["kernel"]["release"] == KREL and manifest["kernel"]["config_identity"] == IDENTITY
+    assert manifest["kernel"]["source"]["kind"] == "debian" and len(manifest["kernel"]["source"]["sha256"]) == 64
+    assert manifest["recipe"]["sha256"] == hashlib.sha256(RECIPE.encode()).hexdigest()
+    assert manifest["source_date_epoch"] == EPOCH
+    assert set(manifest["toolchain"]) == {"gcc", "binutils", "qemu", "e2fsprogs", "dpkg"}
+    assert manifest["boot_test"]["pass"] is True and manifest["boot_test"]["time_to_ready_s"] == 0.8
+    assert "doit release:fakeapp" in manifest["reproduce"]["command"]
+    assert "SOURCE_DATE_EPOCH=1672531200" in manifest["reproduce"]["command"]
+    listed = {a["path"]: a for a in manifest["artefacts"]}
+    assert set(listed) == names - {"manifest.json"}
+    assert all(listed[p]["size"] == (app / p).stat().st_size for p in listed)
+    assert manifest["oci"]["hypervisor"] == "firecracker"  # a virtio-mmio kernel without PCI
+    walked = walk_layout(app / "oci")
+    assert walked["files"][".boot/kernel"] == (app / "vmlinux").read_bytes()
+    assert walked["config"]["config"]["Cmd"] == ["--greeting", "hi there"]
+    fc = json.loads((app / "firecracker.json").read_text())
+    check_firecracker_fields(fc)
+    assert fc["machine-config"]["mem_size_mib"] == 96 and fc["network-interfaces"]
+    # no path of the machine in the release: two output directories give the same bytes
+    assert release.compare_trees(trees[0], trees[1]) == []
+
+
+@needs_dpkg
+def test_release_refuses_an_app_whose_boot_test_failed(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setenv("TAILOR_OUT", str(out))
+    recipe = fake_pipeline(out, tmp_path, passed=False)
+    with pytest.raises(TailorError, match=r"^release of fakeapp refused: its boot test did not pass "
+                                          r"\(ready pattern not seen in 96 s\); fix it and run `doit boot:fakeapp`$"):
+        release.release_app(recipe, "0.1.0")
+    assert not (out / "release" / "0.1.0" / "fakeapp").exists()
+    fake_pipeline(out, tmp_path, passed=True)
+    image = rootfs.image_path(recipe)
+    later = time.time() + 5
+    os.utime(image, (later, later))
+    with pytest.raises(TailorError, match="boot result is older than its kernel or image"):
+        release.release_app(recipe, "0.1.0")
+
+
+def test_release_tasks_depend_on_the_pipeline(monkeypatch, tmp_path):
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    monkeypatch.delenv("TAILOR_RELEASE_VERSION", raising=False)
+    recipe = load(ROOT / "recipes" / "hello.yaml")
+    (task,) = release.tasks([recipe], lambda fn, *a: (fn, a, {}))
+    assert task["basename"] == "release" and task["name"] == "hello"
+    deps = set(task["file_dep"])
+    assert {str(kernel.app_pointer("hello")), str(rootfs.image_path(recipe)),
+            str(boot.result_path("hello"))} <= deps
+    assert task["targets"] == [str(tmp_path / "out" / "release" / release.__version__ / "hello" / "manifest.json")]
+    (verify,) = release.verify_tasks(lambda fn, *a: (fn, a, {}))
+    assert verify["basename"] == "verify_reproducible" and verify["params"][0]["default"] == "hello"
+
+
+# --------------------------------------------------------------------------
+# Slow: the real thing
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, linux_tree):
+    """A copy of the project whose out/ shares the kernel source, kernels and .deb cache with the real out/."""
+    d = tmp_path_factory.mktemp("release-project") / "tailor"
+    release.copy_project(d)
+    real_out = ROOT / "out"
+    (d / "out").mkdir()
+    for shared in ("src", "kernel", "cache"):
+        (real_out / shared).mkdir(parents=True, exist_ok=True)
+        (d / "out" / shared).symlink_to(real_out / shared)
+    return d
+
+
+def doit(project, *args, timeout=5400):
+    env = dict(os.environ)
+    for var in ("TAILOR_OUT", "TAILOR_RELEASE_VERSION", "TAILOR_DEB_MAINTAINER"):
+        env.pop(var, None)
+    return subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_doit_release_hello(project, tmp_path):
+    proc = doit(project, "release:hello")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    root = project / "out" / "release" / release.__version__
+    app = root / "hello"
+    deb = app / "linux-image-6.1-tailor-hello_0.1.0_amd64.deb"
+    for name in ("bzImage", "vmlinux", "config", "System.map", "rootfs.cpio", "manifest.json", "firecracker.json",
+                 "oci/index.json"):
+        assert (app / name).is_file(), name
+    assert deb.is_file()
+    proc = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((app / "manifest.json").read_text())
+    assert manifest["boot_test"]["pass"] is True and manifest["kernel"]["release"].startswith("6.1.")
+    walk_layout(app / "oci")
+    check_firecracker_fields(json.loads((app / "firecracker.json").read_text()))
+    installed = release.install_deb(deb, tmp_path / "scratch")
+    assert f"/boot/vmlinuz-{manifest['kernel']['release']}-tailor-hello" in installed
+    if shutil.which("lintian"):
+        lint = subprocess.run(["lintian", str(deb)], capture_output=True, text=True)
+        assert not [ln for ln in lint.stdout.splitlines() if ln.startswith(("E:", "W:"))], lint.stdout
+    again = doit(project, "release:hello")
+    assert again.returncode == 0 and "-- release:hello" in again.stdout.splitlines(), again.stdout
+
+
+@pytest.mark.slow
+def test_verify_reproducible_hello(project):
+    proc = doit(project, "verify_reproducible")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
+    report = json.loads((project / "out" / "repro" / "report.json").read_text())
+    assert report["reproducible"] is True and report["differences"] == []
+    assert report["identical"] + len(report["measurement_only"]) == report["files"] > 10
+    first, second = report["builds"]
+    assert first["dir"] != second["dir"] and first["started_utc"] < second["started_utc"]
