@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 packages=(
   qemu-system-x86 linux-source-6.1 busybox-static
   build-essential bc flex bison libelf-dev libssl-dev dwarves
-  e2fsprogs cpio ccache xz-utils patch
+  e2fsprogs cpio ccache xz-utils patch lintian
   python3 python3-venv ca-certificates
   chromium  # tests/test_report.py renders the measurement report in headless Chromium
 )

@@ -4,6 +4,8 @@ Commands::
 
     check [RECIPE ...]          validate recipes (all by default)
     config APP                  resolve and verify APP's kernel config (like doit config:APP)
+    kernel-source APP           verify, unpack and patch APP's kernel source (like doit source:<id>)
+    rootfs APP                  build APP's root filesystem image (like doit rootfs:APP)
     explain APP SYMBOL          why SYMBOL has its value in APP's config
     pin-source [PACKAGE]        pin the installed linux-source package in kernel-sources.lock
 """
@@ -14,6 +16,7 @@ import argparse
 import sys
 
 from tailor.errors import TailorError
+from tailor.util import os_error
 
 
 def _check(args) -> int:
@@ -31,12 +34,33 @@ def _check(args) -> int:
     return 1 if bad else 0
 
 
-def _config(args) -> int:
-    from tailor.config import configure
+def _recipe(app: str):
+    """A recipe by name (recipes/<app>.yaml) or by file (anything ending in .yaml/.yml)."""
     from tailor.recipe import find, load
 
-    recipe = load(args.app) if args.app.endswith((".yaml", ".yml")) else find(args.app)
-    configure(recipe)
+    return load(app) if app.endswith((".yaml", ".yml")) else find(app)
+
+
+def _config(args) -> int:
+    from tailor.config import configure
+
+    configure(_recipe(args.app))
+    return 0
+
+
+def _kernel_source(args) -> int:
+    from tailor import source
+    from tailor.util import display_path
+
+    tree = source.prepare(source.recipe_ref(_recipe(args.app)))
+    print(display_path(tree))
+    return 0
+
+
+def _rootfs(args) -> int:
+    from tailor.rootfs import build
+
+    build(_recipe(args.app))
     return 0
 
 
@@ -65,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("config", help="resolve and verify an app's kernel config")
     p.add_argument("app", help="a recipe name, or a recipe file")
     p.set_defaults(fn=_config)
+    p = sub.add_parser("kernel-source", help="verify, unpack and patch an app's kernel source")
+    p.add_argument("app", help="a recipe name, or a recipe file")
+    p.set_defaults(fn=_kernel_source)
+    p = sub.add_parser("rootfs", help="build an app's root filesystem image")
+    p.add_argument("app", help="a recipe name, or a recipe file")
+    p.set_defaults(fn=_rootfs)
     p = sub.add_parser("explain", help="why a symbol has its value in an app's config")
     p.add_argument("app")
     p.add_argument("symbol")
@@ -77,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except TailorError as e:
         print(f"tailor: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a disk full or unwritable out/ that no stage turned into a TailorError
+        print(f"tailor: error: {os_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tailor: interrupted", file=sys.stderr)

@@ -55,7 +55,7 @@ from typing import Callable
 from tailor.errors import TailorError
 from tailor.util import makedirs, out_dir, read_json, write_atomic, write_json
 
-from tailor.recipe import Recipe, with_variants
+from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
 
 QEMU = "qemu-system-x86_64"
 MACHINE = "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"
@@ -79,7 +79,6 @@ CONSOLE_TAIL = 15
 
 INIT_RE = re.compile(r"Run (\S+) as init process")
 PANIC_RE = re.compile(r"Kernel panic - not syncing:?\s*(.*)")
-NETWORK_PROBES = ("redis", "http", "tcp")
 
 PR_SET_PDEATHSIG = 1
 
@@ -511,6 +510,53 @@ def probe_tcp(port: int, deadline: float, *, host: str = "127.0.0.1",
     return _retry(attempt, deadline, abort)
 
 
+def probe_memcached(port: int, deadline: float, *, host: str = "127.0.0.1",
+                    abort: Callable[[], str | None] | None = None) -> str:
+    """Check a memcached server over its text protocol: ``set`` a random value, ``get`` it back."""
+    value = secrets.token_hex(8).encode()
+
+    def attempt(timeout: float) -> str:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            f = s.makefile("rb")
+            s.sendall(b"set tailor-probe 0 60 %d\r\n%s\r\n" % (len(value), value))
+            line = f.readline(1024)
+            if not line:
+                raise _Closed("connection closed without a reply")
+            if line != b"STORED\r\n":
+                raise _Mismatch(f"set returned {line[:80]!r}")
+            s.sendall(b"get tailor-probe\r\n")
+            header, data, end = f.readline(1024), f.readline(1024), f.readline(1024)
+            if not header.startswith(b"VALUE tailor-probe ") or data != value + b"\r\n" or end != b"END\r\n":
+                raise _Mismatch(f"get returned {(header + data + end)[:120]!r}")
+        return "set and get answered correctly"
+
+    return _retry(attempt, deadline, abort)
+
+
+def probe_command(run: tuple[str, ...] | list[str], port: int, deadline: float, *, host: str = "127.0.0.1",
+                  expect: str | None = None, abort: Callable[[], str | None] | None = None) -> str:
+    """Run a host command (``{host}``/``{port}`` replaced by the forwarded address) until it exits 0 and,
+    with *expect*, its output matches that regular expression."""
+    argv = [a.replace("{host}", host).replace("{port}", str(port)) for a in run]
+    if shutil.which(argv[0]) is None:
+        raise ProbeFailed(f"{argv[0]} not found on this host; install it (./setup.sh installs the probe clients)")
+
+    def attempt(timeout: float) -> str:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
+                                  timeout=max(5.0, timeout * 4))
+        except subprocess.TimeoutExpired:
+            raise _Closed(f"{argv[0]} timed out") from None
+        out = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            raise _Closed(f"{argv[0]} exited {proc.returncode}: {(out.strip().splitlines() or ['no output'])[-1]}")
+        if expect is not None and not re.search(expect, proc.stdout, re.M):
+            raise _Mismatch(f"{argv[0]} output does not match {expect!r}: {proc.stdout.strip()[:120]!r}")
+        return f"{argv[0]} succeeded" + (f", output matched {expect!r}" if expect else "")
+
+    return _retry(attempt, deadline, abort)
+
+
 # --------------------------------------------------------------------------
 # Running qemu
 
@@ -664,6 +710,10 @@ def _probe(recipe: Recipe, proc: subprocess.Popen, con: ConsoleState, cond: thre
             detail = probe_redis(hostport, deadline, abort=abort)
         elif p.type == "http":
             detail = probe_http(hostport, deadline, path=p.path, status=p.status, body=p.body, abort=abort)
+        elif p.type == "memcached":
+            detail = probe_memcached(hostport, deadline, abort=abort)
+        elif p.type == "command":
+            detail = probe_command(p.run, hostport, deadline, expect=p.expect, abort=abort)
         else:
             detail = probe_tcp(hostport, deadline, abort=abort)
     except ProbeFailed as e:

@@ -17,10 +17,12 @@ described, never created, so no privileges are needed.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import stat
 
 from tailor.errors import TailorError
+from tailor.util import _os_error
 
 __all__ = [
     "Entry",
@@ -305,6 +307,8 @@ def write_archive(path, entries):
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _os_error(path, err) from None  # disk full or unwritable: say what to do
         if isinstance(err, OSError):
             raise TailorError(
                 f"{path}: cannot write the archive ({err.strerror or err})"

@@ -37,7 +37,7 @@ from pathlib import Path
 import cachetools
 import kconfiglib
 from kconfiglib import (AND, BOOL, EQUAL, HEX, INT, NOT, OR, STRING, TRISTATE, Choice, Symbol,
-                        expr_items, expr_str, expr_value, split_expr)
+                        expr_str, expr_value, split_expr)
 
 from tailor.errors import TailorError
 from tailor.util import sha256_text, write_atomic, write_json
@@ -352,10 +352,20 @@ def _sym_value_str(sym: Symbol) -> str:
     return sym.str_value if sym.orig_type in (STRING, INT, HEX) else kconfiglib.TRI_TO_STR[sym.tri_value]
 
 
+def _expr_symbols(expr):
+    """The symbols of *expr* in the order they are written (kconfiglib's expr_items is an unordered set,
+    which made messages depend on the hash seed)."""
+    if isinstance(expr, tuple):
+        for sub in expr[1:]:
+            yield from _expr_symbols(sub)
+    else:
+        yield expr
+
+
 def _values_in(expr) -> str:
     """``A=y, B=n`` for the symbols of *expr* (constants left out)."""
     parts = []
-    for item in expr_items(expr):
+    for item in _expr_symbols(expr):
         if isinstance(item, Symbol) and not item.is_constant and item.name not in ("y", "n", "m"):
             if not item.nodes:
                 parts.append(f"{item.name}=undefined")

@@ -84,7 +84,11 @@ def make_env(srctree: Path, objdir: Path) -> tuple[dict[str, str], list[str]]:
         "LC_ALL": "C",
         "TZ": "UTC",
     })
-    maps = f"-ffile-prefix-map={objdir.resolve()}/= -ffile-prefix-map={srctree.resolve()}/="
+    # ccache (CCACHE_BASEDIR) hands gcc the source path relative to the object directory, so map
+    # that form too: otherwise __FILE__ keeps "../../../src/<id>/tree/" and ccache builds differ.
+    rel_src = os.path.relpath(srctree.resolve(), objdir.resolve())
+    maps = (f"-ffile-prefix-map={objdir.resolve()}/= -ffile-prefix-map={srctree.resolve()}/= "
+            f"-ffile-prefix-map={rel_src}/=")
     make_vars = ["ARCH=x86_64", "LOCALVERSION=", f"KCFLAGS={maps}", f"KAFLAGS={maps}"]
     if shutil.which("ccache"):
         env.setdefault("CCACHE_BASEDIR", str(out_dir().resolve()))

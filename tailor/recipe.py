@@ -43,6 +43,7 @@ SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SYMBOL = re.compile(r"^[A-Za-z0-9_]+$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 DEFAULT_SOURCE_PACKAGE = "linux-source-6.1"
 
 
@@ -161,6 +162,15 @@ class KernelSpec:
 
 
 @dataclass(frozen=True)
+class BuildStep:
+    """A host command run while staging the image: ``{stage}`` in ``run`` is the image tree;
+    it runs in ``rootfs/<cwd>``."""
+
+    run: tuple[str, ...]
+    cwd: str
+
+
+@dataclass(frozen=True)
 class RootfsSpec:
     packages: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
@@ -168,6 +178,20 @@ class RootfsSpec:
     format: str = "cpio"
     slim: bool = True
     size_mib: int | None = None
+    users: tuple[str, ...] = ()
+    build: tuple[BuildStep, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    """A command the init runs before the app: a setup step (waited for) or a service (in the background,
+    waited for until ``ready_port`` accepts or ``ready_path`` exists)."""
+
+    run: tuple[str, ...]
+    user: str | None = None
+    ready_port: int | None = None
+    ready_path: str | None = None
+    timeout: int = 120
 
 
 @dataclass(frozen=True)
@@ -177,6 +201,9 @@ class AppSpec:
     env: tuple[tuple[str, str], ...] = ()
     workdir: str = "/"
     network: bool = False
+    user: str | None = None
+    setup: tuple[Step, ...] = ()
+    services: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,6 +214,8 @@ class Probe:
     status: int = 200
     body: str | None = None
     expect: str | None = None
+    run: tuple[str, ...] = ()
+    """command probe: the host command ({host} and {port} are the forwarded address)."""
 
 
 @dataclass(frozen=True)
@@ -439,6 +468,8 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
         "format": "cpio or ext2",
         "slim": "keep only what the app needs (default true)",
         "size_mib": "ext2 image size in MiB (default: computed)",
+        "users": "system users (and groups) added to /etc/passwd for the app and its services",
+        "build": "host commands run while staging: list of {run, cwd}",
     })
     pkg = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
     packages = c.string_list(raw.get("packages"), kp + ("packages",),
@@ -458,7 +489,46 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
         size = c.integer(size, kp + ("size_mib",), lo=1, hi=1 << 20, what="a size in MiB")
         if fmt != "ext2":
             raise c.err(kp + ("size_mib",), "only an ext2 image has a size; remove it or use format: ext2")
-    return RootfsSpec(packages=packages, files=files, overlay=overlay, format=fmt, slim=slim, size_mib=size)
+    users = c.string_list(raw.get("users"), kp + ("users",),
+                          item=lambda v, k: c.string(v, k, pattern=USER_NAME, what="a user name"))
+    build = []
+    if raw.get("build") is not None and not isinstance(raw.get("build"), list):
+        raise c.err(kp + ("build",), "expected a list of {run, cwd}")
+    for i, b in enumerate(raw.get("build") or []):
+        bkp = kp + ("build", i)
+        b = c.mapping(b, bkp, {"run": "the command as a list", "cwd": "a directory under rootfs/"},
+                      required=("run", "cwd"))
+        run = _argv(c, b["run"], bkp + ("run",))
+        build.append(BuildStep(run=run, cwd=_safe_relpath(c, b["cwd"], bkp + ("cwd",))))
+    return RootfsSpec(packages=packages, files=files, overlay=overlay, format=fmt, slim=slim, size_mib=size,
+                      users=users, build=tuple(build))
+
+
+def _argv(c: _Checker, value, keypath) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise c.err(keypath, f"expected a non-empty list (the command and its arguments), got {_type_name(value)}")
+    return c.string_list(value, keypath)
+
+
+def _step(c: _Checker, raw, keypath, service: bool) -> Step:
+    allowed = {"run": "the command as a list", "user": "run it as this user",
+               "timeout": "seconds to wait for it"}
+    if service:
+        allowed.update({"ready_port": "guest TCP port that accepts when the service is ready",
+                        "ready_path": "file that exists when the service is ready"})
+    raw = c.mapping(raw, keypath, allowed, required=("run",))
+    run = _argv(c, raw["run"], keypath + ("run",))
+    user = raw.get("user")
+    if user is not None:
+        user = c.string(user, keypath + ("user",), pattern=USER_NAME, what="a user name")
+    port = raw.get("ready_port")
+    if port is not None:
+        port = c.integer(port, keypath + ("ready_port",), lo=1, hi=65535, what="a TCP port")
+    path = raw.get("ready_path")
+    if path is not None:
+        path = _abs_in_tree(c, path, keypath + ("ready_path",))
+    timeout = c.integer(raw.get("timeout", 120), keypath + ("timeout",), lo=1, hi=3600, what="seconds")
+    return Step(run=run, user=user, ready_port=port, ready_path=path, timeout=timeout)
 
 
 def _app(c: _Checker, raw) -> AppSpec:
@@ -467,6 +537,8 @@ def _app(c: _Checker, raw) -> AppSpec:
         "command": "the program run as init: a path, or a name looked up in the rootfs PATH",
         "args": "its arguments", "env": "environment variables", "workdir": "working directory",
         "network": "bring up eth0 on the VMM's user network",
+        "user": "run the app as this user", "setup": "commands run first, in order (list of {run, user})",
+        "services": "background processes started before the app (list of {run, user, ready_port|ready_path})",
     }, required=("command",))
     command = c.string(raw["command"], kp + ("command",), what="a program path or name")
     if "\n" in command or "\0" in command:
@@ -482,10 +554,21 @@ def _app(c: _Checker, raw) -> AppSpec:
         env.append((k, c.text(v, kp + ("env", k))))
     workdir = _abs_in_tree(c, raw.get("workdir", "/"), kp + ("workdir",), what="an absolute directory")
     network = c.boolean(raw.get("network", False), kp + ("network",))
-    return AppSpec(command=command, args=args, env=tuple(env), workdir=workdir, network=network)
+    user = raw.get("user")
+    if user is not None:
+        user = c.string(user, kp + ("user",), pattern=USER_NAME, what="a user name")
+    steps = {}
+    for key in ("setup", "services"):
+        items = raw.get(key) or []
+        if not isinstance(items, list):
+            raise c.err(kp + (key,), f"expected a list, got {_type_name(items)}")
+        steps[key] = tuple(_step(c, item, kp + (key, i), key == "services") for i, item in enumerate(items))
+    return AppSpec(command=command, args=args, env=tuple(env), workdir=workdir, network=network, user=user,
+                   setup=steps["setup"], services=steps["services"])
 
 
-PROBES = ("none", "console", "redis", "http", "tcp")
+PROBES = ("none", "console", "redis", "http", "tcp", "memcached", "command")
+NETWORK_PROBES = ("redis", "http", "tcp", "memcached", "command")
 
 
 def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
@@ -509,7 +592,8 @@ def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
     praw = c.mapping(praw, pkp, {
         "type": "/".join(PROBES), "port": "guest TCP port", "path": "HTTP path",
         "status": "expected HTTP status", "body": "text the HTTP body must contain",
-        "expect": "regular expression the console must show",
+        "expect": "regular expression the console (or a command probe's output) must show",
+        "run": "command probe: host command, {host} and {port} replaced by the forwarded address",
     }, required=("type",))
     ptype = praw["type"]
     if ptype not in PROBES:
@@ -517,7 +601,14 @@ def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
     port = praw.get("port")
     if port is not None:
         port = c.integer(port, pkp + ("port",), lo=1, hi=65535, what="a TCP port")
-    if ptype in ("redis", "http", "tcp"):
+    run = ()
+    if ptype == "command":
+        if "run" not in praw:
+            raise c.err(pkp, "a command probe needs `run` (the host command as a list)")
+        run = _argv(c, praw["run"], pkp + ("run",))
+    elif "run" in praw:
+        raise c.err(pkp + ("run",), "only a command probe runs a command")
+    if ptype in NETWORK_PROBES:
         if port is None:
             raise c.err(pkp, f"a {ptype} probe needs `port` (the guest port the app listens on)")
         if not app.network:
@@ -542,7 +633,7 @@ def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
     memory = c.integer(raw.get("memory", 256), kp + ("memory",), lo=16, hi=65536, what="MiB of guest memory")
     timeout = c.integer(raw.get("timeout", 180), kp + ("timeout",), lo=1, hi=24 * 3600, what="seconds")
     return TestSpec(ready=ready, probe=Probe(type=ptype, port=port, path=path, status=status,
-                                             body=body, expect=expect),
+                                             body=body, expect=expect, run=run),
                     memory=memory, timeout=timeout)
 
 

@@ -696,7 +696,8 @@ def _read_blob(layout: Path, desc: dict, what: str) -> bytes:
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
         raise TailorError(f"{layout}: {what} blob {digest} does not match its digest")
     if len(data) != desc.get("size"):
-        raise TailorError(f"{layout}: {what} blob {digest} has {len(data)} bytes, its descriptor says {desc.get('size')}")
+        raise TailorError(f"{layout}: {what} blob {digest} has {len(data)} bytes, "
+                          f"its descriptor says {desc.get('size')}")
     return data
 
 
@@ -810,7 +811,8 @@ def _boot_result(recipe, pointer: dict, image: Path) -> dict:
 
     path = boot.result_path(recipe.name)
     if not path.exists():
-        raise TailorError(f"release of {recipe.name} refused: it has no boot-test result; run `doit boot:{recipe.name}`")
+        raise TailorError(f"release of {recipe.name} refused: it has no boot-test result; "
+                          f"run `doit boot:{recipe.name}`")
     result = read_json(path)
     if not result.get("pass"):
         raise TailorError(f"release of {recipe.name} refused: its boot test did not pass "
@@ -1009,12 +1011,31 @@ def _prepare_copy(dest: Path, ref) -> None:
     os.symlink(out_dir() / "cache", out / "cache")
 
 
-def _tail(path: Path, n: int = 20) -> str:
+def _tail(path: Path, n: int = 20, head: bool = False) -> str:
+    """The last (or, with *head*, first) *n* lines of a text file, indented for stderr."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    return "\n".join("  | " + ln for ln in lines[-n:])
+    return "\n".join("  | " + ln for ln in (lines[:n] if head else lines[-n:]))
+
+
+def _cause_rank(diff: dict) -> tuple:
+    """Sort key putting the likely cause of a difference first: the kernel and root image, then what
+    is derived from them (.deb, OCI layout, Firecracker config), then the manifests and SHA256SUMS."""
+    name = diff["path"].rsplit("/", 1)[-1]
+    order = ["vmlinux", "System.map", "bzImage", "config", "rootfs.cpio", "rootfs.ext2", "recipe.yaml"]
+    if name in order:
+        rank = order.index(name)
+    elif name.endswith(".deb") or name == "firecracker.json":
+        rank = 10
+    elif "/oci/" in f"/{diff['path']}":
+        rank = 11
+    elif name == "manifest.json":
+        rank = 12
+    else:
+        rank = 13 if name == SUMS_NAME else 9
+    return rank, diff["path"].encode()
 
 
 def _build_copy(dest: Path, app: str, version: str, epoch: int, use_ccache: bool, label: str) -> dict:
@@ -1100,6 +1121,8 @@ def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
     ref = source.recipe_ref(recipe)
     source.prepare(ref)
     base = makedirs(repro_root())
+    for stale in ("report.json", "diffoscope"):
+        remove(base / stale)
     builds = []
     for name, use_ccache in REPRO_BUILDS:
         dest = base / name
@@ -1107,13 +1130,12 @@ def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
         builds.append(_build_copy(dest, app, version, epoch, use_ccache, f"{len(builds) + 1}/2"))
     a, b = (base / name / "out" / "release" / version for name, _ in REPRO_BUILDS)
     diffs = compare_trees(a, b)
-    real = [d for d in diffs if not measurement_only(a, b, d)]
-    measured = [d["path"] for d in diffs if d not in real]
+    real = sorted((d for d in diffs if not measurement_only(a, b, d)), key=_cause_rank)
+    measured = [d["path"] for d in diffs if not any(d is r for r in real)]
     files = len(_walk_files(a))
     reports = {}
-    for d in real[:5]:
-        if d["kind"] == "differs":
-            reports[d["path"]] = _diffoscope(a, b, d["path"], base / "diffoscope")
+    for d in [d for d in real if d["kind"] == "differs"][:3]:
+        reports[d["path"]] = _diffoscope(a, b, d["path"], base / "diffoscope")
     report = {
         "app": app, "version": version, "source_date_epoch": epoch, "builds": builds,
         "trees": [display_path(a), display_path(b)], "files": files,
@@ -1128,6 +1150,9 @@ def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
         for rel, where in reports.items():
             if where:
                 print(f"[verify_reproducible] diffoscope on {rel}: {where}", file=sys.stderr)
+        first_report = next((w for w in reports.values() if w and (PROJECT / w).is_file()), None)
+        if first_report:
+            sys.stderr.write(_tail(PROJECT / first_report, 40, head=True) + "\n")
         raise TailorError(f"{app} is not reproducible: {describe_difference(real[0])} ({len(real)} file(s) differ; "
                           f"report: {display_path(base / 'report.json')})")
     print(f"[verify_reproducible] {app}: all {files} release files identical byte for byte in two builds "

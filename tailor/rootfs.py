@@ -165,7 +165,10 @@ def extract(debs: list[Path], dest: Path) -> None:
     for deb in debs:
         proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise TailorError(f"{deb.name}: dpkg-deb cannot extract it ({proc.stderr.strip()[:200]}); "
+            if "No space left on device" in proc.stderr:  # not the .deb's fault: say so, in one line
+                raise TailorError(f"{dest}: no space left on device; free some space (e.g. `doit clean`) and rerun")
+            first = (proc.stderr.strip().splitlines() or ["no message"])[0][:200]
+            raise TailorError(f"{deb.name}: dpkg-deb cannot extract it ({first}); "
                               f"delete it from {deb.parent} and retry")
 
 
@@ -246,6 +249,25 @@ def _expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[st
     return out
 
 
+def _elf_files(tree: Path, paths: list[str]) -> list[str]:
+    """The ELF files among *paths* and inside the directories among them (in-tree absolute paths)."""
+    out = []
+    for path in paths:
+        host = tree / path.lstrip("/")
+        if host.is_symlink():
+            continue
+        if host.is_dir():
+            for dirpath, dirnames, filenames in os.walk(host):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    p = Path(dirpath) / name
+                    if p.is_file() and not p.is_symlink() and read_dynamic(p) is not None:
+                        out.append("/" + str(p.relative_to(tree)))
+        elif host.is_file() and read_dynamic(host) is not None:
+            out.append(path)
+    return out
+
+
 def _check_overlay(overlay: Path, origin: str) -> list[Path]:
     """Every file of an overlay directory, refusing symlinks that escape it and special files."""
     files = []
@@ -300,6 +322,57 @@ def apply_overlay(stage: Path, overlay: Path, origin: str) -> None:
             os.chmod(dst, 0o755 if os.access(p, os.X_OK) else 0o644)
 
 
+FIRST_SYSTEM_ID = 100
+
+
+def _has_user(stage_dir: Path, name: str) -> bool:
+    passwd = stage_dir / "etc" / "passwd"
+    return passwd.is_file() and any(line.split(":", 1)[0] == name for line in passwd.read_text().splitlines())
+
+
+def add_users(stage_dir: Path, users: tuple[str, ...]) -> None:
+    """Append system users (each with a group of the same name) to the image's /etc/passwd and /etc/group."""
+    if not users:
+        return
+    etc = makedirs(stage_dir / "etc")
+    for name in ("passwd", "group"):
+        if (etc / name).is_symlink():
+            raise TailorError(f"/etc/{name} is a symlink in the image; tailor will not write through it")
+    passwd = (etc / "passwd").read_text() if (etc / "passwd").exists() else ""
+    group = (etc / "group").read_text() if (etc / "group").exists() else ""
+    used = {int(f.split(":")[2]) for f in passwd.splitlines() + group.splitlines()
+            if f.count(":") >= 2 and f.split(":")[2].isdigit()}
+    next_id = FIRST_SYSTEM_ID
+    for user in users:
+        if any(line.split(":", 1)[0] == user for line in passwd.splitlines()):
+            continue
+        while next_id in used:
+            next_id += 1
+        used.add(next_id)
+        passwd += f"{user}:x:{next_id}:{next_id}:{user}:/nonexistent:/bin/false\n"
+        group += f"{user}:x:{next_id}:\n"
+    (etc / "passwd").write_text(passwd)
+    (etc / "group").write_text(group)
+
+
+def run_build_step(step, stage_dir: Path, origin: str) -> None:
+    """Run a recipe's host build step in ``rootfs/<cwd>`` with ``{stage}`` replaced by the image tree."""
+    cwd = ROOTFS_DIR / step.cwd
+    if not cwd.is_dir():
+        raise TailorError(f"{origin}: cwd rootfs/{step.cwd} does not exist")
+    argv = [a.replace("{stage}", str(stage_dir)) for a in step.run]
+    cache = makedirs(out_dir() / "cache" / "build")
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(source_date_epoch()), LC_ALL="C", TZ="UTC",
+               HOME=str(cache), GOCACHE=str(cache / "go"), GOFLAGS="-trimpath", CGO_ENABLED="0")
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    except OSError as e:
+        raise TailorError(f"{origin}: cannot run {argv[0]!r} ({e.strerror}); install it on the build host") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise TailorError(f"{origin}: {' '.join(step.run)} failed with status {proc.returncode}: {tail[0]}")
+
+
 def render(template: str, **values) -> str:
     """Render ``templates/<template>`` with jinja2; the ``sh`` filter shell-quotes a value."""
     import jinja2
@@ -308,6 +381,7 @@ def render(template: str, **values) -> str:
                              keep_trailing_newline=True, autoescape=False,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["sh"] = lambda v: shlex.quote(str(v))
+    env.filters["shjoin"] = lambda argv: " ".join(shlex.quote(str(a)) for a in argv)
     env.filters["tojson"] = lambda v: __import__("json").dumps(v, ensure_ascii=False)
     try:
         return env.get_template(template).render(**values)
@@ -319,7 +393,8 @@ def init_script(recipe: Recipe, command_path: str) -> str:
     """The app-as-init script for *recipe* (every recipe value shell-quoted by the template)."""
     app = recipe.app
     return render(INIT_TEMPLATE, name=recipe.name, command=command_path, args=list(app.args),
-                  env=list(app.env), workdir=app.workdir, network=app.network,
+                  env=list(app.env), workdir=app.workdir, network=app.network, user=app.user,
+                  setup=list(app.setup), services=list(app.services),
                   address=GUEST_ADDRESS, gateway=GUEST_GATEWAY, path=":".join(PATH_DIRS))
 
 
@@ -341,14 +416,17 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     """Build the image tree of *recipe* in *dest* from the extracted packages in *tree*."""
     origin = display_path(recipe.path)
     command = find_command(tree, recipe.app.command, f"{origin}: app.command")
+    helpers = []
+    for key in ("setup", "services"):
+        for i, step in enumerate(getattr(recipe.app, key)):
+            if step.run[0] not in ("/bin/busybox", "/bin/sh"):
+                helpers.append(find_command(tree, step.run[0], f"{origin}: app.{key}.{i}.run"))
     remove(dest)
     if recipe.rootfs.slim:
         dest.mkdir(parents=True)
-        keep = {command, "/bin/busybox"}
+        keep = {command, "/bin/busybox", *helpers}
         files = _expand_files(tree, recipe.rootfs.files, f"{origin}: rootfs.files")
-        programs = [command, "/bin/busybox"] + [
-            f for f in files if (tree / f.lstrip("/")).is_file()
-            and not (tree / f.lstrip("/")).is_symlink() and read_dynamic(tree / f.lstrip("/")) is not None]
+        programs = [command, "/bin/busybox", *helpers] + _elf_files(tree, files)
         try:
             keep.update(library_closure(tree, programs))
         except TailorError as e:
@@ -370,6 +448,12 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         os.symlink("busybox", sh)
     for name in recipe.rootfs.overlay:
         apply_overlay(dest, ROOTFS_DIR / name, f"{origin}: rootfs.overlay")
+    add_users(dest, recipe.rootfs.users)
+    for i, step in enumerate(recipe.rootfs.build):
+        run_build_step(step, dest, f"{origin}: rootfs.build.{i}")
+    for who in [recipe.app.user] + [s.user for s in recipe.app.setup + recipe.app.services]:
+        if who and not _has_user(dest, who):
+            raise TailorError(f"{origin}: user {who!r} is not in the image's /etc/passwd; add it to rootfs.users")
     workdir = dest / recipe.app.workdir.lstrip("/")
     if recipe.app.workdir != "/" and not workdir.is_dir():
         raise TailorError(f"{origin}: app.workdir {recipe.app.workdir!r} is not a directory in the rootfs; "
@@ -492,7 +576,9 @@ def tasks(recipes, action):
             "doc": f"build the {r.rootfs.format} root filesystem of {r.name} "
                    f"({', '.join(r.rootfs.packages) or 'no packages'}; app as init)",
             "actions": [action(build, r)],
-            "file_dep": _overlay_files(r) + [str(TEMPLATES_DIR / INIT_TEMPLATE)],
+            "file_dep": _overlay_files(r) + [str(TEMPLATES_DIR / INIT_TEMPLATE)]
+                        + [str(p) for step in r.rootfs.build for p in sorted((ROOTFS_DIR / step.cwd).rglob("*"))
+                           if p.is_file()],
             "targets": [str(image_path(r)), str(manifest_path(r.name))],
             "uptodate": [config_changed({"rootfs": r.digests["rootfs"], "app": r.digests["app"],
                                          "version": ROOTFS_VERSION})],

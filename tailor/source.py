@@ -209,19 +209,20 @@ def _apply_patches(base: Path, dest: Path, patches) -> None:
     for p in patches:
         if not p.path.is_file():
             remove(tmp)
-            raise TailorError(f"{p.path}: patch file does not exist; fix kernel.patches")
+            raise TailorError(f"{display_path(p.path)}: patch file does not exist; fix kernel.patches")
         got = sha256_file(p.path)
         if got != p.sha256:
             remove(tmp)
             raise TailorError(f"{p.path.name}: sha256 is {got}, the recipe pins {p.sha256}; update kernel.patches")
         for dry in (True, False):
-            cmd = ["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-i", str(p.path)]
+            cmd = ["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-i", str(p.path.resolve())]
             proc = subprocess.run(cmd + (["--dry-run"] if dry else []), cwd=tmp, capture_output=True, text=True)
             if proc.returncode != 0:
                 remove(tmp)
                 lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "FAILED" in ln or "error" in ln]
                 detail = lines[0] if lines else (proc.stdout.strip().splitlines() or ["does not apply"])[-1]
-                raise TailorError(f"{p.path.name}: patch does not apply cleanly to the kernel source ({detail})")
+                raise TailorError(f"{display_path(p.path)}: patch does not apply cleanly to the kernel source "
+                                  f"({detail}); refresh it for this source or remove it from kernel.patches")
     remove(dest)
     os.rename(tmp, dest)
 

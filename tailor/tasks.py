@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tailor.errors import TailorError
 from tailor.recipe import RECIPES_DIR, load
-from tailor.util import makedirs, out_dir
+from tailor.util import makedirs, os_error, out_dir
 
 STAGES = ("config", "kernel", "rootfs", "boot", "build")
 _READ_ONLY_COMMANDS = {"list", "help", "info", "dumpdb", "tabcompletion"}
@@ -37,8 +37,10 @@ def guard_concurrent_runs(argv: list[str]) -> None:
     try:
         makedirs(out_dir())
         fd = os.open(out_dir() / ".doit.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except (TailorError, OSError) as e:
+    except TailorError as e:
         sys.exit(f"tailor: error: cannot use {out_dir()}: {e}")
+    except OSError as e:
+        sys.exit(f"tailor: error: {os_error(e)}")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -76,7 +78,9 @@ def _run(fn, *args, **kwargs):
 
     try:
         fn(*args, **kwargs)
-    except TailorError as e:
+    except (TailorError, OSError) as e:
+        if isinstance(e, OSError):  # e.g. a disk full while copying: one line, not a traceback
+            e = os_error(e)
         print(f"tailor: error: {e}", file=sys.stderr, flush=True)
         return TaskFailed(str(e).splitlines()[0])
     return None

@@ -75,6 +75,11 @@ def _os_error(path, e: OSError) -> TailorError:
     return TailorError(f"{path}: {e.strerror}")
 
 
+def os_error(e: OSError) -> TailorError:
+    """A one-line TailorError for an OSError that escaped a stage (named by the file it concerns)."""
+    return _os_error(e.filename or "tailor", e)
+
+
 def makedirs(path: str | os.PathLike) -> Path:
     """mkdir -p with a one-line error on failure."""
     try:

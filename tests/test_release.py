@@ -114,6 +114,48 @@ def test_measurement_only_allows_the_boot_time_and_nothing_else(tmp_path):
     assert not release.measurement_only(a, b, manifest_diff)
 
 
+def fake_repro(monkeypatch, tmp_path, vmlinux_b: bytes):
+    """verify_reproducible with the two doit builds replaced by writing small release trees."""
+    from tailor import source
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    monkeypatch.setattr(source, "prepare", lambda ref: None)
+    monkeypatch.setattr(release, "_prepare_copy", lambda dest, ref: dest.mkdir(parents=True, exist_ok=True))
+    builds = []
+
+    def build(dest, app, version, epoch, use_ccache, label):
+        app_dir = dest / "out" / "release" / version / app
+        app_dir.mkdir(parents=True)
+        (app_dir / "vmlinux").write_bytes(vmlinux_b if builds else b"\x7fELF" + b"\0" * 100)
+        (app_dir / "manifest.json").write_text(json.dumps({"app": app, "boot_test": {"t": len(builds)}}))
+        release.write_sums(app_dir.parent)
+        builds.append(dest)
+        return {"dir": str(dest), "started_utc": f"2023-01-01T00:00:0{len(builds)}Z", "seconds": 1,
+                "ccache": use_ccache}
+
+    monkeypatch.setattr(release, "_build_copy", build)
+    return tmp_path / "out" / "repro"
+
+
+def test_verify_reproducible_passes_when_only_the_boot_time_differs(monkeypatch, tmp_path):
+    repro = fake_repro(monkeypatch, tmp_path, b"\x7fELF" + b"\0" * 100)
+    report = release.verify_reproducible("hello", "0.1.0")
+    assert report["reproducible"] and report["differences"] == []
+    assert report["measurement_only"] == ["SHA256SUMS", "hello/manifest.json"]
+    assert json.loads((repro / "report.json").read_text())["identical"] == 1
+
+
+def test_verify_reproducible_names_the_file_and_offset(monkeypatch, tmp_path):
+    repro = fake_repro(monkeypatch, tmp_path, b"\x7fELF" + b"\0" * 10 + b"\1" + b"\0" * 89)
+    with pytest.raises(TailorError, match=r"^hello is not reproducible: hello/vmlinux: differs at byte offset 14 "
+                                          r"\(0xe\); sizes 104 and 104 \(2 file\(s\) differ"):
+        release.verify_reproducible("hello", "0.1.0")
+    report = json.loads((repro / "report.json").read_text())
+    assert [d["path"] for d in report["differences"]] == ["hello/vmlinux", "SHA256SUMS"]
+    if shutil.which("diffoscope"):
+        assert (repro / "diffoscope" / "hello__vmlinux.txt").is_file()
+
+
 # --------------------------------------------------------------------------
 # Deterministic tar and the OCI layout
 
