@@ -8,7 +8,7 @@
 
 import sys
 
-from tailor import boot, config, kernel, rootfs, source, tasks
+from tailor import boot, catalogue, config, kernel, rootfs, source, tasks
 from tailor.recipe import with_variants
 
 DOIT_CONFIG = {
@@ -99,3 +99,8 @@ def task_report():
     from tailor import report
 
     return {"actions": [tasks.action(report.build)], "uptodate": [False], "verbosity": 2}
+
+
+def task_catalogue():
+    """the whole catalogue and its README table"""
+    yield from catalogue.tasks(RECIPES, tasks.action)

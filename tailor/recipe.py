@@ -69,6 +69,8 @@ class _Located:
         line = self.line(keypath)
         where = f"{_rel(self.file)}:{line}" if line else f"{_rel(self.file)}"
         key = ".".join(str(k) for k in keypath)
+        if not key.isprintable():  # a key with a newline or control character must not break the line
+            key = repr(key)
         return TailorError(f"{where}: {key + ': ' if key else ''}{message}")
 
 
@@ -90,12 +92,21 @@ def _load_yaml(path: Path, text: str) -> tuple[Any, _Located]:
         raise TailorError(f"{_rel(path)}{line}: YAML syntax error: {problem}; fix the YAML") from None
     except yaml.YAMLError as e:
         raise TailorError(f"{_rel(path)}: YAML error: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise TailorError(f"{_rel(path)}: YAML nested too deeply; a recipe is a few levels of keys") from None
     if node is None:
         raise TailorError(f"{_rel(path)}: the recipe is empty; it needs at least an `app` section")
     constructor = yaml.SafeLoader("")
+    collections: set[int] = set()
 
     def build(n, keypath):
         loc.lines.setdefault(keypath, n.start_mark.line + 1)
+        if isinstance(n, (yaml.MappingNode, yaml.SequenceNode)):
+            # An alias (*name) of a list or mapping can refer to itself or multiply (a "billion laughs").
+            if id(n) in collections:
+                raise loc.error(keypath, "an alias (*name) of a list or mapping is not allowed in a recipe; "
+                                         "write the value out")
+            collections.add(id(n))
         if isinstance(n, yaml.MappingNode):
             out = {}
             for knode, vnode in n.value:
@@ -119,8 +130,14 @@ def _load_yaml(path: Path, text: str) -> tuple[Any, _Located]:
             return constructor.construct_object(n)
         except yaml.YAMLError as e:
             raise loc.error(keypath, f"bad value: {str(e).splitlines()[0]}") from None
+        except (ValueError, TypeError, OverflowError) as e:  # e.g. !!timestamp 2001-13-45
+            kind = str(n.tag).rsplit(":", 1)[-1]
+            raise loc.error(keypath, f"{n.value!r} is not a valid {kind} ({e}); quote it if you mean text") from None
 
-    return build(node, ()), loc
+    try:
+        return build(node, ()), loc
+    except RecursionError:
+        raise TailorError(f"{_rel(path)}: YAML nested too deeply; a recipe is a few levels of keys") from None
 
 
 # --------------------------------------------------------------------------

@@ -994,13 +994,19 @@ def copy_project(dest: Path) -> None:
     shutil.copytree(PROJECT, dest, symlinks=True, ignore=ignore)
 
 
-def _prepare_copy(dest: Path, ref) -> None:
-    """A fresh copy of the project in *dest* whose out/ has its own source tree (hard links) and shares
-    only the verified .deb cache."""
+def tree_digest(root: Path) -> str:
+    """sha256 over the sorted (path, sha256) of every file under *root*: which sources a build used."""
+    return sha256_text("".join(f"{rel}\0{sha256_file(root / rel)}\n" for rel in _walk_files(root)
+                               if not (root / rel).is_symlink()))
+
+
+def _prepare_copy(dest: Path, ref, snapshot: Path) -> None:
+    """A fresh copy of the project *snapshot* in *dest* whose out/ has its own kernel source tree (hard
+    links) and shares only the verified .deb cache."""
     from tailor import source
 
     remove(dest)
-    copy_project(dest)
+    shutil.copytree(snapshot, dest, symlinks=True)
     out = makedirs(dest / "out")
     short = source.stamp_path(ref).parent
     makedirs(out / "src")
@@ -1100,9 +1106,11 @@ def _diffoscope(a: Path, b: Path, rel: str, dest: Path) -> str | None:
 def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
     """Release *app* twice from scratch and compare the two release trees byte for byte.
 
-    The builds run ``doit release:<app>`` in two fresh copies of the project
-    under ``out/repro/`` (directories of different lengths), one after the
-    other, so at different times; each copy has its own hard-linked kernel
+    The builds run ``doit release:<app>`` in two fresh copies of one snapshot
+    of the project (``out/repro/sources``, taken first, so edits made to the
+    working tree meanwhile do not count) under ``out/repro/`` (directories of
+    different lengths), one after the other, so at different times; each copy
+    has its own hard-linked kernel
     source tree and its own kernel, rootfs and boot test. The first build may
     take compiled objects from ccache (compiled earlier in another directory);
     the second never uses ccache, so it is a real compile. Every file of the
@@ -1123,10 +1131,15 @@ def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
     base = makedirs(repro_root())
     for stale in ("report.json", "diffoscope"):
         remove(base / stale)
+    # One snapshot of the project for both builds: the working tree may change while they run.
+    snapshot = base / "sources"
+    remove(snapshot)
+    copy_project(snapshot)
+    sources = tree_digest(snapshot)
     builds = []
     for name, use_ccache in REPRO_BUILDS:
         dest = base / name
-        _prepare_copy(dest, ref)
+        _prepare_copy(dest, ref, snapshot)
         builds.append(_build_copy(dest, app, version, epoch, use_ccache, f"{len(builds) + 1}/2"))
     a, b = (base / name / "out" / "release" / version for name, _ in REPRO_BUILDS)
     diffs = compare_trees(a, b)
@@ -1137,7 +1150,7 @@ def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
     for d in [d for d in real if d["kind"] == "differs"][:3]:
         reports[d["path"]] = _diffoscope(a, b, d["path"], base / "diffoscope")
     report = {
-        "app": app, "version": version, "source_date_epoch": epoch, "builds": builds,
+        "app": app, "version": version, "source_date_epoch": epoch, "sources_sha256": sources, "builds": builds,
         "trees": [display_path(a), display_path(b)], "files": files,
         "identical": files - len(diffs), "measurement_only": measured,
         "differences": real, "diffoscope": reports,

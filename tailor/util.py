@@ -37,10 +37,13 @@ def out_dir() -> Path:
 
 def display_path(path: str | os.PathLike) -> str:
     """*path* relative to the project when inside it (for messages), else as given."""
-    try:
-        return str(Path(path).resolve().relative_to(PROJECT))
-    except (ValueError, OSError):
-        return str(path)
+    # The path as named first: resolving a symlink (an overlay's, say) would name its target instead.
+    for candidate in (lambda: Path(os.path.abspath(path)), lambda: Path(path).resolve()):
+        try:
+            return str(candidate().relative_to(PROJECT))
+        except (ValueError, OSError, RuntimeError):
+            continue
+    return str(path)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -120,7 +120,8 @@ def fake_repro(monkeypatch, tmp_path, vmlinux_b: bytes):
 
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     monkeypatch.setattr(source, "prepare", lambda ref: None)
-    monkeypatch.setattr(release, "_prepare_copy", lambda dest, ref: dest.mkdir(parents=True, exist_ok=True))
+    monkeypatch.setattr(release, "copy_project", lambda dest: (dest / "x").mkdir(parents=True))
+    monkeypatch.setattr(release, "_prepare_copy", lambda dest, ref, snap: dest.mkdir(parents=True, exist_ok=True))
     builds = []
 
     def build(dest, app, version, epoch, use_ccache, label):
