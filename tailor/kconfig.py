@@ -546,6 +546,8 @@ def _cost(expr, seen: set) -> int:
             # Only a select can turn it on: the cheapest selector.
             return 1 + (_cost(expr.rev_dep, seen) if expr.rev_dep is not expr.kconfig.n else 10_000)
         return 1 + _cost(expr.direct_dep, seen)
+    if isinstance(expr, Choice):  # a choice symbol's dependencies include its choice
+        return _cost(expr.direct_dep, seen)
     if expr[0] == AND:
         return _cost(expr[1], seen) + _cost(expr[2], seen)
     if expr[0] == OR:
@@ -578,6 +580,8 @@ def _satisfy(expr, added: list[Symbol], depth: int = 0) -> bool:
             added.append(sym)
             return True
         return False
+    if isinstance(expr, Choice):  # a choice symbol's dependencies include its choice: satisfy the choice's
+        return _satisfy(expr.direct_dep, added, depth + 1) and expr_value(expr) == 2
     if expr[0] == AND:
         return _satisfy(expr[1], added, depth + 1) and _satisfy(expr[2], added, depth + 1)
     if expr[0] == OR:

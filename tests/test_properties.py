@@ -284,3 +284,11 @@ def test_explain_any_name(ktree, symbol_names, data):
         assert "\n" not in str(e) and name.removeprefix("CONFIG_") in str(e)
         return
     assert name.removeprefix("CONFIG_") in text
+
+
+def test_deps_on_a_choice_member_is_an_answer_not_a_crash(ktree, base_layers):
+    # A choice member's dependencies include the choice itself; `resolve: deps` used to index it like an
+    # expression tuple (TypeError) when the choice was not visible.
+    asked = [kconfig.Assign("INITRAMFS_COMPRESSION_GZIP", "y", f"{RECIPE_NAME}:5")]
+    with pytest.raises(ResolveError, match=r"CONFIG_INITRAMFS_COMPRESSION_GZIP: asked y, got n: its choice"):
+        kconfig.resolve(ktree, base_layers + [asked], "deps")
