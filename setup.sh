@@ -14,6 +14,12 @@ packages=(
   chromium  # tests/test_report.py renders the measurement report in headless Chromium
 )
 
+# `./setup.sh --catalogue` also installs what the whole catalogue needs on the build host:
+# compilers for the apps built at build time and the clients of the database probes.
+if [ "${1:-}" = "--catalogue" ]; then
+  packages+=(golang-go openjdk-17-jdk-headless postgresql-client mariadb-client)
+fi
+
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "setup: run as root or install sudo" >&2; exit 1; }

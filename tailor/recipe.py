@@ -57,6 +57,7 @@ class _Located:
     def __init__(self, file: Path):
         self.file = file
         self.lines: dict[tuple, int] = {}
+        self.raw: dict[tuple, str] = {}  # each plain scalar as written (0755 stays 0755 where text is wanted)
 
     def line(self, keypath: tuple) -> int | None:
         while keypath:
@@ -126,6 +127,7 @@ def _load_yaml(path: Path, text: str) -> tuple[Any, _Located]:
             return out
         if isinstance(n, yaml.SequenceNode):
             return [build(v, keypath + (i,)) for i, v in enumerate(n.value)]
+        loc.raw[keypath] = n.value
         try:
             return constructor.construct_object(n)
         except yaml.YAMLError as e:
@@ -338,7 +340,9 @@ class _Checker:
             raise self.err(keypath, f"expected a string, got {_type_name(value)}")
         if "\0" in str(value):
             raise self.err(keypath, "contains a NUL character, which cannot reach a program")
-        return str(value)
+        if not isinstance(value, str):  # a number: the text as written, not Python's (0755 is not 493)
+            return self.loc.raw.get(keypath, str(value))
+        return value
 
     def boolean(self, value, keypath):
         if not isinstance(value, bool):

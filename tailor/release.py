@@ -1168,9 +1168,10 @@ def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
             sys.stderr.write(_tail(PROJECT / first_report, 40, head=True) + "\n")
         raise TailorError(f"{app} is not reproducible: {describe_difference(real[0])} ({len(real)} file(s) differ; "
                           f"report: {display_path(base / 'report.json')})")
-    print(f"[verify_reproducible] {app}: all {files} release files identical byte for byte in two builds "
+    print(f"[verify_reproducible] {app}: reproducible; {files - len(measured)} of {files} release files "
+          f"identical byte for byte in two builds "
           f"({builds[0]['dir']} at {builds[0]['started_utc']}, {builds[1]['dir']} at {builds[1]['started_utc']})"
-          + (f"; {', '.join(measured)} differ only in the boot-test measurement" if measured else ""),
+          + (f"; {' and '.join(measured)} differ only in the boot-test measurement" if measured else ""),
           file=sys.stderr)
     return report
 

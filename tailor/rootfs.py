@@ -415,7 +415,13 @@ def normalise(stage: Path, epoch: int) -> None:
 def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     """Build the image tree of *recipe* in *dest* from the extracted packages in *tree*."""
     origin = display_path(recipe.path)
-    command = find_command(tree, recipe.app.command, f"{origin}: app.command")
+    built = bool(recipe.rootfs.build or recipe.rootfs.overlay)
+    try:
+        command = find_command(tree, recipe.app.command, f"{origin}: app.command")
+    except TailorError:
+        if not built:
+            raise
+        command = None  # may come from an overlay or a build step: checked once those ran
     helpers = []
     for key in ("setup", "services"):
         for i, step in enumerate(getattr(recipe.app, key)):
@@ -424,9 +430,9 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     remove(dest)
     if recipe.rootfs.slim:
         dest.mkdir(parents=True)
-        keep = {command, "/bin/busybox", *helpers}
+        keep = {"/bin/busybox", *helpers} | ({command} if command else set())
         files = _expand_files(tree, recipe.rootfs.files, f"{origin}: rootfs.files")
-        programs = [command, "/bin/busybox", *helpers] + _elf_files(tree, files)
+        programs = sorted(keep) + _elf_files(tree, files)
         try:
             keep.update(library_closure(tree, programs))
         except TailorError as e:
@@ -451,6 +457,12 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     add_users(dest, recipe.rootfs.users)
     for i, step in enumerate(recipe.rootfs.build):
         run_build_step(step, dest, f"{origin}: rootfs.build.{i}")
+    if command is None:
+        command = find_command(dest, recipe.app.command, f"{origin}: app.command")
+        info = read_dynamic(dest / command.lstrip("/")) if recipe.rootfs.slim else None
+        if info is not None and (info.interp or info.needed):
+            raise TailorError(f"{origin}: app.command {command} comes from an overlay or build step and is "
+                              f"dynamically linked; link it statically or list its libraries in rootfs.files")
     for who in [recipe.app.user] + [s.user for s in recipe.app.setup + recipe.app.services]:
         if who and not _has_user(dest, who):
             raise TailorError(f"{origin}: user {who!r} is not in the image's /etc/passwd; add it to rootfs.users")
@@ -461,7 +473,7 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     init = dest / "init"
     if init.exists() or init.is_symlink():
         init.unlink()
-    init.write_text(init_script(recipe, command))
+    init.write_text(init_script(recipe, command), encoding="utf-8")  # args and env as UTF-8, whatever the locale
     os.chmod(init, 0o755)
     return {"command": command}
 

@@ -28,19 +28,43 @@ def state_file() -> Path:
     return out_dir() / ".doit.db"
 
 
+def _state_db_errors_in_one_line() -> None:
+    """doit writes its state database once, at the end of a run, and prints a traceback when it cannot
+    (a full disk): make that one line. sqlite3 rolls the write back, so the database stays intact."""
+    import sqlite3
+
+    from doit.dependency import SqliteDB
+
+    if getattr(SqliteDB.dump, "tailor", False):
+        return
+    dump = SqliteDB.dump
+
+    def guarded_dump(self):
+        try:
+            dump(self)
+        except (sqlite3.Error, OSError) as e:
+            raise SystemExit(f"tailor: error: {self.name}: doit cannot record what it built ({e}); "
+                             f"free some space (e.g. `doit clean`) and rerun") from None
+
+    guarded_dump.tailor = True
+    SqliteDB.dump = guarded_dump
+
+
 def guard_concurrent_runs(argv: list[str]) -> None:
-    """Let one doit run at a time work in this project's out/; a second one waits and says so."""
+    """Let one doit run at a time work in this project's out/; a second one waits and says so.
+
+    Also makes a state database that cannot be written (a full disk) one line instead of doit's traceback.
+    """
     global _lock_fd
     cmd = next((a for a in argv[1:] if not a.startswith("-")), "run")
     if cmd in _READ_ONLY_COMMANDS or _lock_fd is not None:
         return
+    _state_db_errors_in_one_line()
     try:
         makedirs(out_dir())
         fd = os.open(out_dir() / ".doit.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except TailorError as e:
-        sys.exit(f"tailor: error: cannot use {out_dir()}: {e}")
-    except OSError as e:
-        sys.exit(f"tailor: error: {os_error(e)}")
+    except (TailorError, OSError) as e:
+        sys.exit(f"tailor: error: {os_error(e) if isinstance(e, OSError) else e}")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -75,6 +75,8 @@ def _os_error(path, e: OSError) -> TailorError:
         return TailorError(f"{path}: no space left on device; free some space (e.g. `doit clean`) and rerun")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return TailorError(f"{path}: not writable ({e.strerror}); fix the permissions of the output directory")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return TailorError(f"{path}: a file is in the way ({e.strerror}); remove it, or set TAILOR_OUT to a directory")
     return TailorError(f"{path}: {e.strerror}")
 
 

@@ -292,3 +292,12 @@ def test_deps_on_a_choice_member_is_an_answer_not_a_crash(ktree, base_layers):
     asked = [kconfig.Assign("INITRAMFS_COMPRESSION_GZIP", "y", f"{RECIPE_NAME}:5")]
     with pytest.raises(ResolveError, match=r"CONFIG_INITRAMFS_COMPRESSION_GZIP: asked y, got n: its choice"):
         kconfig.resolve(ktree, base_layers + [asked], "deps")
+
+
+def test_numbers_in_args_and_env_stay_as_written():
+    # YAML reads 0755 as 493 and 1.10 as 1.1; an app's argv and environment get the text as written.
+    text = ("app:\n  command: /bin/app\n  args: [0755, 1.10, 0x1F, 1_000, +1, 1e3, .5, 6379, '007']\n"
+            "  env: {MODE: 0755, VERSION: 1.10}\n")
+    r = recipe.parse(text, RECIPE_PATH)
+    assert r.app.args == ("0755", "1.10", "0x1F", "1_000", "+1", "1e3", ".5", "6379", "007")
+    assert dict(r.app.env) == {"MODE": "0755", "VERSION": "1.10"}

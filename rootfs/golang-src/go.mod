@@ -1,0 +1,3 @@
+module tailor.example/hello
+
+go 1.19
