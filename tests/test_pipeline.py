@@ -82,6 +82,24 @@ def test_build_redis_answers_from_the_host(project):
     assert subprocess.run(["pgrep", "-f", "tailor-redis-"], capture_output=True).returncode == 1
 
 
+def test_build_nginx_serves_the_overlay_page(project):
+    proc = doit(project, "build:nginx")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((project / "out/boot/nginx/result.json").read_text())
+    assert result["pass"] is True and result["probe"]["detail"].startswith("GET / -> 200")
+
+
+@pytest.mark.parametrize("app", ["hello", "redis", "nginx"])
+def test_general_variant_passes_on_the_shared_kernel(project, app):
+    proc = doit(project, f"build:{app}@general")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((project / f"out/boot/{app}@general/result.json").read_text())
+    assert result["pass"] is True and result["variant"] == "general"
+    kernel = json.loads((project / f"out/kernels/{app}@general.json").read_text())
+    hello = json.loads((project / "out/kernels/hello@general.json").read_text())
+    assert kernel["identity"] == hello["identity"]  # one general kernel for every recipe
+
+
 def test_nothing_changed_is_a_noop(project):
     proc = doit(project, "build:redis")
     assert proc.returncode == 0, proc.stderr
