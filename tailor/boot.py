@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Callable
 
 from tailor.errors import TailorError
-from tailor.util import makedirs, out_dir, read_json, write_atomic, write_json
+from tailor.util import makedirs, out_dir, read_json, remove, write_atomic, write_json
 
 from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
 
@@ -310,10 +310,10 @@ def assess(con: ConsoleState, probe_type: str, now: float, timeout: float, *,
         return Verdict("fail", f"no console output within {no_output_s:g} s", no_output=True)
     if now >= timeout:
         if ready:
-            return Verdict("fail", f"console probe: pattern {con.expect!r} not seen within {timeout:g} s")
+            return Verdict("fail", f"console probe: pattern {con.expect!r} not seen within {round(timeout, 1):g} s")
         if con.init_s is None:
-            return Verdict("fail", f"kernel did not reach init within {timeout:g} s")
-        return Verdict("fail", f"ready pattern {con.ready!r} not seen within {timeout:g} s")
+            return Verdict("fail", f"kernel did not reach init within {round(timeout, 1):g} s")
+        return Verdict("fail", f"ready pattern {con.ready!r} not seen within {round(timeout, 1):g} s")
     return None
 
 
@@ -721,7 +721,8 @@ def _probe(recipe: Recipe, proc: subprocess.Popen, con: ConsoleState, cond: thre
         if why.startswith(("qemu ", "kernel panic", "init exited")):
             return Verdict("fail", why), why
         if e.last is not None:
-            why = f"no answer from guest port {p.port} within the {timeout:g} s test timeout (last error: {e.last})"
+            why = (f"no answer from guest port {p.port} within the {round(timeout, 1):g} s test timeout "
+                   f"(last error: {e.last})")
         return Verdict("fail", f"{p.type} probe: {why}"), why
     return Verdict("pass"), f"{detail} (guest port {p.port} via 127.0.0.1:{hostport})"
 
@@ -895,6 +896,7 @@ def tasks(recipes, action):
             "actions": [action(boot_app, r)],
             "file_dep": [str(kernel_stage.app_pointer(r.id)), str(rootfs.image_path(r))],
             "targets": [str(result_path(r.id))],
+            "clean": [(remove, [boot_dir(r.id)])],
             "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
                                          "cmdline": r.kernel.cmdline})],
             "verbosity": 2,

@@ -17,7 +17,7 @@ from tailor.errors import TailorError
 from tailor.kconfig import (Assign, Result, load_tree, parse_fragment, recipe_assigns, resolve,
                             write_outputs)
 from tailor.recipe import BASE_CONFIGS_DIR, Recipe, with_variants
-from tailor.util import display_path, out_dir
+from tailor.util import display_path, out_dir, remove
 
 ENGINE_VERSION = "1"
 """Bump when the engine's output for the same input changes (invalidates config tasks)."""
@@ -93,6 +93,7 @@ def tasks(recipes: list[Recipe], action):
             "file_dep": [str(fragment_path(b)) for b in r.kernel.base if fragment_path(b).exists()]
                         + [str(src.stamp_path(ref))],
             "targets": [str(p) for p in config_paths(r.id).values()],
+            "clean": [(remove, [config_dir(r.id)])],
             "uptodate": [config_changed({"kernel": r.digests["kernel"], "engine": ENGINE_VERSION})],
             "verbosity": 2,
         }

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import cachetools
 import kconfiglib
-from kconfiglib import (AND, BOOL, EQUAL, HEX, INT, NOT, OR, STRING, TRISTATE, Choice, Symbol,
+from kconfiglib import (AND, BOOL, HEX, INT, OR, STRING, TRISTATE, Choice, Symbol,
                         expr_str, expr_value, split_expr)
 
 from tailor.errors import TailorError
@@ -412,7 +412,6 @@ def _has_prompt(sym) -> bool:
 
 def why(sym: Symbol, asked: str) -> str:
     """One phrase saying why *sym* does not have the value *asked*."""
-    kconf = sym.kconfig
     if sym.orig_type in (BOOL, TRISTATE):
         want = 2 if asked == "y" else 0
         if want:

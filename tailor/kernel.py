@@ -31,7 +31,11 @@ from pathlib import Path
 from tailor.errors import TailorError
 from tailor.kconfig import config_diff
 from tailor.util import (Progress, atomic_path, file_lock, human_size, makedirs, out_dir, read_json,
-                         write_json)
+                         remove, write_json)
+
+BUILD_SETTINGS = "2"
+"""Version of the build environment (make_env): a kernel built with other settings is rebuilt.
+2: relative file-prefix map, so ccache's relative paths do not leak into vmlinux."""
 
 DEFAULT_EPOCH = 1672531200
 """SOURCE_DATE_EPOCH when the environment sets none (2023-01-01, around Linux 6.1's release)."""
@@ -200,7 +204,8 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
     with file_lock(kernel_root() / f".{identity[:16]}.lock", f"kernel build {identity[:16]}"):
         if meta_path.exists():
             meta = read_json(meta_path)
-            if meta.get("identity") == identity and all((kdir / a).exists() for a in ARTEFACTS):
+            if (meta.get("identity") == identity and meta.get("build_settings") == BUILD_SETTINGS
+                    and all((kdir / a).exists() for a in ARTEFACTS)):
                 print(f"[{label}] reusing kernel {identity[:16]} (identical config)", file=sys.stderr)
                 return meta
         objdir = kdir / "build"
@@ -220,6 +225,7 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
             _record_estimate(enabled, compiled)
         meta = {
             "identity": identity,
+            "build_settings": BUILD_SETTINGS,
             "source": source_label,
             "enabled": enabled,
             "objects_compiled": compiled,
@@ -246,6 +252,23 @@ def link_app(app: str, identity: str, meta: dict) -> Path:
         "sizes": meta["sizes"],
         "enabled": meta["enabled"],
     })
+
+
+def clean_app(app: str) -> None:
+    """Remove *app*'s kernel pointer, and its kernel when no other app's pointer names it."""
+    pointer = app_pointer(app)
+    try:
+        identity = read_json(pointer)["identity"]
+    except (TailorError, KeyError):
+        return
+    pointer.unlink(missing_ok=True)
+    for other in pointer.parent.glob("*.json"):
+        try:
+            if read_json(other).get("identity") == identity:
+                return
+        except TailorError:
+            continue
+    remove(kernel_dir(identity))
 
 
 def build_for(recipe) -> dict:
@@ -278,5 +301,6 @@ def tasks(recipes, action):
             "file_dep": [str(paths["config"]), str(paths["identity"]),
                          str(source.stamp_path(source.recipe_ref(r)))],
             "targets": [str(app_pointer(r.id))],
+            "clean": [(clean_app, [r.id])],
             "verbosity": 2,
         }

@@ -653,6 +653,31 @@ def _timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> 
     return time.monotonic() - t0, proc.stdout + proc.stderr, proc.returncode
 
 
+def wait_for_doit(log: Callable[[str], None] = print, limit_s: float = 3600) -> None:
+    """Wait until no other doit run holds the project's lock, so that a timed run does not wait for it."""
+    import fcntl
+
+    from tailor.tasks import state_file
+
+    path = state_file().parent / ".doit.lock"
+    if not path.exists():
+        return
+    start, said = time.monotonic(), False
+    with open(path, "a") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if not said:
+                    log("another doit run is using this project; waiting for it to finish before timing")
+                    said = True
+                if time.monotonic() - start > limit_s:
+                    raise TailorError(f"another doit run held the project for {limit_s:.0f} s; measure later")
+                time.sleep(0.5)
+
+
 def doit_noop_ran_nothing(output: str) -> bool:
     """True when a doit run's output shows every task up to date (``-- name``) and none executed (``. name``)."""
     lines = [ln for ln in output.splitlines() if ln.strip()]
@@ -674,11 +699,14 @@ def measure_pipeline(app: str = "redis", runs: int = NOOP_RUNS, clean: bool = Fa
 
     doit = [sys.executable, "-m", "doit"]
     data: dict = {"kind": "pipeline", "conditions": conditions(), "app": app}
+    wait_for_doit(log)
     _, out, rc = _timed(doit + [f"build:{app}"], cwd=PROJECT)
     if rc != 0:
-        raise TailorError(f"doit build:{app} failed; build it first (last line: {out.strip().splitlines()[-1:]})")
+        last = (out.strip().splitlines() or ["no output"])[-1]
+        raise TailorError(f"doit build:{app} failed; build it first ({last})")
     doit_s, noop_ok = [], True
     for _ in range(runs):
+        wait_for_doit(log)
         t, out, rc = _timed(doit + [f"build:{app}"], cwd=PROJECT)
         noop_ok &= rc == 0 and doit_noop_ran_nothing(out)
         doit_s.append(t)

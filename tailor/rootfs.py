@@ -592,6 +592,7 @@ def tasks(recipes, action):
                         + [str(p) for step in r.rootfs.build for p in sorted((ROOTFS_DIR / step.cwd).rglob("*"))
                            if p.is_file()],
             "targets": [str(image_path(r)), str(manifest_path(r.name))],
+            "clean": [(remove, [rootfs_dir(r.name)])],
             "uptodate": [config_changed({"rootfs": r.digests["rootfs"], "app": r.digests["app"],
                                          "version": ROOTFS_VERSION})],
             "verbosity": 2,

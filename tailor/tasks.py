@@ -107,6 +107,9 @@ def _run(fn, *args, **kwargs):
             e = os_error(e)
         print(f"tailor: error: {e}", file=sys.stderr, flush=True)
         return TaskFailed(str(e).splitlines()[0])
+    except KeyboardInterrupt:  # Ctrl-C: one line, not doit's traceback (doit still saves its state)
+        print("tailor: interrupted; run the same command again to continue", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     return None
 
 
