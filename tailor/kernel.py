@@ -289,6 +289,8 @@ def build_for(recipe) -> dict:
 
 def tasks(recipes, action):
     """doit tasks ``kernel:<app>``: one per recipe; identical configs share one build."""
+    from doit.tools import config_changed
+
     from tailor import config, source
     from tailor.recipe import with_variants
 
@@ -302,5 +304,6 @@ def tasks(recipes, action):
                          str(source.stamp_path(source.recipe_ref(r)))],
             "targets": [str(app_pointer(r.id))],
             "clean": [(clean_app, [r.id])],
+            "uptodate": [config_changed(BUILD_SETTINGS)],
             "verbosity": 2,
         }
