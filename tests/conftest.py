@@ -110,3 +110,27 @@ def fake_tree(tmp_path) -> Path:
     (d / "Kconfig").write_text(FAKE_KCONFIG)
     (d / "Makefile").write_text("VERSION = 9\nPATCHLEVEL = 9\nSUBLEVEL = 0\nEXTRAVERSION = -fake\n")
     return d
+
+
+def project_copy(dest: Path, shared=("src", "kernel", "cache")) -> Path:
+    """A copy of the project's sources in *dest* whose out/ links the named parts of the real out/
+    (the unpacked kernel source, the kernel builds, the .deb cache), so copies never recompile what
+    the project already built."""
+    from tailor.release import copy_project
+
+    copy_project(dest)
+    real_out = ROOT / "out"
+    (dest / "out").mkdir()
+    for name in shared:
+        (real_out / name).mkdir(parents=True, exist_ok=True)
+        (dest / "out" / name).symlink_to(real_out / name)
+    return dest
+
+
+def run_doit(project: Path, *args, timeout=3600, env_drop=("TAILOR_OUT",)):
+    """Run doit in *project* (a :func:`project_copy`) and return the CompletedProcess."""
+    env = dict(os.environ)
+    for var in env_drop:
+        env.pop(var, None)
+    return subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=timeout)

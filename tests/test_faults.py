@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -33,13 +32,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import project_copy
 import yaml
 
 from tailor.recipe import load
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_OUT = ROOT / "out"
-PROJECT_FILES = ["dodo.py", "tailor", "recipes", "base_configs", "templates", "rootfs", "kernel-sources.lock"]
 
 
 # ---------------------------------------------------------------------------
@@ -455,16 +454,9 @@ test:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, linux_tree):
     """A copy of the project (plus the argv and sleeper recipes) sharing src/, kernel/ and cache/ with out/."""
-    d = tmp_path_factory.mktemp("faults-project")
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, d / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, d / name)
+    d = project_copy(tmp_path_factory.mktemp("faults-project") / "tailor")
     (d / "recipes" / "argv.yaml").write_text(argv_recipe())
     (d / "recipes" / "sleeper.yaml").write_text(SLEEPER)
-    shared_out(d / "out", "src", "kernel", "cache")
     return d
 
 

@@ -9,16 +9,15 @@ session and for the user.
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import project_copy, run_doit
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ["dodo.py", "tailor", "recipes", "base_configs", "templates", "rootfs", "kernel-sources.lock"]
 
 pytestmark = pytest.mark.slow
 
@@ -26,28 +25,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, linux_tree):
     """A copy of the project with its own out/, sharing src/, kernel/ and cache/ with the real out/."""
-    d = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, d / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, d / name)
-    real_out = ROOT / "out"
-    out = d / "out"
-    out.mkdir()
-    for shared in ("src", "kernel", "cache"):
-        (real_out / shared).mkdir(parents=True, exist_ok=True)
-        (out / shared).symlink_to(real_out / shared)
-    return d
+    return project_copy(tmp_path_factory.mktemp("project") / "tailor")
 
 
 def doit(project, *args, timeout=3600):
-    env = dict(os.environ)
-    env.pop("TAILOR_OUT", None)
-    proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    return proc
+    return run_doit(project, *args, timeout=timeout)
 
 
 def ran(proc, task):

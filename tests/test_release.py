@@ -15,12 +15,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
+from conftest import project_copy, run_doit
 
 from tailor import boot, kernel, release, rootfs
 from tailor.errors import TailorError
@@ -437,7 +437,7 @@ def test_release_app_from_fake_outputs(tmp_path, monkeypatch):
     names = {p.relative_to(app).as_posix() for p in app.rglob("*") if p.is_file()}
     assert {"bzImage", "vmlinux", "config", "System.map", "rootfs.cpio", "recipe.yaml", "manifest.json",
             "firecracker.json", "oci/index.json", "oci/oci-layout",
-            f"linux-image-6.1-tailor-fakeapp_0.1.0_amd64.deb"} <= names
+            "linux-image-6.1-tailor-fakeapp_0.1.0_amd64.deb"} <= names
     assert (app / "recipe.yaml").read_text() == RECIPE
     proc = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0 and "fakeapp/manifest.json: OK" in proc.stdout, proc.stdout + proc.stderr
@@ -502,22 +502,12 @@ def test_release_tasks_depend_on_the_pipeline(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, linux_tree):
     """A copy of the project whose out/ shares the kernel source, kernels and .deb cache with the real out/."""
-    d = tmp_path_factory.mktemp("release-project") / "tailor"
-    release.copy_project(d)
-    real_out = ROOT / "out"
-    (d / "out").mkdir()
-    for shared in ("src", "kernel", "cache"):
-        (real_out / shared).mkdir(parents=True, exist_ok=True)
-        (d / "out" / shared).symlink_to(real_out / shared)
-    return d
+    return project_copy(tmp_path_factory.mktemp("release-project") / "tailor")
 
 
 def doit(project, *args, timeout=5400):
-    env = dict(os.environ)
-    for var in ("TAILOR_OUT", "TAILOR_RELEASE_VERSION", "TAILOR_DEB_MAINTAINER"):
-        env.pop(var, None)
-    return subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_doit(project, *args, timeout=timeout,
+                    env_drop=("TAILOR_OUT", "TAILOR_RELEASE_VERSION", "TAILOR_DEB_MAINTAINER"))
 
 
 @pytest.mark.slow
