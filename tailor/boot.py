@@ -525,8 +525,11 @@ def probe_memcached(port: int, deadline: float, *, host: str = "127.0.0.1",
             if line != b"STORED\r\n":
                 raise _Mismatch(f"set returned {line[:80]!r}")
             s.sendall(b"get tailor-probe\r\n")
-            header, data, end = f.readline(1024), f.readline(1024), f.readline(1024)
-            if not header.startswith(b"VALUE tailor-probe ") or data != value + b"\r\n" or end != b"END\r\n":
+            header = f.readline(1024)
+            if not header.startswith(b"VALUE tailor-probe "):
+                raise _Mismatch(f"get returned {header[:120]!r}")
+            data, end = f.readline(1024), f.readline(1024)
+            if data != value + b"\r\n" or end != b"END\r\n":
                 raise _Mismatch(f"get returned {(header + data + end)[:120]!r}")
         return "set and get answered correctly"
 

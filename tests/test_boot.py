@@ -607,3 +607,68 @@ def test_real_boot(tmp_path):
     assert name.startswith("tailor-t-")
     left = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True)
     assert left.stdout == "", f"qemu still running: {left.stdout}"
+
+
+def fake_memcached(lose_values=False):
+    """A memcached text-protocol server knowing set and get (get finds nothing with lose_values)."""
+    store = {}
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            while line := self.rfile.readline():
+                parts = line.split()
+                if parts[0] == b"set":
+                    data = self.rfile.read(int(parts[4]) + 2)[:-2]
+                    store[parts[1]] = data
+                    self.wfile.write(b"STORED\r\n")
+                elif parts[0] == b"get":
+                    value = None if lose_values else store.get(parts[1])
+                    if value is not None:
+                        self.wfile.write(b"VALUE %s 0 %d\r\n%s\r\n" % (parts[1], len(value), value))
+                    self.wfile.write(b"END\r\n")
+
+    return _Server(Handler)
+
+
+def test_memcached_probe_passes_against_fake_memcached():
+    srv = fake_memcached()
+    try:
+        assert boot.probe_memcached(srv.port, time.monotonic() + 5) == "set and get answered correctly"
+    finally:
+        srv.close()
+
+
+def test_memcached_probe_reports_a_lost_value(quick_grace):
+    srv = fake_memcached(lose_values=True)
+    try:
+        with pytest.raises(ProbeFailed, match=r"^get returned b'END\\r\\n'"):
+            boot.probe_memcached(srv.port, time.monotonic() + 5)
+    finally:
+        srv.close()
+
+
+def test_command_probe_substitutes_the_address_and_checks_output(quick_grace):
+    srv = fake_redis()
+    script = ("import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])));"
+              "s.sendall(b'*1\\r\\n$4\\r\\nPING\\r\\n'); print(s.recv(100).decode().strip())")
+    try:
+        detail = boot.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
+                                    time.monotonic() + 5, expect="^[+]PONG$")
+        assert detail.endswith("output matched '^[+]PONG$'")
+        with pytest.raises(ProbeFailed, match="output does not match"):
+            boot.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
+                               time.monotonic() + 5, expect="^nope$")
+    finally:
+        srv.close()
+
+
+def test_command_probe_retries_a_failing_command_until_the_deadline():
+    t = time.monotonic()
+    with pytest.raises(ProbeFailed, match="no answer within"):
+        boot.probe_command([sys.executable, "-c", "import sys; sys.exit(3)"], 1, time.monotonic() + 1)
+    assert time.monotonic() - t < 10
+
+
+def test_command_probe_names_a_missing_client():
+    with pytest.raises(ProbeFailed, match="no-such-client-tailor not found on this host"):
+        boot.probe_command(["no-such-client-tailor", "{port}"], 1, time.monotonic() + 1)

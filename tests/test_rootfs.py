@@ -196,3 +196,56 @@ def test_real_packages_hello_image_byte_identical(tmp_path, monkeypatch):
 def test_unknown_package_is_named(tmp_path):
     with pytest.raises(TailorError, match="package 'no-such-package-tailor' does not exist"):
         rootfs.apt_closure(["no-such-package-tailor"])
+
+
+def test_init_runs_setup_services_and_user(tmp_path):
+    r = make_recipe(tmp_path, """\
+app:
+  command: /usr/bin/app
+  args: [--port, "1"]
+  user: svc
+  setup:
+    - {run: [/bin/busybox, mkdir, -p, /var/lib/app]}
+    - {run: [/usr/bin/app-init, --dir, "/var/lib/my app"], user: svc}
+  services:
+    - {run: [/bin/busybox, httpd, -p, "127.0.0.1:8080"], ready_port: 8080}
+    - {run: [/usr/bin/helper], ready_path: /run/helper.sock, timeout: 7}
+rootfs: {users: [svc]}
+""")
+    script = rootfs.init_script(r, "/usr/bin/app")
+    lines = script.splitlines()
+    setup1 = lines.index("/bin/busybox mkdir -p /var/lib/app || fail \"setup step 1 failed\"")
+    setup2 = next(i for i, ln in enumerate(lines) if ln.startswith("$bb su -p -s /bin/sh svc -c "))
+    svc1 = lines.index("/bin/busybox httpd -p 127.0.0.1:8080 &")
+    assert setup1 < setup2 < svc1
+    assert "'exec /usr/bin/app-init --dir '\"'\"'/var/lib/my app'\"'\"''" in lines[setup2]
+    assert "until $bb netstat -ltn 2>/dev/null | $bb grep -q ':8080 '; do" in lines
+    assert "until [ -e /run/helper.sock ]; do" in lines
+    assert any("-le 35 ]" in ln for ln in lines)  # 7 s in 0.2 s steps
+    assert lines[-1] == "exec $bb su -p -s /bin/sh svc -c 'exec /usr/bin/app --port 1'"
+
+
+def test_add_users_appends_system_accounts(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\n")
+    rootfs.add_users(tmp_path, ("postgres", "www-data", "postgres"))
+    passwd = (tmp_path / "etc/passwd").read_text().splitlines()
+    assert passwd[2:] == ["postgres:x:100:100:postgres:/nonexistent:/bin/false",
+                          "www-data:x:101:101:www-data:/nonexistent:/bin/false"]
+    assert (tmp_path / "etc/group").read_text().splitlines()[1:] == ["postgres:x:100:", "www-data:x:101:"]
+
+
+def test_build_step_output_lands_in_the_image(tmp_path, pkg_tree, monkeypatch):
+    src = tmp_path / "rootfs-dir"
+    (src / "gen").mkdir(parents=True)
+    (src / "gen" / "make.sh").write_text("mkdir -p \"$1/srv\" && echo built > \"$1/srv/out.txt\"\n")
+    monkeypatch.setattr(rootfs, "ROOTFS_DIR", src)
+    r = make_recipe(tmp_path, "rootfs:\n  overlay: []\n  build:\n    - {run: [sh, make.sh, '{stage}'], cwd: gen}\n"
+                              "app: {command: ls}\n")
+    rootfs.stage(r, pkg_tree, tmp_path / "image")
+    assert (tmp_path / "image/srv/out.txt").read_text() == "built\n"
+    bad = make_recipe(tmp_path, "rootfs:\n  overlay: []\n  build:\n    - {run: [sh, -c, 'echo broken >&2; exit 4'], "
+                                "cwd: gen}\napp: {command: ls}\n", "bad")
+    with pytest.raises(TailorError, match=r"rootfs.build.0: sh -c echo broken >&2; exit 4 failed with status 4: broken"):
+        rootfs.stage(bad, pkg_tree, tmp_path / "image2")
