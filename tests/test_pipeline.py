@@ -181,3 +181,16 @@ def test_bad_recipe_fails_its_own_tasks_only(project):
         assert doit(project, "build:hello").returncode == 0
     finally:
         bad.unlink()
+
+
+def test_clean_removes_outputs_and_keeps_shared_kernels(project):
+    assert doit(project, "build:hello").returncode == 0
+    pointer = json.loads((project / "out/kernels/hello.json").read_text())
+    proc = doit(project, "clean", "boot:hello", "rootfs:hello", "config:hello")
+    assert proc.returncode == 0, proc.stderr
+    assert not (project / "out/boot/hello").exists()
+    assert not (project / "out/rootfs/hello").exists()
+    assert not (project / "out/config/hello").exists()
+    assert Path(pointer["bzImage"]).exists()  # kernels are shared; `clean kernel:<app>` drops the pointer
+    proc = doit(project, "build:hello")
+    assert proc.returncode == 0 and ran(proc, "rootfs:hello") and ran(proc, "boot:hello")
