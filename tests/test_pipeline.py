@@ -194,3 +194,11 @@ def test_clean_removes_outputs_and_keeps_shared_kernels(project):
     assert Path(pointer["bzImage"]).exists()  # kernels are shared; `clean kernel:<app>` drops the pointer
     proc = doit(project, "build:hello")
     assert proc.returncode == 0 and ran(proc, "rootfs:hello") and ran(proc, "boot:hello")
+
+
+def test_parallel_threads(project):
+    proc = doit(project, "-n", "2", "-P", "thread", "--always-execute", "boot:hello", "boot:redis")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ran(proc, "boot:hello") and ran(proc, "boot:redis")
+    for app in ("hello", "redis"):
+        assert json.loads((project / f"out/boot/{app}/result.json").read_text())["pass"] is True
