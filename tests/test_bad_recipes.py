@@ -77,17 +77,13 @@ def test_corpus_is_big_enough():
     assert stages.count("source") >= 3 and stages.count("rootfs") >= 3
 
 
-@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
-def test_bad_recipe_fails_clearly(path, run_tailor, ktree, linux_tree, tmp_path):
+def check_outcome(path, ktree, out, before, returncode, stderr):
     want, stage = headers(path)
-    out = shared_out(tmp_path, None if stage == "source" else linux_tree, debs=stage == "rootfs")
-    before = snapshot(out)
-    proc = run_tailor(COMMANDS[stage], str(path.relative_to(ROOT)), env={"TAILOR_OUT": str(out)})
     want = want.format(version=ktree.version)
-    lines = proc.stderr.splitlines()
-    assert proc.returncode == 1, proc.stderr
-    assert lines and lines[0] == f"tailor: error: {want}", proc.stderr
-    assert "Traceback" not in proc.stderr
+    lines = stderr.splitlines()
+    assert returncode == 1, stderr
+    assert lines and lines[0] == f"tailor: error: {want}", stderr
+    assert "Traceback" not in stderr
     after = snapshot(out)
     if stage == "source":
         # The pinned tarball itself may be unpacked (it is shared by sha256), nothing else.
@@ -97,6 +93,32 @@ def test_bad_recipe_fails_clearly(path, run_tailor, ktree, linux_tree, tmp_path)
                  if not k.startswith(f"src/{pinned}/") and not (k.startswith("src/.") and k.endswith(".lock"))}
     assert after == before, "a failing recipe must not create or change outputs"
     assert not (out / "config").exists() and not list(out.glob("rootfs/*/rootfs.*"))
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_bad_recipe_fails_clearly(path, ktree, linux_tree, tmp_path, monkeypatch, capsys):
+    """Each case through the command's own entry point, in this process (the Kconfig tree is parsed once)."""
+    from tailor.__main__ import main
+
+    stage = headers(path)[1]
+    out = shared_out(tmp_path, None if stage == "source" else linux_tree, debs=stage == "rootfs")
+    before = snapshot(out)
+    monkeypatch.setenv("TAILOR_OUT", str(out))
+    monkeypatch.chdir(ROOT)
+    capsys.readouterr()
+    returncode = main([COMMANDS[stage], str(path.relative_to(ROOT))])
+    check_outcome(path, ktree, out, before, returncode, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("name", ["unknown-symbol", "deps-off", "yaml-syntax", "rootfs-entrypoint-not-in-packages"])
+def test_bad_recipe_through_the_real_command(name, run_tailor, ktree, linux_tree, tmp_path):
+    """A few cases as separate processes: the exit status and stderr a user really sees."""
+    path = Path(__file__).parent / "bad_recipes" / f"{name}.yaml"
+    stage = headers(path)[1]
+    out = shared_out(tmp_path, None if stage == "source" else linux_tree, debs=stage == "rootfs")
+    before = snapshot(out)
+    proc = run_tailor(COMMANDS[stage], str(path.relative_to(ROOT)), env={"TAILOR_OUT": str(out)})
+    check_outcome(path, ktree, out, before, proc.returncode, proc.stderr)
 
 
 def test_overlay_symlink_out_of_the_rootfs_end_to_end(run_tailor, tmp_path):
