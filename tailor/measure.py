@@ -108,10 +108,11 @@ def count_syscalls(system_map: str) -> dict:
     Every system call has an entry point ``__x64_sys_<name>``. Compiled-out
     ones are either weak ``W`` stubs (COND_SYSCALL) or, for groups such as
     the POSIX timers, ``T`` aliases at the address of a ``sys_ni_*`` stub.
-    ``real`` counts the ``T``/``t`` entry points that are neither
-    ``__x64_sys_ni_syscall`` nor at the address of a ``sys_ni_*`` symbol;
-    ``raw`` counts every ``T``/``t`` entry point except
-    ``__x64_sys_ni_syscall`` (the plain rule); ``stubs`` the rest.
+    Parts that the compiler split off a function (``__x64_sys_setitimer.cold``)
+    are not entry points and never count. ``real`` counts the ``T``/``t``
+    entry points that are neither ``__x64_sys_ni_syscall`` nor at the address
+    of a ``sys_ni_*`` symbol; ``raw`` counts every ``T``/``t`` entry point
+    except ``__x64_sys_ni_syscall`` (the plain rule); ``stubs`` the rest.
     """
     entries: list[tuple[str, str]] = []
     stub_addrs: set[str] = set()
@@ -123,7 +124,7 @@ def count_syscalls(system_map: str) -> dict:
         addr, kind, name = parts
         if re.match(r"^(__x64_)?sys_ni_", name):
             stub_addrs.add(addr)
-        if name.startswith("__x64_sys_"):
+        if name.startswith("__x64_sys_") and "." not in name:
             if kind in "Tt":
                 entries.append((addr, name))
             elif kind in "Ww":

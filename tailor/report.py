@@ -171,9 +171,9 @@ def size_sections(data: dict | None) -> list[Section]:
     size_intro = ("bzImage (what the VMM loads) and vmlinux (the uncompressed ELF), and the number of "
                   "options set to y in the kernel's .config.")
     sc_intro = ("System calls compiled in: the `__x64_sys_*` entry points in System.map (T/t), without "
-                "`__x64_sys_ni_syscall` and without the entry points that alias a `sys_ni_*` stub "
-                "(e.g. the POSIX timers when POSIX_TIMERS=n); compiled-out calls are weak stubs that "
-                "return -ENOSYS.")
+                "`__x64_sys_ni_syscall`, without the entry points that alias a `sys_ni_*` stub "
+                "(e.g. the POSIX timers when POSIX_TIMERS=n) and without compiler-split parts (`.cold`); "
+                "compiled-out calls are weak stubs that return -ENOSYS.")
     if not data:
         return [_not_measured("size", "Kernel image size", size_intro),
                 _not_measured("syscalls", "Attack surface: system calls", sc_intro)]
@@ -194,7 +194,8 @@ def size_sections(data: dict | None) -> list[Section]:
         sc_rows.append([k["label"], str(sc["real"])]
                        + [fmt_ratio(ratio(sc["real"], bases[b]["syscalls"]["real"])) for b in order]
                        + [str(sc["raw"]), str(sc["stubs"])])
-    missing = [f"{m['app']} ({m['variant']}): {m['why']}" for m in data.get("missing", [])]
+    missing = [(f"{m['variant']} baseline: {m['why']}" if m["app"] == "-" else f"{m['app']} ({m['variant']}): {m['why']}")
+               for m in data.get("missing", [])]
     notes = [] if order else ["no baseline kernel measured: run `doit baseline:microvm`, then the size benchmark"]
     charts = [c for c in [
         chart("bzImage size", "MB", [(k["label"], k["bzImage"] / 1e6, fmt_mb(k["bzImage"]), k["variant"])
@@ -309,8 +310,12 @@ def throughput_section(data: dict | None) -> Section:
                      f"{rb['rounds']} rounds")
     if "ab" in p:
         notes.append(f"ab -n {p['ab']['requests']} -c {p['ab']['clients']}, {p['ab']['rounds']} rounds")
-    c = chart("throughput (median)", "req/s", items)
-    return Section("throughput", "Throughput", intro, head, rows, [c] if c else [], missing, notes, True)
+    charts = []
+    for app in sorted({i[0].split(" ")[0] for i in items}, key=_app_rank):
+        c = chart(f"{app} throughput (median)", "req/s", [i for i in items if i[0].split(" ")[0] == app])
+        if c:
+            charts.append(c)
+    return Section("throughput", "Throughput", intro, head, rows, charts, missing, notes, True)
 
 
 def pipeline_section(data: dict | None) -> Section:
@@ -468,7 +473,7 @@ def evaluate_targets(results: dict[str, dict]) -> list[dict]:
             verdict = "met" if met else "missed"
         out.append({
             "id": t.id, "what": t.what, "value": text or "–",
-            "ratio": (fmt_s(r) if t.absolute else fmt_ratio(r)) if r is not None else "–",
+            "ratio": (fmt_s(r) if t.absolute else f"{r:.3f}x") if r is not None else "–",
             "limit": f"{t.op} {t.limit:g} s" if t.absolute else f"{t.op} {t.limit:g}x",
             "against": against or "–", "verdict": verdict,
             "gap": t.gap if verdict == "missed" else "",
