@@ -15,7 +15,9 @@ recipes and stored like any kernel in ``out/kernel/<identity>/``:
   It does not verify in tailor's engine (six of its lines name symbols that
   Debian's 6.1 does not have, e.g. ``SYSGENID`` and ``AMAZON_DRIVER_UPDATES``
   from Amazon's kernel), so it is derived with kbuild's own ``make
-  olddefconfig`` from the file as it is; the result says so (``method``).
+  olddefconfig`` from the file as it is, plus the one option qemu's microvm
+  needs to find its virtio devices (:data:`FIRECRACKER_EXTRA`); the result
+  says so (``method``).
 
 A baseline is written to ``out/baseline/<name>/`` (``.config``,
 ``identity``, ``baseline.json`` naming the kernel). Baselines take tens of
@@ -35,6 +37,11 @@ from tailor.util import PROJECT, makedirs, out_dir, read_json, write_atomic, wri
 
 FIRECRACKER_CONFIG = PROJECT.parent / "shared" / "reference" / "firecracker-microvm-6.1.config"
 """Firecracker's 6.1 guest config, when the shared reference folder is beside the project."""
+
+FIRECRACKER_EXTRA = ("CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y",)
+"""Added to Firecracker's config: it has VIRTIO_MMIO but not the command-line device option,
+so under qemu's microvm with ``acpi=off`` (which lists the virtio-mmio devices on the kernel
+command line) it would find no network card and the network apps could not be measured."""
 
 BASELINES = {
     "microvm": "the kernel's x86_64_defconfig + kvm_guest.config (base_configs/microvm.config)",
@@ -105,8 +112,10 @@ def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, 
         # with unmet dependencies, which kconfiglib leaves out). The identity ignores comments.
         return (theirs, config_identity(theirs, source_id),
                 "engine (all-no + base_configs/microvm.config, verified); layout from kbuild olddefconfig")
-    text = kbuild_olddefconfig(srctree, scratch, path.read_text())
-    return text, config_identity(text, source_id), "kbuild olddefconfig of the file as is"
+    text = path.read_text().rstrip("\n") + "\n" + "".join(f"{line}\n" for line in FIRECRACKER_EXTRA)
+    text = kbuild_olddefconfig(srctree, scratch, text)
+    return (text, config_identity(text, source_id),
+            f"kbuild olddefconfig of the file as is + {', '.join(FIRECRACKER_EXTRA)}")
 
 
 def _values(config_text: str) -> dict[str, str]:

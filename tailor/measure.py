@@ -81,6 +81,11 @@ _AB_RPS = re.compile(r"^Requests per second:\s+([0-9.]+)", re.M)
 _AB_FAILED = re.compile(r"^Failed requests:\s+([0-9]+)", re.M)
 
 
+def say(text: str) -> None:
+    """Progress of a measurement on stdout, flushed at once (benchmarks take minutes)."""
+    print(text, flush=True)
+
+
 def bench_dir() -> Path:
     """Where the measurements go: ``out/bench/``."""
     return out_dir() / "bench"
@@ -352,6 +357,29 @@ def kernel_label(recipe: Recipe | None, variant: str) -> str:
 # Size and attack surface
 
 
+XZ_FLAGS = ["--check=crc32", "--x86", "--lzma2=,dict=32MiB"]
+"""The flags kbuild's ``cmd_xzkern`` gives xz for an XZ-compressed kernel (scripts/xz_wrap.sh)."""
+
+
+def xz_estimate(kdir: Path) -> int | None:
+    """bzImage bytes the kernel in *kdir* would have with XZ instead of gzip compression.
+
+    kbuild keeps the uncompressed payload (``vmlinux.bin``) and the gzipped
+    one in the object tree; the estimate swaps the latter for the former
+    compressed with kbuild's own xz flags. None when the tree, the gzipped
+    payload or xz is not there.
+    """
+    comp = kdir / "build" / "arch" / "x86" / "boot" / "compressed"
+    raw, gz = comp / "vmlinux.bin", comp / "vmlinux.bin.gz"
+    if not (raw.is_file() and gz.is_file()) or shutil.which("xz") is None:
+        return None
+    with open(raw, "rb") as f:
+        proc = subprocess.run(["xz", *XZ_FLAGS, "-c"], stdin=f, capture_output=True)
+    if proc.returncode != 0:
+        return None
+    return (kdir / "bzImage").stat().st_size - gz.stat().st_size + len(proc.stdout)
+
+
 def measure_size(apps: dict[str, Recipe | str] | None = None) -> dict:
     """Sizes, enabled options and system calls of every distinct kernel; writes ``size.json``."""
     rows: dict[str, dict] = {}
@@ -378,6 +406,7 @@ def measure_size(apps: dict[str, Recipe | str] | None = None) -> dict:
             "identity": ident,
             "bzImage": (kdir / "bzImage").stat().st_size,
             "vmlinux": (kdir / "vmlinux").stat().st_size,
+            "bzImage_xz_estimate": xz_estimate(kdir),
             "enabled": sum(1 for ln in config.splitlines() if ln.startswith("CONFIG_") and ln.endswith("=y")),
             "syscalls": count_syscalls(smap),
         }
@@ -426,13 +455,15 @@ def _quiet_stderr():
 
 
 def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = None,
-                 accel: str | None = None, log: Callable[[str], None] = print) -> dict:
+                 accel: str | None = None, log: Callable[[str], None] = say) -> dict:
     """Boot every variant *runs* times, interleaved (variant A, B, C, A, B, C, ...); writes ``boot.json``."""
     todo = [v for v in variants(apps) if not v.missing]
     samples: dict[str, dict] = {v.key: {"init": [], "ready": [], "errors": []} for v in todo}
     accel_seen = set()
     for i in range(runs):
         for v in todo:
+            if samples[v.key]["errors"]:
+                continue  # a kernel that failed once is not booted again (a failure costs the whole timeout)
             outdir = bench_dir() / "boot" / v.app / v.variant
             r = boot_once(v, outdir, accel=accel)
             accel_seen.add(r["accel"])
@@ -464,7 +495,7 @@ def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = N
 
 def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY_RANGE[0],
                    hi: int = MEMORY_RANGE[1], accel: str | None = None,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = say) -> dict:
     """Bisect each variant's smallest passing guest memory in MiB; writes ``memory.json``."""
     results = []
     for v in variants(apps):
@@ -576,7 +607,7 @@ def run_load(tool: str, port: int, recipe: Recipe) -> dict[str, float]:
 
 
 def measure_throughput(apps: dict[str, Recipe | str] | None = None, accel: str | None = None,
-                       rounds: int | None = None, log: Callable[[str], None] = print) -> dict:
+                       rounds: int | None = None, log: Callable[[str], None] = say) -> dict:
     """Load-test every variant of each network app, alternately, in one session; writes ``throughput.json``.
 
     All variants of an app run at the same time (idle VMs cost little) and
@@ -654,7 +685,7 @@ def _timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> 
     return time.monotonic() - t0, proc.stdout + proc.stderr, proc.returncode
 
 
-def wait_for_doit(log: Callable[[str], None] = print, limit_s: float = 3600) -> None:
+def wait_for_doit(log: Callable[[str], None] = say, limit_s: float = 3600) -> None:
     """Wait until no other doit run holds the project's lock, so that a timed run does not wait for it."""
     import fcntl
 
@@ -686,7 +717,7 @@ def doit_noop_ran_nothing(output: str) -> bool:
 
 
 def measure_pipeline(app: str = "redis", runs: int = NOOP_RUNS, clean: bool = False,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = say) -> dict:
     """Time a no-op ``doit build:<app>`` and kbuild's no-op ``make bzImage`` in that kernel's tree.
 
     Must run outside doit (the inner doit would wait for the outer one's
@@ -734,7 +765,7 @@ def measure_pipeline(app: str = "redis", runs: int = NOOP_RUNS, clean: bool = Fa
     return data
 
 
-def measure_clean(app: str, recipe: Recipe, srctree: Path, log: Callable[[str], None] = print) -> dict:
+def measure_clean(app: str, recipe: Recipe, srctree: Path, log: Callable[[str], None] = say) -> dict:
     """A clean ``doit build:<app>`` in a scratch out/ (sharing only the .deb cache) against
     ``make olddefconfig && make bzImage`` of the same .config in a scratch object tree."""
     from tailor import config as config_stage

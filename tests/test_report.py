@@ -30,7 +30,7 @@ def _spread(*xs):
 
 def _kernel(label, variant, apps, bz, vml, enabled, real, ident):
     return {"label": label, "variant": variant, "apps": apps, "identity": ident * 4, "bzImage": bz,
-            "vmlinux": vml, "enabled": enabled, "syscalls": {"real": real, "raw": real, "stubs": 450 - real}}
+            "bzImage_xz_estimate": int(bz * 0.8), "vmlinux": vml, "enabled": enabled, "syscalls": {"real": real, "raw": real, "stubs": 450 - real}}
 
 
 def fixture_results() -> dict[str, dict]:
@@ -117,6 +117,21 @@ def test_count_syscalls_excludes_stubs_and_aliases():
 
 def test_count_syscalls_of_empty_map():
     assert measure.count_syscalls("") == {"real": 0, "raw": 0, "stubs": 0}
+
+
+@pytest.mark.skipif(shutil.which("xz") is None, reason="xz is not installed")
+def test_xz_estimate_swaps_the_gzip_payload(tmp_path):
+    import gzip
+
+    comp = tmp_path / "build" / "arch" / "x86" / "boot" / "compressed"
+    comp.mkdir(parents=True)
+    payload = b"tailor kernel payload " * 5000
+    (comp / "vmlinux.bin").write_bytes(payload)
+    (comp / "vmlinux.bin.gz").write_bytes(gzip.compress(payload))
+    (tmp_path / "bzImage").write_bytes(b"s" * 30000 + gzip.compress(payload))
+    xz = subprocess.run(["xz", *measure.XZ_FLAGS, "-c"], input=payload, capture_output=True).stdout
+    assert measure.xz_estimate(tmp_path) == 30000 + len(xz)
+    assert measure.xz_estimate(tmp_path / "nothing") is None
 
 
 def test_console_times_finds_the_first_init_line():
@@ -254,7 +269,7 @@ def test_report_renders_every_metric(bench, tmp_path):
         .split("## Boot time")[0]
     assert "baseline not built; run `doit baseline:firecracker`" in md
     assert "QEMU emulator version 7.2" in md and "TCG" in md
-    assert "| lupine-base (hello) | hello | 1.27 MB | 0.12x |" in md
+    assert "| lupine-base (hello) | hello | 1.27 MB | 0.12x | 1.01 MB | 0.10x |" in md
     assert "**MISSED**" in md
 
 
