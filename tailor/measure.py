@@ -12,7 +12,7 @@ Every measurement here reads what the pipeline already built (kernels under
   which the boot test still passes (:func:`bisect_min`);
 * :func:`measure_throughput` -> ``throughput.json``: redis-benchmark GET/SET
   for redis, ApacheBench (``ab``) for an HTTP app, every kernel variant and
-  the baseline alternately in one session;
+  the baselines booted in turn, round after round, in one session;
 * :func:`measure_pipeline` -> ``pipeline.json``: a no-op ``doit build:<app>``
   against kbuild's own no-op ``make bzImage``, and optionally a clean build
   against the raw compile of the same config.
@@ -70,15 +70,21 @@ MEMORY_RANGE = (8, 256)
 MEMORY_TIMEOUT_S = 60
 """Timeout of each boot test during the memory bisection (a starved guest may hang)."""
 
-REDIS_BENCH = {"requests": 10000, "clients": 10, "tests": "set,get", "rounds": 3}
+REDIS_BENCH = {"requests": 20000, "clients": 10, "tests": "set,get", "rounds": 7}
 """Fixed redis-benchmark parameters: ``-n requests -c clients -t tests``, repeated ``rounds`` times."""
-HTTP_BENCH = {"requests": 2000, "clients": 10, "rounds": 3}
+HTTP_BENCH = {"requests": 5000, "clients": 10, "rounds": 5}
 """Fixed ApacheBench parameters: ``ab -n requests -c clients``, repeated ``rounds`` times."""
 NOOP_RUNS = 3
 
 _CONSOLE_LINE = re.compile(r"^\[\s*([0-9]+\.[0-9]+)\] (.*)$")
 _AB_RPS = re.compile(r"^Requests per second:\s+([0-9.]+)", re.M)
 _AB_FAILED = re.compile(r"^Failed requests:\s+([0-9]+)", re.M)
+_AB_LONGEST = re.compile(r"^\s*100%\s+([0-9]+)", re.M)
+
+STALL_MS = 100.0
+"""A load run whose slowest request took longer than this (ms) hit a TCP retransmission timeout
+(200 ms and more, doubling) in qemu's user-mode network; such runs measure the network's packet
+loss, not the guest, and are left out of the median when clean runs exist."""
 
 
 def say(text: str) -> None:
@@ -168,25 +174,38 @@ def bisect_min(passes: Callable[[int], bool], lo: int, hi: int) -> tuple[int | N
     return hi, tried
 
 
-def parse_redis_csv(text: str) -> dict[str, float]:
-    """Requests per second by test name (``SET``, ``GET``) from ``redis-benchmark --csv`` output."""
+def parse_redis_csv(text: str) -> dict[str, dict]:
+    """``{test: {"rps", "max_ms"}}`` (``SET``, ``GET``) from ``redis-benchmark --csv`` output."""
     out = {}
     for row in csv.reader(io.StringIO(text)):
         if len(row) >= 2 and row[0] and row[0] != "test":
             try:
-                out[row[0].strip().upper()] = float(row[1])
+                out[row[0].strip().upper()] = {"rps": float(row[1]),
+                                               "max_ms": float(row[-1]) if len(row) >= 8 else None}
             except ValueError:
                 continue
     return out
 
 
-def parse_ab(text: str) -> tuple[float, int]:
-    """(requests per second, failed requests) from ApacheBench's report."""
+def parse_ab(text: str) -> tuple[float, int, float | None]:
+    """(requests per second, failed requests, longest request in ms) from ApacheBench's report."""
     m = _AB_RPS.search(text)
     if not m:
         raise TailorError("ab printed no 'Requests per second' line")
     failed = _AB_FAILED.search(text)
-    return float(m.group(1)), int(failed.group(1)) if failed else 0
+    longest = _AB_LONGEST.search(text)
+    return (float(m.group(1)), int(failed.group(1)) if failed else 0,
+            float(longest.group(1)) if longest else None)
+
+
+def clean_spread(runs: list[dict]) -> dict:
+    """:func:`spread` of the requests/s of the *runs* that did not stall (all of them when every run
+    stalled), with ``stalled`` (how many runs stalled) and ``runs``."""
+    clean = [r["rps"] for r in runs if r.get("max_ms") is None or r["max_ms"] < STALL_MS]
+    s = spread(clean or [r["rps"] for r in runs])
+    s.update({"stalled": len(runs) - len(clean), "runs": len(runs),
+              "max_ms": [r.get("max_ms") for r in runs], "all": [round(r["rps"], 3) for r in runs]})
+    return s
 
 
 # --------------------------------------------------------------------------
@@ -581,11 +600,15 @@ def bench_tool(recipe: Recipe) -> str | None:
     return None
 
 
-def run_load(tool: str, port: int, recipe: Recipe) -> dict[str, float]:
-    """One bounded load run against 127.0.0.1:*port*; requests per second by test name."""
+def run_load(tool: str, port: int, recipe: Recipe, warmup: bool = False) -> dict[str, dict]:
+    """One bounded load run against 127.0.0.1:*port*; ``{test: {"rps", "max_ms"}}``.
+
+    A *warmup* run sends a tenth of the requests (its result is not kept).
+    """
     if tool == "redis-benchmark":
         p = REDIS_BENCH
-        cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-n", str(p["requests"]),
+        count = p["requests"] // 10 if warmup else p["requests"]
+        cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-n", str(count),
                "-c", str(p["clients"]), "-t", p["tests"], "--csv"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
         rps = parse_redis_csv(proc.stdout)
@@ -594,28 +617,28 @@ def run_load(tool: str, port: int, recipe: Recipe) -> dict[str, float]:
             raise TailorError(f"redis-benchmark failed (exit {proc.returncode}): {tail[0]}")
         return rps
     p = HTTP_BENCH
+    count = p["requests"] // 10 if warmup else p["requests"]
     url = f"http://127.0.0.1:{port}{recipe.test.probe.path or '/'}"
-    cmd = ["ab", "-q", "-n", str(p["requests"]), "-c", str(p["clients"]), url]
+    cmd = ["ab", "-q", "-n", str(count), "-c", str(p["clients"]), url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise TailorError(f"ab failed (exit {proc.returncode}): {tail[0]}")
-    rps, failed = parse_ab(proc.stdout)
+    rps, failed, longest = parse_ab(proc.stdout)
     if failed:
-        raise TailorError(f"ab: {failed} of {p['requests']} requests failed")
-    return {"GET /": rps}
+        raise TailorError(f"ab: {failed} of {count} requests failed")
+    return {"GET /": {"rps": rps, "max_ms": longest}}
 
 
 def measure_throughput(apps: dict[str, Recipe | str] | None = None, accel: str | None = None,
                        rounds: int | None = None, log: Callable[[str], None] = say) -> dict:
     """Load-test every variant of each network app, alternately, in one session; writes ``throughput.json``.
 
-    All variants of an app run at the same time (idle VMs cost little) and
-    each round runs the load once against each, rotating the order, so that
-    slow drifts of the host affect every variant alike.
+    Each round boots each variant in turn (the order rotates every round),
+    runs a short warm-up load and then the measured one, and stops the VM
+    before the next one starts, so that only one guest competes with the
+    load generator and slow drifts of the host affect every variant alike.
     """
-    from contextlib import ExitStack
-
     results = []
     for name, recipe in (load_apps() if apps is None else apps).items():
         group = [v for v in variants({name: recipe})]
@@ -629,35 +652,27 @@ def measure_throughput(apps: dict[str, Recipe | str] | None = None, accel: str |
             results += [{"app": v.app, "variant": v.variant, "label": kernel_label(v.recipe, v.variant),
                          "missing": why} for v in group]
             continue
-        ready = [v for v in group if not v.missing]
-        samples: dict[str, dict[str, list[float]]] = {v.key: {} for v in ready}
+        order = [v for v in group if not v.missing]
+        samples: dict[str, dict[str, list[dict]]] = {v.key: {} for v in order}
         errors: dict[str, str] = {}
         n = rounds or (REDIS_BENCH if tool == "redis-benchmark" else HTTP_BENCH)["rounds"]
-        with ExitStack() as stack:
-            ports = {}
-            for v in ready:
+        for i in range(n):
+            shift = i % max(1, len(order))
+            for v in order[shift:] + order[:shift]:
+                if v.key in errors:
+                    continue
                 try:
-                    ports[v.key] = stack.enter_context(running_vm(v, accel))
-                    log(f"throughput {v.key}: VM up on 127.0.0.1:{ports[v.key]}")
-                except TailorError as e:
+                    with running_vm(v, accel) as port:
+                        run_load(tool, port, v.recipe, warmup=True)
+                        rps = run_load(tool, port, v.recipe)
+                except (TailorError, subprocess.TimeoutExpired) as e:
                     errors[v.key] = str(e).splitlines()[0]
                     log(f"throughput {v.key}: {errors[v.key]}")
-            order = [v for v in ready if v.key in ports]
-            for i in range(n):
-                shift = i % max(1, len(order))
-                for v in order[shift:] + order[:shift]:
-                    if v.key in errors:
-                        continue
-                    try:
-                        rps = run_load(tool, ports[v.key], v.recipe)
-                    except (TailorError, subprocess.TimeoutExpired) as e:
-                        errors[v.key] = str(e).splitlines()[0]
-                        log(f"throughput {v.key}: {errors[v.key]}")
-                        continue
-                    for test, value in rps.items():
-                        samples[v.key].setdefault(test, []).append(value)
-                    log(f"throughput {v.key} round {i + 1}/{n}: "
-                        + ", ".join(f"{t} {x:.0f}/s" for t, x in rps.items()))
+                    continue
+                for test, value in rps.items():
+                    samples[v.key].setdefault(test, []).append(value)
+                log(f"throughput {v.key} round {i + 1}/{n}: "
+                    + ", ".join(f"{t} {x['rps']:.0f}/s (slowest {x['max_ms']} ms)" for t, x in rps.items()))
         for v in group:
             row = {"app": v.app, "variant": v.variant, "label": kernel_label(v.recipe, v.variant), "tool": tool}
             if v.missing:
@@ -665,11 +680,11 @@ def measure_throughput(apps: dict[str, Recipe | str] | None = None, accel: str |
             elif v.key in errors and not samples[v.key]:
                 row["error"] = errors[v.key]
             else:
-                row["tests"] = {t: spread(xs) for t, xs in samples[v.key].items()}
+                row["tests"] = {t: clean_spread(xs) for t, xs in samples[v.key].items()}
                 if v.key in errors:
                     row["error"] = errors[v.key]
             results.append(row)
-    data = {"kind": "throughput", "conditions": conditions(accel),
+    data = {"kind": "throughput", "conditions": conditions(accel), "stall_ms": STALL_MS,
             "params": {"redis-benchmark": REDIS_BENCH, "ab": HTTP_BENCH}, "results": results}
     write_json(bench_path("throughput"), data)
     return data
@@ -724,7 +739,7 @@ def measure_pipeline(app: str = "redis", runs: int = NOOP_RUNS, clean: bool = Fa
     lock). Both are warmed up once and then timed *runs* times. With
     *clean*, also times a clean ``doit build:<app>`` in a scratch output
     directory against ``make olddefconfig bzImage`` of the same config in a
-    scratch object tree (same ccache); writes ``pipeline.json``.
+    scratch object tree, both with ccache disabled; writes ``pipeline.json``.
     """
     from tailor import kernel as kernel_stage
     from tailor import source
@@ -767,7 +782,8 @@ def measure_pipeline(app: str = "redis", runs: int = NOOP_RUNS, clean: bool = Fa
 
 def measure_clean(app: str, recipe: Recipe, srctree: Path, log: Callable[[str], None] = say) -> dict:
     """A clean ``doit build:<app>`` in a scratch out/ (sharing only the .deb cache) against
-    ``make olddefconfig && make bzImage`` of the same .config in a scratch object tree."""
+    ``make olddefconfig && make bzImage`` of the same .config in a scratch object tree, both
+    with ccache disabled (the first would otherwise fill the cache for the second)."""
     from tailor import config as config_stage
     from tailor import kernel as kernel_stage
 
@@ -777,6 +793,7 @@ def measure_clean(app: str, recipe: Recipe, srctree: Path, log: Callable[[str], 
         objdir = makedirs(tmp / "raw")
         write_atomic(objdir / ".config", config_text)
         cmd, env = kernel_stage._make(srctree, objdir, ["olddefconfig", "bzImage"], os.cpu_count())
+        env["CCACHE_DISABLE"] = "1"
         raw_s, _, rc = _timed(cmd, env)
         if rc != 0:
             raise TailorError("raw kernel compile failed")
@@ -784,13 +801,13 @@ def measure_clean(app: str, recipe: Recipe, srctree: Path, log: Callable[[str], 
         scratch = makedirs(tmp / "out")
         makedirs(scratch / "cache")
         os.symlink(out_dir().resolve() / "cache" / "debs", scratch / "cache" / "debs")
-        env2 = dict(os.environ, TAILOR_OUT=str(scratch))
+        env2 = dict(os.environ, TAILOR_OUT=str(scratch), CCACHE_DISABLE="1")
         total_s, out, rc = _timed([sys.executable, "-m", "doit", f"build:{app}"], env=env2, cwd=PROJECT)
         if rc != 0:
             raise TailorError(f"clean doit build:{app} failed: {out.strip().splitlines()[-1:]}")
         log(f"clean doit build:{app}: {total_s:.1f} s")
     return {"doit_s": round(total_s, 3), "raw_make_s": round(raw_s, 3),
-            "note": "same compiler and ccache settings for both; the clean build also unpacks the source, "
+            "note": "both without ccache (CCACHE_DISABLE=1); the clean build also unpacks the source, "
                     "resolves the config, builds the rootfs and boots"}
 
 

@@ -290,14 +290,16 @@ def memory_section(data: dict | None) -> Section:
 
 def throughput_section(data: dict | None) -> Section:
     intro = ("Requests per second from the host through the forwarded loopback port: redis-benchmark "
-             "(GET and SET) for redis, ApacheBench for nginx, fixed parameters; all kernels of an app run "
-             "alternately in one session; median of the rounds with min–max. Higher is better.")
+             "(GET and SET) for redis, ApacheBench for nginx, fixed parameters; in each round every kernel of "
+             "the app is booted in turn, warmed up and loaded; median of the rounds with min–max. "
+             "Higher is better.")
     if not data:
         return _not_measured("throughput", "Throughput", intro)
     rows_in = sorted(data["results"], key=_row_order)
     order = _baselines_in(rows_in)
     idx = _by_app_variant(rows_in)
-    head = ["app", "kernel", "test", "requests/s (median)", "min–max"] + [f"× {b}" for b in order]
+    head = ["app", "kernel", "test", "requests/s (median)", "min–max"] + [f"× {b}" for b in order] + \
+           ["stalled runs"]
     rows, missing, items = [], [], []
     for r in rows_in:
         if r.get("missing") or (r.get("error") and not r.get("tests")):
@@ -308,10 +310,13 @@ def throughput_section(data: dict | None) -> Section:
             for b in order:
                 base = (idx.get((r["app"], b)) or {}).get("tests", {}).get(test, {})
                 row.append(fmt_ratio(ratio(s["median"], base.get("median"))))
+            row.append(f"{s['stalled']}/{s['runs']}" if "runs" in s else "–")
             rows.append(row)
             items.append((f"{r['app']} {test} · {r['label']}", s["median"], fmt_num(s["median"]), r["variant"]))
     p = data.get("params", {})
-    notes = []
+    notes = [f"stalled runs: the slowest request took over {data.get('stall_ms', 100):g} ms, a TCP "
+             "retransmission timeout in qemu's user-mode network (packet loss, not guest work); the median "
+             "is taken over the other runs when there are any"]
     if "redis-benchmark" in p:
         rb = p["redis-benchmark"]
         notes.append(f"redis-benchmark -n {rb['requests']} -c {rb['clients']} -t {rb['tests']}, "

@@ -171,16 +171,27 @@ def test_parse_redis_csv():
     out = ('"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
            '"p99_latency_ms","max_latency_ms"\n"SET","6993.01","1.3","0.2","1.2","2.1","3.0","9.1"\n'
            '"GET","7215.01","1.3","0.2","1.2","2.1","3.0","9.1"\n')
-    assert measure.parse_redis_csv(out) == {"SET": 6993.01, "GET": 7215.01}
+    assert measure.parse_redis_csv(out) == {"SET": {"rps": 6993.01, "max_ms": 9.1},
+                                            "GET": {"rps": 7215.01, "max_ms": 9.1}}
     assert measure.parse_redis_csv("") == {}
 
 
 def test_parse_ab():
     text = ("Complete requests:      2000\nFailed requests:        0\n"
-            "Requests per second:    1234.56 [#/sec] (mean)\n")
-    assert measure.parse_ab(text) == (1234.56, 0)
+            "Requests per second:    1234.56 [#/sec] (mean)\n"
+            "  99%     12\n 100%     17 (longest request)\n")
+    assert measure.parse_ab(text) == (1234.56, 0, 17.0)
     with pytest.raises(TailorError):
         measure.parse_ab("apr_socket_recv: Connection reset by peer (104)\n")
+
+
+def test_clean_spread_leaves_out_stalled_runs():
+    runs = [{"rps": 20000, "max_ms": 5.0}, {"rps": 11000, "max_ms": 417.5}, {"rps": 22000, "max_ms": 4.2},
+            {"rps": 10000, "max_ms": 834.0}]
+    s = measure.clean_spread(runs)
+    assert (s["median"], s["stalled"], s["runs"]) == (21000, 2, 4)
+    everything_stalled = measure.clean_spread(runs[1::2])
+    assert (everything_stalled["median"], everything_stalled["stalled"]) == (10500, 2)
 
 
 def test_doit_noop_detection():
