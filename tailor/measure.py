@@ -381,15 +381,18 @@ XZ_FLAGS = ["--check=crc32", "--x86", "--lzma2=,dict=32MiB"]
 
 
 def xz_estimate(kdir: Path) -> int | None:
-    """bzImage bytes the kernel in *kdir* would have with XZ instead of gzip compression.
+    """bzImage bytes of the kernel in *kdir* with XZ compression.
 
-    kbuild keeps the uncompressed payload (``vmlinux.bin``) and the gzipped
-    one in the object tree; the estimate swaps the latter for the former
-    compressed with kbuild's own xz flags. None when the tree, the gzipped
-    payload or xz is not there.
+    A kernel built with XZ (lupine-base uses it) gives its own bzImage size.
+    For a gzip kernel (the baselines), kbuild keeps the uncompressed payload
+    (``vmlinux.bin``) and the gzipped one in the object tree; the estimate
+    swaps the latter for the former compressed with kbuild's own xz flags.
+    None when the tree, the payload or xz is not there.
     """
     comp = kdir / "build" / "arch" / "x86" / "boot" / "compressed"
     raw, gz = comp / "vmlinux.bin", comp / "vmlinux.bin.gz"
+    if (comp / "vmlinux.bin.xz").is_file():
+        return (kdir / "bzImage").stat().st_size
     if not (raw.is_file() and gz.is_file()) or shutil.which("xz") is None:
         return None
     with open(raw, "rb") as f:

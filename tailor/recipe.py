@@ -204,13 +204,16 @@ class RootfsSpec:
 @dataclass(frozen=True)
 class Step:
     """A command the init runs before the app: a setup step (waited for) or a service (in the background,
-    waited for until ``ready_port`` accepts or ``ready_path`` exists)."""
+    waited for until ``ready_port`` accepts or ``ready_path`` exists). A setup step with
+    ``after_services`` runs once every service is ready instead of before the services
+    (e.g. a schema install that needs the database service)."""
 
     run: tuple[str, ...]
     user: str | None = None
     ready_port: int | None = None
     ready_path: str | None = None
     timeout: int = 120
+    after_services: bool = False
 
 
 @dataclass(frozen=True)
@@ -537,6 +540,8 @@ def _step(c: _Checker, raw, keypath, service: bool) -> Step:
     if service:
         allowed.update({"ready_port": "guest TCP port that accepts when the service is ready",
                         "ready_path": "file that exists when the service is ready"})
+    else:
+        allowed["after_services"] = "run this step after the services are ready (default false: before them)"
     raw = c.mapping(raw, keypath, allowed, required=("run",))
     run = _argv(c, raw["run"], keypath + ("run",))
     user = raw.get("user")
@@ -549,7 +554,8 @@ def _step(c: _Checker, raw, keypath, service: bool) -> Step:
     if path is not None:
         path = _abs_in_tree(c, path, keypath + ("ready_path",))
     timeout = c.integer(raw.get("timeout", 120), keypath + ("timeout",), lo=1, hi=3600, what="seconds")
-    return Step(run=run, user=user, ready_port=port, ready_path=path, timeout=timeout)
+    after = c.boolean(raw.get("after_services", False), keypath + ("after_services",))
+    return Step(run=run, user=user, ready_port=port, ready_path=path, timeout=timeout, after_services=after)
 
 
 def _app(c: _Checker, raw) -> AppSpec:
@@ -558,7 +564,8 @@ def _app(c: _Checker, raw) -> AppSpec:
         "command": "the program run as init: a path, or a name looked up in the rootfs PATH",
         "args": "its arguments", "env": "environment variables", "workdir": "working directory",
         "network": "bring up eth0 on the VMM's user network",
-        "user": "run the app as this user", "setup": "commands run first, in order (list of {run, user})",
+        "user": "run the app as this user",
+        "setup": "commands run first, in order (list of {run, user, after_services})",
         "services": "background processes started before the app (list of {run, user, ready_port|ready_path})",
     }, required=("command",))
     command = c.string(raw["command"], kp + ("command",), what="a program path or name")
@@ -584,6 +591,10 @@ def _app(c: _Checker, raw) -> AppSpec:
         if not isinstance(items, list):
             raise c.err(kp + (key,), f"expected a list, got {_type_name(items)}")
         steps[key] = tuple(_step(c, item, kp + (key, i), key == "services") for i, item in enumerate(items))
+    for i, step in enumerate(steps["setup"]):
+        if step.after_services and not steps["services"]:
+            raise c.err(kp + ("setup", i, "after_services"),
+                        "the app has no services to wait for; remove it or add the service to app.services")
     return AppSpec(command=command, args=args, env=tuple(env), workdir=workdir, network=network, user=user,
                    setup=steps["setup"], services=steps["services"])
 

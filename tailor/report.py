@@ -183,7 +183,7 @@ def size_sections(data: dict | None) -> list[Section]:
     order = [b for b in BASELINE_ORDER if b in bases]
     xz = any(k.get("bzImage_xz_estimate") for k in kernels)
     head = ["kernel", "used by", "bzImage"] + [f"× {b}" for b in order] + \
-           (["with XZ (est.)"] + [f"× {b}" for b in order] if xz else []) + ["vmlinux"] + \
+           (["bzImage with xz"] + [f"× {b}" for b in order] if xz else []) + ["vmlinux"] + \
            [f"× {b}" for b in order] + ["options =y"] + [f"× {b}" for b in order]
     rows, sc_rows = [], []
     for k in kernels:
@@ -203,8 +203,9 @@ def size_sections(data: dict | None) -> list[Section]:
                for m in data.get("missing", [])]
     notes = [] if order else ["no baseline kernel measured: run `doit baseline:microvm`, then the size benchmark"]
     if xz:
-        notes.append("with XZ (est.): the bzImage if the kernel used XZ instead of gzip, estimated by compressing "
-                     "its payload (vmlinux.bin) with kbuild's xz flags; ratios are to the baselines as built")
+        notes.append("bzImage with xz: as built for the kernels that use xz (lupine-base does); for gzip kernels "
+                     "(the baselines) estimated by compressing their payload (vmlinux.bin) with kbuild's xz flags, "
+                     "so that the compressor is not the difference; ratios are to the baselines as built")
     charts = [c for c in [
         chart("bzImage size", "MB", [(k["label"], k["bzImage"] / 1e6, fmt_mb(k["bzImage"]), k["variant"])
                                      for k in kernels]),
@@ -381,15 +382,15 @@ class Target:
 
 TARGETS = (
     Target("size-base", "bzImage size, lupine-base (hello)", "size", "hello", "specific", "<=", 0.12,
-           "compression: lupine-base uses gzip; KERNEL_XZ makes the payload about 20% smaller (the "
-           "'with XZ (est.)' column), and CC_OPTIMIZE_FOR_SIZE (-Os) shrinks the code itself; or boot the "
-           "uncompressed vmlinux through PVH and ship no bzImage"),
+           "lupine-base already uses xz and the guess unwinder; next: CC_OPTIMIZE_FOR_SIZE (-Os, Lupine's "
+           "'tiny' variant) shrinks the code itself, or boot the uncompressed vmlinux through PVH"),
     Target("size-redis", "bzImage size, redis app-specific", "size", "redis", "specific", "<=", 0.18,
-           "KERNEL_XZ (the 'with XZ (est.)' column) plus CC_OPTIMIZE_FOR_SIZE"),
+           "CC_OPTIMIZE_FOR_SIZE (-Os), or fewer of redis's options (each comment says why it is there)"),
     Target("size-general", "bzImage size, general", "size", "hello", "general", "<=", 0.20,
-           "KERNEL_XZ in lupine-base (the 'with XZ (est.)' column)"),
+           "CC_OPTIMIZE_FOR_SIZE (-Os), or fewer lupine-general options"),
     Target("boot-base", "boot to init, lupine-base (hello), TCG", "boot", "hello", "specific", "<=", 0.5,
-           "a smaller image to decompress (XZ or an uncompressed PVH vmlinux), fewer initcalls, "
+           "no decompression at all (an uncompressed PVH vmlinux; xz is small but slower to unpack than "
+           "gzip), fewer initcalls, "
            "a quieter console", accel="tcg"),
     Target("boot-general", "boot to init, general, TCG", "boot", "hello", "general", "<=", 0.6,
            "the same as for lupine-base", accel="tcg"),
@@ -406,8 +407,8 @@ TARGETS = (
     Target("sys-base", "system calls, lupine-base (hello)", "syscalls", "hello", "specific", "<=", 0.6,
            "turn off more syscall-gating options in lupine-base (e.g. ADVISE_SYSCALLS, FHANDLE)"),
     Target("sys-general", "system calls, general", "syscalls", "hello", "general", "<=", 0.75,
-           "leave SYSVIPC (11 calls: msg*, sem*, shm*) out of lupine-general, or enable it only in the "
-           "recipes that need it"),
+           "leave SYSVIPC (11 calls: msg*, sem*, shm*) out of lupine-general (only postgres needs it), "
+           "as POSIX_TIMERS already is"),
     Target("noop-abs", "no-op doit build:redis", "noop", "redis", "specific", "<=", 1.0,
            "import less at doit start-up (recipes, kconfiglib) and keep the task graph small", absolute=True),
     Target("noop-ratio", "no-op doit build:redis vs kbuild's no-op", "noop", "redis", "specific", "<=", 0.1,

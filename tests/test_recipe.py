@@ -79,6 +79,12 @@ def test_default_overlays_are_existing_dirs(tmp_path):
     ("app: {command: x}\ntest: {probe: {type: console}}\n", "test.probe: a console probe needs `expect`"),
     ("- just\n- a list\n", "expected a mapping, got a list"),
     ("app: {command: x}\nrootfs: {files: [etc/x]}\n", "rootfs.files.0: 'etc/x' is not an absolute path"),
+    ("app:\n  command: x\n  setup: [{run: [y], after_services: true}]\n",
+     "app.setup.0.after_services: the app has no services to wait for"),
+    ("app:\n  command: x\n  setup: [{run: [y], after_services: 1}]\n  services: [{run: [z]}]\n",
+     "app.setup.0.after_services: expected true or false, got a number"),
+    ("app:\n  command: x\n  services: [{run: [z], after_services: true}]\n",
+     "app.services.0.after_services: unknown key"),
 ])
 def test_more_errors(tmp_path, text, message):
     with pytest.raises(TailorError) as e:

@@ -134,6 +134,15 @@ def test_xz_estimate_swaps_the_gzip_payload(tmp_path):
     assert measure.xz_estimate(tmp_path / "nothing") is None
 
 
+def test_xz_estimate_of_an_xz_kernel_is_its_own_size(tmp_path):
+    comp = tmp_path / "build" / "arch" / "x86" / "boot" / "compressed"
+    comp.mkdir(parents=True)
+    (comp / "vmlinux.bin").write_bytes(b"p" * 5000)
+    (comp / "vmlinux.bin.xz").write_bytes(b"x" * 700)
+    (tmp_path / "bzImage").write_bytes(b"s" * 1234)
+    assert measure.xz_estimate(tmp_path) == 1234
+
+
 def test_console_times_finds_the_first_init_line():
     log = ("[   0.100] Linux version 6.1\n[   0.612] tailor-init: start\n"
            "[   0.700] tailor-init: exec /usr/bin/hello\n[   0.710] Hello, world!\n")

@@ -225,6 +225,28 @@ rootfs: {users: [svc]}
     assert lines[-1] == "exec $bb su -p -s /bin/sh svc -c 'exec /usr/bin/app --port 1'"
 
 
+def test_after_services_setup_steps_run_once_the_services_are_ready(tmp_path):
+    r = make_recipe(tmp_path, """\
+app:
+  command: /usr/bin/app
+  setup:
+    - {run: [/bin/busybox, mkdir, -p, /var/lib/db]}
+    - {run: [/usr/bin/schema, --install], after_services: true}
+    - {run: [/bin/busybox, touch, /run/early]}
+  services:
+    - {run: [/usr/bin/db], ready_port: 3306}
+""")
+    assert [s.after_services for s in r.app.setup] == [False, True, False]
+    lines = rootfs.init_script(r, "/usr/bin/app").splitlines()
+    early1 = lines.index("/bin/busybox mkdir -p /var/lib/db || fail \"setup step 1 failed\"")
+    early3 = lines.index("/bin/busybox touch /run/early || fail \"setup step 3 failed\"")
+    svc = lines.index("/usr/bin/db &")
+    ready = lines.index("echo \"tailor-init: service \"/usr/bin/db\" ready\"")
+    late = lines.index("/usr/bin/schema --install || fail \"setup step 2 failed\"")
+    assert early1 < early3 < svc < ready < late < lines.index("exec /usr/bin/app")
+    assert sum(ln.startswith("echo \"tailor-init: setup ") for ln in lines) == 3
+
+
 def test_add_users_appends_system_accounts(tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
