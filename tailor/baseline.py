@@ -141,19 +141,8 @@ def build_baseline(name: str, jobs: int | None = None) -> dict:
     write_atomic(bdir / ".config", text)
     write_atomic(bdir / "identity", identity + "\n")
     meta = kernel.build(bdir / ".config", srctree, identity, ref.label, jobs=jobs, label=f"baseline:{name}")
-    kdir = kernel.kernel_dir(identity)
-    info = {
-        "name": name,
-        "description": BASELINES[name],
-        "method": method,
-        "identity": identity,
-        "dir": str(kdir),
-        "bzImage": str(kdir / "bzImage"),
-        "vmlinux": str(kdir / "vmlinux"),
-        "sizes": meta["sizes"],
-        "enabled": meta["enabled"],
-        "source": ref.label,
-    }
+    info = {"name": name, "description": BASELINES[name], "method": method,
+            **kernel.describe(identity, meta), "source": ref.label}
     write_json(meta_path(name), info)
     print(f"[baseline:{name}] kernel {identity[:16]} ({method})", file=sys.stderr)
     return info

@@ -240,18 +240,22 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
     return meta
 
 
-def link_app(app: str, identity: str, meta: dict) -> Path:
-    """Write the per-app pointer to the kernel it uses."""
+def describe(identity: str, meta: dict) -> dict:
+    """Where the kernel *identity* lives and what it is (the fields every pointer to a kernel carries)."""
     kdir = kernel_dir(identity)
-    return write_json(app_pointer(app), {
-        "app": app,
+    return {
         "identity": identity,
         "dir": str(kdir),
         "bzImage": str(kdir / "bzImage"),
         "vmlinux": str(kdir / "vmlinux"),
         "sizes": meta["sizes"],
         "enabled": meta["enabled"],
-    })
+    }
+
+
+def link_app(app: str, identity: str, meta: dict) -> Path:
+    """Write the per-app pointer to the kernel it uses."""
+    return write_json(app_pointer(app), {"app": app, **describe(identity, meta)})
 
 
 def clean_app(app: str) -> None:

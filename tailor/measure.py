@@ -476,6 +476,14 @@ def _quiet_stderr():
     return open(os.devnull, "w")
 
 
+def _result_row(v, kernel: bool = True) -> dict:
+    """The fields that name a variant in every result row (and the kernel identity it ran)."""
+    row = {"app": v.app, "variant": v.variant, "label": kernel_label(v.recipe, v.variant)}
+    if kernel:
+        row["kernel"] = v.kernel["identity"] if v.kernel else None
+    return row
+
+
 def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = None,
                  accel: str | None = None, log: Callable[[str], None] = say) -> dict:
     """Boot every variant *runs* times, interleaved (variant A, B, C, A, B, C, ...); writes ``boot.json``."""
@@ -501,8 +509,7 @@ def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = N
                    else f"FAILED: {s['errors'][-1]}"))
     results = []
     for v in variants(apps):
-        row = {"app": v.app, "variant": v.variant, "label": kernel_label(v.recipe, v.variant),
-               "kernel": v.kernel["identity"] if v.kernel else None}
+        row = _result_row(v)
         if v.missing:
             row["missing"] = v.missing
         else:
@@ -521,8 +528,7 @@ def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY
     """Bisect each variant's smallest passing guest memory in MiB; writes ``memory.json``."""
     results = []
     for v in variants(apps):
-        row = {"app": v.app, "variant": v.variant, "label": kernel_label(v.recipe, v.variant),
-               "kernel": v.kernel["identity"] if v.kernel else None}
+        row = _result_row(v)
         if v.missing:
             row["missing"] = v.missing
             results.append(row)
@@ -677,7 +683,7 @@ def measure_throughput(apps: dict[str, Recipe | str] | None = None, accel: str |
                 log(f"throughput {v.key} round {i + 1}/{n}: "
                     + ", ".join(f"{t} {x['rps']:.0f}/s (slowest {x['max_ms']} ms)" for t, x in rps.items()))
         for v in group:
-            row = {"app": v.app, "variant": v.variant, "label": kernel_label(v.recipe, v.variant), "tool": tool}
+            row = {**_result_row(v, kernel=False), "tool": tool}
             if v.missing:
                 row["missing"] = v.missing
             elif v.key in errors and not samples[v.key]:
