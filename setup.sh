@@ -17,7 +17,7 @@ packages=(
 # `./setup.sh --catalogue` also installs what the whole catalogue needs on the build host:
 # compilers for the apps built at build time and the clients of the database probes.
 if [ "${1:-}" = "--catalogue" ]; then
-  packages+=(golang-go openjdk-17-jdk-headless postgresql-client mariadb-client)
+  packages+=(golang-go openjdk-17-jdk-headless postgresql-client mariadb-client amqp-tools)
 fi
 
 sudo=""
