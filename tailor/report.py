@@ -407,8 +407,8 @@ TARGETS = (
     Target("sys-base", "system calls, lupine-base (hello)", "syscalls", "hello", "specific", "<=", 0.6,
            "turn off more syscall-gating options in lupine-base (e.g. ADVISE_SYSCALLS, FHANDLE)"),
     Target("sys-general", "system calls, general", "syscalls", "hello", "general", "<=", 0.75,
-           "leave SYSVIPC (11 calls: msg*, sem*, shm*) out of lupine-general (only postgres needs it), "
-           "as POSIX_TIMERS already is"),
+           "leave SYSVIPC (11 calls: msg*, sem*, shm*) out of lupine-general (only postgres needs it) "
+           "and let postgres's recipe ask for it"),
     Target("noop-abs", "no-op doit build:redis", "noop", "redis", "specific", "<=", 1.0,
            "import less at doit start-up (recipes, kconfiglib) and keep the task graph small", absolute=True),
     Target("noop-ratio", "no-op doit build:redis vs kbuild's no-op", "noop", "redis", "specific", "<=", 0.1,
