@@ -218,7 +218,7 @@ def size_sections(data: dict | None) -> list[Section]:
     return [
         Section("size", "Kernel image size", size_intro, head, rows, charts, missing, notes, True),
         Section("syscalls", "Attack surface: system calls", sc_intro, sc_head, sc_rows,
-                [sc_chart] if sc_chart else [], [], notes, True),
+                [sc_chart] if sc_chart else [], [], [n for n in notes if not n.startswith("bzImage with xz")], True),
     ]
 
 
