@@ -634,6 +634,39 @@ def _new_console(recipe: Recipe) -> ConsoleState:
     return ConsoleState(ready=recipe.test.ready, expect=probe.expect if probe.type == "console" else None)
 
 
+_INTERRUPTED = threading.Event()
+
+
+class _CtrlC:
+    """While a boot runs in the main thread, Ctrl-C (SIGINT) only sets :data:`_INTERRUPTED`;
+    :func:`_check_interrupt` turns it into ``KeyboardInterrupt`` at the wait loops' safe points.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be, and
+    one raised inside a finaliser is printed and lost: the boot then ran on to its
+    timeout and the task failed instead of stopping.
+    """
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            _INTERRUPTED.clear()
+            self.old = signal.signal(signal.SIGINT, lambda signum, frame: _INTERRUPTED.set())
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+            if exc[0] is None:
+                _check_interrupt()
+        return False
+
+
+def _check_interrupt() -> None:
+    if _INTERRUPTED.is_set():
+        _INTERRUPTED.clear()
+        raise KeyboardInterrupt
+
+
 def _boot_once(recipe: Recipe, cmd: list[str], con: ConsoleState, hostport: int | None, timeout: float,
                no_output_s: float) -> _Attempt:
     """Start qemu with *cmd*, feed its console to *con*, probe the app; qemu is dead when this returns."""
@@ -676,6 +709,7 @@ def _watch(proc: subprocess.Popen, reader: _Reader, con: ConsoleState, cond: thr
            t0: float, timeout: float, no_output_s: float, probe_type: str) -> Verdict:
     """Wait, console line by console line, until :func:`assess` decides."""
     while True:
+        _check_interrupt()
         status = proc.poll()
         if status is not None:
             reader.join(5)  # read what qemu wrote before it ended
@@ -700,6 +734,7 @@ def _probe(recipe: Recipe, proc: subprocess.Popen, con: ConsoleState, cond: thre
     deadline = t0 + timeout
 
     def abort() -> str | None:
+        _check_interrupt()
         with cond:
             if con.panic is not None:
                 return _panic_reason(con, True)
@@ -809,12 +844,13 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
         elif shutil.which(QEMU) is None:
             reason = f"{QEMU} not found; run ./setup.sh"
         else:
-            att = boot()
-            if chosen == "kvm" and att.verdict.state == "fail" and att.con.first_output_s is None:
-                # KVM that hangs silently (nested paravirtual KVM) or that qemu cannot use
-                # (e.g. "failed to set MSR" with -cpu host): rerun under TCG.
-                fallback, fallback_reason, chosen = True, att.verdict.reason, "tcg"
+            with _CtrlC():
                 att = boot()
+                if chosen == "kvm" and att.verdict.state == "fail" and att.con.first_output_s is None:
+                    # KVM that hangs silently (nested paravirtual KVM) or that qemu cannot use
+                    # (e.g. "failed to set MSR" with -cpu host): rerun under TCG.
+                    fallback, fallback_reason, chosen = True, att.verdict.reason, "tcg"
+                    att = boot()
             reason = att.verdict.reason if att.verdict.state != "pass" else ""
     finally:  # also on KeyboardInterrupt: keep what the console showed
         write_atomic(outdir / "console.log", con.text())

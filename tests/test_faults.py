@@ -528,7 +528,7 @@ def test_no_qemu_outlives_an_interrupted_boot(project, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == (130 if sig == signal.SIGINT else -sig)
+    assert proc.returncode == (130 if sig == signal.SIGINT else -sig), err
     assert no_qemu_within("sleeper", proc.pid, 5), f"qemu outlived doit after {sig.name}"
     if sig == signal.SIGINT:
         assert lines_of(err)[-1] == "tailor: interrupted; run the same command again to continue"
