@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(
-  qemu-system-x86 linux-source-6.1 busybox-static
+  qemu-system-x86 busybox-static
   build-essential bc flex bison libelf-dev libssl-dev dwarves
   e2fsprogs cpio ccache xz-utils patch lintian
   python3 python3-venv ca-certificates
