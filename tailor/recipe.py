@@ -465,6 +465,8 @@ def _kernel(c: _Checker, raw, recipe_dir: Path) -> KernelSpec:
     resolve = raw.get("resolve", "strict")
     if resolve not in ("strict", "deps"):
         raise c.err(kp + ("resolve",), f"{resolve!r} is not a resolve mode; use `strict` or `deps`")
+    if raw.get("patches") is not None and not isinstance(raw.get("patches"), list):
+        raise c.err(kp + ("patches",), f"expected a list of {{path, sha256}}, got {_type_name(raw['patches'])}")
     patches = []
     for i, p in enumerate(raw.get("patches") or []):
         pkp = kp + ("patches", i)
@@ -473,8 +475,6 @@ def _kernel(c: _Checker, raw, recipe_dir: Path) -> KernelSpec:
         ppath = _safe_relpath(c, p["path"], pkp + ("path",))
         sha = c.string(p["sha256"], pkp + ("sha256",), pattern=SHA256, what="64 lowercase hex digits")
         patches.append(Patch(path=(recipe_dir / ppath), sha256=sha))
-    if raw.get("patches") is not None and not isinstance(raw.get("patches"), list):
-        raise c.err(kp + ("patches",), "expected a list of {path, sha256}")
     cmdline = raw.get("cmdline", "")
     cmdline = c.string(cmdline, kp + ("cmdline",), nonempty=False) if cmdline else ""
     if "\n" in cmdline:

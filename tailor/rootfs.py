@@ -36,7 +36,7 @@ from tailor.errors import TailorError
 from tailor.kernel import source_date_epoch
 from tailor.recipe import ROOTFS_DIR, Recipe
 from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, out_dir, remove,
-                         sha256_file, write_json)
+                         sha256_file, sha256_text, write_json)
 
 TEMPLATES_DIR = PROJECT / "templates"
 INIT_TEMPLATE = "init.sh.j2"
@@ -500,11 +500,17 @@ def _tree_size(stage_dir: Path) -> tuple[int, int]:
     return blocks, inodes
 
 
-def pack_ext2(stage_dir: Path, image: Path, epoch: int, name: str, size_mib: int | None = None) -> None:
-    """Write an ext2 image of *stage_dir* with ``mke2fs -d``, deterministic (fixed UUID, seed, times)."""
+def pack_ext2(stage_dir: Path, image: Path, epoch: int, name: str, size_mib: int | None = None,
+              origin: str = "") -> None:
+    """Write an ext2 image of *stage_dir* with ``mke2fs -d``, deterministic (fixed UUID, seed, times).
+
+    *size_mib* is the recipe's ``rootfs.size_mib`` (None: computed from the tree); *origin* names
+    the recipe in the error when the content does not fit."""
     blocks, inodes = _tree_size(stage_dir)
+    computed = max(8, int(blocks * 4096 * 1.25 / (1 << 20)) + 8)
+    asked = size_mib
     if size_mib is None:
-        size_mib = max(8, int(blocks * 4096 * 1.25 / (1 << 20)) + 8)
+        size_mib = computed
     fixed = str(uuid.uuid5(uuid.NAMESPACE_URL, f"tailor-rootfs:{name}"))
     env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(epoch), MKE2FS_CONFIG="/dev/null", LC_ALL="C", TZ="UTC")
     with atomic_path(image) as tmp:
@@ -520,8 +526,12 @@ def pack_ext2(stage_dir: Path, image: Path, epoch: int, name: str, size_mib: int
             raise TailorError("mke2fs not found; install e2fsprogs (./setup.sh does)") from None
         if proc.returncode != 0:
             detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["?"]
-            hint = "; raise rootfs.size_mib" if "space" in detail[0].lower() or "full" in detail[0].lower() else ""
-            raise TailorError(f"mke2fs failed for {name} ({size_mib} MiB): {detail[0]}{hint}")
+            low = detail[0].lower()
+            if asked is not None and any(w in low for w in ("allocate", "space", "full", "inode")):
+                raise TailorError(f"{origin or name}: rootfs.size_mib: {asked} MiB is too small for the image's "
+                                  f"content (mke2fs: {detail[0].removeprefix('mke2fs: ')}); raise it to at least "
+                                  f"{computed} or leave it out so it is computed")
+            raise TailorError(f"mke2fs failed for {name} ({size_mib} MiB): {detail[0]}")
 
 
 def build(recipe: Recipe) -> dict:
@@ -547,7 +557,7 @@ def build(recipe: Recipe) -> dict:
         if recipe.rootfs.format == "cpio":
             pack_cpio(staged, image, epoch)
         else:
-            pack_ext2(staged, image, epoch, recipe.name, recipe.rootfs.size_mib)
+            pack_ext2(staged, image, epoch, recipe.name, recipe.rootfs.size_mib, origin)
         files = sum(1 for _ in staged.rglob("*"))
     finally:
         remove(work)
@@ -578,6 +588,25 @@ def _overlay_files(recipe: Recipe) -> list[str]:
     return out
 
 
+def overlay_listing(recipe: Recipe) -> str:
+    """A digest of what file contents do not show: every overlay and build-directory entry's path,
+    kind, mode and, for a symlink, its target. Symlinks cannot be doit file_deps (a link into the
+    image's own tree dangles on the host), so an added, removed or retargeted link, an empty
+    directory or a mode change reaches the task through this digest."""
+    rows = []
+    dirs = [ROOTFS_DIR / n for n in recipe.rootfs.overlay] + [ROOTFS_DIR / s.cwd for s in recipe.rootfs.build]
+    for top in dirs:
+        if not top.is_dir():
+            rows.append(f"{top.name}\tmissing")
+            continue
+        for p in sorted(top.rglob("*")):
+            st = p.lstat()
+            rel = f"{top.name}/{p.relative_to(top)}"
+            kind = "l" if p.is_symlink() else ("d" if p.is_dir() else "f")
+            rows.append(f"{rel}\t{kind}\t{st.st_mode & 0o7777:o}\t{os.readlink(p) if kind == 'l' else ''}")
+    return sha256_text("\n".join(rows))
+
+
 def tasks(recipes, action):
     """doit tasks ``rootfs:<app>``: rebuilt only when the recipe's rootfs/app sections, overlays or init template change."""
     from doit.tools import config_changed
@@ -594,6 +623,6 @@ def tasks(recipes, action):
             "targets": [str(image_path(r)), str(manifest_path(r.name))],
             "clean": [(remove, [rootfs_dir(r.name)])],
             "uptodate": [config_changed({"rootfs": r.digests["rootfs"], "app": r.digests["app"],
-                                         "version": ROOTFS_VERSION})],
+                                         "version": ROOTFS_VERSION, "listing": overlay_listing(r)})],
             "verbosity": 2,
         }

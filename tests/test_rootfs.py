@@ -271,3 +271,47 @@ def test_build_step_output_lands_in_the_image(tmp_path, pkg_tree, monkeypatch):
                                 "cwd: gen}\napp: {command: ls}\n", "bad")
     with pytest.raises(TailorError, match=r"rootfs.build.0: sh -c echo broken >&2; exit 4 failed with status 4: broken"):
         rootfs.stage(bad, pkg_tree, tmp_path / "image2")
+
+
+def test_ext2_too_small_says_what_to_do(tmp_path, pkg_tree):
+    """A rootfs.size_mib below the content: one line naming the recipe and key, the size that fits,
+    and no image left behind."""
+    stage = _staged(tmp_path, pkg_tree, "small", 1_000_000_000)
+    (stage / "big").write_bytes(os.urandom(3 << 20))
+    image = tmp_path / "small.img"
+    with pytest.raises(TailorError) as e:
+        rootfs.pack_ext2(stage, image, 1_000_000, "small", size_mib=1, origin="recipes/small.yaml")
+    msg = str(e.value)
+    assert msg.startswith("recipes/small.yaml: rootfs.size_mib: 1 MiB is too small for the image's content")
+    assert "raise it to at least" in msg and "leave it out so it is computed" in msg
+    assert "\n" not in msg
+    assert not image.exists() and not list(tmp_path.glob("small.img*"))
+
+
+def test_overlay_listing_sees_symlinks_dirs_and_modes(tmp_path, monkeypatch):
+    """The rootfs task's digest changes when a symlink is added or retargeted, an empty directory
+    appears or a mode changes: none of these change a file_dep's content."""
+    top = tmp_path / "rootfs"
+    (top / "app" / "etc").mkdir(parents=True)
+    (top / "app" / "etc" / "conf").write_text("x\n")
+    monkeypatch.setattr(rootfs, "ROOTFS_DIR", top)
+    r = _recipe_with_overlay(tmp_path, ["app"])
+    seen = [rootfs.overlay_listing(r)]
+    (top / "app" / "etc" / "link").symlink_to("/etc/conf-that-exists-only-in-the-image")
+    seen.append(rootfs.overlay_listing(r))
+    (top / "app" / "etc" / "link").unlink()
+    (top / "app" / "etc" / "link").symlink_to("conf")
+    seen.append(rootfs.overlay_listing(r))
+    (top / "app" / "var").mkdir()
+    seen.append(rootfs.overlay_listing(r))
+    (top / "app" / "etc" / "conf").chmod(0o755)
+    seen.append(rootfs.overlay_listing(r))
+    assert len(set(seen)) == len(seen)
+    assert rootfs.overlay_listing(r) == seen[-1]
+
+
+def _recipe_with_overlay(tmp_path, names):
+    import dataclasses
+
+    r = make_recipe(tmp_path, "rootfs: {overlay: []}\napp: {command: ls}\n")
+    return dataclasses.replace(r, rootfs=dataclasses.replace(r.rootfs, overlay=tuple(names)))
