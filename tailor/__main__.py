@@ -7,7 +7,7 @@ Commands::
     kernel-source APP           verify, unpack and patch APP's kernel source (like doit source:<id>)
     rootfs APP                  build APP's root filesystem image (like doit rootfs:APP)
     explain APP SYMBOL          why SYMBOL has its value in APP's config
-    pin-source [PACKAGE]        pin the installed linux-source package in kernel-sources.lock
+    pin-source [PACKAGE[=VER]]  pin a linux-source version from Debian's archive (default: newest)
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def _pin(args) -> int:
     from tailor.source import LOCK_FILE, pin
 
     entry = pin(args.package)
-    print(f"pinned {args.package} {entry['version']} sha256 {entry['sha256']} in {LOCK_FILE.name}")
+    package = args.package.partition("=")[0]
+    print(f"pinned {package} {entry['version']} in {LOCK_FILE.name}: .deb sha256 {entry['deb_sha256']}, "
+          f"tarball sha256 {entry['sha256']}")
     return 0
 
 
@@ -99,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("app")
     p.add_argument("symbol")
     p.set_defaults(fn=_explain)
-    p = sub.add_parser("pin-source", help="pin the installed Debian kernel source package")
-    p.add_argument("package", nargs="?", default="linux-source-6.1")
+    p = sub.add_parser("pin-source", help="pin a Debian kernel source version (downloads it, installs nothing)")
+    p.add_argument("package", nargs="?", default="linux-source-6.1", metavar="PACKAGE[=VERSION]",
+                   help="the package and optionally its exact version (default: linux-source-6.1 at the "
+                        "newest version Debian's archive offers)")
     p.set_defaults(fn=_pin)
     args = parser.parse_args(argv)
     try:

@@ -1,12 +1,17 @@
-"""Kernel sources: locate, verify, unpack once per hash, apply a recipe's patches to a copy.
+"""Kernel sources: obtain, verify, unpack once per hash, apply a recipe's patches to a copy.
 
 A source's identity is its tarball's sha256 (plus the patches' hashes when a
 recipe has patches). The default source is Debian's ``linux-source-6.1``
-package, whose tarball lies under ``/usr/src``; its sha256 and package
-version are pinned in ``kernel-sources.lock``. Debian point releases replace
-that package, so a mismatch says what changed and how to re-pin
-(``python -m tailor pin-source``). A recipe may instead pin a tarball by
-``url`` or ``path`` with its sha256.
+package, pinned in ``kernel-sources.lock`` by exact version, the .deb's sha256
+and the sha256 of the tarball it carries. The pin holds whatever the machine
+has installed: the tarball is used from ``/usr/src`` only when it is the pinned
+one; otherwise tailor fetches the pinned version itself with
+``apt-get download PACKAGE=VERSION`` (nothing is installed), checks the .deb
+and the tarball against the lock and keeps the tarball in
+``out/cache/sources/debian/``. When Debian's archive no longer offers the
+pinned version, the error names the versions it offers and the command that
+moves the pin (``python -m tailor pin-source PACKAGE[=VERSION]``). A recipe
+may instead pin a tarball by ``url`` or ``path`` with its sha256.
 
 Unpacked trees live in ``out/src/<id>/tree`` and are never modified: kernels
 are built out of tree, and patches go to a hard-linked copy (GNU patch
@@ -15,11 +20,15 @@ replaces files rather than writing through the links).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +40,15 @@ from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs
 
 LOCK_FILE = PROJECT / "kernel-sources.lock"
 DEBIAN_SRC_DIR = Path("/usr/src")
+"""Where Debian's linux-source package installs its tarball (used only when it is the pinned one)."""
 
 
 @dataclass(frozen=True)
 class SourceRef:
-    """A kernel source pinned by sha256, before anything is read or unpacked."""
+    """A kernel source pinned by sha256, before anything is read or unpacked.
+
+    For a Debian package, *tarball* is its place in tailor's cache and *package*,
+    *version* and *deb_sha256* say what to fetch."""
 
     sha256: str
     label: str
@@ -44,6 +57,8 @@ class SourceRef:
     url: str | None = None
     version: str | None = None
     patches: tuple = ()
+    package: str | None = None
+    deb_sha256: str | None = None
 
     @property
     def id(self) -> str:
@@ -58,7 +73,7 @@ class SourceRef:
 
 
 def read_lock(path: Path = LOCK_FILE) -> dict:
-    """The pinned Debian source packages: ``{package: {"version": ..., "sha256": ...}}``."""
+    """The pinned Debian source packages: ``{package: {"version", "sha256", "deb_sha256"}}``."""
     if not path.exists():
         return {}
     try:
@@ -70,29 +85,30 @@ def read_lock(path: Path = LOCK_FILE) -> dict:
     return data
 
 
-def debian_tarball(package: str) -> Path:
+def installed_tarball(package: str) -> Path:
+    """Where the installed Debian *package* keeps its tarball."""
     return DEBIAN_SRC_DIR / f"{package}.tar.xz"
 
 
-def installed_version(package: str) -> str | None:
-    """The installed version of a Debian package, or None."""
-    try:
-        proc = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True)
-    except OSError:
-        return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+def debian_cache() -> Path:
+    return out_dir() / "cache" / "sources" / "debian"
+
+
+def cached_tarball(package: str, version: str) -> Path:
+    """Where tailor keeps the tarball of *package* at *version* once fetched and verified."""
+    return debian_cache() / f"{package}_{version}" / f"{package}.tar.xz"
 
 
 def ref_for(source: Source, patches=(), lock_path: Path = LOCK_FILE) -> SourceRef:
     """The pinned reference for a recipe's ``kernel.source`` (reads no tarball)."""
     if source.kind == "debian":
         pin = read_lock(lock_path).get(source.package)
-        if not pin or "sha256" not in pin:
+        if not isinstance(pin, dict) or not pin.get("sha256") or not pin.get("version"):
             raise TailorError(f"{lock_path.name}: {source.package} is not pinned; run "
-                              f"`python -m tailor pin-source {source.package}` after installing it")
-        return SourceRef(sha256=pin["sha256"], label=f"{source.package} {pin.get('version', '?')}",
-                         kind="debian", tarball=debian_tarball(source.package), version=pin.get("version"),
-                         patches=tuple(patches))
+                              f"`python -m tailor pin-source {source.package}`")
+        return SourceRef(sha256=pin["sha256"], label=f"{source.package} {pin['version']}", kind="debian",
+                         tarball=cached_tarball(source.package, pin["version"]), version=pin["version"],
+                         patches=tuple(patches), package=source.package, deb_sha256=pin.get("deb_sha256"))
     if source.kind == "path":
         return SourceRef(sha256=source.sha256, label=Path(source.path).name, kind="path",
                          tarball=Path(source.path), patches=tuple(patches))
@@ -106,20 +122,168 @@ def recipe_ref(recipe: Recipe, lock_path: Path = LOCK_FILE) -> SourceRef:
     return ref_for(recipe.kernel.source, recipe.kernel.patches, lock_path)
 
 
-def pin(package: str, lock_path: Path = LOCK_FILE) -> dict:
-    """Record the installed *package*'s version and tarball sha256 in the lock file."""
-    tarball = debian_tarball(package)
-    if not tarball.exists():
-        raise TailorError(f"{tarball}: missing; install the {package} package (./setup.sh does)")
+# --------------------------------------------------------------------------
+# Debian's archive
+
+
+def _apt_options() -> list[str]:
+    # As root, apt hands downloads to the _apt user, who cannot write into out/; the files are
+    # checked against the lock anyway, so download as the caller.
+    return ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
+
+
+def _compare_debian_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as Debian orders versions *a* and *b* (dpkg's own comparison)."""
+    if a == b:
+        return 0
+    lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b], capture_output=True).returncode == 0
+    return -1 if lt else 1
+
+
+def archive_versions(package: str) -> list[str]:
+    """The versions of *package* that apt can download, newest first (empty if apt knows none)."""
+    try:
+        proc = subprocess.run(["apt-cache", "madison", package], capture_output=True, text=True,
+                              env=dict(os.environ, LC_ALL="C"))
+    except OSError:
+        raise TailorError("apt-cache not found: fetching a Debian kernel source needs apt (Debian 12)") from None
+    versions = set()
+    for line in proc.stdout.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) >= 3 and parts[0] == package and parts[1]:
+            versions.add(parts[1])
+    return sorted(versions, key=functools.cmp_to_key(_compare_debian_versions), reverse=True)
+
+
+def _gone(package: str, version: str) -> TailorError:
+    offered = archive_versions(package)
+    what = f"it offers {', '.join(offered)}" if offered else "apt knows no version of it"
+    return TailorError(
+        f"{LOCK_FILE.name} pins {package} {version}, which Debian's archive does not offer ({what}); "
+        f"run `apt-get update` if the package lists are old, else re-pin with "
+        f"`python -m tailor pin-source {package}` (newest) or `python -m tailor pin-source {package}=VERSION`")
+
+
+def _extract_tarball(deb: Path, package: str, dest: Path) -> str:
+    """Copy ``/usr/src/<package>.tar.xz`` out of the .deb *deb* to *dest*; return its sha256."""
+    member = f"./usr/src/{package}.tar.xz"
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    digest = hashlib.sha256()
+    found = False
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+            for info in tf:
+                if info.name != member or not info.isfile():
+                    continue
+                src = tf.extractfile(info)
+                with open(dest, "wb") as f:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        f.write(block)
+                found = True
+                break
+    except tarfile.TarError as e:
+        raise TailorError(f"{deb.name}: not a readable Debian package ({e})") from None
+    finally:
+        proc.stdout.close()
+        proc.kill()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.wait()
+    if not found:
+        why = f" (dpkg-deb: {err.splitlines()[-1]})" if err else ""
+        raise TailorError(f"{deb.name}: holds no {member[1:]}{why}; it is not a Linux source package")
+    return digest.hexdigest()
+
+
+def download_debian(package: str, version: str, deb_sha256: str | None = None,
+                    tarball_sha256: str | None = None) -> tuple[Path, str, str]:
+    """Fetch *package* at exactly *version* with ``apt-get download`` (nothing is installed), check the
+    .deb and its tarball against the given sha256s (when given) and keep the tarball in the cache.
+
+    Returns ``(tarball, deb sha256, tarball sha256)``. Nothing reaches the cache unless it matches."""
+    final = cached_tarball(package, version)
+    makedirs(debian_cache())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{package}_{version}.", dir=debian_cache()))
+    try:
+        print(f"tailor: downloading {package} {version} from Debian's archive (apt-get download)", flush=True)
+        try:
+            proc = subprocess.run(["apt-get", "download", "-q", *_apt_options(), f"{package}={version}"],
+                                  cwd=tmp, capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"),
+                                  stdin=subprocess.DEVNULL)
+        except OSError:
+            raise TailorError("apt-get not found: fetching a Debian kernel source needs apt (Debian 12)") from None
+        debs = sorted(tmp.glob(f"{package}_*.deb"))
+        if proc.returncode != 0 or not debs:
+            errors = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith(("E:", "Err"))]
+            text = " ".join(errors)
+            if "was not found" in text or "Unable to locate" in text or "has no installation candidate" in text \
+                    or "no candidate" in text:
+                raise _gone(package, version)
+            detail = errors[-1] if errors else (proc.stderr.strip().splitlines() or ["no .deb written"])[-1]
+            raise TailorError(f"apt-get download {package}={version} failed ({detail}); check the network "
+                              f"and the apt sources, then rerun")
+        deb = debs[0]
+        got_deb = sha256_file(deb)
+        if deb_sha256 and got_deb != deb_sha256:
+            raise TailorError(f"{deb.name}: sha256 is {got_deb}, {LOCK_FILE.name} pins {deb_sha256}; the archive "
+                              f"serves another build of {package} {version}: re-pin with "
+                              f"`python -m tailor pin-source {package}={version}` if you trust it")
+        part = tmp / f"{package}.tar.xz"
+        got = _extract_tarball(deb, package, part)
+        if tarball_sha256 and got != tarball_sha256:
+            raise TailorError(f"{deb.name}: its tarball's sha256 is {got}, {LOCK_FILE.name} pins "
+                              f"{tarball_sha256}; re-pin with `python -m tailor pin-source {package}={version}` "
+                              f"if you trust it")
+        makedirs(final.parent)
+        os.replace(part, final)
+        return final, got_deb, got
+    finally:
+        remove(tmp)
+
+
+def pin(spec: str, lock_path: Path = LOCK_FILE) -> dict:
+    """Pin ``PACKAGE[=VERSION]`` from Debian's archive (default: its newest version) in the lock file.
+
+    Downloads the .deb (installs nothing), records its version, its sha256 and the sha256 of the
+    tarball it carries, and keeps the tarball in the cache for the next build."""
+    package, _, version = spec.partition("=")
+    if not package:
+        raise TailorError(f"pin-source {spec!r}: name a package, e.g. linux-source-6.1 or linux-source-6.1=VERSION")
+    offered = archive_versions(package)
+    if not offered:
+        raise TailorError(f"pin-source: apt knows no version of {package}; check the name, or run "
+                          f"`apt-get update` first")
+    if version and version not in offered:
+        raise TailorError(f"pin-source: Debian's archive does not offer {package} {version}; it offers "
+                          f"{', '.join(offered)}")
+    version = version or offered[0]
+    _, deb_sha, tar_sha = download_debian(package, version)
     data = read_lock(lock_path)
-    data[package] = {"version": installed_version(package) or "unknown", "sha256": sha256_file(tarball)}
+    data[package] = {"version": version, "sha256": tar_sha, "deb_sha256": deb_sha}
     with atomic_path(lock_path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data[package]
 
 
+def _debian_tarball(ref: SourceRef) -> Path:
+    """The pinned Debian tarball: the installed one if it matches, else the cache, else fetched."""
+    installed = installed_tarball(ref.package)
+    if installed.is_file() and sha256_file(installed) == ref.sha256:
+        return installed
+    cached = ref.tarball
+    if cached.is_file():
+        if sha256_file(cached) == ref.sha256:
+            return cached
+        print(f"tailor: {display_path(cached)} is not the pinned tarball; fetching it again", flush=True)
+        remove(cached)
+    return download_debian(ref.package, ref.version, ref.deb_sha256, ref.sha256)[0]
+
+
 def fetch(ref: SourceRef) -> Path:
     """Make sure the tarball is present and has the pinned sha256; return its path."""
+    if ref.kind == "debian":
+        return _debian_tarball(ref)
     tarball = ref.tarball
     if ref.kind == "url" and not tarball.exists():
         makedirs(tarball.parent)
@@ -131,19 +295,9 @@ def fetch(ref: SourceRef) -> Path:
         except OSError as e:
             raise TailorError(f"{ref.url}: download failed ({e}); check the URL or use a local `path`") from None
     if not tarball.exists():
-        if ref.kind == "debian":
-            raise TailorError(f"{tarball}: missing; install the Debian package "
-                              f"{tarball.name.removesuffix('.tar.xz')} (./setup.sh does)")
         raise TailorError(f"{display_path(tarball)}: kernel source tarball does not exist; fix kernel.source.path")
     got = sha256_file(tarball)
     if got != ref.sha256:
-        if ref.kind == "debian":
-            package = tarball.name.removesuffix(".tar.xz")
-            now = installed_version(package) or "unknown"
-            raise TailorError(
-                f"{tarball}: installed {package} {now} has sha256 {got[:16]}..., but kernel-sources.lock pins "
-                f"{ref.version} ({ref.sha256[:16]}...); Debian replaced the package: re-pin with "
-                f"`python -m tailor pin-source {package}` or pin a kernel.org tarball by url+sha256 in the recipe")
         if ref.kind == "url":
             remove(tarball)
         raise TailorError(f"{ref.url or display_path(tarball)}: sha256 is {got}, the recipe pins {ref.sha256}; "
@@ -231,7 +385,7 @@ def prepare(ref: SourceRef) -> Path:
     """Verify, unpack (and patch) the source once; return the tree. Safe under concurrent callers."""
     if is_ready(ref):
         return tree_path(ref)
-    base_ref = SourceRef(ref.sha256, ref.label, ref.kind, ref.tarball, ref.url, ref.version)
+    base_ref = dataclasses.replace(ref, patches=())
     with file_lock(src_root() / f".{ref.short}.lock", f"kernel source {ref.label}"):
         if is_ready(ref):
             return tree_path(ref)
@@ -260,7 +414,7 @@ def tasks(recipes, action):
         refs.setdefault(ref.short, ref)
     for short, ref in sorted(refs.items()):
         deps = [str(p.path) for p in ref.patches]
-        if ref.kind in ("debian", "path") and ref.tarball.exists():
+        if ref.kind == "path" and ref.tarball.exists():
             deps.append(str(ref.tarball))
         yield {
             "basename": "source", "name": short,
