@@ -1,10 +1,14 @@
-"""The kernel stage: build a resolved ``.config`` out of tree, keyed by the config's identity.
+"""The kernel stage: build a resolved ``.config`` out of tree, keyed by the kernel's identity.
 
-Kernels live in ``out/kernel/<identity>/``: the kbuild object tree in
-``build/`` and the artefacts beside it (``bzImage``, ``vmlinux``,
-``System.map``, ``config``, ``build.log``, ``kernel.json``). Recipes whose
-resolved configs (and sources) are identical share one directory, so the
-second one costs nothing. ``kernel.json`` is written last: a directory
+A kernel's identity is its config's identity (the resolved assignments and
+the source) together with the toolchain that compiles it (gcc's and
+binutils' version lines, :func:`tailor.toolchain.kernel_toolchain`): a gcc
+upgrade rebuilds, an unchanged toolchain does not. Kernels live in
+``out/kernel/<kernel identity>/``: the kbuild object tree in ``build/`` and
+the artefacts beside it (``bzImage``, ``vmlinux``, ``System.map``,
+``config``, ``build.log``, ``kernel.json``, which records the toolchain and
+the make command). Recipes whose resolved configs (and sources) are
+identical share one directory, so the second one costs nothing. ``kernel.json`` is written last: a directory
 without it is an unfinished build, which the next run simply continues in the
 same object tree (kbuild is incremental).
 
@@ -30,8 +34,9 @@ from pathlib import Path
 
 from tailor.errors import TailorError
 from tailor.kconfig import config_diff
-from tailor.util import (Progress, atomic_path, file_lock, human_size, makedirs, out_dir, read_json,
-                         remove, write_json)
+from tailor.toolchain import KERNEL_TOOLS, debian_package, kernel_toolchain
+from tailor.util import (Progress, atomic_path, canonical_json, file_lock, human_size, makedirs, out_dir,
+                         read_json, remove, sha256_text, write_json)
 
 BUILD_SETTINGS = "2"
 """Version of the build environment (make_env): a kernel built with other settings is rebuilt.
@@ -63,8 +68,22 @@ def kernel_root() -> Path:
     return out_dir() / "kernel"
 
 
-def kernel_dir(identity: str) -> Path:
-    return kernel_root() / identity[:16]
+def kernel_dir(key: str) -> Path:
+    """The directory of the kernel whose kernel identity (see :func:`kernel_identity`) is *key*."""
+    return kernel_root() / key[:16]
+
+
+def kernel_identity(config_identity: str, toolchain: dict | None = None) -> str:
+    """The identity of the kernel built from the config *config_identity* by *toolchain*
+    (default: this host's, :func:`tailor.toolchain.kernel_toolchain`)."""
+    toolchain = kernel_toolchain() if toolchain is None else toolchain
+    return sha256_text(f"{config_identity}\n{canonical_json(toolchain)}")
+
+
+def toolchain_record() -> dict:
+    """What ``kernel.json`` records of the toolchain: each tool's version line and Debian package."""
+    return {name: {"version": line, "package": debian_package(KERNEL_TOOLS[name][0])}
+            for name, line in kernel_toolchain().items()}
 
 
 def app_pointer(app: str) -> Path:
@@ -199,14 +218,15 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
           jobs: int | None = None, label: str = "kernel") -> dict:
     """Build the kernel for *config_path* (unless one with this identity exists); return its metadata."""
     config_text = Path(config_path).read_text()
-    kdir = kernel_dir(identity)
+    key = kernel_identity(identity)
+    kdir = kernel_dir(key)
     meta_path = kdir / "kernel.json"
-    with file_lock(kernel_root() / f".{identity[:16]}.lock", f"kernel build {identity[:16]}"):
+    with file_lock(kernel_root() / f".{key[:16]}.lock", f"kernel build {key[:16]}"):
         if meta_path.exists():
             meta = read_json(meta_path)
-            if (meta.get("identity") == identity and meta.get("build_settings") == BUILD_SETTINGS
+            if (meta.get("kernel_identity") == key and meta.get("build_settings") == BUILD_SETTINGS
                     and all((kdir / a).exists() for a in ARTEFACTS)):
-                print(f"[{label}] reusing kernel {identity[:16]} (identical config)", file=sys.stderr)
+                print(f"[{label}] reusing kernel {key[:16]} (identical config and toolchain)", file=sys.stderr)
                 return meta
         objdir = kdir / "build"
         olddefconfig_check(srctree, objdir, config_text)
@@ -223,8 +243,12 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
                     if _COMPILE_LINE.match(ln))
         if compiled == total and compiled > 0:
             _record_estimate(enabled, compiled)
+        cmd, _ = _make(srctree, objdir, ["bzImage"], jobs or os.cpu_count() or 1)
         meta = {
             "identity": identity,
+            "kernel_identity": key,
+            "toolchain": toolchain_record(),
+            "make": [a for a in cmd if not a.startswith(("-C", "O=", "KCFLAGS=", "KAFLAGS="))],
             "build_settings": BUILD_SETTINGS,
             "source": source_label,
             "enabled": enabled,
@@ -242,9 +266,10 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
 
 def describe(identity: str, meta: dict) -> dict:
     """Where the kernel *identity* lives and what it is (the fields every pointer to a kernel carries)."""
-    kdir = kernel_dir(identity)
+    kdir = kernel_dir(meta.get("kernel_identity") or identity)
     return {
         "identity": identity,
+        "kernel_identity": meta.get("kernel_identity") or identity,
         "dir": str(kdir),
         "bzImage": str(kdir / "bzImage"),
         "vmlinux": str(kdir / "vmlinux"),
@@ -262,17 +287,19 @@ def clean_app(app: str) -> None:
     """Remove *app*'s kernel pointer, and its kernel when no other app's pointer names it."""
     pointer = app_pointer(app)
     try:
-        identity = read_json(pointer)["identity"]
-    except (TailorError, KeyError):
+        data = read_json(pointer)
+        key = data.get("kernel_identity") or data["identity"]
+    except (TailorError, KeyError, AttributeError):
         return
     pointer.unlink(missing_ok=True)
     for other in pointer.parent.glob("*.json"):
         try:
-            if read_json(other).get("identity") == identity:
+            theirs = read_json(other)
+            if (theirs.get("kernel_identity") or theirs.get("identity")) == key:
                 return
         except TailorError:
             continue
-    remove(kernel_dir(identity))
+    remove(kernel_dir(key))
 
 
 def build_for(recipe) -> dict:
@@ -308,6 +335,6 @@ def tasks(recipes, action):
                          str(source.stamp_path(source.recipe_ref(r)))],
             "targets": [str(app_pointer(r.id))],
             "clean": [(clean_app, [r.id])],
-            "uptodate": [config_changed(BUILD_SETTINGS)],
+            "uptodate": [config_changed({"build_settings": BUILD_SETTINGS, "toolchain": kernel_toolchain()})],
             "verbosity": 2,
         }

@@ -52,6 +52,7 @@ from typing import Callable, Iterator
 
 from tailor.errors import TailorError
 from tailor.recipe import Recipe, general_variant
+from tailor.toolchain import first_line
 from tailor.util import PROJECT, makedirs, out_dir, read_json, write_atomic, write_json
 
 REPORT_APPS = ("hello", "redis", "nginx")
@@ -213,12 +214,7 @@ def clean_spread(runs: list[dict]) -> dict:
 
 
 def _first_line(cmd: list[str]) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return "not found"
-    text = (proc.stdout or proc.stderr).strip()
-    return text.splitlines()[0] if text else "unknown"
+    return first_line(cmd) or "not found"
 
 
 def _cpu_model() -> str:

@@ -62,6 +62,7 @@ from pathlib import Path
 
 from tailor import __version__
 from tailor.errors import TailorError
+from tailor.toolchain import IMAGE_TOOLS, first_line, versions
 from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, out_dir, read_json, remove,
                          replace_dir, sha256_file, sha256_text, write_atomic, write_json)
 
@@ -98,15 +99,6 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 URUNC_KERNEL = "/.boot/kernel"
 URUNC_ROOTFS = "/.boot/rootfs"
-
-TOOLS = {
-    "gcc": ["gcc", "--version"],
-    "binutils": ["ld", "--version"],
-    "qemu": ["qemu-system-x86_64", "--version"],
-    "e2fsprogs": ["mke2fs", "-V"],
-    "dpkg": ["dpkg-deb", "--version"],
-}
-"""Toolchain versions recorded in a release manifest: name -> command whose first line is the version."""
 
 REPRO_BUILDS = (("first", True), ("second-build", False))
 """verify_reproducible's two builds: directory under out/repro/ (different lengths, so a leaked path
@@ -226,46 +218,11 @@ def urunc_hypervisor(config_text: str) -> str:
     return "qemu" if config_has(config_text, "PCI") and config_has(config_text, "VIRTIO_PCI") else "firecracker"
 
 
-def _first_line(cmd: list[str]) -> str | None:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              env=dict(os.environ, LC_ALL="C"), timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.strip()]
-    return lines[0] if lines else None
-
-
-def _debian_package(program: str) -> str | None:
-    """``<package> <version>`` of the Debian package that ships *program*'s real file, or None."""
-    path = shutil.which(program)
-    if not path:
-        return None
-    real = os.path.realpath(path)
-    candidates = [real] + ([real.removeprefix("/usr")] if real.startswith("/usr/") else [])
-    for candidate in candidates:
-        owner = _first_line(["dpkg-query", "-S", candidate])
-        if owner and ":" in owner and not owner.startswith("dpkg-query:"):
-            package = owner.split(":", 1)[0].split(",")[0].strip()
-            version = _first_line(["dpkg-query", "-W", "-f", "${Version}\n", package])
-            return f"{package} {version}" if version else package
-    return None
-
-
-def toolchain_versions() -> dict:
-    """``{tool: {"version": its own first version line, "package": Debian package and version}}``."""
-    out = {}
-    for name, cmd in TOOLS.items():
-        line = _first_line(cmd) if shutil.which(cmd[0]) else None
-        out[name] = {"version": line or "not installed", "package": _debian_package(cmd[0])}
-    return out
-
-
 def source_commit() -> dict:
     """The git commit of the project and whether tracked files differ from it (None outside git)."""
     if not (PROJECT / ".git").exists():
         return {"commit": None, "dirty": None}
-    commit = _first_line(["git", "-C", str(PROJECT), "rev-parse", "HEAD"])
+    commit = first_line(["git", "-C", str(PROJECT), "rev-parse", "HEAD"])
     if not commit or not re.match(r"^[0-9a-f]{40}$", commit):
         return {"commit": None, "dirty": None}
     try:
@@ -853,7 +810,11 @@ def release_app(recipe, version: str | None = None) -> dict:
     epoch = source_date_epoch()
     pointer = read_json(kernel_stage.app_pointer(app))
     identity = pointer["identity"]
-    kdir = kernel_stage.kernel_dir(identity)
+    kdir = Path(pointer["dir"])
+    kernel_meta = read_json(kdir / "kernel.json") if (kdir / "kernel.json").exists() else {}
+    if not isinstance(kernel_meta.get("toolchain"), dict):
+        raise TailorError(f"{display_path(kdir / 'kernel.json')}: no record of the toolchain that built "
+                          f"the kernel; run `doit kernel:{app}` (kernels built before tailor recorded it are rebuilt)")
     image = rootfs.image_path(recipe)
     result = _boot_result(recipe, pointer, image)
     rootfs_manifest = read_json(rootfs.manifest_path(app))
@@ -909,7 +870,7 @@ def release_app(recipe, version: str | None = None) -> dict:
         artefacts = [{"path": rel, "sha256": digest, "size": (tmp / rel).stat().st_size}
                      for rel, digest in file_sums(tmp)]
         manifest = _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, rootfs_manifest,
-                             result, artefacts, deb.name, oci, hypervisor, maint)
+                             result, artefacts, deb.name, oci, hypervisor, maint, kernel_meta["toolchain"])
         write_json(tmp / "manifest.json", manifest)
         os.utime(tmp / "manifest.json", (epoch, epoch))
         os.utime(tmp, (epoch, epoch))
@@ -928,7 +889,9 @@ def release_app(recipe, version: str | None = None) -> dict:
 
 
 def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, rootfs_manifest, result,
-              artefacts, deb_name, oci, hypervisor, maint) -> dict:
+              artefacts, deb_name, oci, hypervisor, maint, kernel_toolchain: dict) -> dict:
+    """The release's manifest.json. Its ``toolchain`` names the compiler and binutils that built the
+    kernel, copied from ``kernel.json`` (recorded at build time), and the image tools of this host."""
     app = recipe.name
     recipe_bytes = Path(recipe.path).read_bytes()
     commit = source_commit()
@@ -957,7 +920,7 @@ def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, ro
         },
         "rootfs": {"format": rootfs_manifest.get("format"), "command": rootfs_manifest.get("command"),
                    "sha256": rootfs_manifest.get("sha256"), "packages": rootfs_manifest.get("packages", [])},
-        "toolchain": toolchain_versions(),
+        "toolchain": {**versions(IMAGE_TOOLS), **kernel_toolchain},
         "artefacts": artefacts,
         "deb": {"file": deb_name, "maintainer": maint},
         "oci": {"layout": "oci", "ref": oci["ref"], "manifest_digest": oci["manifest"]["digest"],

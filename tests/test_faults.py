@@ -35,6 +35,7 @@ import pytest
 from conftest import project_copy
 import yaml
 
+from tailor import kernel
 from tailor.recipe import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +148,8 @@ gzip -n -c "$o/vmlinux" > "$o/arch/x86/boot/bzImage"
 """
 
 IDENTITY = "f00d" * 16
+KERNEL_KEY = kernel.kernel_identity(IDENTITY)
+"""The kernel identity of IDENTITY built by this host's toolchain: its directory under out/kernel/."""
 KERNEL_FILES = ("bzImage", "vmlinux", "System.map", "config")
 BUILD_KERNEL = """\
 import sys
@@ -177,11 +180,11 @@ def test_sigkill_during_kernel_compile_then_rerun_is_identical(fake_kernel, tmp_
     ref_out, out = tmp_path / "ref", tmp_path / "out"
     ref = start_python(BUILD_KERNEL, str(config), str(tree), IDENTITY, out=ref_out)
     assert ref.wait(120) == 0, ref.stderr.read().decode()
-    ref_dir = ref_out / "kernel" / IDENTITY[:16]
+    ref_dir = ref_out / "kernel" / KERNEL_KEY[:16]
     want = {name: digest(ref_dir / name) for name in KERNEL_FILES}
     assert all(want.values())
 
-    kdir = out / "kernel" / IDENTITY[:16]
+    kdir = out / "kernel" / KERNEL_KEY[:16]
     log = kdir / "build.log.partial"
 
     def compiled(n):  # objects finished so far, over every run: each run continues the last
@@ -223,7 +226,7 @@ def test_kernel_build_failure_leaves_no_artefacts(fake_kernel, tmp_path):
     err = proc.stderr.read().decode()
     assert "Traceback" not in err
     assert re.search(r"kernel build failed \(make exited 2\); full log: \S+build\.log\.partial", err), err
-    kdir = tmp_path / "out" / "kernel" / IDENTITY[:16]
+    kdir = tmp_path / "out" / "kernel" / KERNEL_KEY[:16]
     assert not any((kdir / name).exists() for name in KERNEL_FILES + ("kernel.json", "build.log"))
 
 
@@ -557,3 +560,48 @@ def test_two_doit_runs_at_once(project):
     assert len(waited) == 1, results
     assert db_intact(project / "out/.doit.db")
     assert run_doit("build:redis", out=None, cwd=project).returncode == 0
+
+
+def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeypatch, capfd):
+    """Same config, same toolchain: reused. Same config, another gcc: a new kernel identity, a new
+    directory and a real compile; kernel.json records the toolchain that built each."""
+    tree, config = fake_kernel
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    old = {"gcc": "gcc (Debian 12.2.0-14+deb12u1) 12.2.0", "binutils": "GNU ld (GNU Binutils for Debian) 2.40"}
+    new = dict(old, gcc="gcc (Debian 12.2.0-14+deb12u2) 12.2.0")
+    monkeypatch.setattr(kernel, "kernel_toolchain", lambda: old)
+    first = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
+    assert first["objects_compiled"] == 40 and first["toolchain"]["gcc"]["version"] == old["gcc"]
+    log = kernel.kernel_dir(first["kernel_identity"]) / "build.log"
+    stamp = log.stat().st_mtime_ns
+    capfd.readouterr()
+    assert kernel.build(config, tree, IDENTITY, "fake", jobs=2) == first
+    assert "reusing kernel" in capfd.readouterr().err and log.stat().st_mtime_ns == stamp
+
+    monkeypatch.setattr(kernel, "kernel_toolchain", lambda: new)
+    second = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
+    assert second["identity"] == first["identity"] == IDENTITY  # the config's identity is unchanged
+    assert second["kernel_identity"] != first["kernel_identity"]
+    assert second["objects_compiled"] == 40 and second["toolchain"]["gcc"]["version"] == new["gcc"]
+    assert kernel.kernel_dir(first["kernel_identity"]).is_dir()  # the old kernel is not overwritten
+    on_disk = json.loads((kernel.kernel_dir(second["kernel_identity"]) / "kernel.json").read_text())
+    assert on_disk["toolchain"] == second["toolchain"] and on_disk["make"][0] == "make"
+
+
+def test_kernel_task_is_out_of_date_when_the_toolchain_changes(monkeypatch):
+    """doit's up-to-date check for kernel:<app> carries the toolchain, so a gcc upgrade reruns it."""
+    from doit.tools import config_changed
+
+    from tailor.recipe import find
+
+    def uptodate(tc):
+        monkeypatch.setattr(kernel, "kernel_toolchain", lambda: tc)
+        task = next(t for t in kernel.tasks([find("hello")], lambda f, *a: (f, a)) if t["name"] == "hello")
+        check = task["uptodate"][0]
+        assert isinstance(check, config_changed)
+        return check._calc_digest()
+
+    a = {"gcc": "gcc 12.2.0-14", "binutils": "ld 2.40"}
+    assert uptodate(a) == uptodate(dict(a))
+    assert uptodate(a) != uptodate(dict(a, gcc="gcc 12.2.0-15"))
+    assert uptodate(a) != uptodate(dict(a, binutils="ld 2.41"))

@@ -398,6 +398,12 @@ test:
 """
 
 
+FAKE_TOOLCHAIN = {"gcc": {"version": "gcc (Debian 99.1.0-1) 99.1.0", "package": "gcc-99 99.1.0-1"},
+                  "binutils": {"version": "GNU ld (GNU Binutils for Debian) 9.99", "package": "binutils 9.99-1"}}
+"""What the fake kernel's kernel.json says built it: no host has it, so a manifest that shows it
+copied it from kernel.json rather than asking the host."""
+
+
 def fake_pipeline(out: Path, tmp: Path, passed: bool = True):
     """Fake outputs of every stage for the recipe ``fakeapp`` under TAILOR_OUT=*out*; return the recipe."""
     recipes = tmp / "recipes"
@@ -406,6 +412,7 @@ def fake_pipeline(out: Path, tmp: Path, passed: bool = True):
     recipe = load(recipes / "fakeapp.yaml")
     files = fake_kernel_files(kernel.kernel_dir(IDENTITY))
     meta = {"sizes": {n: files[n].stat().st_size for n in ("bzImage", "vmlinux", "System.map")}, "enabled": 2}
+    (kernel.kernel_dir(IDENTITY) / "kernel.json").write_text(json.dumps({**meta, "toolchain": FAKE_TOOLCHAIN}))
     kernel.link_app("fakeapp", IDENTITY, meta)
     image = rootfs.image_path(recipe)
     image.parent.mkdir(parents=True, exist_ok=True)
@@ -447,6 +454,7 @@ def test_release_app_from_fake_outputs(tmp_path, monkeypatch):
     assert manifest["recipe"]["sha256"] == hashlib.sha256(RECIPE.encode()).hexdigest()
     assert manifest["source_date_epoch"] == EPOCH
     assert set(manifest["toolchain"]) == {"gcc", "binutils", "qemu", "e2fsprogs", "dpkg"}
+    assert {k: manifest["toolchain"][k] for k in ("gcc", "binutils")} == FAKE_TOOLCHAIN  # from kernel.json
     assert manifest["boot_test"]["pass"] is True and manifest["boot_test"]["time_to_ready_s"] == 0.8
     assert "doit release:fakeapp" in manifest["reproduce"]["command"]
     assert "SOURCE_DATE_EPOCH=1672531200" in manifest["reproduce"]["command"]
