@@ -128,6 +128,20 @@ def _make(srctree: Path, objdir: Path, targets: list[str], jobs: int | None = No
     return cmd + targets, env
 
 
+def _make_record(cmd: list[str]) -> list[str]:
+    """The make command as kernel.json records it: without the machine's paths (``-C <tree>``,
+    ``O=``) and the path-mapping flags, which differ between checkouts and not between kernels."""
+    out, skip = [], False
+    for arg in cmd:
+        if skip:
+            skip = False
+        elif arg == "-C":
+            skip = True
+        elif not arg.startswith(("O=", "KCFLAGS=", "KAFLAGS=")):
+            out.append(arg)
+    return out
+
+
 def kbuild_olddefconfig(srctree: Path, objdir: Path, config_text: str) -> str:
     """Put *config_text* in *objdir*, run kbuild's ``make olddefconfig`` there; return the .config it writes."""
     makedirs(objdir)
@@ -248,7 +262,7 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
             "identity": identity,
             "kernel_identity": key,
             "toolchain": toolchain_record(),
-            "make": [a for a in cmd if not a.startswith(("-C", "O=", "KCFLAGS=", "KAFLAGS="))],
+            "make": _make_record(cmd),
             "build_settings": BUILD_SETTINGS,
             "source": source_label,
             "enabled": enabled,

@@ -585,7 +585,9 @@ def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeyp
     assert second["objects_compiled"] == 40 and second["toolchain"]["gcc"]["version"] == new["gcc"]
     assert kernel.kernel_dir(first["kernel_identity"]).is_dir()  # the old kernel is not overwritten
     on_disk = json.loads((kernel.kernel_dir(second["kernel_identity"]) / "kernel.json").read_text())
-    assert on_disk["toolchain"] == second["toolchain"] and on_disk["make"][0] == "make"
+    assert on_disk["toolchain"] == second["toolchain"]
+    assert on_disk["make"][0] == "make" and "bzImage" in on_disk["make"]
+    assert not [a for a in on_disk["make"] if str(tmp_path) in a]  # no machine path in the record
 
 
 def test_kernel_task_is_out_of_date_when_the_toolchain_changes(monkeypatch):
