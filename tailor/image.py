@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tailor.errors import TailorError
-from tailor.util import PROJECT, file_lock, makedirs, out_dir, read_json, remove, write_atomic, write_json
+from tailor.util import PROJECT, display_path, file_lock, makedirs, out_dir, read_json, remove, write_atomic, write_json
 
 LOCK_FILE = PROJECT / "images.lock"
 
@@ -102,15 +102,25 @@ class ImageRef:
         return PROJECT / p
 
     def host(self) -> str:
-        """The registry host of a ``docker://`` reference (Docker Hub for a short name)."""
+        """The registry host of a ``docker://`` reference ('' for a short name: skopeo's default registry)."""
         first = self.location.split("/")[0]
         if "/" in self.location and ("." in first or ":" in first or first == "localhost"):
             return first
-        return "docker.io"
+        return ""
+
+    def registry(self) -> str:
+        """The registry, for messages."""
+        return f"registry {self.host()}" if self.host() else "the default registry"
+
+    def needs_registry_access(self) -> bool:
+        """True for a registry other than one on this machine's loopback."""
+        return self.transport == "docker" and not self.plain_http()
 
     def plain_http(self) -> bool:
         """True for a registry on the loopback (such registries speak plain HTTP)."""
         host = self.host().rsplit(":", 1)[0] if not self.host().startswith("[") else self.host()
+        if not host:
+            return False
         if host == "localhost":
             return True
         try:
@@ -196,9 +206,13 @@ def pinned_digest(ref: ImageRef, origin: str, path: Path = LOCK_FILE) -> str:
     if digest:
         return digest
     digest = resolve(ref, origin)
+    _record_new(ref, digest, path)
+    return digest
+
+
+def _record_new(ref: ImageRef, digest: str, path: Path = LOCK_FILE) -> None:
     record(ref, digest, path)
     print(f"tailor: {ref.unpinned} is {digest}; recorded in {path.name}", file=sys.stderr, flush=True)
-    return digest
 
 
 def pin(ref: ImageRef, origin: str, path: Path = LOCK_FILE) -> str:
@@ -214,35 +228,37 @@ def pin(ref: ImageRef, origin: str, path: Path = LOCK_FILE) -> str:
 # skopeo
 
 
-def _skopeo(args: list[str], ref: ImageRef, origin: str) -> subprocess.CompletedProcess:
+def _skopeo(args: list[str], ref: ImageRef, origin: str, digest: str | None = None) -> subprocess.CompletedProcess:
     tls = ["--src-tls-verify=false"] if args[0] == "copy" else ["--tls-verify=false"]
     if not ref.plain_http():
         tls = []
     cmd = ["skopeo", args[0], *tls, *args[1:]]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600)
+        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=3600)  # bytes: a manifest is hashed as sent
     except OSError:
         raise TailorError(f"{origin}: rootfs.image: skopeo not found; install it (./setup.sh does)") from None
     except subprocess.TimeoutExpired:
         raise TailorError(f"{origin}: rootfs.image: skopeo took over an hour for {ref.text}; check the network")
     if proc.returncode != 0:
-        raise _skopeo_error(proc.stderr + proc.stdout, ref, origin)
+        raise _skopeo_error((proc.stderr + proc.stdout).decode("utf-8", "replace"), ref, origin, digest)
     return proc
 
 
-def _skopeo_error(text: str, ref: ImageRef, origin: str) -> TailorError:
+def _skopeo_error(text: str, ref: ImageRef, origin: str, digest: str | None = None) -> TailorError:
     low = text.lower()
     where = f"{origin}: rootfs.image: {ref.text}"
     if ref.transport == "docker":
         if any(s in low for s in ("connection refused", "no such host", "i/o timeout", "network is unreachable",
                                   "no route to host", "server misbehaving", "tls handshake timeout")):
-            return TailorError(f"{where}: registry {ref.host()} unreachable; check the name and the network "
+            return TailorError(f"{where}: {ref.registry()} is unreachable; check the name and the network "
                                f"(this machine may have no registry access)")
         if any(s in low for s in ("manifest unknown", "name unknown", "not found", "repository name not known")):
-            what = "no manifest with that digest" if ref.digest else "unknown repository or tag"
-            return TailorError(f"{where}: {what} in registry {ref.host()}; check the name, tag and digest")
+            if digest:
+                return TailorError(f"{where}: {ref.registry()} has no manifest {digest} in that repository; "
+                                   f"check the digest (in the recipe or images.lock) and the name")
+            return TailorError(f"{where}: unknown repository or tag in {ref.registry()}; check the name and tag")
         if "unauthorized" in low or "denied" in low:
-            return TailorError(f"{where}: registry {ref.host()} refused access (unauthorized); "
+            return TailorError(f"{where}: {ref.registry()} refused access (unauthorized); "
                                f"log in with skopeo login or use a public image")
     if "no such file" in low or "not a directory" in low:
         return TailorError(f"{where}: {ref.location} does not exist or is not an image; build it first")
@@ -358,18 +374,19 @@ def _index_entry(layout: Path, name: str | None, where: str) -> dict:
     try:
         index = json.loads(index_path.read_text())
     except FileNotFoundError:
-        raise TailorError(f"{where}: {layout} is not an OCI image layout (no index.json); build the image first") from None
+        raise TailorError(f"{where}: {display_path(layout)} is not an OCI image layout (no index.json); "
+                          f"build the image first") from None
     except (OSError, ValueError) as e:
-        raise TailorError(f"{where}: {index_path} is unreadable ({e})") from None
+        raise TailorError(f"{where}: {display_path(index_path)} is unreadable ({e})") from None
     manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]
     if name is None:
         if len(manifests) != 1:
-            raise TailorError(f"{where}: {layout} holds {len(manifests)} images; name one with oci:DIR:TAG")
+            raise TailorError(f"{where}: {display_path(layout)} holds {len(manifests)} images; name one with oci:DIR:TAG")
         return manifests[0]
     found = [m for m in manifests if (m.get("annotations") or {}).get(REF_NAME) == name]
     if not found:
         tags = sorted((m.get("annotations") or {}).get(REF_NAME, "?") for m in manifests)
-        raise TailorError(f"{where}: no tag {name!r} in {layout} (it has {', '.join(tags) or 'none'})")
+        raise TailorError(f"{where}: no tag {name!r} in {display_path(layout)} (it has {', '.join(tags) or 'none'})")
     return found[0]
 
 
@@ -379,7 +396,7 @@ def resolve(ref: ImageRef, origin: str) -> str:
     if ref.transport == "docker":
         print(f"tailor: resolving {ref.text} with skopeo", file=sys.stderr, flush=True)
         raw = _skopeo(["inspect", "--raw", f"docker://{ref.location}:{ref.tag}"], ref, origin).stdout
-        return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+        return "sha256:" + hashlib.sha256(raw).hexdigest()
     if ref.transport == "oci":
         return _index_entry(ref.path(), ref.tag, where)["digest"]
     scratch = makedirs(cache_dir()) / f".resolve-{os.getpid()}"
@@ -431,7 +448,7 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
     if ref.transport == "docker":
         print(f"tailor: fetching {ref.unpinned}@{digest} with skopeo", file=sys.stderr, flush=True)
         name = f"docker://{ref.location}@{digest}"
-        raw = _skopeo(["inspect", "--raw", name], ref, origin).stdout.encode()
+        raw = _skopeo(["inspect", "--raw", name], ref, origin, digest).stdout
         got = "sha256:" + hashlib.sha256(raw).hexdigest()
         if got != digest:
             raise TailorError(f"{where}: the registry's manifest has {got}, not the pinned {digest}; "
@@ -443,7 +460,7 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
         desc = {"mediaType": media, "digest": digest, "size": len(raw)}
         single = _platform_manifest(scratch, desc, where)  # an index: pick linux/amd64 before copying
         _skopeo(["copy", "-q", "--preserve-digests", f"docker://{ref.location}@{single['digest']}",
-                 f"oci:{scratch}:image"], ref, origin)
+                 f"oci:{scratch}:image"], ref, origin, single["digest"])
         return desc
     if ref.transport == "docker-archive":
         _skopeo(["copy", "-q", f"docker-archive:{ref.path()}", f"oci:{scratch}:image"], ref, origin)
@@ -459,7 +476,8 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
         if desc is None:
             now = f" (its tag points at {entry['digest']} now; `python -m tailor pin-image <app>` moves the pin)" \
                 if entry else ""
-            raise TailorError(f"{where}: {src} has no image with the pinned digest {digest}{now}")
+            raise TailorError(f"{where}: {display_path(src)} has no image with the pinned digest {digest}{now}; "
+                              f"fix the digest or build the image")
         _copy_layout(src, scratch, desc, where)
     if desc["digest"] != digest:
         raise TailorError(f"{where}: it is {desc['digest']} now, not the pinned {digest}; "
@@ -478,7 +496,7 @@ def _copy_layout(src: Path, dest: Path, desc: dict, where: str) -> None:
             raise TailorError(f"{where}: descriptor with digest {digest!r}, not sha256")
         path = _blob(src, digest)
         if not path.exists():
-            raise TailorError(f"{where}: blob {digest[:19]} is missing from {src}")
+            raise TailorError(f"{where}: blob {digest[:19]} is missing from {display_path(src)}")
         shutil.copyfile(path, _blob(dest, digest))
         if d.get("mediaType") in INDEX_TYPES + MANIFEST_TYPES:
             data = json.loads(path.read_bytes())
@@ -513,7 +531,13 @@ def _store(scratch: Path, layout: Path, top: dict, digest: str, img: Image) -> N
 def obtain(ref_text: str, origin: str) -> Image:
     """The recipe's image: parsed, pinned, fetched and verified."""
     ref = parse_reference(ref_text)
-    return fetch(ref, pinned_digest(ref, origin), origin)
+    digest = locked_digest(ref)
+    if digest:
+        return fetch(ref, digest, origin)
+    digest = resolve(ref, origin)
+    img = fetch(ref, digest, origin)  # pinned only once it fetched and verified
+    _record_new(ref, digest)
+    return img
 
 
 # --------------------------------------------------------------------------

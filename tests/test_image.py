@@ -88,7 +88,7 @@ def test_loopback_registries_are_plain_http():
     assert image.parse_reference("docker://127.0.0.1:5000/a:1").plain_http()
     assert image.parse_reference("docker://localhost:5000/a:1").plain_http()
     assert not image.parse_reference("docker://redis:7").plain_http()
-    assert image.parse_reference("docker://redis:7").host() == "docker.io"
+    assert image.parse_reference("docker://redis:7").registry() == "the default registry"
 
 
 def test_recipe_with_image_needs_no_command_and_records_given_keys(tmp_path):
@@ -245,7 +245,7 @@ def test_docker_archive_is_converted_with_skopeo_and_gives_the_same_digest_twice
 
 def test_unreachable_registry_is_one_line(project):
     ref = image.parse_reference("docker://127.0.0.1:1/nothing:1")
-    with pytest.raises(TailorError, match=r"registry 127.0.0.1:1 unreachable; check the name and the network"):
+    with pytest.raises(TailorError, match=r"registry 127.0.0.1:1 is unreachable; check the name and the network"):
         image.resolve(ref, "r.yaml")
 
 
