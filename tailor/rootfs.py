@@ -556,14 +556,14 @@ def pack_ext2(stage_dir: Path, image: Path, epoch: int, name: str, size_mib: int
 
 def build(recipe: Recipe) -> dict:
     """The rootfs stage for one recipe: packages -> staged tree -> image; returns the manifest."""
-    rdir = makedirs(rootfs_dir(recipe.name))
-    epoch = source_date_epoch()
     origin = display_path(recipe.path)
     img = None
     if recipe.rootfs.image:
         from tailor import image as oci
 
         img = oci.obtain(recipe.rootfs.image, origin)
+    rdir = makedirs(rootfs_dir(recipe.name))
+    epoch = source_date_epoch()
     packages = sorted(set(recipe.rootfs.packages) | set(ALWAYS_PACKAGES))
     closure = apt_closure(packages, f"{origin}: rootfs.packages")
     debs = download(closure)

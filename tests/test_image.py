@@ -270,3 +270,30 @@ def test_app_from_config_each_recipe_key_overrides_its_part(tmp_path):
         image.app_from_config(AppSpec(), (), {"config": {"Cmd": ["x"], "User": "nobody"}}, tmp_path, "w")
     with pytest.raises(TailorError, match="the image has no Entrypoint or Cmd; set app.command"):
         image.app_from_config(AppSpec(), (), {"config": {}}, tmp_path, "w")
+
+
+def test_registry_only_recipes_are_marked_and_left_out_of_the_catalogue_build():
+    from tailor import catalogue, recipe
+    from tailor.tasks import action
+
+    recipes = recipe.all_recipes()
+    needs = {r.name for r in recipes if catalogue.needs_registry_access(r)}
+    assert needs == {"mongo", "traefik", "elasticsearch"}
+    rows = {row["app"]: row for row in catalogue.rows(recipes)}
+    assert rows["mongo"]["registry"] and not rows["redis-image"]["registry"] and not rows["redis"]["registry"]
+    build = next(t for t in catalogue.tasks(recipes, action) if t["basename"] == "catalogue")
+    assert "build:redis-image" in build["task_dep"] and "build:redis" in build["task_dep"]
+    assert not [d for d in build["task_dep"] if d.split(":")[1].split("@")[0] in needs]
+
+
+def test_rootfs_tasks_read_only_the_lock_and_depend_on_the_local_image(monkeypatch):
+    from tailor import recipe, rootfs
+
+    def no_network(*a, **k):
+        raise AssertionError("task generation must not resolve images")
+
+    monkeypatch.setattr(image, "resolve", no_network)
+    monkeypatch.setattr(image, "_skopeo", no_network)
+    tasks = {t["name"]: t for t in rootfs.tasks(recipe.all_recipes(), lambda fn, *a: (fn, a))}
+    assert tasks["redis-image"]["task_dep"] == ["image:redis"] and tasks["mongo"]["task_dep"] == []
+    assert tasks["redis"]["task_dep"] == []
