@@ -568,14 +568,14 @@ def _link_escapes(entry_path: str, target: str) -> bool:
     return False
 
 
-def _parent(root: Path, rel: str, where: str) -> Path:
+def _parent(root: Path, rel: str, where: str, create: bool = True) -> Path:
     """The host directory that will hold in-tree *rel*; symlinks on the way resolve inside the tree."""
     from tailor.elf import resolve_in_root
 
     parent = os.path.dirname(rel)
     real = resolve_in_root(root, "/" + parent) if parent else "/"
     host = root / real.lstrip("/")
-    if not host.is_dir():
+    if not host.is_dir() and create:
         if host.exists() or host.is_symlink():
             os.unlink(host)
         os.makedirs(host, mode=0o755)
@@ -608,14 +608,14 @@ def apply_layer(root: Path, blob: Path, kind: str, where: str) -> list[str]:
                     continue
                 base = os.path.basename(rel)
                 if base == OPAQUE:
-                    d = _parent(root, rel, where)
-                    for child in list(d.iterdir()):
+                    d = _parent(root, rel, where, create=False)
+                    for child in list(d.iterdir()) if d.is_dir() else []:
                         crel = os.path.join(os.path.dirname(rel), child.name)
                         if crel not in created:
                             _clear(child)
                     continue
                 if base.startswith(WHITEOUT):
-                    gone = _parent(root, rel, where) / base[len(WHITEOUT):]
+                    gone = _parent(root, rel, where, create=False) / base[len(WHITEOUT):]
                     if gone.exists() or gone.is_symlink():
                         _clear(gone)
                     continue

@@ -297,3 +297,9 @@ def test_rootfs_tasks_read_only_the_lock_and_depend_on_the_local_image(monkeypat
     tasks = {t["name"]: t for t in rootfs.tasks(recipe.all_recipes(), lambda fn, *a: (fn, a))}
     assert tasks["redis-image"]["task_dep"] == ["image:redis"] and tasks["mongo"]["task_dep"] == []
     assert tasks["redis"]["task_dep"] == []
+
+
+def test_whiteouts_of_missing_paths_create_nothing(tmp_path):
+    root, _ = apply(tmp_path, [("etc", "dir", None)],
+                    [("nowhere/.wh.x", "file", b""), ("gone/.wh..wh..opq", "file", b"")])
+    assert sorted(os.listdir(root)) == ["etc"]
