@@ -303,3 +303,15 @@ def test_whiteouts_of_missing_paths_create_nothing(tmp_path):
     root, _ = apply(tmp_path, [("etc", "dir", None)],
                     [("nowhere/.wh.x", "file", b""), ("gone/.wh..wh..opq", "file", b"")])
     assert sorted(os.listdir(root)) == ["etc"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners can only be set as root")
+def test_an_images_owners_reach_the_cpio(tmp_path):
+    from tailor import cpio
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/db").write_text("rows")
+    os.lchown(tmp_path / "data/db", 999, 998)
+    entries = {e.path: e for e in cpio.entries_from_tree(tmp_path, 0, owners=True)}
+    assert (entries["data/db"].uid, entries["data/db"].gid) == (999, 998)
+    assert {(e.uid, e.gid) for e in cpio.entries_from_tree(tmp_path, 0)} == {(0, 0)}
