@@ -315,3 +315,17 @@ def test_an_images_owners_reach_the_cpio(tmp_path):
     entries = {e.path: e for e in cpio.entries_from_tree(tmp_path, 0, owners=True)}
     assert (entries["data/db"].uid, entries["data/db"].gid) == (999, 998)
     assert {(e.uid, e.gid) for e in cpio.entries_from_tree(tmp_path, 0)} == {(0, 0)}
+
+
+def test_image_specs_load_and_say_what_is_wrong(tmp_path):
+    spec = image.load_spec(image.IMAGES_DIR / "redis.yaml")
+    assert spec.packages == ("redis-server",) and spec.entrypoint == ("/usr/bin/redis-server",) and spec.tag == "7.0"
+    assert image.local_image_task("oci:out/images/redis:7.0") == "image:redis"
+    assert image.local_image_task("oci:out/images/none:1") is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("packages: [hello]\nentrypont: [/usr/bin/hello]\n")
+    with pytest.raises(TailorError, match="bad.yaml: entrypont: unknown key; allowed keys: tag, packages"):
+        image.load_spec(bad)
+    bad.write_text("entrypoint: [/usr/bin/hello]\n")
+    with pytest.raises(TailorError, match="packages: list the Debian packages the image is made of"):
+        image.load_spec(bad)
