@@ -228,7 +228,8 @@ def pin(ref: ImageRef, origin: str, path: Path = LOCK_FILE) -> str:
 # skopeo
 
 
-def _skopeo(args: list[str], ref: ImageRef, origin: str, digest: str | None = None) -> subprocess.CompletedProcess:
+def _skopeo(args: list[str], ref: ImageRef, origin: str, digest: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
     tls = ["--src-tls-verify=false"] if args[0] == "copy" else ["--tls-verify=false"]
     if not ref.plain_http():
         tls = []
@@ -239,7 +240,7 @@ def _skopeo(args: list[str], ref: ImageRef, origin: str, digest: str | None = No
         raise TailorError(f"{origin}: rootfs.image: skopeo not found; install it (./setup.sh does)") from None
     except subprocess.TimeoutExpired:
         raise TailorError(f"{origin}: rootfs.image: skopeo took over an hour for {ref.text}; check the network")
-    if proc.returncode != 0:
+    if proc.returncode != 0 and check:
         raise _skopeo_error((proc.stderr + proc.stdout).decode("utf-8", "replace"), ref, origin, digest)
     return proc
 
@@ -459,8 +460,20 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
         write_atomic(_blob(scratch, digest), raw)
         desc = {"mediaType": media, "digest": digest, "size": len(raw)}
         single = _platform_manifest(scratch, desc, where)  # an index: pick linux/amd64 before copying
-        _skopeo(["copy", "-q", "--preserve-digests", f"docker://{ref.location}@{single['digest']}",
-                 f"oci:{scratch}:image"], ref, origin, single["digest"])
+        if single["digest"] != digest:  # the platform's manifest, as the registry serves it, checked here too
+            child = _skopeo(["inspect", "--raw", f"docker://{ref.location}@{single['digest']}"], ref, origin,
+                            single["digest"]).stdout
+            if "sha256:" + hashlib.sha256(child).hexdigest() != single["digest"]:
+                raise TailorError(f"{where}: the registry's manifest {single['digest'][:19]} does not match its digest")
+            write_atomic(_blob(scratch, single["digest"]), child)
+        source = f"docker://{ref.location}@{single['digest']}"
+        proc = _skopeo(["copy", "-q", "--preserve-digests", source, f"oci:{scratch}:image"], ref, origin,
+                       single["digest"], check=False)
+        if proc.returncode != 0:
+            # A Docker schema-2 manifest cannot be stored unchanged in an OCI layout: skopeo converts the
+            # manifest (tailor keeps and verifies the registry's own, written above) and copies the config
+            # and layers as they are, which are checked against the registry's manifest.
+            _skopeo(["copy", "-q", source, f"oci:{scratch}:image"], ref, origin, single["digest"])
         return desc
     if ref.transport == "docker-archive":
         _skopeo(["copy", "-q", f"docker-archive:{ref.path()}", f"oci:{scratch}:image"], ref, origin)

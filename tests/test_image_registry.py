@@ -208,3 +208,55 @@ def test_bad_registry_references_fail_in_one_line_and_leave_nothing(case, projec
     assert not list((out / "cache/oci").glob(".fetch-*")) if (out / "cache/oci").exists() else True
     now = (project / "images.lock").read_text() if (project / "images.lock").exists() else None
     assert now == lock_before, "a failing reference must not be pinned"
+
+
+def oci_index(dest: Path, layouts: dict[str, Path]) -> None:
+    """An OCI layout at *dest* whose tag ``1`` is an index of each layout's image, by architecture."""
+    import hashlib
+
+    dest.mkdir()
+    (dest / "blobs/sha256").mkdir(parents=True)
+    manifests = []
+    for arch, layout in layouts.items():
+        for blob in (layout / "blobs/sha256").iterdir():
+            shutil.copy(blob, dest / "blobs/sha256" / blob.name)
+        m = json.loads((layout / "index.json").read_text())["manifests"][0]
+        manifests.append({"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
+                          "platform": {"architecture": arch, "os": "linux"}})
+    data = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": manifests}, sort_keys=True).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (dest / "blobs/sha256" / digest).write_bytes(data)
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": f"sha256:{digest}", "size": len(data),
+        "annotations": {"org.opencontainers.image.ref.name": "1"}}]}))
+
+
+def test_docker_schema2_and_multi_platform_images_are_verified_and_unpacked(project, registry, tmp_path,
+                                                                            monkeypatch):
+    """What public registries serve: Docker schema-2 manifests and indexes of several platforms."""
+    sys.path.insert(0, str(ROOT))
+    from tailor import image
+    from tailor.errors import TailorError
+
+    redis = project / "out/images/redis"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", "--format", "v2s2", f"oci:{redis}:7.0",
+                    f"docker://{registry}/tailor/redis-v2s2:1"], check=True, capture_output=True)
+    oci_index(tmp_path / "multi", {"arm64": ROOT / "tests/data/images/arm64", "amd64": redis})
+    oci_index(tmp_path / "armonly", {"arm64": ROOT / "tests/data/images/arm64"})
+    for name in ("multi", "armonly"):
+        subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{tmp_path / name}:1",
+                        f"docker://{registry}/tailor/redis-{name}:1"], check=True, capture_output=True)
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    for name, manifest_type in (("v2s2", image.DOCKER_MANIFEST), ("multi", image.OCI_MANIFEST)):
+        ref = image.parse_reference(f"docker://{registry}/tailor/redis-{name}:1")
+        img = image.fetch(ref, image.resolve(ref, "t"), "t")
+        assert img.manifest["mediaType"] == manifest_type and img.config["architecture"] == "amd64"
+        tree = tmp_path / f"tree-{name}"
+        image.unpack(img, tree, "t")
+        assert (tree / "usr/bin/redis-server").exists() and img.config["config"]["Entrypoint"] == ["/usr/bin/redis-server"]
+    ref = image.parse_reference(f"docker://{registry}/tailor/redis-armonly:1")
+    with pytest.raises(TailorError, match=r"the image has no linux/amd64 variant \(it has linux/arm64\); "
+                                          r"tailor builds amd64/linux microVMs only"):
+        image.fetch(ref, image.resolve(ref, "t"), "t")
