@@ -713,8 +713,11 @@ def unpack(img: Image, dest: Path, origin: str) -> list[str]:
     """Apply the image's layers in order to the empty directory *dest*; returns the device nodes skipped."""
     makedirs(dest)
     skipped = []
-    for i, layer in enumerate(img.manifest["layers"]):
+    layers = img.manifest["layers"]
+    for i, layer in enumerate(layers):
         where = f"{origin}: rootfs.image: {img.ref.text}: layer {i} ({layer['digest'][7:19]})"
+        print(f"tailor: applying layer {i + 1}/{len(layers)} of {img.ref.unpinned} "
+              f"({layer.get('size', 0) / 1e6:.1f} MB)", file=sys.stderr, flush=True)
         skipped += apply_layer(dest, _blob(img.layout, layer["digest"]), LAYER_TYPES[layer["mediaType"]], where)
     return skipped
 
