@@ -329,3 +329,35 @@ def test_image_specs_load_and_say_what_is_wrong(tmp_path):
     bad.write_text("entrypoint: [/usr/bin/hello]\n")
     with pytest.raises(TailorError, match="packages: list the Debian packages the image is made of"):
         image.load_spec(bad)
+
+
+def test_packages_go_over_a_merged_usr_image_through_its_symlinks(tmp_path):
+    root, _ = apply(tmp_path, [("usr", "dir", None), ("usr/bin", "dir", None), ("bin", "symlink", "usr/bin"),
+                               ("usr/bin/sh", "file", b"image sh", {"mode": 0o755})])
+    debs = tmp_path / "debs"
+    (debs / "bin").mkdir(parents=True)
+    (debs / "bin/busybox").write_bytes(b"busybox")
+    (debs / "etc").mkdir()
+    (debs / "etc/motd").write_text("hi")
+    image.merge_tree(debs, root, "w")
+    assert (root / "bin").is_symlink() and (root / "usr/bin/busybox").read_bytes() == b"busybox"
+    assert (root / "usr/bin/sh").read_bytes() == b"image sh" and (root / "etc/motd").read_text() == "hi"
+
+
+def test_a_script_entrypoint_keeps_its_interpreter(tmp_path):
+    from tailor import rootfs
+
+    bin_ = tmp_path / "usr/bin"
+    bin_.mkdir(parents=True)
+    for name, text in (("app", "#!/usr/bin/env python3\n"), ("env", "\x7fELF"), ("python3", "\x7fELF"),
+                       ("run", "#!/bin/sh -e\n")):
+        (bin_ / name).write_text(text)
+        (bin_ / name).chmod(0o755)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/sh").symlink_to("/usr/bin/python3")
+    assert rootfs.interpreters(tmp_path, "/usr/bin/app", "o") == ["/usr/bin/env", "/usr/bin/python3"]
+    assert rootfs.interpreters(tmp_path, "/usr/bin/run", "o") == ["/bin/sh"]
+    assert rootfs.interpreters(tmp_path, "/usr/bin/python3", "o") == []
+    (bin_ / "app").write_text("#!/usr/bin/node\n")
+    with pytest.raises(TailorError, match=r"the #! interpreter of /usr/bin/app\): '/usr/bin/node' is not in the image"):
+        rootfs.interpreters(tmp_path, "/usr/bin/app", "o", "image")
