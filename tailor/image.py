@@ -369,14 +369,14 @@ def verify(layout: Path, top: dict, ref: ImageRef, digest: str, where: str) -> I
                  config_digest=cdesc["digest"], config=config)
 
 
-def _index_entry(layout: Path, name: str | None, where: str) -> dict:
+def _index_entry(layout: Path, name: str | None, where: str, hint: str = "build the image first") -> dict:
     """The descriptor tagged *name* in *layout*'s index.json (the only one when *name* is None)."""
     index_path = layout / "index.json"
     try:
         index = json.loads(index_path.read_text())
     except FileNotFoundError:
         raise TailorError(f"{where}: {display_path(layout)} is not an OCI image layout (no index.json); "
-                          f"build the image first") from None
+                          f"{hint}") from None
     except (OSError, ValueError) as e:
         raise TailorError(f"{where}: {display_path(index_path)} is unreadable ({e})") from None
     manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]
@@ -391,6 +391,11 @@ def _index_entry(layout: Path, name: str | None, where: str) -> dict:
     return found[0]
 
 
+def _build_hint(ref: ImageRef) -> str:
+    task = local_image_task(ref.text)
+    return f"build it first (doit {task})" if task else "build the image first"
+
+
 def resolve(ref: ImageRef, origin: str) -> str:
     """The digest *ref* names today (registry, layout or archive); nothing is written."""
     where = f"{origin}: rootfs.image: {ref.text}"
@@ -399,7 +404,7 @@ def resolve(ref: ImageRef, origin: str) -> str:
         raw = _skopeo(["inspect", "--raw", f"docker://{ref.location}:{ref.tag}"], ref, origin).stdout
         return "sha256:" + hashlib.sha256(raw).hexdigest()
     if ref.transport == "oci":
-        return _index_entry(ref.path(), ref.tag, where)["digest"]
+        return _index_entry(ref.path(), ref.tag, where, _build_hint(ref))["digest"]
     scratch = makedirs(cache_dir()) / f".resolve-{os.getpid()}"
     remove(scratch)
     try:
@@ -480,7 +485,7 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
         desc = _index_entry(scratch, "image", where)
     else:
         src = ref.path()
-        entry = _index_entry(src, ref.tag, where) if not ref.digest else None
+        entry = _index_entry(src, ref.tag, where, _build_hint(ref)) if not ref.digest else None
         try:
             entries = json.loads((src / "index.json").read_text()).get("manifests", [])
         except (OSError, ValueError):
