@@ -415,15 +415,23 @@ def resolve(ref: ImageRef, origin: str) -> str:
 
 
 def cached(ref: ImageRef, digest: str, origin: str) -> Image | None:
-    """The image pinned at *digest* when the cache has it (verified again), else None."""
+    """The image pinned at *digest* when the cache has it and it verifies again, else None.
+
+    A cached copy that no longer verifies (a damaged blob) is reported and fetched again."""
     layout = cache_dir()
     where = f"{origin}: rootfs.image: {ref.text}"
-    if not (layout / "index.json").exists():
+    try:
+        index = json.loads((layout / "index.json").read_text())
+    except (OSError, ValueError):
         return None
-    index = json.loads((layout / "index.json").read_text())
-    for m in index.get("manifests", []):
-        if (m.get("annotations") or {}).get(REF_NAME) == digest:
-            return verify(layout, m, ref, digest, where)
+    for m in index.get("manifests", []) if isinstance(index, dict) else []:
+        if isinstance(m, dict) and (m.get("annotations") or {}).get(REF_NAME) == digest:
+            try:
+                return verify(layout, m, ref, digest, where)
+            except TailorError as e:
+                print(f"tailor: the cached copy of {ref.unpinned}@{digest[:19]} is damaged ({str(e).split(': ')[-1]}); "
+                      f"fetching it again", file=sys.stderr, flush=True)
+                return None
     return None
 
 
@@ -531,14 +539,17 @@ def _cache_entry(layout: Path, digest: str) -> dict:
 def _store(scratch: Path, layout: Path, top: dict, digest: str, img: Image) -> None:
     """Move the verified blobs of *scratch* into the cache and tag *top* there by its pinned digest."""
     blobs = makedirs(layout / "blobs" / "sha256")
-    for p in (scratch / "blobs" / "sha256").iterdir():
-        if not (blobs / p.name).exists():
-            os.replace(p, blobs / p.name)
+    for p in (scratch / "blobs" / "sha256").iterdir():  # verified: they also replace a damaged cached copy
+        os.replace(p, blobs / p.name)
     if not (layout / "oci-layout").exists():
         write_atomic(layout / "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}, sort_keys=True))
     index = {"schemaVersion": 2, "manifests": []}
-    if (layout / "index.json").exists():
-        index = json.loads((layout / "index.json").read_text())
+    try:
+        old = json.loads((layout / "index.json").read_text())
+        if isinstance(old, dict) and isinstance(old.get("manifests"), list):
+            index = old
+    except (OSError, ValueError):
+        pass
     entry = {k: top[k] for k in ("mediaType", "digest", "size") if k in top}
     entry["annotations"] = {REF_NAME: digest}
     index["manifests"] = [m for m in index["manifests"] if (m.get("annotations") or {}).get(REF_NAME) != digest]

@@ -212,12 +212,19 @@ def test_moved_tag_without_the_pinned_image_is_one_line(project):
         image.fetch(image.parse_reference("oci:src:1"), digest, "r.yaml")
 
 
-def test_cached_blob_tampered_with_is_caught(project):
+def test_a_damaged_cached_blob_is_caught_and_fetched_again(project, capsys):
     _, digest = make_layout(project)
     ref = image.parse_reference("oci:src:1")
     img = image.fetch(ref, digest, "r.yaml")
     blob = img.layout / "blobs/sha256" / img.config_digest[7:]
-    blob.write_bytes(blob.read_bytes().replace(b"amd64", b"arm64"))
+    good = blob.read_bytes()
+    blob.write_bytes(good.replace(b"amd64", b"arm64"))
+    assert image.fetch(ref, digest, "r.yaml").config["architecture"] == "amd64" and blob.read_bytes() == good
+    assert "is damaged (config sha256:" in capsys.readouterr().err
+    # damaged in the source as well: one line
+    blob.write_bytes(good.replace(b"amd64", b"arm64"))
+    src = project / "src/blobs/sha256" / img.config_digest[7:]
+    src.write_bytes(good.replace(b"amd64", b"arm64"))
     with pytest.raises(TailorError, match=r"config sha256:[0-9a-f]{12} is corrupt"):
         image.fetch(ref, digest, "r.yaml")
 
