@@ -47,6 +47,9 @@ ROOTFS_VERSION = "1"
 ALWAYS_PACKAGES = ("busybox-static",)
 """Packages every rootfs gets: busybox provides the few tools the init uses."""
 
+IMAGE_ETC = ("/etc/passwd", "/etc/group", "/etc/hosts", "/etc/nsswitch.conf")
+"""An image's files kept in a slim tree (rootfs/common fills them in only where the image has none)."""
+
 GUEST_ADDRESS = "10.0.2.15/24"
 GUEST_GATEWAY = "10.0.2.2"
 PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -316,8 +319,9 @@ def _check_overlay(overlay: Path, origin: str) -> list[Path]:
     return files
 
 
-def apply_overlay(stage: Path, overlay: Path, origin: str) -> None:
-    """Copy *overlay* over *stage*; never writes through a symlink of the stage."""
+def apply_overlay(stage: Path, overlay: Path, origin: str, keep_existing: bool = False) -> None:
+    """Copy *overlay* over *stage*; never writes through a symlink of the stage.
+    With *keep_existing*, files the stage already has are left alone (the overlay only fills gaps)."""
     if not overlay.is_dir():
         raise TailorError(f"{origin}: overlay directory {display_path(overlay)} does not exist")
     for p in _check_overlay(overlay, origin):
@@ -331,6 +335,8 @@ def apply_overlay(stage: Path, overlay: Path, origin: str) -> None:
                                   f"of the image; put it at the symlink's target instead")
             if not parent.exists():
                 parent.mkdir(mode=0o755)
+        if keep_existing and (dst.is_symlink() or dst.is_file()):
+            continue
         if dst.is_symlink() or dst.is_file():
             dst.unlink()
         elif dst.is_dir() and not p.is_dir() or (p.is_symlink() and dst.is_dir()):
@@ -459,8 +465,8 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         if command:
             keep.update(interpreters(tree, command, f"{origin}: app.command", what))
         patterns = recipe.rootfs.files
-        if recipe.rootfs.image and recipe.app.user:  # the image's users, for su
-            patterns += tuple(f for f in ("/etc/passwd", "/etc/group") if (tree / f[1:]).is_file())
+        if recipe.rootfs.image:  # the image's own users and name service files win over rootfs/common's
+            patterns += tuple(f for f in IMAGE_ETC if (tree / f[1:]).is_file() and not (tree / f[1:]).is_symlink())
         files = _expand_files(tree, patterns, f"{origin}: rootfs.files")
         programs = sorted(keep) + _elf_files(tree, files)
         try:
@@ -483,7 +489,9 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         makedirs(sh.parent)
         os.symlink("busybox", sh)
     for name in recipe.rootfs.overlay:
-        apply_overlay(dest, ROOTFS_DIR / name, f"{origin}: rootfs.overlay")
+        # rootfs/common only fills what an image lacks: an image brings its own /etc/passwd (its users)
+        apply_overlay(dest, ROOTFS_DIR / name, f"{origin}: rootfs.overlay",
+                      keep_existing=bool(recipe.rootfs.image) and name == "common")
     add_users(dest, recipe.rootfs.users)
     for i, step in enumerate(recipe.rootfs.build):
         run_build_step(step, dest, f"{origin}: rootfs.build.{i}")

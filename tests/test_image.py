@@ -368,3 +368,24 @@ def test_a_script_entrypoint_keeps_its_interpreter(tmp_path):
     (bin_ / "app").write_text("#!/usr/bin/node\n")
     with pytest.raises(TailorError, match=r"the #! interpreter of /usr/bin/app\): '/usr/bin/node' is not in the image"):
         rootfs.interpreters(tmp_path, "/usr/bin/app", "o", "image")
+
+
+def test_an_images_etc_wins_over_the_common_overlay(tmp_path, monkeypatch):
+    """rootfs/common's /etc/passwd must not replace the image's (its users), only fill in what it lacks."""
+    from tailor import rootfs
+
+    tree = tmp_path / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "bin").mkdir()
+    (tree / "etc").mkdir()
+    (tree / "bin/busybox").write_bytes(b"not ELF: the stage only copies it")
+    os.chmod(tree / "bin/busybox", 0o755)
+    (tree / "usr/bin/app").write_text("#!/bin/busybox sh\necho hi\n")
+    os.chmod(tree / "usr/bin/app", 0o755)
+    (tree / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\nmongodb:x:999:999::/data/db:/bin/false\n")
+    r = parse("rootfs:\n  image: oci:out/images/x:1\napp:\n  command: /usr/bin/app\n  user: mongodb\n",
+              tmp_path / "x.yaml")
+    dest = tmp_path / "stage"
+    rootfs.stage(r, tree, dest)
+    assert "mongodb" in (dest / "etc/passwd").read_text()
+    assert (dest / "etc/hosts").read_text() == (rootfs.ROOTFS_DIR / "common/etc/hosts").read_text()
