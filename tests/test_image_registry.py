@@ -260,3 +260,34 @@ def test_docker_schema2_and_multi_platform_images_are_verified_and_unpacked(proj
     with pytest.raises(TailorError, match=r"the image has no linux/amd64 variant \(it has linux/arm64\); "
                                           r"tailor builds amd64/linux microVMs only"):
         image.fetch(ref, image.resolve(ref, "t"), "t")
+
+
+def test_image_user_env_and_workdir_reach_the_app_on_the_general_kernel(project, registry, tmp_path):
+    """An image whose config sets User, Env and WorkingDir: the init runs the app as that user (su needs
+    MULTIUSER, so this recipe uses the general kernel's base, the same config as every general variant)."""
+    sys.path.insert(0, str(ROOT))
+    from tailor import image
+
+    base = image.load_spec(ROOT / "images/redis.yaml")
+    spec = image.ImageSpec(name="redis-user", path=tmp_path / "redis-user.yaml", tag="1", packages=base.packages,
+                           keep=base.keep, entrypoint=base.entrypoint, cmd=base.cmd,
+                           env=(("REDIS_IMAGE", "with-user"),), workdir="/tmp", user="redis")
+    layout = tmp_path / "redis-user"
+    image.build_from_packages(spec, layout)
+    push(layout, "1", f"{registry}/tailor/redis-user:1")
+    ref = f"docker://{registry}/tailor/redis-user:1"
+    digest = image.resolve(image.parse_reference(ref), "test")
+    text = recipe_from_redis(f"{ref}@{digest}", general=False)
+    text = text[:text.index("kernel:")] + "kernel:\n  base: [lupine-base, lupine-general]\n" + text[text.index("rootfs:"):]
+    (project / "recipes/redis-user.yaml").write_text(text)
+    proc = run_doit(project, "build:redis-user")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    passed(project, "redis-user")
+    assert run_doit(project, "config:redis@general").returncode == 0
+    assert (project / "out/config/redis-user/identity").read_text() == \
+        (project / "out/config/redis@general/identity").read_text()
+    console = (project / "out/boot/redis-user/console.log").read_text()
+    assert "tailor-init: exec /usr/bin/redis-server" in console
+    init = subprocess.run(["cpio", "-i", "--to-stdout", "init"], input=(project / "out/rootfs/redis-user/rootfs.cpio")
+                          .read_bytes(), capture_output=True).stdout.decode()
+    assert "su -p -s /bin/sh redis -c" in init and "export REDIS_IMAGE=with-user" in init and "cd /tmp" in init
