@@ -120,9 +120,9 @@ def entries_from_tree(root, mtime, owners=False):
     The tree is walked without following symlinks; *root* itself is not an
     entry.  Directories, regular files (streamed from the tree through
     Entry.source), symlinks, FIFOs and device nodes are described with the
-    mode bits they have in the tree, owner 0:0 (their own with *owners*) and the given *mtime* for all
-    of them, so neither the tree's owners nor its timestamps change the
-    archive.  Hard links become separate regular files.
+    mode bits they have in the tree, owner 0:0 (with *owners*, the tree's
+    own) and the given *mtime* for all of them, so neither the tree's owners
+    (unless asked) nor its timestamps change the archive.  Hard links become separate regular files.
 
     The entries are sorted bytewise by path (the order of ``LC_ALL=C sort``),
     which puts every directory before its contents.

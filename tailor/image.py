@@ -235,7 +235,8 @@ def _skopeo(args: list[str], ref: ImageRef, origin: str, digest: str | None = No
         tls = []
     cmd = ["skopeo", args[0], *tls, *args[1:]]
     try:
-        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=3600)  # bytes: a manifest is hashed as sent
+        # bytes, not text: a manifest is hashed exactly as the registry sent it
+        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=3600)
     except OSError:
         raise TailorError(f"{origin}: rootfs.image: skopeo not found; install it (./setup.sh does)") from None
     except subprocess.TimeoutExpired:
@@ -318,8 +319,8 @@ def _platform_manifest(layout: Path, desc: dict, where: str) -> dict:
                  and (m.get("platform") or {}).get("architecture") == "amd64"
                  and (m.get("platform") or {}).get("os") == "linux"]
         if not found:
-            plats = sorted({f"{(m.get('platform') or {}).get('os', '?')}/{(m.get('platform') or {}).get('architecture', '?')}"
-                            for m in index.get("manifests", []) if isinstance(m, dict)})
+            platforms = [m.get("platform") or {} for m in index.get("manifests", []) if isinstance(m, dict)]
+            plats = sorted({f"{p.get('os', '?')}/{p.get('architecture', '?')}" for p in platforms})
             raise TailorError(f"{where}: the image has no linux/amd64 variant (it has {', '.join(plats) or 'none'}); "
                               f"tailor builds amd64/linux microVMs only")
         desc = found[0]
@@ -382,7 +383,8 @@ def _index_entry(layout: Path, name: str | None, where: str, hint: str = "build 
     manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]
     if name is None:
         if len(manifests) != 1:
-            raise TailorError(f"{where}: {display_path(layout)} holds {len(manifests)} images; name one with oci:DIR:TAG")
+            raise TailorError(f"{where}: {display_path(layout)} holds {len(manifests)} images; "
+                              f"name one with oci:DIR:TAG")
         return manifests[0]
     found = [m for m in manifests if (m.get("annotations") or {}).get(REF_NAME) == name]
     if not found:

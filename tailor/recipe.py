@@ -538,8 +538,8 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
                       required=("run", "cwd"))
         run = _argv(c, b["run"], bkp + ("run",))
         build.append(BuildStep(run=run, cwd=_safe_relpath(c, b["cwd"], bkp + ("cwd",))))
-    return RootfsSpec(packages=packages, image=image, files=files, overlay=overlay, format=fmt, slim=slim, size_mib=size,
-                      users=users, build=tuple(build))
+    return RootfsSpec(packages=packages, image=image, files=files, overlay=overlay, format=fmt, slim=slim,
+                      size_mib=size, users=users, build=tuple(build))
 
 
 def _argv(c: _Checker, value, keypath) -> tuple[str, ...]:
