@@ -389,3 +389,21 @@ def test_an_images_etc_wins_over_the_common_overlay(tmp_path, monkeypatch):
     rootfs.stage(r, tree, dest)
     assert "mongodb" in (dest / "etc/passwd").read_text()
     assert (dest / "etc/hosts").read_text() == (rootfs.ROOTFS_DIR / "common/etc/hosts").read_text()
+
+
+def test_an_unreachable_registry_fails_the_build_before_any_kernel_work(tmp_path):
+    """doit build:<app> of an image recipe fetches the image first: no config, no compile, one line."""
+    from conftest import project_copy, run_doit
+
+    project = project_copy(tmp_path / "project", shared=("cache",))
+    text = (project / "recipes/traefik.yaml").read_text().replace("docker://traefik:v2.10",
+                                                                  "docker://127.0.0.1:1/tailor/traefik:v2.10")
+    (project / "recipes/traefik.yaml").write_text(text)
+    proc = run_doit(project, "build:traefik", timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("tailor: error: ")]
+    assert proc.returncode != 0 and errors == [
+        "tailor: error: recipes/traefik.yaml: rootfs.image: docker://127.0.0.1:1/tailor/traefik:v2.10: "
+        "registry 127.0.0.1:1 is unreachable; check the name and the network (this machine may have no registry "
+        "access)"], proc.stdout + proc.stderr
+    assert not (project / "out/config").exists(), proc.stdout
+    assert not (project / "out/rootfs/traefik/rootfs.cpio").exists()
