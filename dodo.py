@@ -39,6 +39,13 @@ def task_kernel():
     yield from tasks.broken_tasks("kernel", BROKEN)
 
 
+def task_image():
+    """build an OCI image of images/<name>.yaml from Debian packages (the local example of image recipes)"""
+    from tailor import image
+
+    yield from image.tasks(tasks.action)
+
+
 def task_rootfs():
     """build a recipe's root filesystem image with the app as init"""
     yield from rootfs.tasks(RECIPES, tasks.action)

@@ -12,6 +12,8 @@ packages=(
   e2fsprogs cpio ccache xz-utils patch lintian
   python3 python3-venv ca-certificates
   chromium  # tests/test_report.py renders the measurement report in headless Chromium
+  skopeo           # rootfs.image: fetches docker:// images and converts docker-archive: files to OCI layouts
+  docker-registry  # tests/test_image_registry.py serves images from a plain-HTTP registry on 127.0.0.1
 )
 
 # `./setup.sh --catalogue` also installs what the whole catalogue needs on the build host:

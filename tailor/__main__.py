@@ -8,6 +8,7 @@ Commands::
     rootfs APP                  build APP's root filesystem image (like doit rootfs:APP)
     explain APP SYMBOL          why SYMBOL has its value in APP's config
     pin-source [PACKAGE[=VER]]  pin a linux-source version from Debian's archive (default: newest)
+    pin-image APP               resolve APP's rootfs.image now and record its digest in images.lock
 """
 
 from __future__ import annotations
@@ -81,6 +82,22 @@ def _pin(args) -> int:
     return 0
 
 
+def _pin_image(args) -> int:
+    from tailor import image
+    from tailor.util import display_path
+
+    recipe = _recipe(args.app)
+    origin = display_path(recipe.path)
+    if not recipe.rootfs.image:
+        raise TailorError(f"{origin}: rootfs.image: the recipe has no image to pin")
+    ref = image.parse_reference(recipe.rootfs.image)
+    old = image.locked_digest(ref)
+    digest = image.pin(ref, origin)
+    moved = "unchanged" if old == digest else f"was {old or 'unpinned'}"
+    print(f"pinned {ref.unpinned} at {digest} in {image.LOCK_FILE.name} ({moved})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tailor",
                                      description="tailor: per-app microVM kernels and root filesystems")
@@ -106,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the package and optionally its exact version (default: linux-source-6.1 at the "
                         "newest version Debian's archive offers)")
     p.set_defaults(fn=_pin)
+    p = sub.add_parser("pin-image", help="resolve an app's rootfs.image now and record its digest in images.lock")
+    p.add_argument("app", help="a recipe name, or a recipe file")
+    p.set_defaults(fn=_pin_image)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

@@ -934,6 +934,8 @@ def tasks(recipes, action):
             "doc": f"boot {r.id} under qemu microvm and probe it ({r.test.probe.type})",
             "actions": [action(boot_app, r)],
             "file_dep": [str(kernel_stage.app_pointer(r.id)), str(rootfs.image_path(r))],
+            # an image recipe fetches its image first: an unreachable registry fails before any compile
+            "task_dep": [f"rootfs:{r.name}"] if r.rootfs.image else [],
             "targets": [str(result_path(r.id))],
             "clean": [(remove, [boot_dir(r.id)])],
             "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],

@@ -114,15 +114,15 @@ def device_entry(path, major, minor, mode=0o600, kind="c", mtime=0):
     )
 
 
-def entries_from_tree(root, mtime):
+def entries_from_tree(root, mtime, owners=False):
     """Return the entries describing the staging directory *root*, ready to archive.
 
     The tree is walked without following symlinks; *root* itself is not an
     entry.  Directories, regular files (streamed from the tree through
     Entry.source), symlinks, FIFOs and device nodes are described with the
-    mode bits they have in the tree, owner 0:0 and the given *mtime* for all
-    of them, so neither the tree's owners nor its timestamps change the
-    archive.  Hard links become separate regular files.
+    mode bits they have in the tree, owner 0:0 (with *owners*, the tree's
+    own) and the given *mtime* for all of them, so neither the tree's owners
+    (unless asked) nor its timestamps change the archive.  Hard links become separate regular files.
 
     The entries are sorted bytewise by path (the order of ``LC_ALL=C sort``),
     which puts every directory before its contents.
@@ -165,6 +165,8 @@ def entries_from_tree(root, mtime):
                     f"{child.path}: sockets and other special files cannot go "
                     f"into the archive; remove it from the staging tree"
                 )
+            if owners:  # an OCI image's tree: its files keep the owners its layers gave them
+                kwargs["uid"], kwargs["gid"] = st.st_uid, st.st_gid
             entry = Entry(path=rel, mode=mode, mtime=mtime, **kwargs)
             found.append((os.fsencode(rel), entry))
     found.sort(key=lambda item: item[0])

@@ -192,6 +192,8 @@ class BuildStep:
 @dataclass(frozen=True)
 class RootfsSpec:
     packages: tuple[str, ...] = ()
+    image: str | None = None
+    """An OCI image reference (tailor/image.py) whose layers are the tree the packages go over."""
     files: tuple[str, ...] = ()
     overlay: tuple[str, ...] = ()
     format: str = "cpio"
@@ -226,6 +228,8 @@ class AppSpec:
     user: str | None = None
     setup: tuple[Step, ...] = ()
     services: tuple[Step, ...] = ()
+    given: tuple[str, ...] = ()
+    """The keys the recipe wrote: for an image recipe, those win over the image config."""
 
 
 @dataclass(frozen=True)
@@ -487,6 +491,7 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
     kp = ("rootfs",)
     raw = c.mapping(raw, kp, {
         "packages": "Debian packages whose files make the app",
+        "image": "an OCI image whose layers make the tree (docker://, oci: or docker-archive: reference)",
         "files": "extra in-tree paths kept when slim",
         "overlay": "directories under rootfs/ copied over the tree",
         "format": "cpio or ext2",
@@ -499,6 +504,15 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
     packages = c.string_list(raw.get("packages"), kp + ("packages",),
                              item=lambda v, k: c.string(v, k, pattern=pkg, what="a Debian package name"))
     files = c.string_list(raw.get("files"), kp + ("files",), item=lambda v, k: _abs_in_tree(c, v, k))
+    image = raw.get("image")
+    if image is not None:
+        from tailor.image import parse_reference
+
+        image = c.string(image, kp + ("image",), what="an image reference")
+        try:
+            parse_reference(image)
+        except ValueError as e:
+            raise c.err(kp + ("image",), str(e)) from None
     if "overlay" in raw:
         overlay = c.string_list(raw.get("overlay"), kp + ("overlay",),
                                 item=lambda v, k: _safe_relpath(c, v, k))
@@ -524,8 +538,8 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
                       required=("run", "cwd"))
         run = _argv(c, b["run"], bkp + ("run",))
         build.append(BuildStep(run=run, cwd=_safe_relpath(c, b["cwd"], bkp + ("cwd",))))
-    return RootfsSpec(packages=packages, files=files, overlay=overlay, format=fmt, slim=slim, size_mib=size,
-                      users=users, build=tuple(build))
+    return RootfsSpec(packages=packages, image=image, files=files, overlay=overlay, format=fmt, slim=slim,
+                      size_mib=size, users=users, build=tuple(build))
 
 
 def _argv(c: _Checker, value, keypath) -> tuple[str, ...]:
@@ -558,7 +572,7 @@ def _step(c: _Checker, raw, keypath, service: bool) -> Step:
     return Step(run=run, user=user, ready_port=port, ready_path=path, timeout=timeout, after_services=after)
 
 
-def _app(c: _Checker, raw) -> AppSpec:
+def _app(c: _Checker, raw, image: bool = False) -> AppSpec:
     kp = ("app",)
     raw = c.mapping(raw, kp, {
         "command": "the program run as init: a path, or a name looked up in the rootfs PATH",
@@ -567,8 +581,10 @@ def _app(c: _Checker, raw) -> AppSpec:
         "user": "run the app as this user",
         "setup": "commands run first, in order (list of {run, user, after_services})",
         "services": "background processes started before the app (list of {run, user, ready_port|ready_path})",
-    }, required=("command",))
-    command = c.string(raw["command"], kp + ("command",), what="a program path or name")
+    }, required=() if image else ("command",))
+    command = raw.get("command", "")
+    if "command" in raw or not image:
+        command = c.string(command, kp + ("command",), what="a program path or name")
     if "\n" in command or "\0" in command:
         raise c.err(kp + ("command",), "must be one line")
     args = c.string_list(raw.get("args"), kp + ("args",))
@@ -596,7 +612,7 @@ def _app(c: _Checker, raw) -> AppSpec:
             raise c.err(kp + ("setup", i, "after_services"),
                         "the app has no services to wait for; remove it or add the service to app.services")
     return AppSpec(command=command, args=args, env=tuple(env), workdir=workdir, network=network, user=user,
-                   setup=steps["setup"], services=steps["services"])
+                   setup=steps["setup"], services=steps["services"], given=tuple(sorted(raw)))
 
 
 PROBES = ("none", "console", "redis", "http", "tcp", "memcached", "command")
@@ -701,14 +717,15 @@ def parse(text: str, path: Path) -> Recipe:
         "name": "the app's name (default: the file name)", "description": "one line about the recipe",
         "kernel": "kernel section", "rootfs": "rootfs section", "app": "app section", "test": "test section",
         "general": "also boot-test the app on the shared general kernel (default true)",
-    }, required=("app",))
+    }, required=() if isinstance(data, dict) and isinstance(data.get("rootfs"), dict)
+        and data["rootfs"].get("image") else ("app",))
     name = data.get("name", path.stem)
     name = c.string(name, ("name",), pattern=SAFE_NAME,
                     what="a safe name (lowercase letters, digits, - and _; at most 63)")
     description = c.string(data.get("description", ""), ("description",), nonempty=False)
     kernel = _kernel(c, data.get("kernel"), path.parent)
     rootfs = _rootfs(c, data.get("rootfs"), name)
-    app = _app(c, data.get("app"))
+    app = _app(c, data.get("app"), image=rootfs.image is not None)
     test = _test(c, data.get("test"), app)
     general = c.boolean(data.get("general", True), ("general",))
     digests = {sec: sha256_text(canonical_json(data.get(sec))) for sec in ("kernel", "rootfs", "app", "test")}

@@ -28,6 +28,7 @@ import stat
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from tailor import cpio
@@ -45,6 +46,9 @@ ROOTFS_VERSION = "1"
 
 ALWAYS_PACKAGES = ("busybox-static",)
 """Packages every rootfs gets: busybox provides the few tools the init uses."""
+
+IMAGE_ETC = ("/etc/passwd", "/etc/group", "/etc/hosts", "/etc/nsswitch.conf")
+"""An image's files kept in a slim tree (rootfs/common fills them in only where the image has none)."""
 
 GUEST_ADDRESS = "10.0.2.15/24"
 GUEST_GATEWAY = "10.0.2.2"
@@ -176,7 +180,7 @@ def extract(debs: list[Path], dest: Path) -> None:
 # Staging
 
 
-def find_command(tree: Path, command: str, origin: str) -> str:
+def find_command(tree: Path, command: str, origin: str, what: str = "packages") -> str:
     """The in-tree absolute path of the app's command (a path, or a name looked up in PATH)."""
     candidates = [command] if command.startswith("/") else [f"{d}/{command}" for d in PATH_DIRS]
     for c in candidates:
@@ -184,9 +188,31 @@ def find_command(tree: Path, command: str, origin: str) -> str:
         host = tree / real.lstrip("/")
         if host.is_file() and os.access(host, os.X_OK):
             return c
-    where = "" if command.startswith("/") else " (searched PATH in the packages' files)"
+    where = "" if command.startswith("/") else f" (searched PATH in the {what}' files)"
+    if what == "image":
+        raise TailorError(f"{origin}: {command!r} is not in the image{where}; "
+                          f"fix the image's Entrypoint/Cmd or set app.command")
     raise TailorError(f"{origin}: {command!r} is not in the packages{where}; "
                       f"add the package that provides it to rootfs.packages")
+
+
+def interpreters(tree: Path, command: str, origin: str, what: str = "packages") -> list[str]:
+    """The in-tree interpreter of a ``#!`` script *command* (and the program of ``#!/usr/bin/env X``)."""
+    host = tree / resolve_in_root(tree, command).lstrip("/")
+    try:
+        with open(host, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return []
+    if not first.startswith(b"#!"):
+        return []
+    words = first[2:].decode("utf-8", "replace").split()
+    if not words:
+        return []
+    out = [find_command(tree, words[0], f"{origin} (the #! interpreter of {command})", what)]
+    if os.path.basename(words[0]) == "env" and len(words) > 1 and not words[1].startswith("-"):
+        out.append(find_command(tree, words[1], f"{origin} (the #! interpreter of {command})", what))
+    return out
 
 
 def _link_target(tree: Path, path: str) -> str:
@@ -293,8 +319,9 @@ def _check_overlay(overlay: Path, origin: str) -> list[Path]:
     return files
 
 
-def apply_overlay(stage: Path, overlay: Path, origin: str) -> None:
-    """Copy *overlay* over *stage*; never writes through a symlink of the stage."""
+def apply_overlay(stage: Path, overlay: Path, origin: str, keep_existing: bool = False) -> None:
+    """Copy *overlay* over *stage*; never writes through a symlink of the stage.
+    With *keep_existing*, files the stage already has are left alone (the overlay only fills gaps)."""
     if not overlay.is_dir():
         raise TailorError(f"{origin}: overlay directory {display_path(overlay)} does not exist")
     for p in _check_overlay(overlay, origin):
@@ -308,6 +335,8 @@ def apply_overlay(stage: Path, overlay: Path, origin: str) -> None:
                                   f"of the image; put it at the symlink's target instead")
             if not parent.exists():
                 parent.mkdir(mode=0o755)
+        if keep_existing and (dst.is_symlink() or dst.is_file()):
+            continue
         if dst.is_symlink() or dst.is_file():
             dst.unlink()
         elif dst.is_dir() and not p.is_dir() or (p.is_symlink() and dst.is_dir()):
@@ -398,9 +427,10 @@ def init_script(recipe: Recipe, command_path: str) -> str:
                   address=GUEST_ADDRESS, gateway=GUEST_GATEWAY, path=":".join(PATH_DIRS))
 
 
-def normalise(stage: Path, epoch: int) -> None:
-    """Clamp every mtime to *epoch* and, as root, make root own everything (deterministic images)."""
-    is_root = os.geteuid() == 0
+def normalise(stage: Path, epoch: int, owners: bool = False) -> None:
+    """Clamp every mtime to *epoch* and, as root, make root own everything (deterministic images);
+    with *owners* (an image's tree), the owners stay as the layers set them."""
+    is_root = os.geteuid() == 0 and not owners
     for dirpath, dirnames, filenames in os.walk(stage, topdown=False):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
@@ -415,9 +445,10 @@ def normalise(stage: Path, epoch: int) -> None:
 def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     """Build the image tree of *recipe* in *dest* from the extracted packages in *tree*."""
     origin = display_path(recipe.path)
-    built = bool(recipe.rootfs.build or recipe.rootfs.overlay)
+    what = "image" if recipe.rootfs.image else "packages"
+    built = bool(recipe.rootfs.build or recipe.rootfs.overlay) and not recipe.rootfs.image
     try:
-        command = find_command(tree, recipe.app.command, f"{origin}: app.command")
+        command = find_command(tree, recipe.app.command, f"{origin}: app.command", what)
     except TailorError:
         if not built:
             raise
@@ -426,12 +457,17 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     for key in ("setup", "services"):
         for i, step in enumerate(getattr(recipe.app, key)):
             if step.run[0] not in ("/bin/busybox", "/bin/sh"):
-                helpers.append(find_command(tree, step.run[0], f"{origin}: app.{key}.{i}.run"))
+                helpers.append(find_command(tree, step.run[0], f"{origin}: app.{key}.{i}.run", what))
     remove(dest)
     if recipe.rootfs.slim:
         dest.mkdir(parents=True)
         keep = {"/bin/busybox", *helpers} | ({command} if command else set())
-        files = _expand_files(tree, recipe.rootfs.files, f"{origin}: rootfs.files")
+        if command:
+            keep.update(interpreters(tree, command, f"{origin}: app.command", what))
+        patterns = recipe.rootfs.files
+        if recipe.rootfs.image:  # the image's own users and name service files win over rootfs/common's
+            patterns += tuple(f for f in IMAGE_ETC if (tree / f[1:]).is_file() and not (tree / f[1:]).is_symlink())
+        files = _expand_files(tree, patterns, f"{origin}: rootfs.files")
         programs = sorted(keep) + _elf_files(tree, files)
         try:
             keep.update(library_closure(tree, programs))
@@ -453,7 +489,9 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         makedirs(sh.parent)
         os.symlink("busybox", sh)
     for name in recipe.rootfs.overlay:
-        apply_overlay(dest, ROOTFS_DIR / name, f"{origin}: rootfs.overlay")
+        # rootfs/common only fills what an image lacks: an image brings its own /etc/passwd (its users)
+        apply_overlay(dest, ROOTFS_DIR / name, f"{origin}: rootfs.overlay",
+                      keep_existing=bool(recipe.rootfs.image) and name == "common")
     add_users(dest, recipe.rootfs.users)
     for i, step in enumerate(recipe.rootfs.build):
         run_build_step(step, dest, f"{origin}: rootfs.build.{i}")
@@ -482,9 +520,9 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
 # Images
 
 
-def pack_cpio(stage_dir: Path, image: Path, epoch: int) -> None:
+def pack_cpio(stage_dir: Path, image: Path, epoch: int, owners: bool = False) -> None:
     """Write an uncompressed newc cpio of *stage_dir*, with /dev/console, to *image* (atomically)."""
-    entries = [e for e in cpio.entries_from_tree(str(stage_dir), epoch) if e.path != "dev/console"]
+    entries = [e for e in cpio.entries_from_tree(str(stage_dir), epoch, owners=owners) if e.path != "dev/console"]
     entries.append(cpio.device_entry("dev/console", 5, 1, mode=0o600, mtime=epoch))
     entries.sort(key=lambda e: e.path.encode())
     cpio.write_archive(str(image), entries)
@@ -536,9 +574,14 @@ def pack_ext2(stage_dir: Path, image: Path, epoch: int, name: str, size_mib: int
 
 def build(recipe: Recipe) -> dict:
     """The rootfs stage for one recipe: packages -> staged tree -> image; returns the manifest."""
+    origin = display_path(recipe.path)
+    img = None
+    if recipe.rootfs.image:
+        from tailor import image as oci
+
+        img = oci.obtain(recipe.rootfs.image, origin)
     rdir = makedirs(rootfs_dir(recipe.name))
     epoch = source_date_epoch()
-    origin = display_path(recipe.path)
     packages = sorted(set(recipe.rootfs.packages) | set(ALWAYS_PACKAGES))
     closure = apt_closure(packages, f"{origin}: rootfs.packages")
     debs = download(closure)
@@ -546,16 +589,27 @@ def build(recipe: Recipe) -> dict:
     remove(work)
     try:
         full = work / "packages"
-        extract(debs, full)
+        if img is None:
+            extract(debs, full)
+        else:
+            skipped = oci.unpack(img, full, origin)
+            if skipped:
+                print(f"[rootfs:{recipe.name}] note: skipped {len(skipped)} device node(s) of the image "
+                      f"({', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}); devtmpfs provides /dev",
+                      file=sys.stderr)
+            extract(debs, work / "debs")
+            oci.merge_tree(work / "debs", full, f"{origin}: rootfs.packages")
+            where = f"{origin}: rootfs.image: {recipe.rootfs.image}"
+            recipe = replace(recipe, app=oci.app_from_config(recipe.app, recipe.app.given, img.config, full, where))
         staged = work / "image"
         info = stage(recipe, full, staged)
-        normalise(staged, epoch)
+        normalise(staged, epoch, owners=img is not None)
         image = image_path(recipe)
         for other in ("cpio", "ext2"):
             if other != recipe.rootfs.format:
                 remove(rdir / f"rootfs.{other}")
         if recipe.rootfs.format == "cpio":
-            pack_cpio(staged, image, epoch)
+            pack_cpio(staged, image, epoch, owners=img is not None)
         else:
             pack_ext2(staged, image, epoch, recipe.name, recipe.rootfs.size_mib, origin)
         files = sum(1 for _ in staged.rglob("*"))
@@ -571,6 +625,8 @@ def build(recipe: Recipe) -> dict:
         "files": files,
         "command": info["command"],
         "packages": [{"name": n, "version": v, "arch": a} for n, v, a in closure],
+        "image": oci.image_summary(img) if img is not None else None,
+        "argv": [info["command"]] + list(recipe.app.args),
         "source_date_epoch": epoch,
     }
     write_json(manifest_path(recipe.name), manifest)
@@ -607,6 +663,27 @@ def overlay_listing(recipe: Recipe) -> str:
     return sha256_text("\n".join(rows))
 
 
+def _image_pin(recipe: Recipe) -> dict:
+    """The image's pinned digest as known now (reads images.lock only; never a registry)."""
+    if not recipe.rootfs.image:
+        return {}
+    from tailor import image as oci
+
+    try:
+        return {"image": oci.locked_digest(oci.parse_reference(recipe.rootfs.image)) or "unpinned"}
+    except TailorError:
+        return {"image": "unreadable lock"}
+
+
+def _image_task(recipe: Recipe) -> list[str]:
+    if not recipe.rootfs.image:
+        return []
+    from tailor import image as oci
+
+    task = oci.local_image_task(recipe.rootfs.image)
+    return [task] if task else []
+
+
 def tasks(recipes, action):
     """doit tasks ``rootfs:<app>``: rebuilt only when the recipe's rootfs/app sections, overlays or init template change."""
     from doit.tools import config_changed
@@ -623,6 +700,8 @@ def tasks(recipes, action):
             "targets": [str(image_path(r)), str(manifest_path(r.name))],
             "clean": [(remove, [rootfs_dir(r.name)])],
             "uptodate": [config_changed({"rootfs": r.digests["rootfs"], "app": r.digests["app"],
-                                         "version": ROOTFS_VERSION, "listing": overlay_listing(r)})],
+                                         "version": ROOTFS_VERSION, "listing": overlay_listing(r),
+                                         **_image_pin(r)})],
+            "task_dep": _image_task(r),
             "verbosity": 2,
         }

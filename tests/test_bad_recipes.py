@@ -9,7 +9,7 @@ stage     command                                    out/ of the test
 ========  =========================================  ==========================================
 config    ``python -m tailor config FILE``           shares the project's unpacked source
 source    ``python -m tailor kernel-source FILE``    empty (the fake tarballs unpack there)
-rootfs    ``python -m tailor rootfs FILE``           shares the project's .deb cache
+rootfs    ``python -m tailor rootfs FILE``           shares the .deb and OCI image caches
 ========  =========================================  ==========================================
 
 The recipe is run through the real command, from the project directory: it
@@ -63,11 +63,12 @@ def shared_out(tmp_path: Path, linux_tree: Path | None, debs: bool) -> Path:
     out.mkdir()
     if linux_tree is not None:
         (out / "src").symlink_to(linux_tree.parent.parent)
-    if debs:
-        real = ROOT / "out" / "cache" / "debs"
-        real.mkdir(parents=True, exist_ok=True)
+    if debs:  # the .deb cache and the OCI image cache (caches, not outputs)
         (out / "cache").mkdir()
-        (out / "cache" / "debs").symlink_to(real)
+        for name in ("debs", "oci"):
+            real = ROOT / "out" / "cache" / name
+            real.mkdir(parents=True, exist_ok=True)
+            (out / "cache" / name).symlink_to(real)
     return out
 
 
