@@ -12,6 +12,8 @@ packages=(
   e2fsprogs cpio ccache xz-utils patch lintian
   python3 python3-venv ca-certificates
   chromium  # tests/test_report.py renders the measurement report in headless Chromium
+  distcc redis-server  # building on many machines: helpers and the shared ccache (tests run them on loopback)
+  gcc-11  # tests/test_farm.py: a helper with another gcc, which tailor must refuse
 )
 
 # `./setup.sh --catalogue` also installs what the whole catalogue needs on the build host:

@@ -1,0 +1,187 @@
+"""A farm on loopback: a Redis cache server and distcc helpers, started and stopped by a test or a benchmark.
+
+Each server runs in its own session (so it and its children are stopped
+together), on a free port of a 127.0.0.x address, with its files (logs, the
+Redis directory, a distccd compiler list) in a scratch directory that is
+removed when the :class:`Lab` closes::
+
+    with farmlab.Lab() as lab:
+        cache = lab.redis()
+        helpers = [lab.distccd("127.0.0.2"), lab.distccd("127.0.0.3")]
+        env = {"TAILOR_CCACHE_REMOTE": cache.url,
+               "TAILOR_DISTCC_HOSTS": " ".join(h.spec for h in helpers)}
+
+distccd started as root drops its privileges to ``nobody``; the scratch
+directory is made readable for it and its log file is handed to it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tailor import farm
+from tailor.errors import TailorError
+
+DAEMON_USER = "nobody"
+START_TIMEOUT_S = 15.0
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port that is free on *address* right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """One running daemon of the lab."""
+
+    name: str
+    address: str
+    port: int
+    log: Path
+    proc: subprocess.Popen
+    slots: int = 0
+    stopped: bool = field(default=False)
+
+    @property
+    def url(self) -> str:
+        """The ccache remote storage URL of a Redis server."""
+        return f"redis://{self.address}:{self.port}"
+
+    @property
+    def spec(self) -> str:
+        """The distcc host specification of a helper."""
+        return f"{self.address}:{self.port}/{self.slots}"
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send *sig* to the daemon and every process it started, and reap it."""
+        if self.stopped:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.stopped = True
+
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM, then SIGKILL after a few seconds) and its children."""
+        if self.stopped:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill(signal.SIGKILL)
+
+
+class Lab:
+    """A scratch directory and the daemons started in it; closing stops them all and removes it."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tailor-farmlab-"))
+        os.chmod(self.dir, 0o755)
+        self.servers: list[Server] = []
+        self._as_root = os.geteuid() == 0
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for s in reversed(self.servers):
+            s.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _daemon_file(self, name: str) -> Path:
+        """An empty file the daemon (possibly running as nobody) may write."""
+        path = self.dir / name
+        path.touch()
+        if self._as_root:
+            pw = pwd.getpwnam(DAEMON_USER)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        return path
+
+    def _start(self, name: str, argv: list[str], address: str, port: int, log: Path,
+               env: dict | None = None, slots: int = 0) -> Server:
+        if not shutil.which(argv[0]):
+            raise TailorError(f"{argv[0]}: not installed; run ./setup.sh")
+        with open(self.dir / f"{name}.out", "wb") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, cwd=self.dir, start_new_session=True)
+        server = Server(name=name, address=address, port=port, log=log, proc=proc, slots=slots)
+        self.servers.append(server)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while farm.reach(address, port, timeout=0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                output = (self.dir / f"{name}.out").read_text(errors="replace").strip()
+                raise TailorError(f"{name} did not start on {address}:{port} "
+                                  f"({(output or server.log_text()).splitlines()[-1:] or 'no output'})")
+            time.sleep(0.05)
+        return server
+
+    def redis(self, address: str = "127.0.0.1") -> Server:
+        """Start a redis-server on a free port, configured as a cache (no persistence, LRU eviction)."""
+        port = free_port(address)
+        data = self.dir / f"redis-{port}"
+        data.mkdir()
+        log = data / "redis.log"
+        argv = ["redis-server", "--bind", address, "--port", str(port), "--dir", str(data), "--logfile", str(log),
+                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--maxmemory", "2gb", "--maxmemory-policy", "allkeys-lru"]
+        return self._start(f"redis-{port}", argv, address, port, log)
+
+    def distccd(self, address: str, slots: int = 2, compiler: str | None = None) -> Server:
+        """Start a distccd helper on *address* (``--allow 127.0.0.0/8``) with *slots* jobs.
+
+        With *compiler*, the helper compiles every ``gcc`` job with that
+        compiler instead of its own gcc (through distccd's ``DISTCC_CMDLIST``,
+        the list of compilers a helper runs), like a machine with another gcc.
+        """
+        port = free_port(address)
+        log = self._daemon_file(f"distccd-{address}-{port}.log")
+        env = dict(os.environ)
+        if compiler:
+            wrap = self.dir / f"cc-{address}-{port}"
+            wrap.mkdir()
+            (wrap / "gcc").symlink_to(compiler)
+            cmdlist = wrap / "cmdlist"
+            cmdlist.write_text(f"{wrap / 'gcc'}\n")
+            env["DISTCC_CMDLIST"] = str(cmdlist)
+            os.chmod(wrap, 0o755)
+        argv = ["distccd", "--daemon", "--no-detach", "--user", DAEMON_USER, "--listen", address,
+                "--port", str(port), "--allow", "127.0.0.0/8", "--jobs", str(slots), "--nice", "0",
+                "--log-file", str(log), "--log-level", "info"]
+        return self._start(f"distccd-{address}", argv, address, port, log, env=env, slots=slots)
+
+
+def compiled_jobs(helper: Server) -> int:
+    """How many compiles a distccd helper finished successfully (from its log)."""
+    return helper.log_text().count("COMPILE_OK")
