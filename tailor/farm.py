@@ -67,7 +67,7 @@ REMOTE_SLOTS = 4
 LOCAL_SLOTS = 2
 DEFAULT_PORTS = {"redis": 6379, "http": 80}
 CONNECT_TIMEOUT_S = 2.0
-PROBE_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 30.0
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
 _HOST_SPEC = re.compile(r"^(?P<host>[^:/,]+)(?::(?P<port>[^/,]*))?(?:/(?P<slots>[^,]*))?(?P<opts>(?:,[^,]*)*)$")
@@ -419,8 +419,12 @@ def probe_helper(helper: Helper, workdir: Path, compiler: str) -> tuple[bytes | 
         return None, f"is not reachable ({why})"
     src = _probe_source(workdir)
     out = f"{helper.host}-{helper.port}.o"
-    env = dict(os.environ, DISTCC_HOSTS=helper.spec, DISTCC_FALLBACK="0", DISTCC_BACKOFF_PERIOD="0",
-               DISTCC_SKIP_LOCAL_RETRY="1", LC_ALL="C")
+    # A private DISTCC_DIR: no slot locks or "host down" marks from earlier builds (distcc's backoff,
+    # which also stops it from retrying a helper that fails, stays on).
+    state = makedirs(workdir / f"distcc-{helper.host}-{helper.port}")
+    env = dict(os.environ, DISTCC_HOSTS=helper.spec, DISTCC_FALLBACK="0", DISTCC_SKIP_LOCAL_RETRY="1",
+               DISTCC_DIR=str(state), DISTCC_IO_TIMEOUT=str(int(PROBE_TIMEOUT_S)), LC_ALL="C")
+    env.pop("DISTCC_BACKOFF_PERIOD", None)
     env.pop("DISTCC_VERBOSE", None)
     try:
         proc = subprocess.run(["distcc", compiler, *PROBE_FLAGS, src.name, "-o", out], cwd=workdir, env=env,
@@ -429,8 +433,8 @@ def probe_helper(helper: Helper, workdir: Path, compiler: str) -> tuple[bytes | 
         return None, f"did not finish a probe compile within {PROBE_TIMEOUT_S:g} s"
     if proc.returncode != 0 or not (workdir / out).exists():
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "ERROR" in ln or "error" in ln]
-        last = re.sub(r"^distcc\[\d+\] (\(\w+\) )?", "", (errors or lines or ["no output"])[-1]).strip()
+        errors = [ln for ln in lines if ("ERROR" in ln or "error" in ln) and "fallbacks are disabled" not in ln]
+        last = re.sub(r"^distcc\[\d+\] (\(\w+\) )?(ERROR: )?", "", (errors or lines or ["no output"])[-1]).strip()
         return None, f"did not take a probe compile ({last})"
     return (workdir / out).read_bytes(), ""
 

@@ -158,8 +158,9 @@ class Lab:
                 "--maxmemory", "2gb", "--maxmemory-policy", "allkeys-lru"]
         return self._start(f"redis-{port}", argv, address, port, log)
 
-    def distccd(self, address: str, slots: int = 2, compiler: str | None = None) -> Server:
-        """Start a distccd helper on *address* (``--allow 127.0.0.0/8``) with *slots* jobs.
+    def distccd(self, address: str, slots: int = 2, compiler: str | None = None,
+                allow: str = "127.0.0.0/8") -> Server:
+        """Start a distccd helper on *address* with *slots* jobs, serving the clients *allow* names.
 
         With *compiler*, the helper compiles every ``gcc`` job with that
         compiler instead of its own gcc (through distccd's ``DISTCC_CMDLIST``,
@@ -177,7 +178,7 @@ class Lab:
             env["DISTCC_CMDLIST"] = str(cmdlist)
             os.chmod(wrap, 0o755)
         argv = ["distccd", "--daemon", "--no-detach", "--user", DAEMON_USER, "--listen", address,
-                "--port", str(port), "--allow", "127.0.0.0/8", "--jobs", str(slots), "--nice", "0",
+                "--port", str(port), "--allow", allow, "--jobs", str(slots), "--nice", "0",
                 "--log-file", str(log), "--log-level", "info"]
         return self._start(f"distccd-{address}", argv, address, port, log, env=env, slots=slots)
 
