@@ -186,3 +186,82 @@ class Lab:
 def compiled_jobs(helper: Server) -> int:
     """How many compiles a distccd helper finished successfully (from its log)."""
     return helper.log_text().count("COMPILE_OK")
+
+
+BUILD_SCRIPT = """\
+import sys
+from pathlib import Path
+from tailor import kernel
+from tailor.errors import TailorError
+try:
+    kernel.build(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], "scratch", label=sys.argv[4])
+except TailorError as e:
+    sys.exit(f"tailor: error: {e}")
+"""
+
+
+class Checkout:
+    """A scratch output directory standing for another machine or checkout: its own hard-linked copy
+    of the kernel source (at the path tailor uses, ``src/<id>/tree``), its own ccache and distcc state."""
+
+    def __init__(self, base: Path, name: str, linux_tree: Path, source_id: str, config_text: str):
+        self.name = name
+        self.out = Path(base) / name
+        self.tree = self.out / "src" / source_id / "tree"
+        self.tree.parent.mkdir(parents=True)
+        if subprocess.run(["cp", "-al", str(linux_tree), str(self.tree)], capture_output=True).returncode != 0:
+            shutil.rmtree(self.tree, ignore_errors=True)  # another file system: a real copy
+            subprocess.run(["cp", "-a", str(linux_tree), str(self.tree)], check=True)
+        self.config = self.out / "config" / ".config"
+        self.config.parent.mkdir(parents=True)
+        self.config.write_text(config_text)
+        self.ccache = self.out / "ccache"
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def env(self, settings: dict[str, str]) -> dict[str, str]:
+        """The build's environment: no farm settings but *settings*, this checkout's out/ and caches."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TAILOR_", "CCACHE_", "DISTCC_"))}
+        env.update({"TAILOR_OUT": str(self.out), "CCACHE_DIR": str(self.ccache),
+                    "DISTCC_DIR": str(self.out / "distcc"), farm.ENV_REMOTE: "", farm.ENV_HOSTS: ""})
+        env.update(settings)
+        return env
+
+    def start(self, identity: str, settings: dict[str, str]) -> subprocess.Popen:
+        """Start ``kernel.build`` of this checkout's config in a child process."""
+        import resource
+        import sys
+
+        self._t0 = time.monotonic()
+        self._cpu0 = _children_cpu(resource)
+        return subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(self.config), str(self.tree), identity,
+                                 self.name], cwd=Path(farm.__file__).resolve().parent.parent,
+                                env=self.env(settings), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    def finish(self, proc: subprocess.Popen, timeout: float = 3600) -> str:
+        """Wait for the build; return its stderr (a TailorError when it failed)."""
+        import resource
+
+        _, err = proc.communicate(timeout=timeout)
+        self.seconds = time.monotonic() - self._t0
+        self.cpu_seconds = _children_cpu(resource) - self._cpu0
+        if proc.returncode != 0:
+            raise TailorError(f"the {self.name} build failed: {(err.strip().splitlines() or ['no output'])[-1]}")
+        return err
+
+    def kernel_dir(self, identity: str) -> Path:
+        return self.out / "kernel" / identity[:16]
+
+
+def _children_cpu(resource) -> float:
+    """User + system CPU seconds of this process's finished children (a build and all it ran locally)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def ccache_stats(ccache_dir: Path) -> dict[str, int]:
+    """ccache's counters (``--print-stats``) of one cache directory."""
+    out = subprocess.run(["ccache", "--print-stats"], env=dict(os.environ, CCACHE_DIR=str(ccache_dir)),
+                         capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in (ln.split("\t") for ln in out.splitlines() if "\t" in ln)}
