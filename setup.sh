@@ -14,6 +14,8 @@ packages=(
   chromium  # tests/test_report.py renders the measurement report in headless Chromium
   skopeo           # rootfs.image: fetches docker:// images and converts docker-archive: files to OCI layouts
   docker-registry  # tests/test_image_registry.py serves images from a plain-HTTP registry on 127.0.0.1
+  distcc redis-server  # building on many machines: helpers and the shared ccache (tests run them on loopback)
+  gcc-11  # tests/test_farm.py: a helper with another gcc, which tailor must refuse
 )
 
 # `./setup.sh --catalogue` also installs what the whole catalogue needs on the build host:

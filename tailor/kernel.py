@@ -18,7 +18,8 @@ engine and kbuild disagree about what this kernel is.
 
 The environment is fixed for reproducible output: SOURCE_DATE_EPOCH and
 KBUILD_BUILD_TIMESTAMP, KBUILD_BUILD_USER/HOST/VERSION, file-prefix maps,
-LC_ALL=C and TZ=UTC. ccache is used when installed.
+LC_ALL=C and TZ=UTC. ccache is used when installed; a shared ccache and
+distcc helpers are used as tailor.farm's settings say.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
+from tailor import farm
 from tailor.errors import TailorError
 from tailor.kconfig import config_diff
 from tailor.toolchain import KERNEL_TOOLS, debian_package, kernel_toolchain
@@ -91,8 +93,8 @@ def app_pointer(app: str) -> Path:
     return out_dir() / "kernels" / f"{app}.json"
 
 
-def make_env(srctree: Path, objdir: Path) -> tuple[dict[str, str], list[str]]:
-    """The environment and make variables for a reproducible kbuild run."""
+def make_env(srctree: Path, objdir: Path, farm_plan: farm.Plan | None = None) -> tuple[dict[str, str], list[str]]:
+    """The environment and make variables for a reproducible kbuild run (through the farm of *farm_plan*)."""
     epoch = source_date_epoch()
     stamp = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%a %b %d %H:%M:%S UTC %Y")
     env = dict(os.environ)
@@ -117,11 +119,14 @@ def make_env(srctree: Path, objdir: Path) -> tuple[dict[str, str], list[str]]:
         env.setdefault("CCACHE_BASEDIR", str(out_dir().resolve()))
         env.setdefault("CCACHE_NOHASHDIR", "1")
         make_vars += ["CC=ccache gcc", "HOSTCC=ccache gcc"]
+    if farm_plan is not None:
+        farm_plan.apply(env, make_vars)
     return env, make_vars
 
 
-def _make(srctree: Path, objdir: Path, targets: list[str], jobs: int | None = None) -> tuple[list[str], dict]:
-    env, make_vars = make_env(srctree, objdir)
+def _make(srctree: Path, objdir: Path, targets: list[str], jobs: int | None = None,
+          farm_plan: farm.Plan | None = None) -> tuple[list[str], dict]:
+    env, make_vars = make_env(srctree, objdir, farm_plan)
     cmd = ["make", "-C", str(srctree.resolve()), f"O={objdir.resolve()}"] + make_vars
     if jobs:
         cmd.append(f"-j{jobs}")
@@ -192,9 +197,12 @@ def _record_estimate(enabled: int, objects: int) -> None:
 
 def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jobs: int | None = None,
                    label: str = "kernel") -> int:
-    """Run ``make bzImage`` in *objdir*, logging to *log_path* and showing progress; return objects compiled."""
-    jobs = jobs or os.cpu_count() or 1
-    cmd, env = _make(srctree, objdir, ["bzImage"], jobs)
+    """Run ``make bzImage`` in *objdir*, logging to *log_path* and showing progress; return objects compiled.
+
+    The farm settings (tailor.farm: a shared ccache, distcc helpers) are checked first."""
+    plan = farm.plan(label=label)
+    jobs = jobs or plan.jobs or os.cpu_count() or 1
+    cmd, env = _make(srctree, objdir, ["bzImage"], jobs, plan)
     estimate = _estimate(enabled)
     progress = Progress(f"[{label}]")
     tail: deque[str] = deque(maxlen=40)
@@ -202,6 +210,8 @@ def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jo
     makedirs(log_path.parent)
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
+        if plan.remotes or plan.helpers:
+            log.write(f"# farm: {plan.summary()}\n")
         try:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)

@@ -1,0 +1,199 @@
+"""Real kernels built through the farm: a Redis cache server and two distccd helpers on loopback (slow).
+
+Three builds of one small config (allnoconfig + EMBEDDED + CC_OPTIMIZE_FOR_SIZE,
+about 500 objects), each in its own output directory with its own copy of the
+source and an empty private ccache, as on three machines or checkouts:
+
+1. local: the cache server and the only helper named are dead, so tailor says
+   so in one line each and compiles everything on this machine;
+2. distcc: every object is compiled on the two helpers (127.0.0.2, 127.0.0.3)
+   with the Redis server as the remote cache; one helper is killed in the
+   middle of the build;
+3. second checkout: no helpers, an empty local ccache, the same Redis server:
+   the objects come from the remote cache.
+
+All three kernels (vmlinux, bzImage, System.map) must be identical byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tailor import farmlab, kconfig, source
+from tailor.recipe import Source
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS = {"EMBEDDED": "y", "CC_OPTIMIZE_FOR_SIZE": "y"}
+ARTEFACTS = ("vmlinux", "bzImage", "System.map")
+KILL_AFTER = 40
+"""Compiles the second helper finishes before it is killed (of about 250 it would do)."""
+COMPILED_SOURCE = re.compile(r"COMPILE_OK .* (\S+/tree/\S+\.[cS])$", re.M)
+"""distccd's line for each compile it finished, naming the source (a path into the kernel tree)."""
+
+BUILD = """\
+import sys
+from pathlib import Path
+from tailor import kernel
+from tailor.errors import TailorError
+try:
+    kernel.build(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], "test", label=sys.argv[4])
+except TailorError as e:
+    sys.exit(f"tailor: error: {e}")
+"""
+
+
+def ccache_stats(ccache_dir: Path) -> dict[str, int]:
+    out = subprocess.run(["ccache", "--print-stats"], env=dict(os.environ, CCACHE_DIR=str(ccache_dir)),
+                         capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in (ln.split("\t") for ln in out.splitlines() if "\t" in ln)}
+
+
+class Checkout:
+    """An output directory with its own copy of the source, its own ccache and its own distcc state."""
+
+    def __init__(self, base: Path, name: str, linux_tree: Path, source_id: str, config_text: str):
+        self.name = name
+        self.out = base / name
+        self.tree = self.out / "src" / source_id / "tree"
+        self.tree.parent.mkdir(parents=True)
+        subprocess.run(["cp", "-al", str(linux_tree), str(self.tree)], check=True)  # hard links: seconds
+        self.config = self.out / "config" / ".config"
+        self.config.parent.mkdir(parents=True)
+        self.config.write_text(config_text)
+        self.ccache = self.out / "ccache"
+        self.seconds = 0.0
+
+    def env(self, **settings: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TAILOR_", "CCACHE_", "DISTCC_"))}
+        env.update({"TAILOR_OUT": str(self.out), "CCACHE_DIR": str(self.ccache),
+                    "DISTCC_DIR": str(self.out / "distcc"), "TAILOR_CCACHE_REMOTE": "", "TAILOR_DISTCC_HOSTS": ""})
+        env.update(settings)
+        return env
+
+    def start(self, identity: str, **settings: str) -> subprocess.Popen:
+        self._t0 = time.monotonic()
+        return subprocess.Popen([sys.executable, "-c", BUILD, str(self.config), str(self.tree), identity, self.name],
+                                cwd=ROOT, env=self.env(**settings), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def finish(self, proc: subprocess.Popen) -> str:
+        _, err = proc.communicate(timeout=1800)
+        self.seconds = time.monotonic() - self._t0
+        assert proc.returncode == 0, f"{self.name} build failed:\n{err[-3000:]}"
+        return err
+
+    def kernel_dir(self, identity: str) -> Path:
+        return self.out / "kernel" / identity[:16]
+
+    def artefacts(self, identity: str) -> dict[str, bytes]:
+        return {a: (self.kernel_dir(identity) / a).read_bytes() for a in ARTEFACTS}
+
+    def build_log(self, identity: str) -> str:
+        return (self.kernel_dir(identity) / "build.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def farm_builds(linux_tree, ktree):
+    """Run the three builds; return what the tests check."""
+    ref = source.ref_for(Source())
+    result = kconfig.resolve(ktree, [kconfig.recipe_assigns(OPTIONS.items(), "test_farm_build")], source_id=ref.id)
+    identity = result.identity
+    base = Path(tempfile.mkdtemp(prefix="test-farm-", dir=ROOT / "out"))  # beside out/src: hard links work
+    try:
+        with farmlab.Lab() as lab:
+            cache = lab.redis()
+            h1, h2 = lab.distccd("127.0.0.2", slots=2), lab.distccd("127.0.0.3", slots=2)
+            checkouts = {n: Checkout(base, n, linux_tree, ref.id, result.config) for n in ("local", "distcc", "second")}
+            data: dict = {"identity": identity, "checkouts": checkouts, "helpers": (h1, h2)}
+
+            # 1. Dead cache server and dead helper: one line each, then a local build.
+            dead_cache, dead_helper = farmlab.free_port(), farmlab.free_port("127.0.0.4")
+            local = checkouts["local"]
+            data["dead"] = (f"redis://127.0.0.1:{dead_cache}", f"127.0.0.4:{dead_helper}")
+            data["local_err"] = local.finish(local.start(
+                identity, TAILOR_CCACHE_REMOTE=data["dead"][0], TAILOR_DISTCC_HOSTS=f"{data['dead'][1]}/2"))
+
+            # 2. Through both helpers and the cache server; the second helper dies mid-build.
+            dist = checkouts["distcc"]
+            proc = dist.start(identity, TAILOR_CCACHE_REMOTE=cache.url, TAILOR_DISTCC_HOSTS=f"{h1.spec} {h2.spec}")
+            deadline = time.monotonic() + 1200
+            while farmlab.compiled_jobs(h2) < KILL_AFTER and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            data["running_at_kill"] = proc.poll() is None
+            h2.kill()
+            data["at_kill"] = (farmlab.compiled_jobs(h1), farmlab.compiled_jobs(h2))
+            data["distcc_err"] = dist.finish(proc)
+            data["after"] = (farmlab.compiled_jobs(h1), farmlab.compiled_jobs(h2))
+            data["h1_log"], data["h2_log"] = h1.log_text(), h2.log_text()
+
+            # 3. A second checkout with an empty local ccache and no helpers: hits in the cache server.
+            second = checkouts["second"]
+            data["second_err"] = second.finish(second.start(identity, TAILOR_CCACHE_REMOTE=cache.url))
+            data["stats"] = {n: ccache_stats(c.ccache) for n, c in checkouts.items()}
+            data["kernels"] = {n: c.artefacts(identity) for n, c in checkouts.items()}
+            data["logs"] = {n: c.build_log(identity) for n, c in checkouts.items()}
+            print("\nfarm builds: " + ", ".join(f"{n} {c.seconds:.0f} s" for n, c in checkouts.items())
+                  + f"; helper compiles {data['after']}; remote hits of the second checkout "
+                  f"{data['stats']['second'].get('remote_storage_hit')}", file=sys.stderr)
+            yield data
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_dead_cache_server_and_helper_fall_back_to_a_local_build_saying_so_once(farm_builds):
+    err = farm_builds["local_err"]
+    url, helper = farm_builds["dead"]
+    lines = err.splitlines()
+    assert lines.count(f"[local] ccache remote {url} is not usable (connection refused); "
+                       f"building with the local cache only") == 1
+    assert lines.count(f"[local] distcc helper {helper} is not reachable (connection refused); "
+                       f"building without it") == 1
+    assert "Traceback" not in err
+    log = farm_builds["logs"]["local"]
+    assert f" -j{os.cpu_count() or 1} bzImage" in log.splitlines()[0] and "# farm" not in log
+    stats = farm_builds["stats"]["local"]
+    assert stats["cache_miss"] > 400 and stats["remote_storage_miss"] == stats["remote_storage_error"] == 0
+
+
+def test_helpers_build_the_local_kernel_byte_for_byte_even_when_one_dies(farm_builds):
+    kernels = farm_builds["kernels"]
+    for name in ARTEFACTS:
+        assert kernels["distcc"][name] == kernels["local"][name], f"{name} differs from the local build"
+    jobs = (os.cpu_count() or 1) + 4
+    assert f"[distcc] farm: distcc on 2 helpers (4 slots), -j{jobs}" in farm_builds["distcc_err"]
+    first = farm_builds["logs"]["distcc"].splitlines()[:2]
+    assert f" -j{jobs} bzImage" in first[0] and first[1].startswith("# farm: distcc on 2 helpers")
+    # Both helpers compiled kernel objects (their logs name the kernel's sources) ...
+    for log in (farm_builds["h1_log"], farm_builds["h2_log"]):
+        assert len(set(COMPILED_SOURCE.findall(log))) >= KILL_AFTER // 2
+    (h1_at_kill, h2_at_kill), (h1_end, h2_end) = farm_builds["at_kill"], farm_builds["after"]
+    # ... the second died in the middle of the build, and the first took over its share.
+    assert farm_builds["running_at_kill"] and h2_at_kill >= KILL_AFTER
+    assert h2_end == h2_at_kill and h1_end - h1_at_kill > 50
+    # Nearly every object was compiled on a helper (the rest: host tools, links, fallbacks after the kill).
+    compiled = farm_builds["logs"]["distcc"].count("  CC      ")
+    assert h1_end + h2_end > compiled * 0.7, (h1_end, h2_end, compiled)
+    stats = farm_builds["stats"]["distcc"]
+    assert stats["remote_storage_miss"] > 400 and stats["remote_storage_write"] > 400
+
+
+def test_second_checkout_with_an_empty_cache_gets_the_objects_from_the_cache_server(farm_builds):
+    kernels = farm_builds["kernels"]
+    for name in ARTEFACTS:
+        assert kernels["second"][name] == kernels["local"][name], f"{name} differs from the local build"
+    stats = farm_builds["stats"]["second"]
+    hits, misses = stats["remote_storage_hit"], stats["remote_storage_miss"]
+    assert hits > 400 and hits >= 0.9 * (hits + misses), stats
+    assert stats["local_storage_hit"] < 20  # the local ccache started empty
+    assert "[second] farm: ccache remote redis://127.0.0.1:" in farm_builds["second_err"]
