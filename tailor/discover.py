@@ -245,6 +245,64 @@ class _Run:
         return record["result"] == "pass"
 
 
+NULL_DONE = "tailor-discover: null app done"
+NULL_APP = "discover-null"
+
+
+def null_recipe(recipe):
+    """A recipe on *recipe*'s kernel whose app does nothing but run a few small dynamically linked
+    programs (coreutils' true and echo) and print a line.
+
+    Every process runs the kernel's process hooks (cgroups, accounting, seccomp, AIO and IPC cleanup
+    on exit, memory-map hooks of the dynamic loader, the tty ioctls of stdio); code that this null
+    app also runs is no evidence that an app needs its option.
+    """
+    from dataclasses import replace
+
+    from tailor.recipe import AppSpec, RootfsSpec, TestSpec
+
+    script = f"/bin/true; /bin/echo null app; /bin/busybox true; /bin/true; echo {NULL_DONE}"
+    return replace(recipe, name=NULL_APP, description="the null app of discovery", variant="", general=False,
+                   rootfs=RootfsSpec(packages=("coreutils",), files=("/bin/true", "/bin/echo"), format="cpio"),
+                   app=AppSpec(command="/bin/busybox", args=("sh", "-c", script)),
+                   test=TestSpec(ready=NULL_DONE, memory=64, timeout=120), digests={})
+
+
+def null_functions(recipe, probe_kernel: dict, srctree: Path) -> set[str]:
+    """The kernel functions the null app runs on the probe kernel (whole run), traced once per probe kernel."""
+    from tailor import kmap, probe, rootfs, trace
+
+    cache = probe.probe_dir(probe_kernel["identity"]) / "null.json"
+    if cache.is_file():
+        try:
+            return set(read_json(cache)["functions"])
+        except (TailorError, KeyError):
+            pass
+    null = null_recipe(recipe)
+    if not rootfs.image_path(null).is_file():
+        rootfs.build(null)
+    kdir = Path(probe_kernel["dir"])
+    tr = trace.run(null, kdir / "bzImage", rootfs.image_path(null), cache.parent / "null-boot")
+    if tr.error:
+        raise TailorError(f"discover: the null app fails on the probe kernel ({tr.error}); "
+                          f"see {display_path(cache.parent / 'null-boot' / 'console.log')}")
+    symbols = kmap.parse_system_map((kdir / "System.map").read_text())
+    functions = sorted(kmap.functions_of(tr.pcs, symbols))
+    write_json(cache, {"format": FORMAT, "probe_kernel": probe_kernel["identity"], "functions": functions,
+                       "trace_lines": tr.lines})
+    return set(functions)
+
+
+def beyond(by_option: dict[str, list[str]], common: set[str]) -> dict[str, list[str]]:
+    """*by_option* without the functions in *common*; options left with none are dropped."""
+    out = {}
+    for opt, fns in by_option.items():
+        own = [f for f in fns if f not in common]
+        if own:
+            out[opt] = own
+    return out
+
+
 def _has_prompt(tree, name: str) -> bool:
     sym = tree.kconf.syms.get(name)
     return bool(sym and any(node.prompt for node in sym.nodes))
@@ -316,10 +374,18 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
 
     # 3. map
     t = time.monotonic()
+    traced_null = not (probe.probe_dir(probe_kernel["identity"]) / "null.json").is_file()
+    common = null_functions(recipe, probe_kernel, run.srctree)
+    run.boots += 1 if traced_null else 0
     maps = map_trace(tr.pcs, probe_kdir, run.srctree)
     app_map = maps["app"]
+    evidence = Mapping(functions=app_map.functions, by_option=beyond(app_map.by_option, common),
+                       syscalls=app_map.syscalls, unmapped=app_map.unmapped)
     with run.tree.lock:
-        cands, skipped = candidates(app_map.by_option, probe_on, run.base_on, lambda o: _has_prompt(run.tree, o))
+        cands, skipped = candidates(evidence.by_option, probe_on, run.base_on, lambda o: _has_prompt(run.tree, o))
+    for opt in sorted(set(app_map.by_option) - set(evidence.by_option)):
+        if opt not in run.base_on and opt in probe_on:
+            skipped[opt] = "only code that every process runs (the null app ran it too)"
     all_calls = sorted(set(maps["boot"].syscalls) | set(app_map.syscalls))
     write_json(run.dir / "syscalls.json", {
         "format": FORMAT, "app": run.app, "probe_kernel": probe_kernel["identity"],
@@ -331,7 +397,7 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
             f"options: {', '.join(cands) or 'none'}")
 
     # 4. verify (and add back by bisection when the candidates are not enough)
-    reasons: dict[str, dict] = {o: {"from": "trace", "why": _reason_for(o, app_map)} for o in cands}
+    reasons: dict[str, dict] = {o: {"from": "trace", "why": _reason_for(o, evidence)} for o in cands}
     memo = Memo(lambda opts: run.trial(opts, why))
     why = "candidates from the trace"
     chosen = list(cands)
@@ -389,6 +455,7 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
         "format": FORMAT, "app": run.app, "probe_kernel": probe_kernel["identity"],
         "functions": {phase: m.functions for phase, m in maps.items()},
         "by_option": {phase: m.by_option for phase, m in maps.items()},
+        "evidence": evidence.by_option,
     })
     write_json(run.dir / "trials.json", {"format": FORMAT, "app": run.app, "trials": run.trials})
     write_json(run.dir / "discover.json", summary)

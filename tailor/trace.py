@@ -98,7 +98,7 @@ class FifoReader(threading.Thread):
         super().__init__(name="tailor-trace", daemon=True)
         self.path, self.filt = path, filt
         self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.lock = threading.Lock()
 
     def run(self) -> None:
@@ -107,7 +107,7 @@ class FifoReader(threading.Thread):
                 ready, _, _ = select.select([self.fd], [], [], 0.1)
                 if ready:
                     self._read_available()
-                elif self._stop.is_set():
+                elif self._halt.is_set():
                     break
         finally:
             os.close(self.fd)
@@ -128,7 +128,7 @@ class FifoReader(threading.Thread):
             self.filt.user_space()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(30)
         with self.lock:
             self.filt.finish()
