@@ -385,7 +385,7 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
         cands, skipped = candidates(evidence.by_option, probe_on, run.base_on, lambda o: _has_prompt(run.tree, o))
     for opt in sorted(set(app_map.by_option) - set(evidence.by_option)):
         if opt not in run.base_on and opt in probe_on:
-            skipped[opt] = "only code that every process runs (the null app ran it too)"
+            skipped[opt] = "only code the null app ran too (process hooks, the init's own mounts)"
     all_calls = sorted(set(maps["boot"].syscalls) | set(app_map.syscalls))
     write_json(run.dir / "syscalls.json", {
         "format": FORMAT, "app": run.app, "probe_kernel": probe_kernel["identity"],

@@ -242,3 +242,20 @@ def test_probe_fragment_resolves_on_lupine_base(ktree):
     result = resolve(ktree, layers(find("hello"))[:-1] + [parse_fragment(probe.PROBE_FRAGMENT)], "deps")
     on = discover.config_values(result.config)
     assert set(opts) <= on and not {"SMP", "MODULES", "PCI", "ACPI"} & on
+
+
+def test_beyond_drops_what_the_null_app_ran():
+    by_option = {"AIO": ["exit_aio"], "EPOLL": ["__x64_sys_epoll_wait", "ep_poll"], "FUTEX": ["exit_robust_list",
+                                                                                          "futex_wait"]}
+    assert discover.beyond(by_option, {"exit_aio", "exit_robust_list"}) == {
+        "EPOLL": ["__x64_sys_epoll_wait", "ep_poll"], "FUTEX": ["futex_wait"]}
+
+
+def test_null_recipe_keeps_the_kernel_and_runs_small_programs():
+    from tailor.recipe import find
+
+    hello = find("hello")
+    null = discover.null_recipe(hello)
+    assert null.kernel == hello.kernel and null.name == discover.NULL_APP and not null.app.network
+    assert null.test.ready == discover.NULL_DONE and null.test.probe.type == "none"
+    assert "coreutils" in null.rootfs.packages and "/bin/true" in null.app.args[-1]
