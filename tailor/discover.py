@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from tailor.errors import TailorError
-from tailor.util import display_path, makedirs, out_dir, read_json, write_atomic, write_json
+from tailor.util import display_path, makedirs, out_dir, read_json, remove, write_atomic, write_json
 
 FORMAT = "tailor-discover/1"
 SYSCALL_PREFIX = "__x64_sys_"
@@ -181,6 +181,7 @@ class _Run:
         self.recipe = recipe
         self.app = recipe.name
         self.dir = makedirs(discover_dir(self.app))
+        remove(self.dir / "trials")  # an earlier run's trials; this run numbers its own from 1
         self.jobs = jobs
         self.ref = source.recipe_ref(recipe)
         self.srctree = source.prepare(self.ref)
