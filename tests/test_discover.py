@@ -259,3 +259,22 @@ def test_null_recipe_keeps_the_kernel_and_runs_small_programs():
     assert null.kernel == hello.kernel and null.name == discover.NULL_APP and not null.app.network
     assert null.test.ready == discover.NULL_DONE and null.test.probe.type == "none"
     assert "coreutils" in null.rootfs.packages and "/bin/true" in null.app.args[-1]
+
+
+def test_comparison_table(tmp_path, monkeypatch):
+    from tailor.recipe import find
+    from tailor.util import write_json
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    write_json(tmp_path / "out" / "discover" / "redis" / "discover.json", {
+        **SUMMARY, "app": "redis", "bzImage": 1_400_000,
+        "options": [{"option": "NET", "from": "trace", "why": "traced: system calls socket"},
+                    {"option": "ADVISE_SYSCALLS", "from": "trace", "why": "traced: system calls madvise"}]})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{discover.TABLE_START}\nold\n{discover.TABLE_END}\nrest\n")
+    discover.write_table([find("redis"), find("hello")], readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
+    assert "| redis | 2 | 9 |" in text and "hello" not in text  # hello has no discovery result here
+    assert "- redis, ADVISE_SYSCALLS (only discovered; trace): traced: system calls madvise" in text
+    assert "- redis, EPOLL (only in the recipe): the discovered kernel passes the boot test without it" in text
