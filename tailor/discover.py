@@ -248,45 +248,56 @@ class _Run:
 
 NULL_DONE = "tailor-discover: null app done"
 NULL_APP = "discover-null"
+NULL_SCRIPT = (f"/bin/true; /bin/echo null app; /bin/busybox true; /bin/true; "
+               f"/bin/busybox nc -w 1 127.0.0.1 9 </dev/null 2>/dev/null; echo {NULL_DONE}")
+"""What the null app runs (its trace is cached per probe kernel under this script's digest)."""
 
 
 def null_recipe(recipe):
     """A recipe on *recipe*'s kernel whose app does nothing but run a few small dynamically linked
-    programs (coreutils' true and echo) and print a line.
+    programs (coreutils' true and echo), open a TCP socket that cannot connect, and print a line.
 
     Every process runs the kernel's process hooks (cgroups, accounting, seccomp, AIO and IPC cleanup
-    on exit, memory-map hooks of the dynamic loader, the tty ioctls of stdio); code that this null
-    app also runs is no evidence that an app needs its option.
+    on exit, memory-map hooks of the dynamic loader, the tty ioctls of stdio, the cgroup, memcg, BPF
+    and LSM hooks of every socket); code that this null app also runs is no evidence that an app
+    needs its option.
     """
     from dataclasses import replace
 
     from tailor.recipe import AppSpec, RootfsSpec, TestSpec
 
-    script = f"/bin/true; /bin/echo null app; /bin/busybox true; /bin/true; echo {NULL_DONE}"
+    script = NULL_SCRIPT
     return replace(recipe, name=NULL_APP, description="the null app of discovery", variant="", general=False,
                    rootfs=RootfsSpec(packages=("coreutils",), files=("/bin/true", "/bin/echo"), format="cpio"),
                    app=AppSpec(command="/bin/busybox", args=("sh", "-c", script)),
                    test=TestSpec(ready=NULL_DONE, memory=64, timeout=120), digests={})
 
 
+def null_cache(probe_identity: str) -> Path:
+    """Where the null app's functions on a probe kernel are kept (keyed by :data:`NULL_SCRIPT`)."""
+    from tailor import probe
+    from tailor.util import sha256_text
+
+    return probe.probe_dir(probe_identity) / f"null-{sha256_text(NULL_SCRIPT)[:12]}.json"
+
+
 def null_functions(recipe, probe_kernel: dict, srctree: Path) -> set[str]:
     """The kernel functions the null app runs on the probe kernel (whole run), traced once per probe kernel."""
     from tailor import kmap, probe, rootfs, trace
 
-    cache = probe.probe_dir(probe_kernel["identity"]) / "null.json"
+    cache = null_cache(probe_kernel["identity"])
     if cache.is_file():
         try:
             return set(read_json(cache)["functions"])
         except (TailorError, KeyError):
             pass
     null = null_recipe(recipe)
-    if not rootfs.image_path(null).is_file():
-        rootfs.build(null)
+    rootfs.build(null)  # once per probe kernel and null script (its /init holds the script)
     kdir = Path(probe_kernel["dir"])
-    tr = trace.run(null, kdir / "bzImage", rootfs.image_path(null), cache.parent / "null-boot")
+    tr = trace.run(null, kdir / "bzImage", rootfs.image_path(null), cache.with_suffix(""))
     if tr.error:
         raise TailorError(f"discover: the null app fails on the probe kernel ({tr.error}); "
-                          f"see {display_path(cache.parent / 'null-boot' / 'console.log')}")
+                          f"see {display_path(cache.with_suffix('') / 'console.log')}")
     symbols = kmap.parse_system_map((kdir / "System.map").read_text())
     functions = sorted(kmap.functions_of(tr.pcs, symbols))
     write_json(cache, {"format": FORMAT, "probe_kernel": probe_kernel["identity"], "functions": functions,
@@ -375,7 +386,7 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
 
     # 3. map
     t = time.monotonic()
-    traced_null = not (probe.probe_dir(probe_kernel["identity"]) / "null.json").is_file()
+    traced_null = not null_cache(probe_kernel["identity"]).is_file()
     common = null_functions(recipe, probe_kernel, run.srctree)
     run.boots += 1 if traced_null else 0
     maps = map_trace(tr.pcs, probe_kdir, run.srctree)
