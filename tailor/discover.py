@@ -345,7 +345,8 @@ def _reason_for(opt: str, mapping: Mapping) -> str:
         parts.append(f"system calls {', '.join(calls[:8])}" + (f" (+{len(calls) - 8})" if len(calls) > 8 else ""))
     if others:
         shown = sorted(others, key=lambda f: -mapping.functions.get(f, 0))[:4]
-        parts.append(f"{len(others)} functions ran, e.g. {', '.join(shown)}")
+        parts.append(f"{len(others)} function{'s' if len(others) > 1 else ''} ran: {', '.join(shown)}"
+                     + (", ..." if len(others) > len(shown) else ""))
     return "traced: " + "; ".join(parts)
 
 
