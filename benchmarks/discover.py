@@ -40,10 +40,11 @@ def hand_found(recipe):
 def row(app: str) -> dict:
     from tailor import discover, kernel
     from tailor.measure import count_syscalls
-    from tailor.recipe import find
+    from tailor.recipe import load
+    from tailor.util import PROJECT
 
     summary = json.loads((discover.discover_dir(app) / "discover.json").read_text())
-    recipe = find(app)
+    recipe = load(PROJECT / summary["recipe"])  # recipes/<app>.yaml, or wherever the discovered recipe was
     kdir = kernel.kernel_dir(summary["kernel"])
     calls = count_syscalls((kdir / "System.map").read_text())["real"]
     tr = summary["trace"]
@@ -88,7 +89,8 @@ def main() -> int:
         return 1
     for r in rows:
         h = r["hand_found"]
-        print(f"{r['app']}: {r['builds']} kernel builds, {r['boots']} boots, {r['trials']} trials; trace "
+        print(f"{r['app']}: {r['builds']} kernel builds (in its last run; kernels built earlier are reused), "
+              f"{r['boots']} boots, {r['trials']} trials; trace "
               f"{r['trace_lines']} lines ({r['trace_mb']} MB); trace + map {r['trace_map_s']} s "
               f"({'met' if r['trace_map_s'] < 120 else 'missed'}: goal < 120 s); whole discovery {r['total_s']} s; "
               f"builds beyond the probe kernel {'met' if r['builds'] <= 2 else 'missed'} (goal <= 2)")
