@@ -113,18 +113,24 @@ class FifoReader(threading.Thread):
             os.close(self.fd)
 
     def _read_available(self) -> None:
+        with self.lock:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Feed everything the FIFO holds now (the caller holds the lock)."""
         while True:
             try:
                 chunk = os.read(self.fd, 1 << 20)
-            except BlockingIOError:
+            except (BlockingIOError, OSError):
                 return
             if not chunk:
                 return
-            with self.lock:
-                self.filt.feed(chunk)
+            self.filt.feed(chunk)
 
     def user_space(self) -> None:
+        """Mark the start of user space: what the FIFO already holds was written before, so it is boot."""
         with self.lock:
+            self._drain()
             self.filt.user_space()
 
     def stop(self) -> None:

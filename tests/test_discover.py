@@ -278,3 +278,32 @@ def test_comparison_table(tmp_path, monkeypatch):
     assert "| redis | 2 | 9 |" in text and "hello" not in text  # hello has no discovery result here
     assert "- redis, ADVISE_SYSCALLS (only discovered; trace): traced: system calls madvise" in text
     assert "- redis, EPOLL (only in the recipe): the discovered kernel passes the boot test without it" in text
+
+
+def test_fifo_reader_filters_a_real_fifo(tmp_path):
+    import os
+
+    from tailor.trace import FifoReader
+
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    f = TraceFilter()
+    reader = FifoReader(fifo, f)
+    reader.start()
+    with open(fifo, "wb") as w:  # as qemu does: open for writing, write lines, close
+        w.write(b"translate_block tb:0x1, pc:0xffffffff81000000, tb_code:0x2\n" * 1000)
+        w.flush()
+        reader.user_space()
+        w.write(b"translate_block tb:0x1, pc:0xffffffff81000040, tb_code:0x2\n")
+    reader.stop()
+    assert not reader.is_alive()
+    assert f.pcs == {0xffffffff81000000: "boot", 0xffffffff81000040: "app"} and f.lines == 1001
+
+
+def test_qemu_command_takes_trace_arguments():
+    from tailor.boot import qemu_command
+
+    cmd = qemu_command("bzImage", "rootfs.cpio", "cpio", 64, "nokaslr", "tcg", None, False,
+                       extra=("-d", "trace:translate_block", "-D", "/tmp/x.fifo"))
+    assert cmd[cmd.index("-d") + 1] == "trace:translate_block" and cmd[cmd.index("-D") + 1] == "/tmp/x.fifo"
+    assert cmd[-2] == "-append" and cmd[-1].endswith(" nokaslr")
