@@ -566,7 +566,7 @@ def comparison_rows(recipes) -> list[dict]:
             "lupine": None if lup is None else [o.removeprefix("CONFIG_") for o in lup],
             "only_discovered": [o for name, o in found.items() if name not in recipe_opts],
             "only_recipe": [o for o in recipe_opts if o not in found],
-            "bzimage": summary["bzImage"], "builds": summary["builds"], "boots": summary["boots"],
+            "bzimage": summary["bzImage"], "trials": summary["trials"],
         })
     return rows
 

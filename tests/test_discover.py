@@ -195,7 +195,7 @@ def test_memo_calls_each_set_once():
 
 
 SUMMARY = {"format": discover.FORMAT, "app": "newapp", "recipe": "recipes/newapp.yaml", "base": ["lupine-base"],
-           "probe_kernel": "p" * 64, "kernel": "k" * 64, "options": [
+           "probe_kernel": "p" * 64, "kernel": "k" * 64, "trials": 1, "options": [
                {"option": "NET", "from": "trace", "why": "traced: system calls socket, bind"},
                {"option": "NETDEVICES", "from": "deps", "why": "needed by VIRTIO_NET (resolve: deps)"}],
            "not_taken": [], "dropped_by_minimise": [], "syscalls": 40, "builds": 1, "boots": 2, "seconds": 9.5}
