@@ -72,6 +72,13 @@ def task_explain():
     return tasks.explain_task()
 
 
+def task_discover():
+    """discover an app's kernel options: trace it on the probe kernel, map the code to options, verify"""
+    from tailor import discover
+
+    yield from discover.tasks(RECIPES, tasks.action)
+
+
 def task_release():
     """release a recipe: kernel, rootfs, .deb, OCI layout for urunc, Firecracker config, manifest, SHA256SUMS"""
     from tailor import release

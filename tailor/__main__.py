@@ -9,6 +9,8 @@ Commands::
     explain APP SYMBOL          why SYMBOL has its value in APP's config
     pin-source [PACKAGE[=VER]]  pin a linux-source version from Debian's archive (default: newest)
     pin-image APP               resolve APP's rootfs.image now and record its digest in images.lock
+    discover APP [--write]      discover APP's kernel options (like doit discover:APP)
+    derive-probe REFERENCE      derive base_configs/probe.config from a reference .config
 """
 
 from __future__ import annotations
@@ -98,6 +100,32 @@ def _pin_image(args) -> int:
     return 0
 
 
+def _discover(args) -> int:
+    from tailor.discover import discover, write_recipe
+    from tailor.util import display_path
+
+    recipe = _recipe(args.app)
+    summary = discover(recipe, minimise_set=args.minimise, jobs=args.jobs)
+    if args.write:
+        path = write_recipe(recipe, summary)
+        print(f"wrote {len(summary['options'])} options with their reasons to {display_path(path)}")
+    return 0
+
+
+def _derive_probe(args) -> int:
+    from pathlib import Path
+
+    from tailor import config as cfg
+    from tailor import probe, source
+
+    recipe = _recipe(args.recipe)
+    srctree = source.prepare(source.recipe_ref(recipe))
+    opts = probe.derive(Path(args.reference), srctree, cfg.layers(recipe)[:-1])
+    path = probe.write_fragment(opts, Path(args.reference))
+    print(f"wrote {len(opts)} app-facing options to base_configs/{path.name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tailor",
                                      description="tailor: per-app microVM kernels and root filesystems")
@@ -126,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pin-image", help="resolve an app's rootfs.image now and record its digest in images.lock")
     p.add_argument("app", help="a recipe name, or a recipe file")
     p.set_defaults(fn=_pin_image)
+    p = sub.add_parser("discover", help="discover an app's kernel options (trace, map, verify by boot test)")
+    p.add_argument("app", help="a recipe name, or a recipe file")
+    p.add_argument("--write", action="store_true", help="add the options to the recipe, reasons as comments")
+    p.add_argument("--minimise", action="store_true", help="then drop every option the boot test does not need")
+    p.add_argument("--jobs", type=int, default=None, help="make -j for the kernel builds (default: cores)")
+    p.set_defaults(fn=_discover)
+    p = sub.add_parser("derive-probe", help="derive base_configs/probe.config from a reference config")
+    p.add_argument("reference", help="a full .config to take the app-facing options from (Firecracker's)")
+    p.add_argument("--recipe", default="hello", help="whose base fragments to compare with (default hello)")
+    p.set_defaults(fn=_derive_probe)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

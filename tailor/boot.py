@@ -132,7 +132,7 @@ def _has_virt_flags(cpuinfo_path: str | os.PathLike) -> bool:
 
 def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, memory: int,
                  cmdline_extra: str, accel: str, hostfwd: list[tuple[int, int]] | None,
-                 network: bool, *, name: str | None = None) -> list[str]:
+                 network: bool, *, name: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
     """The qemu argv that boots *kernel* with root *image* on a microvm machine.
 
     *fmt* is ``cpio`` (the image is the initramfs, init is ``/init``) or
@@ -144,7 +144,7 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
     attached as ``virtio-net-device``; each ``(host_port, guest_port)`` of
     *hostfwd* forwards ``127.0.0.1:host_port`` to the guest's TCP port, which
     ``restrict=on`` still allows. *name* becomes ``-name`` (a marker to find
-    the process by).
+    the process by); *extra* arguments go before ``-append`` (e.g. qemu's ``-d``/``-D`` for a trace).
     """
     if fmt not in ("cpio", "ext2"):
         raise ValueError(f"image format {fmt!r}: expected cpio or ext2")
@@ -171,6 +171,7 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
         for host_port, guest_port in hostfwd or ():
             netdev += f",hostfwd=tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}"
         cmd += ["-netdev", netdev, "-device", "virtio-net-device,netdev=n0"]
+    cmd += [str(a) for a in extra]
     append = f"{BASE_CMDLINE} {root_args}"
     if cmdline_extra and cmdline_extra.strip():
         append += " " + " ".join(cmdline_extra.split())
@@ -228,6 +229,8 @@ class ConsoleState:
     panic: str | None = None
     panic_s: float | None = None
     panic_index: int | None = None
+    on_line: Callable[[str], None] | None = None
+    """Called with each console line as it is fed (e.g. to mark where user space starts in a trace)."""
 
     def __post_init__(self):
         self._ready_re = re.compile(self.ready) if self.ready else None
@@ -243,6 +246,8 @@ class ConsoleState:
         self.output(t)
         index = len(self.lines)
         self.lines.append((t, line))
+        if self.on_line is not None:
+            self.on_line(line)
         if self.init_s is None and (m := INIT_RE.search(line)):
             self.init_s, self.init_path, self.init_index = t, m.group(1), index
             if self._ready_re is None and self.ready_s is None:
@@ -629,9 +634,10 @@ class _Attempt:
     stderr: str = ""
 
 
-def _new_console(recipe: Recipe) -> ConsoleState:
+def _new_console(recipe: Recipe, on_line: Callable[[str], None] | None = None) -> ConsoleState:
     probe = recipe.test.probe
-    return ConsoleState(ready=recipe.test.ready, expect=probe.expect if probe.type == "console" else None)
+    return ConsoleState(ready=recipe.test.ready, expect=probe.expect if probe.type == "console" else None,
+                        on_line=on_line)
 
 
 _INTERRUPTED = threading.Event()
@@ -790,7 +796,9 @@ def _kill(proc: subprocess.Popen) -> None:
 # The boot test
 
 
-def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str | None = None) -> dict:
+def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str | None = None,
+        qemu_extra: tuple[str, ...] = (), cmdline_extra: str = "",
+        on_line: Callable[[str], None] | None = None) -> dict:
     """Boot-test *recipe*'s VM: *kernel* (bzImage) with *image* (``recipe.rootfs.format``).
 
     Writes ``outdir/console.log`` and ``outdir/result.json`` (both atomically)
@@ -799,7 +807,8 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
     after writing both files. *accel* forces ``tcg`` or ``kvm`` (default:
     :func:`detect_accel`). The whole test, including a KVM-to-TCG rerun, is
     bounded by ``recipe.test.timeout`` seconds; qemu is dead when this returns
-    or raises.
+    or raises. *qemu_extra* (qemu arguments), *cmdline_extra* (kernel
+    arguments) and *on_line* (called with each console line) serve tracing.
     """
     kernel, image, outdir = Path(kernel), Path(image), Path(outdir)
     makedirs(outdir)
@@ -811,20 +820,21 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
     start = time.monotonic()
     fallback, fallback_reason = False, ""
     att: _Attempt | None = None
-    con = _new_console(recipe)
+    con = _new_console(recipe, on_line)
     hostport = free_port() if forward else None
     reason = ""
 
     def command() -> list[str]:
         hostfwd = [(hostport, probe.port)] if forward else None
-        return qemu_command(kernel, image, recipe.rootfs.format, test.memory, recipe.kernel.cmdline, chosen,
-                            hostfwd, network, name=name)
+        return qemu_command(kernel, image, recipe.rootfs.format, test.memory,
+                            " ".join(filter(None, (recipe.kernel.cmdline, cmdline_extra))), chosen,
+                            hostfwd, network, name=name, extra=qemu_extra)
 
     def boot() -> _Attempt:
         # One boot under `chosen`; a new port if another process took ours first (free_port races).
         nonlocal con, cmd, hostport
         for _ in range(3):
-            con = _new_console(recipe)
+            con = _new_console(recipe, on_line)
             cmd = command()
             remaining = max(1.0, test.timeout - (time.monotonic() - start))
             result = _boot_once(recipe, cmd, con, hostport, remaining, NO_OUTPUT_S)

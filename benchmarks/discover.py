@@ -1,0 +1,113 @@
+"""Discovery against the hand-found recipes: builds, boots, trace size, time, options, kernel size, system calls.
+
+    python benchmarks/discover.py [APP ...] [--run]
+
+For every app discovered so far (out/discover/<app>/discover.json), or the apps
+named, prints the kernel builds and boots discovery took, the trace's size, the
+time of trace + map and of the whole discovery, and the discovered option set
+against the recipe's hand-found one: number of options, bzImage and system calls
+compiled in (from System.map), each with its ratio. The hand-found kernel is
+measured when it is built (`doit kernel:<app>`). Goals (2 cores): trace + map
+under 120 s; at most 2 kernel builds beyond the shared probe kernel without
+minimisation. ``--run`` runs the discovery of each named app first (kernel
+builds: minutes each). Stores out/bench/discover.json.
+"""
+
+import argparse
+import json
+import sys
+
+import _setup  # noqa: F401  (puts the project on sys.path)
+
+
+def hand_found(recipe):
+    """The recipe's own kernel (bzImage, system calls) when it is built, else None."""
+    from tailor import kernel
+    from tailor.measure import count_syscalls
+
+    try:
+        pointer = json.loads(kernel.app_pointer(recipe.name).read_text())
+    except (OSError, ValueError):
+        return None
+    kdir = kernel.kernel_dir(pointer["identity"])
+    try:
+        calls = count_syscalls((kdir / "System.map").read_text())["real"]
+    except OSError:
+        return None
+    return {"identity": pointer["identity"], "bzImage": pointer["sizes"]["bzImage"], "syscalls": calls}
+
+
+def row(app: str) -> dict:
+    from tailor import discover, kernel
+    from tailor.measure import count_syscalls
+    from tailor.recipe import load
+    from tailor.util import PROJECT
+
+    summary = json.loads((discover.discover_dir(app) / "discover.json").read_text())
+    recipe = load(PROJECT / summary["recipe"])  # recipes/<app>.yaml, or wherever the discovered recipe was
+    kdir = kernel.kernel_dir(summary["kernel"])
+    calls = count_syscalls((kdir / "System.map").read_text())["real"]
+    tr = summary["trace"]
+    return {
+        "app": app,
+        "builds": summary["builds"], "boots": summary["boots"], "trials": summary["trials"],
+        "trace_lines": tr["lines"], "trace_mb": round(tr["bytes"] / 1e6, 2),
+        "trace_map_s": round(tr["seconds"] + tr["map_seconds"], 1), "total_s": summary["seconds"],
+        "discovered": [o["option"] for o in summary["options"]],
+        "recipe": [name for name, _ in recipe.kernel.options],
+        "bzImage": summary["bzImage"], "syscalls": calls, "syscalls_run": summary["syscalls"],
+        "hand_found": hand_found(recipe),
+    }
+
+
+def ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "n/a"
+
+
+def main() -> int:
+    from tailor import discover
+    from tailor.errors import TailorError
+    from tailor.recipe import find
+    from tailor.util import out_dir, write_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("apps", nargs="*", help="apps (default: every app discovered so far)")
+    parser.add_argument("--run", action="store_true", help="run each app's discovery first")
+    args = parser.parse_args()
+    try:
+        if args.run:
+            for app in args.apps:
+                discover.discover(find(app))
+        apps = args.apps or sorted(p.parent.name for p in (out_dir() / "discover").glob("*/discover.json"))
+        rows = [row(app) for app in apps]
+    except TailorError as e:
+        print(f"tailor: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, KeyError) as e:
+        print(f"tailor: error: no discovery result to read ({e}); run `python -m tailor discover <app>`",
+              file=sys.stderr)
+        return 1
+    for r in rows:
+        h = r["hand_found"]
+        print(f"{r['app']}: {r['builds']} kernel builds (in its last run; kernels built earlier are reused), "
+              f"{r['boots']} boots, {r['trials']} trials; trace "
+              f"{r['trace_lines']} lines ({r['trace_mb']} MB); trace + map {r['trace_map_s']} s "
+              f"({'met' if r['trace_map_s'] < 120 else 'missed'}: goal < 120 s); whole discovery {r['total_s']} s; "
+              f"builds beyond the probe kernel {'met' if r['builds'] <= 2 else 'missed'} (goal <= 2)")
+        print(f"  options: discovered {len(r['discovered'])}, hand-found {len(r['recipe'])} "
+              f"({ratio(len(r['discovered']), len(r['recipe']))}); only discovered: "
+              f"{', '.join(sorted(set(r['discovered']) - set(r['recipe']))) or 'none'}; only hand-found: "
+              f"{', '.join(sorted(set(r['recipe']) - set(r['discovered']))) or 'none'}")
+        if h:
+            print(f"  bzImage {r['bzImage']} B vs {h['bzImage']} B ({ratio(r['bzImage'], h['bzImage'])}); "
+                  f"system calls compiled in {r['syscalls']} vs {h['syscalls']} ({ratio(r['syscalls'], h['syscalls'])})"
+                  f"; system calls the app ran: {r['syscalls_run']}")
+        else:
+            print(f"  bzImage {r['bzImage']} B, system calls compiled in {r['syscalls']}; hand-found kernel not "
+                  f"built (doit kernel:{r['app']})")
+    write_atomic(out_dir() / "bench" / "discover.json", json.dumps({"rows": rows}, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,619 @@
+"""Discover an app's kernel options: trace it on the probe kernel, map the code it ran, verify.
+
+``doit discover:<app>`` and ``python -m tailor discover <app>`` run, for any
+recipe with a boot test:
+
+1. **probe kernel** (:mod:`tailor.probe`): the recipe's base + every app-facing
+   option; built once per source and base, shared by every discovery;
+2. **trace** (:mod:`tailor.trace`): the recipe's boot test on the probe kernel
+   under TCG with qemu's ``translate_block`` trace, split at the init;
+3. **map** (:mod:`tailor.kmap`): pc -> function (System.map) -> object file
+   (nm over the build tree) -> the options its Makefile lines need. The
+   candidates are the mapped options of code run in the app phase that the
+   probe kernel has, the base lacks and that have a prompt; the executed
+   ``__x64_sys_*`` entry points are the app's system calls;
+4. **verify**: the base + the candidates, closed under dependencies by the
+   engine (``resolve: deps``), built and boot-tested; when that fails, the
+   rest of the probe fragment's options are added back by bisection with the
+   boot test as the oracle (:func:`add_back`);
+5. **minimise** (opt-in, ``--minimise``): drop each option in turn and keep
+   only those without which the boot test fails (:func:`minimise`).
+
+Every trial is a kernel keyed by its config identity (reruns and identical
+trials of other apps cost nothing). Outputs in ``out/discover/<app>/``:
+``options.yaml`` (every option with its reason), ``syscalls.json``,
+``trials.json`` (each trial's options, identity, result and times),
+``trace.json`` (the trace's figures and the functions run per phase) and
+``discover.json`` (totals). ``--write`` adds the options to the recipe with
+their reasons as comments.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from tailor.errors import TailorError
+from tailor.util import display_path, makedirs, out_dir, read_json, remove, write_atomic, write_json
+
+FORMAT = "tailor-discover/1"
+SYSCALL_PREFIX = "__x64_sys_"
+
+
+def discover_dir(app: str) -> Path:
+    return out_dir() / "discover" / app
+
+
+def options_path(app: str) -> Path:
+    return discover_dir(app) / "options.yaml"
+
+
+# --------------------------------------------------------------------------
+# Mapping a trace to options (pure functions over the kernel's files)
+
+
+@dataclass
+class Mapping:
+    """What the code of one phase maps to."""
+
+    functions: dict[str, int]
+    """function -> number of pcs seen in it"""
+    by_option: dict[str, list[str]] = field(default_factory=dict)
+    """option -> functions under it (the option gates the object that defines the function)"""
+    syscalls: list[str] = field(default_factory=list)
+    unmapped: int = 0
+    """functions whose object (or its Makefile line) was not found, or is ambiguous"""
+
+
+def map_functions(functions: dict[str, int], index: dict[str, list[str]], gates: Callable[[str], frozenset | None]
+                  ) -> Mapping:
+    """Map *functions* to options: *index* gives the objects defining a symbol (nm), *gates* an
+    object's options (Kbuild). A static function defined in several objects counts only when
+    every one of them needs the same options."""
+    m = Mapping(functions=dict(functions))
+    for fn in sorted(functions):
+        if fn.startswith(SYSCALL_PREFIX):
+            m.syscalls.append(fn[len(SYSCALL_PREFIX):])
+        objs = index.get(fn, [])
+        sets = {gates(o) for o in objs}
+        if not objs or None in sets or len(sets) != 1:
+            m.unmapped += 1
+            continue
+        for opt in next(iter(sets)):
+            m.by_option.setdefault(opt, []).append(fn)
+    return m
+
+
+def config_values(config_text: str) -> set[str]:
+    """The options set to y in a .config."""
+    return {ln[len("CONFIG_"):-2] for ln in config_text.splitlines() if ln.startswith("CONFIG_") and ln.endswith("=y")}
+
+
+def candidates(by_option: dict[str, list[str]], probe_on: set[str], base_on: set[str],
+               has_prompt: Callable[[str], bool]) -> tuple[list[str], dict[str, str]]:
+    """(options to try, {option left out: why}) from the options the app phase's code maps to."""
+    take, skipped = [], {}
+    for opt in sorted(by_option):
+        if opt in base_on:
+            continue
+        if opt not in probe_on:
+            skipped[opt] = "not in the probe kernel"
+        elif not has_prompt(opt):
+            skipped[opt] = "no prompt (only selected by other options)"
+        else:
+            take.append(opt)
+    return take, skipped
+
+
+# --------------------------------------------------------------------------
+# Search with the boot test as the oracle (pure: the oracle is a function)
+
+
+def add_back(base: list[str], rest: list[str], oracle: Callable[[list[str]], bool]) -> list[str] | None:
+    """Options of *rest* that make *base* pass, found by bisection (about log2 N oracle calls per option).
+
+    The oracle is called with whole option lists. Assumes ``oracle(base + rest)``; returns None when even
+    that fails. Otherwise returns the options added, in *rest*'s order.
+    """
+    order = list(rest)
+    rest = list(rest)
+    if not oracle(base + rest):
+        return None
+    needed: list[str] = []
+    while not oracle(base + needed):
+        lo, hi = 0, len(rest)  # base + needed + rest[:hi] passes; with rest[:lo] it fails
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if oracle(base + needed + rest[:mid]):
+                hi = mid
+            else:
+                lo = mid
+        needed.append(rest[hi - 1])
+        rest = rest[:hi - 1]
+    return [o for o in order if o in needed]
+
+
+def minimise(options: list[str], oracle: Callable[[list[str]], bool]) -> tuple[list[str], list[str]]:
+    """Drop each option in turn and keep it only when the oracle fails without it.
+
+    Returns ``(kept, dropped)``; assumes ``oracle(options)`` passes.
+    """
+    kept = list(options)
+    dropped = []
+    for opt in list(options):
+        trial = [o for o in kept if o != opt]
+        if oracle(trial):
+            kept = trial
+            dropped.append(opt)
+    return kept, dropped
+
+
+class Memo:
+    """Wraps an oracle so that each distinct option set is tried once."""
+
+    def __init__(self, oracle: Callable[[list[str]], bool]):
+        self.oracle = oracle
+        self.seen: dict[frozenset, bool] = {}
+
+    def __call__(self, options: list[str]) -> bool:
+        key = frozenset(options)
+        if key not in self.seen:
+            self.seen[key] = self.oracle(list(options))
+        return self.seen[key]
+
+
+# --------------------------------------------------------------------------
+# The whole discovery
+
+
+class _Run:
+    """One discovery: the recipe, its source tree and base, the trial counter and the log."""
+
+    def __init__(self, recipe, jobs: int | None = None):
+        from tailor import config as cfg
+        from tailor import source
+        from tailor.kconfig import load_tree, resolve
+
+        self.recipe = recipe
+        self.app = recipe.name
+        self.dir = makedirs(discover_dir(self.app))
+        remove(self.dir / "trials")  # an earlier run's trials; this run numbers its own from 1
+        self.jobs = jobs
+        self.ref = source.recipe_ref(recipe)
+        self.srctree = source.prepare(self.ref)
+        self.tree = load_tree(self.srctree)
+        self.base_layers = cfg.layers(recipe)[:-1]
+        self.base = resolve(self.tree, self.base_layers, source_id=self.ref.id)
+        self.base_on = config_values(self.base.config)
+        self.trials: list[dict] = []
+        self.builds = 0
+        self.boots = 0
+        self.start = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(f"[discover:{self.app}] {text}", file=sys.stderr, flush=True)
+
+    def resolve(self, options: Iterable[str]):
+        from tailor.kconfig import Assign, resolve
+
+        layer = [Assign(o, "y", "discover") for o in options]
+        return resolve(self.tree, self.base_layers + [layer], "deps", source_id=self.ref.id)
+
+    def trial(self, options: list[str], why: str) -> bool:
+        """Build base + *options* (deps closed) and run the boot test; record the trial."""
+        from tailor import boot, kernel, rootfs
+        from tailor.kconfig import ResolveError
+
+        n = len(self.trials) + 1
+        tdir = makedirs(self.dir / "trials" / str(n))
+        record = {"trial": n, "why": why, "options": sorted(options)}
+        t0 = time.monotonic()
+        try:
+            result = self.resolve(options)
+        except ResolveError as e:
+            record.update(result="unresolvable", reason=str(e).splitlines()[0], identity=None,
+                          build_s=0.0, boot_s=0.0)
+            self.trials.append(record)
+            self.say(f"trial {n} ({why}): {len(options)} options do not resolve: {record['reason']}")
+            return False
+        write_atomic(tdir / ".config", result.config)
+        record.update(identity=result.identity, added_by_deps=result.added, enabled=result.enabled())
+        self.say(f"trial {n} ({why}): {len(options)} options (+{len(result.added)} by deps), "
+                 f"kernel {result.identity[:16]}")
+        had = (kernel.kernel_dir(result.identity) / "kernel.json").is_file()
+        meta = kernel.build(tdir / ".config", self.srctree, result.identity, self.ref.label, jobs=self.jobs,
+                            label=f"discover:{self.app}")
+        self.builds += 0 if had else 1
+        record["build_s"] = round(time.monotonic() - t0, 1)
+        record["bzImage"] = meta["sizes"]["bzImage"]
+        t1 = time.monotonic()
+        self.boots += 1
+        try:
+            boot.run(self.recipe, kernel.kernel_dir(result.identity) / "bzImage", rootfs.image_path(self.recipe),
+                     tdir)
+            record.update(result="pass", reason="")
+        except TailorError as e:
+            record.update(result="fail", reason=str(e).splitlines()[0])
+        record["boot_s"] = round(time.monotonic() - t1, 1)
+        self.trials.append(record)
+        write_json(self.dir / "trials.json", {"format": FORMAT, "app": self.app, "trials": self.trials})
+        self.say(f"trial {n}: {record['result'].upper()}" + (f" ({record['reason']})" if record["reason"] else "")
+                 + f"; build {record['build_s']} s, boot {record['boot_s']} s")
+        return record["result"] == "pass"
+
+
+NULL_DONE = "tailor-discover: null app done"
+NULL_APP = "discover-null"
+NULL_SCRIPT = f"/bin/true; /bin/echo null app; /bin/busybox true; /bin/true; echo {NULL_DONE}"
+"""What the null app runs (its trace is cached per probe kernel under this script's digest)."""
+
+
+def null_recipe(recipe):
+    """A recipe on *recipe*'s kernel whose app does nothing but run a few small dynamically linked
+    programs (coreutils' true and echo) and print a line.
+
+    Every process runs the kernel's process hooks (cgroups, accounting, seccomp, AIO and IPC cleanup
+    on exit, memory-map hooks of the dynamic loader, the tty ioctls of stdio); code that this null
+    app also runs is no evidence that an app needs its option. (Opening a TCP socket here as well
+    removed only MEMCG from redis's candidates: the socket hooks that remain run on accept.)
+    """
+    from dataclasses import replace
+
+    from tailor.recipe import AppSpec, RootfsSpec, TestSpec
+
+    script = NULL_SCRIPT
+    return replace(recipe, name=NULL_APP, description="the null app of discovery", variant="", general=False,
+                   rootfs=RootfsSpec(packages=("coreutils",), files=("/bin/true", "/bin/echo"), format="cpio"),
+                   app=AppSpec(command="/bin/busybox", args=("sh", "-c", script)),
+                   test=TestSpec(ready=NULL_DONE, memory=64, timeout=120), digests={})
+
+
+def null_cache(probe_identity: str) -> Path:
+    """Where the null app's functions on a probe kernel are kept (keyed by :data:`NULL_SCRIPT`)."""
+    from tailor import probe
+    from tailor.util import sha256_text
+
+    return probe.probe_dir(probe_identity) / f"null-{sha256_text(NULL_SCRIPT)[:12]}.json"
+
+
+def null_functions(recipe, probe_kernel: dict, srctree: Path) -> set[str]:
+    """The kernel functions the null app runs on the probe kernel (whole run), traced once per probe kernel."""
+    from tailor import kmap, probe, rootfs, trace
+
+    cache = null_cache(probe_kernel["identity"])
+    if cache.is_file():
+        try:
+            return set(read_json(cache)["functions"])
+        except (TailorError, KeyError):
+            pass
+    null = null_recipe(recipe)
+    rootfs.build(null)  # once per probe kernel and null script (its /init holds the script)
+    kdir = Path(probe_kernel["dir"])
+    tr = trace.run(null, kdir / "bzImage", rootfs.image_path(null), cache.with_suffix(""))
+    if tr.error:
+        raise TailorError(f"discover: the null app fails on the probe kernel ({tr.error}); "
+                          f"see {display_path(cache.with_suffix('') / 'console.log')}")
+    symbols = kmap.parse_system_map((kdir / "System.map").read_text())
+    functions = sorted(kmap.functions_of(tr.pcs, symbols))
+    write_json(cache, {"format": FORMAT, "probe_kernel": probe_kernel["identity"], "functions": functions,
+                       "trace_lines": tr.lines})
+    return set(functions)
+
+
+def beyond(by_option: dict[str, list[str]], common: set[str]) -> dict[str, list[str]]:
+    """*by_option* without the functions in *common*; options left with none are dropped."""
+    out = {}
+    for opt, fns in by_option.items():
+        own = [f for f in fns if f not in common]
+        if own:
+            out[opt] = own
+    return out
+
+
+def _has_prompt(tree, name: str) -> bool:
+    sym = tree.kconf.syms.get(name)
+    return bool(sym and any(node.prompt for node in sym.nodes))
+
+
+def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path) -> dict[str, Mapping]:
+    """Map a trace's pcs, per phase (``boot``, ``app``), with the probe kernel in *kernel_dir*."""
+    from tailor import kmap
+
+    try:
+        symbols = kmap.parse_system_map((kernel_dir / "System.map").read_text())
+    except OSError as e:
+        raise TailorError(f"{kernel_dir / 'System.map'}: cannot read ({e.strerror}); rebuild the probe kernel") from None
+    index = kmap.nm_index(kernel_dir / "build", cache=kernel_dir / "symbols.json")
+    kb = kmap.Kbuild(srctree)
+    out = {}
+    for phase in ("boot", "app"):
+        functions = kmap.functions_of((pc for pc, p in pcs.items() if p == phase), symbols)
+        out[phase] = map_functions(functions, index, kb.gates)
+    return out
+
+
+def _reason_for(opt: str, mapping: Mapping) -> str:
+    fns = mapping.by_option.get(opt, [])
+    calls = [f[len(SYSCALL_PREFIX):] for f in fns if f.startswith(SYSCALL_PREFIX)]
+    others = [f for f in fns if not f.startswith(SYSCALL_PREFIX)]
+    parts = []
+    if calls:
+        parts.append(f"system calls {', '.join(calls[:8])}" + (f" (+{len(calls) - 8})" if len(calls) > 8 else ""))
+    if others:
+        shown = sorted(others, key=lambda f: -mapping.functions.get(f, 0))[:4]
+        parts.append(f"{len(others)} function{'s' if len(others) > 1 else ''} ran: {', '.join(shown)}"
+                     + (", ..." if len(others) > len(shown) else ""))
+    return "traced: " + "; ".join(parts)
+
+
+def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> dict:
+    """Discover *recipe*'s options; write ``out/discover/<app>/`` and return the summary."""
+    from tailor import kernel, probe, rootfs, trace
+
+    if recipe.variant:
+        raise TailorError(f"discover: {recipe.id} is a variant; discover {recipe.name} itself")
+    run = _Run(recipe, jobs)
+    run.say(f"base {'+'.join(recipe.kernel.base) or '(none)'}: {len(run.base_on)} options on; "
+            f"probe fragment: {len(probe.options())} app-facing options")
+
+    # 1. the probe kernel and the app's image
+    t = time.monotonic()
+    probe_kernel = probe.build(recipe, jobs)
+    probe_kdir = Path(probe_kernel["dir"])
+    probe_on = config_values((probe_kdir / "config").read_text())
+    image = rootfs.image_path(recipe)
+    if not image.is_file():
+        rootfs.build(recipe)
+    run.say(f"phase 1/4 probe kernel {probe_kernel['identity'][:16]} and image ready "
+            f"({time.monotonic() - t:.1f} s)")
+
+    # 2. trace
+    t = time.monotonic()
+    tr = trace.run(recipe, probe_kdir / "bzImage", image, run.dir / "probe-boot")
+    run.boots += 1
+    if tr.error:
+        raise TailorError(f"discover {run.app}: the boot test fails even on the probe kernel ({tr.error}); "
+                          f"see {display_path(run.dir / 'probe-boot' / 'console.log')}")
+    run.say(f"phase 2/4 traced the boot test in {tr.seconds:.1f} s: {tr.lines} trace lines "
+            f"({tr.bytes_read / 1e6:.1f} MB), {len(tr.pcs)} kernel pcs "
+            f"({sum(1 for p in tr.pcs.values() if p == 'boot')} boot, "
+            f"{sum(1 for p in tr.pcs.values() if p == 'app')} app)" + (" [capped]" if tr.truncated else ""))
+    trace_s = tr.seconds
+
+    # 3. map
+    t = time.monotonic()
+    traced_null = not null_cache(probe_kernel["identity"]).is_file()
+    common = null_functions(recipe, probe_kernel, run.srctree)
+    run.boots += 1 if traced_null else 0
+    maps = map_trace(tr.pcs, probe_kdir, run.srctree)
+    app_map = maps["app"]
+    evidence = Mapping(functions=app_map.functions, by_option=beyond(app_map.by_option, common),
+                       syscalls=app_map.syscalls, unmapped=app_map.unmapped)
+    with run.tree.lock:
+        cands, skipped = candidates(evidence.by_option, probe_on, run.base_on, lambda o: _has_prompt(run.tree, o))
+    for opt in sorted(set(app_map.by_option) - set(evidence.by_option)):
+        if opt not in run.base_on and opt in probe_on:
+            skipped[opt] = "only code the null app ran too (process hooks, the init's own mounts)"
+    all_calls = sorted(set(maps["boot"].syscalls) | set(app_map.syscalls))
+    write_json(run.dir / "syscalls.json", {
+        "format": FORMAT, "app": run.app, "probe_kernel": probe_kernel["identity"],
+        "app_phase": app_map.syscalls, "boot_phase": maps["boot"].syscalls, "all": all_calls,
+    })
+    map_s = time.monotonic() - t
+    run.say(f"phase 3/4 mapped {len(app_map.functions)} app-phase functions ({app_map.unmapped} unmapped or "
+            f"ambiguous) in {map_s:.1f} s: {len(app_map.syscalls)} system calls, {len(cands)} candidate "
+            f"options: {', '.join(cands) or 'none'}")
+
+    # 4. verify (and add back by bisection when the candidates are not enough)
+    reasons: dict[str, dict] = {o: {"from": "trace", "why": _reason_for(o, evidence)} for o in cands}
+    memo = Memo(lambda opts: run.trial(opts, why))
+    why = "candidates from the trace"
+    chosen = list(cands)
+    if not memo(chosen):
+        rest = [o for o in probe.options() if o not in chosen and o not in run.base_on]
+        why = "bisection over the probe fragment"
+        run.say(f"the candidates fail the boot test; adding back from {len(rest)} more probe options by bisection")
+        added = add_back(chosen, rest, memo)
+        if added is None:
+            raise TailorError(f"discover {run.app}: even all probe options fail the boot test as a trial kernel; "
+                              f"see {display_path(run.dir / 'trials.json')}")
+        for o in added:
+            reasons[o] = {"from": "bisection", "why": "the boot test fails without it (found by bisection)"}
+        chosen += added
+    dropped: list[str] = []
+    if minimise_set:
+        why = "minimise"
+        chosen, dropped = minimise(chosen, memo)
+        for o in dropped:
+            reasons.pop(o, None)
+        for o in chosen:
+            reasons[o]["why"] += "; the boot test fails without it (minimise)"
+    final = run.resolve(chosen)
+    for o in final.added:
+        if o not in reasons:
+            needers = [c for c in chosen if _depends_on(run.tree, c, o)]
+            reasons[o] = {"from": "deps", "why": f"needed by {', '.join(needers) or 'the options above'} "
+                                                  f"(resolve: deps)"}
+    passing = next(t for t in run.trials if t["result"] == "pass" and set(t["options"]) == set(chosen))
+    options = [{"option": o, "from": reasons[o]["from"], "why": reasons[o]["why"]}
+               for o in chosen + [a for a in final.added if a not in chosen]]
+    summary = {
+        "format": FORMAT,
+        "app": run.app,
+        "recipe": display_path(recipe.path),
+        "base": list(recipe.kernel.base),
+        "probe_kernel": probe_kernel["identity"],
+        "kernel": final.identity,
+        "bzImage": passing.get("bzImage"),
+        "options": options,
+        "not_taken": [{"option": o, "why": w} for o, w in sorted(skipped.items())],
+        "dropped_by_minimise": dropped,
+        "syscalls": len(all_calls),
+        "trace": {"seconds": round(trace_s, 1), "lines": tr.lines, "bytes": tr.bytes_read,
+                  "pcs_boot": sum(1 for p in tr.pcs.values() if p == "boot"),
+                  "pcs_app": sum(1 for p in tr.pcs.values() if p == "app"), "capped": tr.truncated,
+                  "functions_app": len(app_map.functions), "unmapped_app": app_map.unmapped,
+                  "map_seconds": round(map_s, 1)},
+        "builds": run.builds,
+        "boots": run.boots,
+        "trials": len(run.trials),
+        "seconds": round(time.monotonic() - run.start, 1),
+    }
+    write_json(run.dir / "trace.json", {
+        "format": FORMAT, "app": run.app, "probe_kernel": probe_kernel["identity"],
+        "functions": {phase: m.functions for phase, m in maps.items()},
+        "by_option": {phase: m.by_option for phase, m in maps.items()},
+        "evidence": evidence.by_option,
+    })
+    write_json(run.dir / "trials.json", {"format": FORMAT, "app": run.app, "trials": run.trials})
+    write_json(run.dir / "discover.json", summary)
+    from tailor.rootfs import render
+
+    write_atomic(options_path(run.app), render("discover-options.yaml.j2", s=summary))
+    run.say(f"phase 4/4 {len(options)} options ({len(chosen)} asked, {len(final.added)} by deps) pass the boot "
+            f"test on kernel {final.identity[:16]}: {', '.join(o['option'] for o in options) or 'none'}")
+    run.say(f"total {summary['seconds']} s: {run.builds} kernel builds, {run.boots} boots, "
+            f"{len(run.trials)} trials; {display_path(options_path(run.app))}")
+    return summary
+
+
+def _depends_on(tree, name: str, dep: str) -> bool:
+    """True when *dep* appears in *name*'s dependencies (direct, or through its prompt's condition)."""
+    from kconfiglib import expr_items
+
+    sym = tree.kconf.syms.get(name)
+    if sym is None:
+        return False
+    seen, todo = set(), [sym]
+    while todo:
+        s = todo.pop()
+        if s in seen or not hasattr(s, "direct_dep"):
+            continue
+        seen.add(s)
+        for item in expr_items(s.direct_dep):
+            if getattr(item, "name", None) == dep:
+                return True
+            todo.append(item)
+    return False
+
+
+# --------------------------------------------------------------------------
+# Writing the options into the recipe
+
+_KERNEL_LINE = re.compile(r"^kernel:\s*(#.*)?$")
+
+
+def write_recipe(recipe, summary: dict | None = None) -> Path:
+    """Add the discovered options to *recipe*'s file as ``kernel.options`` with their reasons as comments.
+
+    Refuses when the recipe already has options (remove them first). The new text is validated
+    before it replaces the file.
+    """
+    from tailor.recipe import parse
+    from tailor.rootfs import render
+
+    summary = summary or read_json(discover_dir(recipe.name) / "discover.json")
+    if recipe.kernel.options:
+        raise TailorError(f"{display_path(recipe.path)}: kernel.options already has {len(recipe.kernel.options)} "
+                          f"options; remove them to write the discovered ones")
+    block = render("discover-recipe-options.yaml.j2", s=summary)
+    lines = recipe.path.read_text().splitlines(keepends=True)
+    at = next((i for i, ln in enumerate(lines) if _KERNEL_LINE.match(ln.rstrip("\n"))), None)
+    if at is None:
+        if any(ln.startswith("kernel:") for ln in lines):
+            raise TailorError(f"{display_path(recipe.path)}: kernel: is written inline; write it as a block "
+                              f"mapping to add options")
+        text = "".join(lines).rstrip("\n") + "\nkernel:\n" + block
+    else:
+        text = "".join(lines[:at + 1]) + block + "".join(lines[at + 1:])
+    parse(text, recipe.path)  # must still validate
+    return write_atomic(recipe.path, text)
+
+
+# --------------------------------------------------------------------------
+# The README comparison: discovered vs hand-found vs Lupine
+
+TABLE_START = "<!-- discover:start (generated by `doit discover_table`; do not edit by hand) -->"
+TABLE_END = "<!-- discover:end -->"
+
+
+def comparison_rows(recipes) -> list[dict]:
+    """One row per recipe that has a discovery result: its options against the recipe's and Lupine's."""
+    from tailor.catalogue import LUPINE_NAMES, LUPINE_OPTIONS
+
+    lupine = {}
+    try:
+        import yaml
+
+        lupine = yaml.safe_load(LUPINE_OPTIONS.read_text()).get("apps") or {}
+    except (OSError, ValueError, AttributeError):
+        pass
+    rows = []
+    for r in recipes:
+        path = discover_dir(r.name) / "discover.json"
+        if not path.is_file():
+            continue
+        summary = read_json(path)
+        found = {o["option"]: o for o in summary["options"]}
+        recipe_opts = [name for name, value in r.kernel.options if value in ("y", True)]
+        lup = lupine.get(LUPINE_NAMES.get(r.name, r.name))
+        rows.append({
+            "app": r.name, "discovered": list(found), "recipe": recipe_opts,
+            "lupine": None if lup is None else [o.removeprefix("CONFIG_") for o in lup],
+            "only_discovered": [o for name, o in found.items() if name not in recipe_opts],
+            "only_recipe": [o for o in recipe_opts if o not in found],
+            "bzimage": summary["bzImage"], "trials": summary["trials"],
+        })
+    return rows
+
+
+def write_table(recipes, readme: Path | None = None) -> None:
+    """Write the comparison table between the discover markers of README.md."""
+    from tailor.catalogue import README
+    from tailor.rootfs import render
+
+    readme = readme or README
+    text = render("discover.md.j2", rows=comparison_rows(recipes))
+    content = readme.read_text()
+    if TABLE_START not in content or TABLE_END not in content:
+        raise TailorError(f"{readme.name}: no discover markers; add the lines {TABLE_START!r} and {TABLE_END!r}")
+    head, rest = content.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    write_atomic(readme, f"{head}{TABLE_START}\n{text.rstrip()}\n{TABLE_END}{tail}")
+    print(f"tailor: discovery table written to {readme.name}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------
+# doit
+
+
+def discover_action(recipe, minimise_set: bool = False) -> None:
+    discover(recipe, minimise_set=minimise_set)
+
+
+def tasks(recipes, action):
+    """doit tasks ``discover:<app>`` (not part of ``build``)."""
+    from doit.tools import config_changed
+
+    from tailor import probe, rootfs
+    from tailor.kmap import __file__ as kmap_file
+
+    for r in recipes:
+        yield {
+            "basename": "discover", "name": r.name,
+            "doc": f"discover {r.name}'s kernel options: trace on the probe kernel, map, verify by boot test",
+            "actions": [action(discover_action, r)],
+            "task_dep": [f"rootfs:{r.name}"],
+            "file_dep": [str(probe.PROBE_FRAGMENT), str(rootfs.image_path(r)), kmap_file]
+                        + [str(p) for p in r.fragment_paths() if p.exists()],
+            "targets": [str(options_path(r.name))],
+            "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
+                                         "base": list(r.kernel.base), "format": FORMAT})],
+            "verbosity": 2,
+        }
+    yield {"basename": "discover_table", "doc": "write the discovered-vs-recipe-vs-Lupine table in README.md",
+           "actions": [action(write_table, recipes)], "uptodate": [False], "verbosity": 2}

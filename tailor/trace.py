@@ -1,0 +1,189 @@
+"""Trace which kernel code a guest runs, under TCG, with qemu's stock ``translate_block`` event.
+
+Debian's qemu 7.2 has no TCG plugins, but ``-d trace:translate_block -D FILE``
+writes one ``translate_block ... pc:0x...`` line each time TCG translates a
+block of guest code. :func:`run` boots a recipe on the probe kernel through
+:func:`tailor.boot.run` (its qemu argv, probes and process supervision) with
+that trace written into a FIFO, and :class:`TraceFilter` keeps only what
+matters as the stream is written: each kernel pc once, with the phase in
+which it was first seen. ``boot`` lasts until the console shows ``Run /init
+as init process``; everything after is ``app`` (the init script, the app and
+the probe). A guest that panics and runs garbage makes the stream grow by
+megabytes a second: the filter only counts those bytes, and stops recording
+new pcs after :data:`MAX_PCS`.
+
+A block is translated once, so code first run at boot does not show again in
+the app phase: the app phase is what user space ran *new*.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tailor.kmap import KERNEL_TEXT_START
+
+MAX_PCS = 2_000_000
+"""Unique kernel pcs recorded at most (a real boot has tens of thousands)."""
+
+_PC = re.compile(rb"pc:0x([0-9a-fA-F]+)")
+INIT_MARK = "Run /init as init process"
+
+
+@dataclass
+class TraceFilter:
+    """Keeps each kernel pc of a translate_block stream once, with the phase it was first seen in.
+
+    Feed it bytes with :meth:`feed` (any chunking) and call :meth:`user_space` when the guest
+    starts its init; ``pcs`` maps each pc to ``"boot"`` or ``"app"``.
+    """
+
+    lo: int = KERNEL_TEXT_START
+    cap: int = MAX_PCS
+    pcs: dict[int, str] = field(default_factory=dict)
+    phase: str = "boot"
+    bytes_read: int = 0
+    lines: int = 0
+    truncated: bool = False
+    _rest: bytes = b""
+
+    def user_space(self) -> None:
+        self.phase = "app"
+
+    def feed(self, chunk: bytes) -> None:
+        self.bytes_read += len(chunk)
+        self.lines += chunk.count(b"\n")
+        data = self._rest + chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._rest = data[-4096:]
+            return
+        self._rest = data[cut + 1:][-4096:]
+        self._scan(data[:cut])
+
+    def _scan(self, block: bytes) -> None:
+        pcs, phase = self.pcs, self.phase
+        for m in _PC.finditer(block):
+            pc = int(m.group(1), 16)
+            if pc < self.lo or pc in pcs:
+                continue
+            if len(pcs) >= self.cap:
+                self.truncated = True
+                continue
+            pcs[pc] = phase
+
+    def finish(self) -> None:
+        if self._rest:
+            rest, self._rest = self._rest, b""
+            self.lines += 1
+            self._scan(rest)
+
+    def count(self, phase: str) -> int:
+        return sum(1 for p in self.pcs.values() if p == phase)
+
+
+class FifoReader(threading.Thread):
+    """Reads a FIFO into a :class:`TraceFilter` until :meth:`stop`, then drains what is left.
+
+    The FIFO is opened read-write, so opening never blocks and qemu's ``fopen`` of it returns at once.
+    """
+
+    def __init__(self, path: Path, filt: TraceFilter):
+        super().__init__(name="tailor-trace", daemon=True)
+        self.path, self.filt = path, filt
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        self._halt = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([self.fd], [], [], 0.1)
+                if ready:
+                    self._read_available()
+                elif self._halt.is_set():
+                    break
+        finally:
+            os.close(self.fd)
+
+    def _read_available(self) -> None:
+        with self.lock:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Feed everything the FIFO holds now (the caller holds the lock)."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            self.filt.feed(chunk)
+
+    def user_space(self) -> None:
+        """Mark the start of user space: what the FIFO already holds was written before, so it is boot."""
+        with self.lock:
+            self._drain()
+            self.filt.user_space()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(30)
+        with self.lock:
+            self.filt.finish()
+
+
+@dataclass
+class Trace:
+    """What a traced boot recorded: kernel pcs by phase, stream size, and the boot test's result."""
+
+    pcs: dict[int, str]
+    bytes_read: int
+    lines: int
+    truncated: bool
+    seconds: float
+    result: dict | None
+    error: str = ""
+
+
+def run(recipe, kernel: Path, image: Path, outdir: Path) -> Trace:
+    """Boot *recipe* on *kernel* with *image*, run its boot test (probe included) and trace it.
+
+    ``nokaslr`` keeps the kernel at its System.map addresses. qemu is dead when this returns
+    (``boot.run`` sees to that); a failed boot test is returned in ``error``, not raised.
+    """
+    from tailor import boot
+    from tailor.errors import TailorError
+
+    outdir = Path(outdir)
+    filt = TraceFilter()
+    with tempfile.TemporaryDirectory(prefix="tailor-trace-") as tmp:
+        fifo = Path(tmp) / "trace.fifo"
+        os.mkfifo(fifo, 0o600)
+        reader = FifoReader(fifo, filt)
+        reader.start()
+
+        def on_line(line: str) -> None:
+            if INIT_MARK in line:
+                reader.user_space()
+
+        start = time.monotonic()
+        result, error = None, ""
+        try:
+            result = boot.run(recipe, kernel, image, outdir, accel="tcg",
+                              qemu_extra=("-d", "trace:translate_block", "-D", str(fifo)),
+                              cmdline_extra="nokaslr", on_line=on_line)
+        except TailorError as e:
+            error = str(e)
+        finally:
+            reader.stop()
+        seconds = time.monotonic() - start
+    return Trace(pcs=dict(filt.pcs), bytes_read=filt.bytes_read, lines=filt.lines, truncated=filt.truncated,
+                 seconds=seconds, result=result, error=error)

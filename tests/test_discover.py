@@ -1,0 +1,309 @@
+"""Discovery's logic without kernels or VMs: mapping code to options over a fake Kbuild tree, the
+trace filter, the bisection and minimisation with fake oracles, writing the recipe, and the probe
+fragment against the real Kconfig tree."""
+
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tailor import discover, kmap, probe
+from tailor.errors import TailorError
+from tailor.recipe import load
+from tailor.trace import TraceFilter
+
+FAKE = Path(__file__).parent / "data" / "fakekbuild"
+
+
+@pytest.fixture
+def kb():
+    return kmap.Kbuild(FAKE)
+
+
+@pytest.mark.parametrize("obj, options", [
+    ("kernel/sys.o", set()),                          # obj-y, continued line
+    ("kernel/fork.o", set()),                         # after a backslash continuation
+    ("kernel/posix-timers.o", {"POSIX_TIMERS"}),
+    ("kernel/seccomp.o", {"SECCOMP"}),                # ifdef block
+    ("kernel/noseccomp.o", set()),                    # its else branch needs nothing
+    ("kernel/aio_ipc.o", {"AIO", "SYSVIPC"}),         # ifeq ($(CONFIG_AIO),y) around obj-$(CONFIG_SYSVIPC)
+    ("kernel/futex/core.o", {"FUTEX"}),               # obj-y += futex/ then obj-$(CONFIG_FUTEX)
+    ("fs/eventpoll.o", {"EPOLL"}),
+    ("fs/proc/base.o", {"PROC_FS"}),                  # part of the composite proc.o, directory gate
+    ("fs/proc/proc_sysctl.o", {"PROC_FS", "PROC_SYSCTL"}),
+    ("fs/pty.o", set()),                              # built by either of two options: neither is needed
+    ("net/ipv4/tcp.o", {"NET", "INET"}),              # top Kbuild gate + net/Makefile gate
+    ("net/ipv4/syncookies.o", {"NET", "INET", "SYN_COOKIES"}),
+    ("lib/string.o", set()),                          # libs-y in the top Makefile
+    ("lib/nlattr.o", {"NLATTR"}),
+    ("arch/x86/lib/memcpy_64.o", set()),              # libs-y in arch/x86/Makefile
+    ("arch/x86/entry/vsyscall/vsyscall_64.o", {"X86_VSYSCALL_EMULATION"}),  # arch/$(SRCARCH)/ and arch Kbuild
+])
+def test_kbuild_gates(kb, obj, options):
+    assert kb.gates(obj) == frozenset(options)
+
+
+def test_kbuild_unknown_object_is_none(kb):
+    assert kb.gates("kernel/generated.o") is None
+    assert kb.gates("nowhere/x.o") is None
+
+
+def test_parse_makefile_conditionals():
+    rules = kmap.parse_makefile("ifneq ($(CONFIG_A),)\nobj-y += a.o\nendif\n"
+                                "ifndef CONFIG_B\nobj-y += b.o\nendif\n"
+                                "ifeq ($(CONFIG_C),n)\nobj-y += c.o\nendif\n"
+                                "obj-$(subst m,y,$(CONFIG_D)) += d.o # comment x.o\n")
+    assert rules["a.o"][0].gates == {"A"}
+    assert rules["b.o"][0].gates == frozenset()
+    assert rules["c.o"][0].gates == frozenset()
+    assert rules["d.o"][0].gates == {"D"}
+    assert "x.o" not in rules
+
+
+SYSTEM_MAP = """\
+ffffffff81000000 T _stext
+ffffffff81000000 T startup_64
+ffffffff81000100 t secondary_startup
+ffffffff81000200 D some_data
+ffffffff81000300 T __x64_sys_epoll_wait
+ffffffff81000400 W weak_fn
+ffffffff81000500 T _etext
+"""
+
+
+def test_system_map_and_functions():
+    sm = kmap.parse_system_map(SYSTEM_MAP)
+    assert sm.function(0xffffffff81000000) in ("_stext", "startup_64")
+    assert sm.function(0xffffffff81000150) == "secondary_startup"
+    assert sm.function(0xffffffff81000250) == "secondary_startup"  # data symbols are not functions
+    assert sm.function(0xffffffff81000310) == "__x64_sys_epoll_wait"
+    assert sm.function(0xffffffff81000600) is None  # past _etext
+    assert sm.function(0x400000) is None
+    fns = kmap.functions_of([0xffffffff81000310, 0xffffffff81000320, 0xffffffff81000410], sm)
+    assert fns == {"__x64_sys_epoll_wait": 2, "weak_fn": 1}
+
+
+def test_parse_nm_keeps_text_symbols():
+    index = {}
+    kmap.parse_nm("fs/eventpoll.o:0000000000000000 T __x64_sys_epoll_wait\n"
+                  "fs/eventpoll.o:0000000000000010 t ep_poll\n"
+                  "fs/eventpoll.o:0000000000000000 D ep_data\n"
+                  "fs/proc/base.o:0000000000000000 t show\n"
+                  "fs/sysfs/file.o:0000000000000000 t show\n", index)
+    assert index == {"__x64_sys_epoll_wait": ["fs/eventpoll.o"], "ep_poll": ["fs/eventpoll.o"],
+                     "show": ["fs/proc/base.o", "fs/sysfs/file.o"]}
+
+
+def test_nm_index_over_real_objects(tmp_path):
+    if not shutil.which("gcc"):
+        pytest.skip("gcc not installed")
+    (tmp_path / "fs").mkdir()
+    (tmp_path / "fs" / "a.c").write_text("int a_fn(void) { return 1; }\nstatic int s(void) { return 2; }\n"
+                                         "int (*keep)(void) = s;\n")
+    (tmp_path / "b.c").write_text("int b_fn(int x) { return x + 1; }\n")
+    for src in ("fs/a.c", "b.c"):
+        subprocess.run(["gcc", "-c", "-O1", src, "-o", src[:-2] + ".o"], cwd=tmp_path, check=True)
+    (tmp_path / "fs" / "comp.o").write_bytes(b"!<thin>\n")  # a composite object: skipped
+    cache = tmp_path / "symbols.json"
+    index = kmap.nm_index(tmp_path, cache=cache)
+    assert index["a_fn"] == ["fs/a.o"] and index["s"] == ["fs/a.o"] and index["b_fn"] == ["b.o"]
+    assert "keep" not in index  # data
+    assert cache.is_file() and kmap.nm_index(tmp_path / "nonexistent", cache=cache) == index
+
+
+def test_map_functions_and_candidates(kb):
+    index = {"__x64_sys_epoll_wait": ["fs/eventpoll.o"], "ep_poll": ["fs/eventpoll.o"],
+             "proc_sys_read": ["fs/proc/proc_sysctl.o"], "tcp_sendmsg": ["net/ipv4/tcp.o"],
+             "show": ["fs/proc/base.o", "net/ipv4/tcp.o"],      # ambiguous static: not counted
+             "vfs_read": ["fs/read_write.o"], "nla_parse": ["lib/nlattr.o"]}
+    fns = {"__x64_sys_epoll_wait": 3, "ep_poll": 5, "proc_sys_read": 1, "tcp_sendmsg": 9, "show": 1,
+           "vfs_read": 4, "nla_parse": 1, "not_in_any_object": 1}
+    m = discover.map_functions(fns, index, kb.gates)
+    assert m.syscalls == ["epoll_wait"]
+    assert m.unmapped == 2
+    assert m.by_option == {"EPOLL": ["__x64_sys_epoll_wait", "ep_poll"], "PROC_FS": ["proc_sys_read"],
+                           "PROC_SYSCTL": ["proc_sys_read"], "INET": ["tcp_sendmsg"], "NET": ["tcp_sendmsg"],
+                           "NLATTR": ["nla_parse"]}
+    take, skipped = discover.candidates(m.by_option, probe_on={"EPOLL", "PROC_FS", "PROC_SYSCTL", "INET", "NET",
+                                                               "NLATTR"},
+                                        base_on={"PROC_FS"}, has_prompt=lambda o: o != "NLATTR")
+    assert take == ["EPOLL", "INET", "NET", "PROC_SYSCTL"]
+    assert skipped == {"NLATTR": "no prompt (only selected by other options)"}
+    reason = discover._reason_for("EPOLL", m)
+    assert reason.startswith("traced: system calls epoll_wait") and "ep_poll" in reason
+
+
+def test_trace_filter_keeps_unique_kernel_pcs_by_phase():
+    f = TraceFilter()
+    stream = (b"translate_block tb:0x7f00, pc:0xfff0, tb_code:0x7f01\n"           # firmware: not kernel
+              b"translate_block tb:0x7f02, pc:0xffffffff81000000, tb_code:0x7f03\n"
+              b"translate_block tb:0x7f04, pc:0xffffffff81000010, tb_code:0x7f05\n")
+    for i in range(0, len(stream), 7):  # any chunking
+        f.feed(stream[i:i + 7])
+    f.user_space()
+    f.feed(b"123@1.5:translate_block tb:0x1, pc:0xffffffff81000010, tb_code:0x2\n"   # seen at boot already
+           b"translate_block tb:0x1, pc:0x401000, tb_code:0x2\n"                     # user space
+           b"translate_block tb:0x1, pc:0xffffffff81000020, tb_code:0x2")            # no newline yet
+    f.finish()
+    assert f.pcs == {0xffffffff81000000: "boot", 0xffffffff81000010: "boot", 0xffffffff81000020: "app"}
+    assert f.lines == 6 and f.count("app") == 1 and not f.truncated
+
+
+def test_trace_filter_caps():
+    f = TraceFilter(cap=2)
+    f.feed(b"".join(b"translate_block pc:0x%x\n" % (0xffffffff81000000 + i) for i in range(5)))
+    assert len(f.pcs) == 2 and f.truncated and f.bytes_read > 0
+
+
+class FakeOracle:
+    """Passes when every option of *needed* is in the set (and counts its calls)."""
+
+    def __init__(self, needed):
+        self.needed = set(needed)
+        self.calls = 0
+
+    def __call__(self, options):
+        self.calls += 1
+        return self.needed <= set(options)
+
+
+@pytest.mark.parametrize("needed", [["r3"], ["r0"], ["r31"], ["r5", "r20"], []])
+def test_add_back_finds_the_missing_options(needed):
+    rest = [f"r{i}" for i in range(32)]
+    oracle = FakeOracle(set(needed) | {"c1"})
+    added = discover.add_back(["c1", "c2"], rest, discover.Memo(oracle))
+    assert added == [r for r in rest if r in needed]
+    assert oracle.calls <= 2 + len(needed) * (math.ceil(math.log2(32)) + 1)
+
+
+def test_add_back_gives_up_when_even_everything_fails():
+    assert discover.add_back(["c1"], ["r1", "r2"], FakeOracle({"zz"})) is None
+
+
+def test_minimise_keeps_what_the_oracle_needs():
+    kept, dropped = discover.minimise(["a", "b", "c", "d"], FakeOracle({"b", "d"}))
+    assert kept == ["b", "d"] and dropped == ["a", "c"]
+
+
+def test_memo_calls_each_set_once():
+    oracle = FakeOracle({"a"})
+    memo = discover.Memo(oracle)
+    assert memo(["a", "b"]) and memo(["b", "a"]) and not memo([])
+    assert oracle.calls == 2
+
+
+SUMMARY = {"format": discover.FORMAT, "app": "newapp", "recipe": "recipes/newapp.yaml", "base": ["lupine-base"],
+           "probe_kernel": "p" * 64, "kernel": "k" * 64, "trials": 1, "options": [
+               {"option": "NET", "from": "trace", "why": "traced: system calls socket, bind"},
+               {"option": "NETDEVICES", "from": "deps", "why": "needed by VIRTIO_NET (resolve: deps)"}],
+           "not_taken": [], "dropped_by_minimise": [], "syscalls": 40, "builds": 1, "boots": 2, "seconds": 9.5}
+
+
+def test_write_recipe_adds_options_with_reasons(tmp_path):
+    path = tmp_path / "newapp.yaml"
+    path.write_text("# a new app\ndescription: x\nkernel:\n  base: [lupine-base]\napp:\n  command: /bin/true\n")
+    discover.write_recipe(load(path), SUMMARY)
+    text = path.read_text()
+    assert "    NET: y  # trace: traced: system calls socket, bind\n" in text
+    r = load(path)
+    assert r.kernel.options == (("NET", "y"), ("NETDEVICES", "y")) and r.kernel.base == ("lupine-base",)
+    with pytest.raises(TailorError, match="already has 2 options"):
+        discover.write_recipe(r, SUMMARY)
+
+
+def test_write_recipe_without_kernel_section(tmp_path):
+    path = tmp_path / "newapp.yaml"
+    path.write_text("app:\n  command: /bin/true\n")
+    discover.write_recipe(load(path), SUMMARY)
+    assert load(path).kernel.options == (("NET", "y"), ("NETDEVICES", "y"))
+
+
+def test_options_yaml_renders_as_yaml():
+    import yaml
+
+    from tailor.rootfs import render
+
+    data = yaml.safe_load(render("discover-options.yaml.j2", s=SUMMARY))
+    assert [o["option"] for o in data["options"]] == ["NET", "NETDEVICES"]
+    assert all(o["why"] for o in data["options"]) and data["not_taken"] == []
+
+
+def test_probe_fragment_resolves_on_lupine_base(ktree):
+    """The committed probe fragment: every option exists, and lupine-base + probe resolves in deps
+    mode without undoing lupine-base (no SMP, no modules, no PCI)."""
+    from tailor.config import layers
+    from tailor.kconfig import parse_fragment, resolve
+    from tailor.recipe import find
+
+    opts = probe.options()
+    assert len(opts) > 50 and {"NET", "EPOLL", "FUTEX", "PROC_FS", "VIRTIO_NET"} <= set(opts)
+    result = resolve(ktree, layers(find("hello"))[:-1] + [parse_fragment(probe.PROBE_FRAGMENT)], "deps")
+    on = discover.config_values(result.config)
+    assert set(opts) <= on and not {"SMP", "MODULES", "PCI", "ACPI"} & on
+
+
+def test_beyond_drops_what_the_null_app_ran():
+    by_option = {"AIO": ["exit_aio"], "EPOLL": ["__x64_sys_epoll_wait", "ep_poll"], "FUTEX": ["exit_robust_list",
+                                                                                          "futex_wait"]}
+    assert discover.beyond(by_option, {"exit_aio", "exit_robust_list"}) == {
+        "EPOLL": ["__x64_sys_epoll_wait", "ep_poll"], "FUTEX": ["futex_wait"]}
+
+
+def test_null_recipe_keeps_the_kernel_and_runs_small_programs():
+    from tailor.recipe import find
+
+    hello = find("hello")
+    null = discover.null_recipe(hello)
+    assert null.kernel == hello.kernel and null.name == discover.NULL_APP and not null.app.network
+    assert null.test.ready == discover.NULL_DONE and null.test.probe.type == "none"
+    assert "coreutils" in null.rootfs.packages and "/bin/true" in null.app.args[-1]
+
+
+def test_comparison_table(tmp_path, monkeypatch):
+    from tailor.recipe import find
+    from tailor.util import write_json
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    write_json(tmp_path / "out" / "discover" / "redis" / "discover.json", {
+        **SUMMARY, "app": "redis", "bzImage": 1_400_000,
+        "options": [{"option": "NET", "from": "trace", "why": "traced: system calls socket"},
+                    {"option": "ADVISE_SYSCALLS", "from": "trace", "why": "traced: system calls madvise"}]})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{discover.TABLE_START}\nold\n{discover.TABLE_END}\nrest\n")
+    discover.write_table([find("redis"), find("hello")], readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
+    assert "| redis | 2 | 9 |" in text and "hello" not in text  # hello has no discovery result here
+    assert "- redis, ADVISE_SYSCALLS (only discovered; trace): traced: system calls madvise" in text
+    assert "- redis, EPOLL (only in the recipe): the discovered kernel passes the boot test without it" in text
+
+
+def test_fifo_reader_filters_a_real_fifo(tmp_path):
+    import os
+
+    from tailor.trace import FifoReader
+
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    f = TraceFilter()
+    reader = FifoReader(fifo, f)
+    reader.start()
+    with open(fifo, "wb") as w:  # as qemu does: open for writing, write lines, close
+        w.write(b"translate_block tb:0x1, pc:0xffffffff81000000, tb_code:0x2\n" * 1000)
+        w.flush()
+        reader.user_space()
+        w.write(b"translate_block tb:0x1, pc:0xffffffff81000040, tb_code:0x2\n")
+    reader.stop()
+    assert not reader.is_alive()
+    assert f.pcs == {0xffffffff81000000: "boot", 0xffffffff81000040: "app"} and f.lines == 1001
+
+
+def test_qemu_command_takes_trace_arguments():
+    from tailor.boot import qemu_command
+
+    cmd = qemu_command("bzImage", "rootfs.cpio", "cpio", 64, "nokaslr", "tcg", None, False,
+                       extra=("-d", "trace:translate_block", "-D", "/tmp/x.fifo"))
+    assert cmd[cmd.index("-d") + 1] == "trace:translate_block" and cmd[cmd.index("-D") + 1] == "/tmp/x.fifo"
+    assert cmd[-2] == "-append" and cmd[-1].endswith(" nokaslr")

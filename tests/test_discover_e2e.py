@@ -1,0 +1,81 @@
+"""Discovery end to end (slow): hello and redis traced on one shared probe kernel, their options mapped,
+and the discovered kernel boot-tested. Kernels are shared through out/ with the other slow tests (the
+probe kernel is built once; a discovered set equal to a recipe's reuses that recipe's kernel)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tailor import config, discover
+from tailor.recipe import find, load
+from tailor.util import out_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def run_discover(app):
+    proc = subprocess.run([sys.executable, "-m", "tailor", "discover", app], cwd=ROOT, capture_output=True,
+                          text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    return proc
+
+
+def check(app, proc):
+    d = out_dir() / "discover" / app
+    summary = json.loads((d / "discover.json").read_text())
+    options = yaml.safe_load((d / "options.yaml").read_text())
+    # every option has a reason, and options.yaml says the same as discover.json
+    assert [o["option"] for o in options["options"]] == [o["option"] for o in summary["options"]]
+    assert all(o["why"] and o["from"] in ("trace", "deps", "bisection") for o in options["options"])
+    # the discovered kernel passed the boot test in a recorded trial
+    trials = json.loads((d / "trials.json").read_text())["trials"]
+    passing = [t for t in trials if t["result"] == "pass" and t["identity"] == summary["kernel"]]
+    assert passing, trials
+    result = json.loads((d / "trials" / str(passing[-1]["trial"]) / "result.json").read_text())
+    assert result["pass"] is True
+    # the system calls it ran
+    calls = json.loads((d / "syscalls.json").read_text())
+    assert {"execve", "mmap"} <= set(calls["all"])
+    # progress per phase and totals at the end
+    for phase in ("phase 1/4", "phase 2/4", "phase 3/4", "phase 4/4", "total"):
+        assert phase in proc.stderr
+    assert summary["trace"]["pcs_app"] > 1000
+    # no qemu left behind
+    assert subprocess.run(["pgrep", "-f", f"tailor-{app}-"], capture_output=True).returncode == 1
+    return summary
+
+
+def test_discover_hello():
+    summary = check("hello", run_discover("hello"))
+    assert summary["boots"] >= 2
+    # GNU hello runs on lupine-base alone, as found by hand: everything it reached on the probe kernel
+    # is process plumbing that the null app runs too
+    assert summary["options"] == [] and any(o["option"] == "CGROUPS" for o in summary["not_taken"])
+
+
+def test_discover_redis_shares_the_probe_kernel_and_writes_a_recipe(tmp_path):
+    summary = check("redis", run_discover("redis"))
+    hello = json.loads((out_dir() / "discover" / "hello" / "discover.json").read_text())
+    assert summary["probe_kernel"] == hello["probe_kernel"]
+    names = {o["option"] for o in summary["options"]}
+    assert {"NET", "INET", "VIRTIO_NET", "EPOLL"} <= names
+    calls = json.loads((out_dir() / "discover" / "redis" / "syscalls.json").read_text())
+    assert {"epoll_wait", "accept4", "bind", "listen"} <= set(calls["app_phase"]) | set(calls["all"])
+    # --write: a copy of the recipe without options gets the discovered ones, and resolves (strict)
+    # to exactly the kernel that passed
+    original = find("redis")
+    text = original.path.read_text()
+    head, rest = text.split("  options:\n", 1)
+    copy = tmp_path / "redis.yaml"
+    copy.write_text(head + rest[rest.index("rootfs:"):])
+    discover.write_recipe(load(copy), summary)
+    written = load(copy)
+    assert {name for name, _ in written.kernel.options} == names
+    result = config.configure(written, outdir=tmp_path / "config")
+    assert result.identity == summary["kernel"]
