@@ -13,16 +13,22 @@ removed when the :class:`Lab` closes::
 
 distccd started as root drops its privileges to ``nobody``; the scratch
 directory is made readable for it and its log file is handed to it.
+
+A :class:`Checkout` stands for another machine or checkout: a scratch output
+directory with a hard-linked copy of the kernel source, its own ccache and
+distcc state, in which ``kernel.build`` runs as a child process.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -229,11 +235,8 @@ class Checkout:
 
     def start(self, identity: str, settings: dict[str, str]) -> subprocess.Popen:
         """Start ``kernel.build`` of this checkout's config in a child process."""
-        import resource
-        import sys
-
         self._t0 = time.monotonic()
-        self._cpu0 = _children_cpu(resource)
+        self._cpu0 = _children_cpu()
         return subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(self.config), str(self.tree), identity,
                                  self.name], cwd=Path(farm.__file__).resolve().parent.parent,
                                 env=self.env(settings), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -241,11 +244,9 @@ class Checkout:
 
     def finish(self, proc: subprocess.Popen, timeout: float = 3600) -> str:
         """Wait for the build; return its stderr (a TailorError when it failed)."""
-        import resource
-
         _, err = proc.communicate(timeout=timeout)
         self.seconds = time.monotonic() - self._t0
-        self.cpu_seconds = _children_cpu(resource) - self._cpu0
+        self.cpu_seconds = _children_cpu() - self._cpu0
         if proc.returncode != 0:
             raise TailorError(f"the {self.name} build failed: {(err.strip().splitlines() or ['no output'])[-1]}")
         return err
@@ -254,7 +255,7 @@ class Checkout:
         return self.out / "kernel" / identity[:16]
 
 
-def _children_cpu(resource) -> float:
+def _children_cpu() -> float:
     """User + system CPU seconds of this process's finished children (a build and all it ran locally)."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime

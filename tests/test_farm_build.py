@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,66 +40,13 @@ KILL_AFTER = 40
 COMPILED_SOURCE = re.compile(r"COMPILE_OK .* (\S+/tree/\S+\.[cS])$", re.M)
 """distccd's line for each compile it finished, naming the source (a path into the kernel tree)."""
 
-BUILD = """\
-import sys
-from pathlib import Path
-from tailor import kernel
-from tailor.errors import TailorError
-try:
-    kernel.build(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], "test", label=sys.argv[4])
-except TailorError as e:
-    sys.exit(f"tailor: error: {e}")
-"""
+
+def artefacts(checkout: farmlab.Checkout, identity: str) -> dict[str, bytes]:
+    return {a: (checkout.kernel_dir(identity) / a).read_bytes() for a in ARTEFACTS}
 
 
-def ccache_stats(ccache_dir: Path) -> dict[str, int]:
-    out = subprocess.run(["ccache", "--print-stats"], env=dict(os.environ, CCACHE_DIR=str(ccache_dir)),
-                         capture_output=True, text=True, check=True).stdout
-    return {k: int(v) for k, v in (ln.split("\t") for ln in out.splitlines() if "\t" in ln)}
-
-
-class Checkout:
-    """An output directory with its own copy of the source, its own ccache and its own distcc state."""
-
-    def __init__(self, base: Path, name: str, linux_tree: Path, source_id: str, config_text: str):
-        self.name = name
-        self.out = base / name
-        self.tree = self.out / "src" / source_id / "tree"
-        self.tree.parent.mkdir(parents=True)
-        subprocess.run(["cp", "-al", str(linux_tree), str(self.tree)], check=True)  # hard links: seconds
-        self.config = self.out / "config" / ".config"
-        self.config.parent.mkdir(parents=True)
-        self.config.write_text(config_text)
-        self.ccache = self.out / "ccache"
-        self.seconds = 0.0
-
-    def env(self, **settings: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TAILOR_", "CCACHE_", "DISTCC_"))}
-        env.update({"TAILOR_OUT": str(self.out), "CCACHE_DIR": str(self.ccache),
-                    "DISTCC_DIR": str(self.out / "distcc"), "TAILOR_CCACHE_REMOTE": "", "TAILOR_DISTCC_HOSTS": ""})
-        env.update(settings)
-        return env
-
-    def start(self, identity: str, **settings: str) -> subprocess.Popen:
-        self._t0 = time.monotonic()
-        return subprocess.Popen([sys.executable, "-c", BUILD, str(self.config), str(self.tree), identity, self.name],
-                                cwd=ROOT, env=self.env(**settings), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    def finish(self, proc: subprocess.Popen) -> str:
-        _, err = proc.communicate(timeout=1800)
-        self.seconds = time.monotonic() - self._t0
-        assert proc.returncode == 0, f"{self.name} build failed:\n{err[-3000:]}"
-        return err
-
-    def kernel_dir(self, identity: str) -> Path:
-        return self.out / "kernel" / identity[:16]
-
-    def artefacts(self, identity: str) -> dict[str, bytes]:
-        return {a: (self.kernel_dir(identity) / a).read_bytes() for a in ARTEFACTS}
-
-    def build_log(self, identity: str) -> str:
-        return (self.kernel_dir(identity) / "build.log").read_text(errors="replace")
+def build_log(checkout: farmlab.Checkout, identity: str) -> str:
+    return (checkout.kernel_dir(identity) / "build.log").read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +60,8 @@ def farm_builds(linux_tree, ktree):
         with farmlab.Lab() as lab:
             cache = lab.redis()
             h1, h2 = lab.distccd("127.0.0.2", slots=2), lab.distccd("127.0.0.3", slots=2)
-            checkouts = {n: Checkout(base, n, linux_tree, ref.id, result.config) for n in ("local", "distcc", "second")}
+            checkouts = {n: farmlab.Checkout(base, n, linux_tree, ref.id, result.config)
+                         for n in ("local", "distcc", "second")}
             data: dict = {"identity": identity, "checkouts": checkouts, "helpers": (h1, h2)}
 
             # 1. Dead cache server and dead helper: one line each, then a local build.
@@ -122,11 +69,12 @@ def farm_builds(linux_tree, ktree):
             local = checkouts["local"]
             data["dead"] = (f"redis://127.0.0.1:{dead_cache}", f"127.0.0.4:{dead_helper}")
             data["local_err"] = local.finish(local.start(
-                identity, TAILOR_CCACHE_REMOTE=data["dead"][0], TAILOR_DISTCC_HOSTS=f"{data['dead'][1]}/2"))
+                identity, {"TAILOR_CCACHE_REMOTE": data["dead"][0], "TAILOR_DISTCC_HOSTS": f"{data['dead'][1]}/2"}))
 
             # 2. Through both helpers and the cache server; the second helper dies mid-build.
             dist = checkouts["distcc"]
-            proc = dist.start(identity, TAILOR_CCACHE_REMOTE=cache.url, TAILOR_DISTCC_HOSTS=f"{h1.spec} {h2.spec}")
+            proc = dist.start(identity, {"TAILOR_CCACHE_REMOTE": cache.url,
+                                         "TAILOR_DISTCC_HOSTS": f"{h1.spec} {h2.spec}"})
             deadline = time.monotonic() + 1200
             while farmlab.compiled_jobs(h2) < KILL_AFTER and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -139,10 +87,10 @@ def farm_builds(linux_tree, ktree):
 
             # 3. A second checkout with an empty local ccache and no helpers: hits in the cache server.
             second = checkouts["second"]
-            data["second_err"] = second.finish(second.start(identity, TAILOR_CCACHE_REMOTE=cache.url))
-            data["stats"] = {n: ccache_stats(c.ccache) for n, c in checkouts.items()}
-            data["kernels"] = {n: c.artefacts(identity) for n, c in checkouts.items()}
-            data["logs"] = {n: c.build_log(identity) for n, c in checkouts.items()}
+            data["second_err"] = second.finish(second.start(identity, {"TAILOR_CCACHE_REMOTE": cache.url}))
+            data["stats"] = {n: farmlab.ccache_stats(c.ccache) for n, c in checkouts.items()}
+            data["kernels"] = {n: artefacts(c, identity) for n, c in checkouts.items()}
+            data["logs"] = {n: build_log(c, identity) for n, c in checkouts.items()}
             print("\nfarm builds: " + ", ".join(f"{n} {c.seconds:.0f} s" for n, c in checkouts.items())
                   + f"; helper compiles {data['after']}; remote hits of the second checkout "
                   f"{data['stats']['second'].get('remote_storage_hit')}", file=sys.stderr)
