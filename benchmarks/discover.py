@@ -16,6 +16,7 @@ builds: minutes each). Stores out/bench/discover.json.
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import _setup  # noqa: F401  (puts the project on sys.path)
 
@@ -29,7 +30,7 @@ def hand_found(recipe):
         pointer = json.loads(kernel.app_pointer(recipe.name).read_text())
     except (OSError, ValueError):
         return None
-    kdir = kernel.kernel_dir(pointer["identity"])
+    kdir = Path(pointer["dir"])
     try:
         calls = count_syscalls((kdir / "System.map").read_text())["real"]
     except OSError:
@@ -45,7 +46,7 @@ def row(app: str) -> dict:
 
     summary = json.loads((discover.discover_dir(app) / "discover.json").read_text())
     recipe = load(PROJECT / summary["recipe"])  # recipes/<app>.yaml, or wherever the discovered recipe was
-    kdir = kernel.kernel_dir(summary["kernel"])
+    kdir = kernel.kernel_dir(kernel.kernel_identity(summary["kernel"]))
     calls = count_syscalls((kdir / "System.map").read_text())["real"]
     tr = summary["trace"]
     return {

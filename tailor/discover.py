@@ -224,7 +224,7 @@ class _Run:
         record.update(identity=result.identity, added_by_deps=result.added, enabled=result.enabled())
         self.say(f"trial {n} ({why}): {len(options)} options (+{len(result.added)} by deps), "
                  f"kernel {result.identity[:16]}")
-        had = (kernel.kernel_dir(result.identity) / "kernel.json").is_file()
+        had = (kernel.kernel_dir(kernel.kernel_identity(result.identity)) / "kernel.json").is_file()
         meta = kernel.build(tdir / ".config", self.srctree, result.identity, self.ref.label, jobs=self.jobs,
                             label=f"discover:{self.app}")
         self.builds += 0 if had else 1
@@ -233,8 +233,8 @@ class _Run:
         t1 = time.monotonic()
         self.boots += 1
         try:
-            boot.run(self.recipe, kernel.kernel_dir(result.identity) / "bzImage", rootfs.image_path(self.recipe),
-                     tdir)
+            boot.run(self.recipe, Path(kernel.describe(result.identity, meta)["bzImage"]),
+                     rootfs.image_path(self.recipe), tdir)
             record.update(result="pass", reason="")
         except TailorError as e:
             record.update(result="fail", reason=str(e).splitlines()[0])

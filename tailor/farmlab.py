@@ -252,7 +252,10 @@ class Checkout:
         return err
 
     def kernel_dir(self, identity: str) -> Path:
-        return self.out / "kernel" / identity[:16]
+        """Where this checkout keeps the kernel of the config *identity* (built by this host's toolchain)."""
+        from tailor import kernel
+
+        return self.out / "kernel" / kernel.kernel_identity(identity)[:16]
 
 
 def _children_cpu() -> float:
