@@ -72,8 +72,10 @@ class SourceRef:
         return self.id[:16]
 
 
-def read_lock(path: Path = LOCK_FILE) -> dict:
-    """The pinned Debian source packages: ``{package: {"version", "sha256", "deb_sha256"}}``."""
+def read_lock(path: Path | None = None) -> dict:
+    """The pinned Debian source packages: ``{package: {"version", "sha256", "deb_sha256"}}``
+    (from *path*, default :data:`LOCK_FILE`, read when called)."""
+    path = path or LOCK_FILE
     if not path.exists():
         return {}
     try:
@@ -99,8 +101,9 @@ def cached_tarball(package: str, version: str) -> Path:
     return debian_cache() / f"{package}_{version}" / f"{package}.tar.xz"
 
 
-def ref_for(source: Source, patches=(), lock_path: Path = LOCK_FILE) -> SourceRef:
+def ref_for(source: Source, patches=(), lock_path: Path | None = None) -> SourceRef:
     """The pinned reference for a recipe's ``kernel.source`` (reads no tarball)."""
+    lock_path = lock_path or LOCK_FILE
     if source.kind == "debian":
         pin = read_lock(lock_path).get(source.package)
         if not isinstance(pin, dict) or not pin.get("sha256") or not pin.get("version"):
@@ -118,7 +121,7 @@ def ref_for(source: Source, patches=(), lock_path: Path = LOCK_FILE) -> SourceRe
                      patches=tuple(patches))
 
 
-def recipe_ref(recipe: Recipe, lock_path: Path = LOCK_FILE) -> SourceRef:
+def recipe_ref(recipe: Recipe, lock_path: Path | None = None) -> SourceRef:
     return ref_for(recipe.kernel.source, recipe.kernel.patches, lock_path)
 
 
@@ -242,7 +245,7 @@ def download_debian(package: str, version: str, deb_sha256: str | None = None,
         remove(tmp)
 
 
-def pin(spec: str, lock_path: Path = LOCK_FILE) -> dict:
+def pin(spec: str, lock_path: Path | None = None) -> dict:
     """Pin ``PACKAGE[=VERSION]`` from Debian's archive (default: its newest version) in the lock file.
 
     Downloads the .deb (installs nothing), records its version, its sha256 and the sha256 of the
@@ -258,6 +261,7 @@ def pin(spec: str, lock_path: Path = LOCK_FILE) -> dict:
         raise TailorError(f"pin-source: Debian's archive does not offer {package} {version}; it offers "
                           f"{', '.join(offered)}")
     version = version or offered[0]
+    lock_path = lock_path or LOCK_FILE
     _, deb_sha, tar_sha = download_debian(package, version)
     data = read_lock(lock_path)
     data[package] = {"version": version, "sha256": tar_sha, "deb_sha256": deb_sha}

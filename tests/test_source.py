@@ -209,6 +209,7 @@ def test_pin_source_command_line(archive, tmp_path):
             f"source.DEBIAN_SRC_DIR = Path({str(archive['installed'])!r}); "
             "from tailor.__main__ import main; sys.exit(main(sys.argv[1:]))")
     root = Path(__file__).resolve().parent.parent
+    project_lock = (root / "kernel-sources.lock").read_bytes()
     ok = subprocess.run([sys.executable, "-c", code, "pin-source", PACKAGE], cwd=root, env=env,
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
@@ -219,6 +220,8 @@ def test_pin_source_command_line(archive, tmp_path):
     assert bad.stderr.strip().splitlines() == [
         f"tailor: error: pin-source: Debian's archive does not offer {PACKAGE} 1-1; it offers 9.9.1-10, "
         "9.9.1-2, 9.9.1-1"]
+    assert PACKAGE in json.loads(archive["lock"].read_text())  # the lock it was pointed at ...
+    assert (root / "kernel-sources.lock").read_bytes() == project_lock  # ... and never the project's
 
 
 @pytest.mark.slow
