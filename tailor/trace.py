@@ -37,6 +37,14 @@ INIT_MARK = "Run /init as init process"
 
 
 @dataclass
+TRACE_CMDLINE = "nokaslr rootfstype=ramfs"
+"""Kernel arguments of a traced boot. ``nokaslr``: System.map's addresses are the
+running kernel's. ``rootfstype=ramfs``: the probe kernel has TMPFS, with which the
+initramfs would be unpacked into a tmpfs capped at half the memory, while a base
+without TMPFS (lupine-base) unpacks it into an uncapped ramfs; an app that writes
+much (postgres's initdb) would fail on the probe kernel only."""
+
+
 class TraceFilter:
     """Keeps each kernel pc of a translate_block stream once, with the phase it was first seen in.
 
@@ -179,7 +187,7 @@ def run(recipe, kernel: Path, image: Path, outdir: Path) -> Trace:
         try:
             result = boot.run(recipe, kernel, image, outdir, accel="tcg",
                               qemu_extra=("-d", "trace:translate_block", "-D", str(fifo)),
-                              cmdline_extra="nokaslr", on_line=on_line)
+                              cmdline_extra=TRACE_CMDLINE, on_line=on_line)
         except TailorError as e:
             error = str(e)
         finally:
