@@ -570,6 +570,35 @@ def pack_ext2(stage_dir: Path, image: Path, epoch: int, name: str, size_mib: int
                                   f"content (mke2fs: {detail[0].removeprefix('mke2fs: ')}); raise it to at least "
                                   f"{computed} or leave it out so it is computed")
             raise TailorError(f"mke2fs failed for {name} ({size_mib} MiB): {detail[0]}")
+        _clamp_ext2_times(stage_dir, tmp, epoch, name)
+
+
+def _clamp_ext2_times(stage_dir: Path, image: Path, epoch: int, name: str) -> None:
+    """Set every inode's ctime and atime in *image* to *epoch* with ``debugfs -w``.
+
+    ``mke2fs -d`` (e2fsprogs 1.47.0) copies each file's atime, mtime and ctime from the host's
+    ``lstat``. The staged tree's mtimes are clamped, but a host ctime is the moment the tree was
+    normalised, and a directory's atime moves when it is listed: two builds a second apart differ."""
+    lines = []
+    for rel in ["/"] + sorted("/" + p.relative_to(stage_dir).as_posix() for p in stage_dir.rglob("*")):
+        if "\n" in rel:
+            raise TailorError(f"{name}: {rel!r}: a file name with a newline cannot go into an ext2 image; "
+                              "remove it from the rootfs")
+        quoted = '"' + rel.replace('"', '""') + '"'
+        lines += [f"sif {quoted} ctime @{epoch}", f"sif {quoted} atime @{epoch}"]
+    script = image.with_name(image.name + ".debugfs")
+    script.write_text("\n".join(lines) + "\n")
+    try:
+        proc = subprocess.run(["debugfs", "-w", "-f", str(script), str(image)], capture_output=True, text=True,
+                              env=dict(os.environ, LC_ALL="C"))
+    except OSError:
+        raise TailorError("debugfs not found; install e2fsprogs (./setup.sh does)") from None
+    finally:
+        script.unlink(missing_ok=True)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
+    if proc.returncode != 0 or errors:
+        raise TailorError(f"debugfs could not set the times in {name}'s ext2 image: "
+                          f"{(errors or proc.stderr.strip().splitlines() or ['?'])[0]}")
 
 
 def build(recipe: Recipe) -> dict:

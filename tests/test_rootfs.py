@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,11 @@ def test_cpio_image_is_deterministic(tmp_path, pkg_tree):
 
 def test_ext2_image_is_deterministic(tmp_path, pkg_tree):
     a = _staged(tmp_path, pkg_tree, "a", 2_000_000_000)
+    # the host's ctimes (and listed directories' atimes) of the two trees are a second apart:
+    # mke2fs copies them, so the image must not depend on them
+    second = int(time.time())
+    while int(time.time()) == second:
+        time.sleep(0.05)
     b = _staged(tmp_path, pkg_tree, "b", 1_500_000_000)
     rootfs.pack_ext2(a, tmp_path / "a.img", 1_000_000, "det")
     rootfs.pack_ext2(b, tmp_path / "b.img", 1_000_000, "det")
