@@ -263,7 +263,9 @@ def copy_in(tree: Path, stage: Path, path: str, depth: int = 0) -> None:
             shutil.copy2(src, dst, follow_symlinks=False)
 
 
-def _expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[str]:
+def expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[str]:
+    """The in-tree absolute paths the glob *patterns* match in *tree* (a dangling symlink named exactly
+    counts); a pattern that matches nothing is a TailorError naming *origin*."""
     out = []
     for pat in patterns:
         matches = sorted("/" + str(p.relative_to(tree)) for p in tree.glob(pat.lstrip("/")))
@@ -275,7 +277,7 @@ def _expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[st
     return out
 
 
-def _elf_files(tree: Path, paths: list[str]) -> list[str]:
+def elf_files(tree: Path, paths: list[str]) -> list[str]:
     """The ELF files among *paths* and inside the directories among them (in-tree absolute paths)."""
     out = []
     for path in paths:
@@ -467,8 +469,8 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         patterns = recipe.rootfs.files
         if recipe.rootfs.image:  # the image's own users and name service files win over rootfs/common's
             patterns += tuple(f for f in IMAGE_ETC if (tree / f[1:]).is_file() and not (tree / f[1:]).is_symlink())
-        files = _expand_files(tree, patterns, f"{origin}: rootfs.files")
-        programs = sorted(keep) + _elf_files(tree, files)
+        files = expand_files(tree, patterns, f"{origin}: rootfs.files")
+        programs = sorted(keep) + elf_files(tree, files)
         try:
             keep.update(library_closure(tree, programs))
         except TailorError as e:

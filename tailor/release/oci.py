@@ -20,13 +20,9 @@ from pathlib import Path
 
 from tailor import __version__
 from tailor.errors import TailorError
+from tailor.image.reference import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, REF_NAME
 from tailor.util import atomic_path, json_bytes, makedirs, sha256_file, write_atomic, write_json
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-REF_NAME = "org.opencontainers.image.ref.name"
 URUNC_KERNEL = "/.boot/kernel"
 URUNC_ROOTFS = "/.boot/rootfs"
 
