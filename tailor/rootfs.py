@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -36,10 +35,10 @@ from tailor.elf import library_closure, read_dynamic, resolve_in_root
 from tailor.errors import TailorError
 from tailor.kernel import source_date_epoch
 from tailor.recipe import ROOTFS_DIR, Recipe
+from tailor.templates import TEMPLATES_DIR, render
 from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, out_dir, remove,
                          sha256_file, sha256_text, write_json)
 
-TEMPLATES_DIR = PROJECT / "templates"
 INIT_TEMPLATE = "init.sh.j2"
 ROOTFS_VERSION = "1"
 """Bump when the stage's output for the same recipe changes (invalidates rootfs tasks)."""
@@ -402,22 +401,6 @@ def run_build_step(step, stage_dir: Path, origin: str) -> None:
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise TailorError(f"{origin}: {' '.join(step.run)} failed with status {proc.returncode}: {tail[0]}")
-
-
-def render(template: str, **values) -> str:
-    """Render ``templates/<template>`` with jinja2; the ``sh`` filter shell-quotes a value."""
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False,
-                             trim_blocks=True, lstrip_blocks=True)
-    env.filters["sh"] = lambda v: shlex.quote(str(v))
-    env.filters["shjoin"] = lambda argv: " ".join(shlex.quote(str(a)) for a in argv)
-    env.filters["tojson"] = lambda v: __import__("json").dumps(v, ensure_ascii=False)
-    try:
-        return env.get_template(template).render(**values)
-    except jinja2.TemplateError as e:
-        raise TailorError(f"templates/{template}: {e}") from None
 
 
 def init_script(recipe: Recipe, command_path: str) -> str:

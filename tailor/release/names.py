@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tailor import __version__
 from tailor.errors import TailorError
-from tailor.rootfs import render as render_template
-from tailor.rootfs import TEMPLATES_DIR
+from tailor.templates import TEMPLATES_DIR
+from tailor.templates import render as render_template
 from tailor.util import out_dir
 
 RELEASE_FORMAT = "2"
@@ -79,7 +79,7 @@ def maintainer() -> str:
 
 
 def render(template: str, **values) -> str:
-    """Render ``templates/release/<template>`` (see :func:`tailor.rootfs.render`)."""
+    """Render ``templates/release/<template>`` (see :func:`tailor.templates.render`)."""
     return render_template(f"{TEMPLATE_DIR}/{template}", **values)
 
 
