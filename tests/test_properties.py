@@ -24,7 +24,7 @@ from hypothesis import event as _event
 from hypothesis.errors import InvalidArgument
 from hypothesis import strategies as st
 
-from tailor import config, kconfig, recipe
+from tailor import config, kconfig, recipe, schema
 from tailor.errors import TailorError
 from tailor.kconfig import ResolveError
 
@@ -47,16 +47,11 @@ def event(what: str) -> None:
 # ---------------------------------------------------------------------------
 # Recipes
 
-SCHEMA = {
-    "": ["name", "description", "kernel", "rootfs", "app", "test", "general"],
-    "kernel": ["source", "base", "options", "resolve", "patches", "cmdline"],
-    "rootfs": ["packages", "files", "overlay", "format", "slim", "size_mib"],
-    "app": ["command", "args", "env", "workdir", "network"],
-    "test": ["ready", "probe", "memory", "timeout"],
-    "probe": ["type", "port", "path", "status", "body", "expect"],
-    "source": ["url", "path", "sha256", "package"],
-}
-ALL_KEYS = sorted({k for keys in SCHEMA.values() for k in keys})
+SCHEMA = {section: list(schema.children(path)) for section, path in (
+    ("", ""), ("kernel", "kernel"), ("rootfs", "rootfs"), ("app", "app"), ("test", "test"),
+    ("probe", "test.probe"), ("source", "kernel.source"))}
+"""The keys of each recipe section, from the schema table (tailor/schema.py)."""
+ALL_KEYS = sorted({k.name for k in schema.KEYS})
 INTERESTING = ["y", "n", "m", "", " ", "lupine-base", "debian", "cpio", "ext2", "strict", "deps", "redis",
                "console", "/usr/bin/hello", "hello", "../etc", "/", "a" * 70, "CONFIG_FUTEX", "FUTEX",
                "0x1000", "6379", "é日本", "$(reboot)", "'\"`;|&*\n\t", "\x00", "~", "null", "yes", "1e3",
