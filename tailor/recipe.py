@@ -199,7 +199,7 @@ class BuildStep:
 class RootfsSpec:
     packages: tuple[str, ...] = ()
     image: str | None = None
-    """An OCI image reference (tailor/image.py) whose layers are the tree the packages go over."""
+    """An OCI image reference (:mod:`tailor.image`) whose layers are the tree the packages go over."""
     files: tuple[str, ...] = ()
     overlay: tuple[str, ...] = ()
     format: str = "cpio"
@@ -296,22 +296,13 @@ class Recipe:
 # Validation
 
 
+_TYPE_NAMES = ((type(None), "nothing"), (bool, "a boolean"), (int, "a number"), (float, "a decimal number"),
+               (str, "a string"), (list, "a list"), (dict, "a mapping"))
+"""How an error names the type of a YAML value (bool before int: True is an int to Python)."""
+
+
 def _type_name(v) -> str:
-    if v is None:
-        return "nothing"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int):
-        return "a number"
-    if isinstance(v, float):
-        return "a decimal number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, dict):
-        return "a mapping"
-    return type(v).__name__
+    return next((name for kind, name in _TYPE_NAMES if isinstance(v, kind)), type(v).__name__)
 
 
 class _Checker:

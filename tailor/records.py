@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from tailor.errors import TailorError
 from tailor.util import display_path, read_json, write_json
 
-_NUMBER = (int, float)
 _OPTIONAL_NUMBER = (int, float, type(None))
 
 

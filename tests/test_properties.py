@@ -31,9 +31,14 @@ from tailor.kconfig import ResolveError
 RECIPE_PATH = recipe.RECIPES_DIR / "prop-test.yaml"
 RECIPE_NAME = "recipes/prop-test.yaml"
 
-QUICK = settings(max_examples=60, deadline=None, database=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
+def quick(examples: int):
+    """hypothesis settings for the quick loop: *examples* examples, no deadline, no example database."""
+    return settings(max_examples=examples, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+QUICK = quick(60)
 
 
 def event(what: str) -> None:
@@ -252,24 +257,21 @@ def symbol_names(ktree):
     return sorted(ktree.names)
 
 
-@settings(max_examples=60, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@QUICK
 @given(data=st.data())
 def test_random_options_strict_resolve_or_name_the_symbols(ktree, symbol_names, base_layers, data):
     options = data.draw(option_sets(symbol_names, 8))
     check_resolve(ktree, base_layers, options, "strict")
 
 
-@settings(max_examples=12, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@quick(12)
 @given(data=st.data())
 def test_random_options_deps_resolve_or_name_the_symbols(ktree, symbol_names, base_layers, data):
     options = data.draw(option_sets(symbol_names, 4))
     check_resolve(ktree, base_layers, options, "deps")
 
 
-@settings(max_examples=40, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@quick(40)
 @given(data=st.data())
 def test_explain_any_name(ktree, symbol_names, data):
     name = data.draw(st.sampled_from(symbol_names) | st.from_regex(r"(CONFIG_)?[A-Za-z0-9_]{1,16}", fullmatch=True))
