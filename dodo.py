@@ -41,9 +41,9 @@ def task_kernel():
 
 def task_image():
     """build an OCI image of images/<name>.yaml from Debian packages (the local example of image recipes)"""
-    from tailor import image
+    from tailor.image import build
 
-    yield from image.tasks(tasks.action)
+    yield from build.tasks(tasks.action)
 
 
 def task_rootfs():

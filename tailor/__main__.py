@@ -96,7 +96,7 @@ def _pin_image(args) -> int:
     old = image.locked_digest(ref)
     digest = image.pin(ref, origin)
     moved = "unchanged" if old == digest else f"was {old or 'unpinned'}"
-    print(f"pinned {ref.unpinned} at {digest} in {image.LOCK_FILE.name} ({moved})")
+    print(f"pinned {ref.unpinned} at {digest} in {image.lockfile.lock_path().name} ({moved})")
     return 0
 
 

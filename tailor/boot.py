@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Callable
 
 from tailor.errors import TailorError
+from tailor.records import save_boot_result
 from tailor.util import makedirs, out_dir, read_json, remove, write_atomic, write_json
 
 from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
@@ -883,7 +884,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
         "kernel": str(kernel),
         "image": str(image),
     }
-    write_json(outdir / "result.json", result)
+    result = save_boot_result(outdir / "result.json", result)
     if not passed:
         _print_tail(recipe.id, con, outdir)
         raise TailorError(f"boot test of {recipe.id} failed: {reason}")

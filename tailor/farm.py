@@ -33,6 +33,9 @@ and the bytes of an object it compiled) is refused with one line: mixed
 compilers give different kernels. ``-j`` is this machine's cores (or
 ``localhost``'s slots) plus every usable helper's slots. :meth:`Plan.apply`
 puts the result into a kbuild environment.
+
+Over 400 lines as one module on purpose: its three parts (settings, checks, the plan) are the steps of
+one job, each used only by the next, and read best in that order.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from tailor.errors import TailorError
+from tailor.templates import render
 from tailor.util import PROJECT, display_path, makedirs, out_dir
 
 SETTINGS_FILE = PROJECT / "farm.yaml"
@@ -281,12 +285,17 @@ def reach(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> str | Non
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return None
-    except socket.timeout:
-        return f"no answer within {timeout:g} s"
-    except socket.gaierror as e:
-        return f"unknown host ({e.strerror})"
     except OSError as e:
-        return (e.strerror or str(e)).lower()
+        return _why_not(e, timeout)
+
+
+def _why_not(e: OSError, timeout: float) -> str:
+    """A few words for why a connection failed: no answer in time, an unknown host, or the OS's reason."""
+    if isinstance(e, socket.timeout):
+        return f"no answer within {timeout:g} s"
+    if isinstance(e, socket.gaierror):
+        return f"unknown host ({e.strerror})"
+    return (e.strerror or str(e)).lower()
 
 
 def _resp(*words: str) -> bytes:
@@ -304,12 +313,8 @@ def redis_check(remote: Remote, timeout: float = CONNECT_TIMEOUT_S) -> str | Non
             sock.connect(remote.path)
         else:
             sock = socket.create_connection((remote.host, remote.port), timeout=timeout)
-    except socket.timeout:
-        return f"no answer within {timeout:g} s"
-    except socket.gaierror as e:
-        return f"unknown host ({e.strerror})"
     except OSError as e:
-        return (e.strerror or str(e)).lower()
+        return _why_not(e, timeout)
     commands = []
     if remote.password:
         commands.append(("AUTH", remote.username, remote.password) if remote.username
@@ -329,10 +334,8 @@ def redis_check(remote: Remote, timeout: float = CONNECT_TIMEOUT_S) -> str | Non
                     return f"{cmd[0]} answered {reply[1:].split(chr(10))[0][:120]}"
             if reply != "+PONG":
                 return f"it is not a Redis server (PING answered {reply[:40]!r})"
-        except socket.timeout:
-            return f"no answer within {timeout:g} s"
         except OSError as e:
-            return (e.strerror or str(e)).lower()
+            return _why_not(e, timeout)
     return None
 
 
@@ -389,8 +392,6 @@ def compiler_ident(obj: bytes) -> str:
 
 
 def _probe_source(workdir: Path) -> Path:
-    from tailor.report import render
-
     src = workdir / "tailor-probe.c"
     src.write_text(render("farm-probe.c.j2"))
     return src

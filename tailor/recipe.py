@@ -3,7 +3,12 @@
 A recipe is data only. :func:`load` parses the YAML while keeping the line of
 every key, rejects duplicate keys, unknown keys and wrong types with one line
 that names the file, the line and the key path, and returns a frozen
-:class:`Recipe`. Nothing here touches the kernel tree or the network.
+:class:`Recipe`. Nothing here touches the kernel tree or the network. The
+keys, their docs and defaults come from the schema table in
+:mod:`tailor.schema`.
+
+Over 400 lines as one module on purpose: the YAML reader, the model and its
+validator change together whenever a key is added.
 
 Example (the README documents every key)::
 
@@ -33,6 +38,8 @@ from typing import Any
 import yaml
 
 from tailor.errors import TailorError
+from tailor.image.reference import parse_reference
+from tailor.schema import DEFAULT_SOURCE_PACKAGE, NETWORK_PROBES, PROBES, children, default, required
 from tailor.util import PROJECT, canonical_json, display_path, sha256_text
 
 RECIPES_DIR = PROJECT / "recipes"
@@ -44,7 +51,6 @@ SYMBOL = re.compile(r"^[A-Za-z0-9_]+$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-DEFAULT_SOURCE_PACKAGE = "linux-source-6.1"
 
 
 # --------------------------------------------------------------------------
@@ -193,7 +199,7 @@ class BuildStep:
 class RootfsSpec:
     packages: tuple[str, ...] = ()
     image: str | None = None
-    """An OCI image reference (tailor/image.py) whose layers are the tree the packages go over."""
+    """An OCI image reference (:mod:`tailor.image`) whose layers are the tree the packages go over."""
     files: tuple[str, ...] = ()
     overlay: tuple[str, ...] = ()
     format: str = "cpio"
@@ -290,22 +296,13 @@ class Recipe:
 # Validation
 
 
+_TYPE_NAMES = ((type(None), "nothing"), (bool, "a boolean"), (int, "a number"), (float, "a decimal number"),
+               (str, "a string"), (list, "a list"), (dict, "a mapping"))
+"""How an error names the type of a YAML value (bool before int: True is an int to Python)."""
+
+
 def _type_name(v) -> str:
-    if v is None:
-        return "nothing"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int):
-        return "a number"
-    if isinstance(v, float):
-        return "a decimal number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, dict):
-        return "a mapping"
-    return type(v).__name__
+    return next((name for kind, name in _TYPE_NAMES if isinstance(v, kind)), type(v).__name__)
 
 
 class _Checker:
@@ -390,25 +387,15 @@ def _abs_in_tree(c: _Checker, value, keypath, what="an absolute path inside the 
 
 def _kernel(c: _Checker, raw, recipe_dir: Path) -> KernelSpec:
     kp = ("kernel",)
-    raw = c.mapping(raw, kp, {
-        "source": "debian, or a mapping with url+sha256 or path+sha256",
-        "base": "ordered list of base_configs fragment names",
-        "options": "mapping of Kconfig symbol to value",
-        "resolve": "strict or deps",
-        "patches": "list of {path, sha256}",
-        "cmdline": "extra kernel command-line arguments",
-    })
+    raw = c.mapping(raw, kp, children("kernel"))
     # source
-    src = raw.get("source", "debian")
+    src = raw.get("source", default("kernel.source"))
     if isinstance(src, str):
         if src != "debian":
             raise c.err(kp + ("source",), f"{src!r} is not a source; use `debian` or a mapping with url/path and sha256")
         source = Source()
     else:
-        s = c.mapping(src, kp + ("source",), {
-            "url": "https URL of a kernel tarball", "path": "local kernel tarball",
-            "sha256": "the tarball's sha256", "package": "Debian source package name",
-        })
+        s = c.mapping(src, kp + ("source",), children("kernel.source"))
         if "url" in s and "path" in s:
             raise c.err(kp + ("source",), "give either `url` or `path`, not both")
         if "url" in s or "path" in s:
@@ -429,11 +416,11 @@ def _kernel(c: _Checker, raw, recipe_dir: Path) -> KernelSpec:
             if "sha256" in s:
                 raise c.err(kp + ("source", "sha256"), "the debian source is pinned in kernel-sources.lock; "
                             "use `url` or `path` to pin a tarball here")
-            pkg = c.string(s.get("package", DEFAULT_SOURCE_PACKAGE), kp + ("source", "package"),
+            pkg = c.string(s.get("package", default("kernel.source.package")), kp + ("source", "package"),
                            pattern=re.compile(r"^linux-source-[0-9.]+$"), what="a linux-source-X.Y package name")
             source = Source(package=pkg)
     # base
-    base = raw.get("base", ["lupine-base"])
+    base = raw.get("base", default("kernel.base"))
     base = c.string_list(base, kp + ("base",), item=lambda v, k: c.string(
         v, k, pattern=SAFE_NAME, what="a fragment name (a file base_configs/<name>.config)"))
     seen = set()
@@ -466,7 +453,7 @@ def _kernel(c: _Checker, raw, recipe_dir: Path) -> KernelSpec:
             raise c.err(okp, "a Kconfig value cannot contain a newline")
         options.append((sym, value))
         lines.append((sym, c.loc.line(okp) or 0))
-    resolve = raw.get("resolve", "strict")
+    resolve = raw.get("resolve", default("kernel.resolve"))
     if resolve not in ("strict", "deps"):
         raise c.err(kp + ("resolve",), f"{resolve!r} is not a resolve mode; use `strict` or `deps`")
     if raw.get("patches") is not None and not isinstance(raw.get("patches"), list):
@@ -474,12 +461,11 @@ def _kernel(c: _Checker, raw, recipe_dir: Path) -> KernelSpec:
     patches = []
     for i, p in enumerate(raw.get("patches") or []):
         pkp = kp + ("patches", i)
-        p = c.mapping(p, pkp, {"path": "patch file, relative to the recipe", "sha256": "its sha256"},
-                      required=("path", "sha256"))
+        p = c.mapping(p, pkp, children("kernel.patches[]"), required=required("kernel.patches[]"))
         ppath = _safe_relpath(c, p["path"], pkp + ("path",))
         sha = c.string(p["sha256"], pkp + ("sha256",), pattern=SHA256, what="64 lowercase hex digits")
         patches.append(Patch(path=(recipe_dir / ppath), sha256=sha))
-    cmdline = raw.get("cmdline", "")
+    cmdline = raw.get("cmdline", default("kernel.cmdline"))
     cmdline = c.string(cmdline, kp + ("cmdline",), nonempty=False) if cmdline else ""
     if "\n" in cmdline:
         raise c.err(kp + ("cmdline",), "must be one line")
@@ -489,25 +475,13 @@ def _kernel(c: _Checker, raw, recipe_dir: Path) -> KernelSpec:
 
 def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
     kp = ("rootfs",)
-    raw = c.mapping(raw, kp, {
-        "packages": "Debian packages whose files make the app",
-        "image": "an OCI image whose layers make the tree (docker://, oci: or docker-archive: reference)",
-        "files": "extra in-tree paths kept when slim",
-        "overlay": "directories under rootfs/ copied over the tree",
-        "format": "cpio or ext2",
-        "slim": "keep only what the app needs (default true)",
-        "size_mib": "ext2 image size in MiB (default: computed)",
-        "users": "system users (and groups) added to /etc/passwd for the app and its services",
-        "build": "host commands run while staging: list of {run, cwd}",
-    })
+    raw = c.mapping(raw, kp, children("rootfs"))
     pkg = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
     packages = c.string_list(raw.get("packages"), kp + ("packages",),
                              item=lambda v, k: c.string(v, k, pattern=pkg, what="a Debian package name"))
     files = c.string_list(raw.get("files"), kp + ("files",), item=lambda v, k: _abs_in_tree(c, v, k))
     image = raw.get("image")
     if image is not None:
-        from tailor.image import parse_reference
-
         image = c.string(image, kp + ("image",), what="an image reference")
         try:
             parse_reference(image)
@@ -518,10 +492,10 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
                                 item=lambda v, k: _safe_relpath(c, v, k))
     else:
         overlay = tuple(d for d in ("common", name) if (ROOTFS_DIR / d).is_dir())
-    fmt = raw.get("format", "cpio")
+    fmt = raw.get("format", default("rootfs.format"))
     if fmt not in ("cpio", "ext2"):
         raise c.err(kp + ("format",), f"{fmt!r} is not an image format; use `cpio` or `ext2`")
-    slim = c.boolean(raw.get("slim", True), kp + ("slim",))
+    slim = c.boolean(raw.get("slim", default("rootfs.slim")), kp + ("slim",))
     size = raw.get("size_mib")
     if size is not None:
         size = c.integer(size, kp + ("size_mib",), lo=1, hi=1 << 20, what="a size in MiB")
@@ -534,8 +508,7 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
         raise c.err(kp + ("build",), "expected a list of {run, cwd}")
     for i, b in enumerate(raw.get("build") or []):
         bkp = kp + ("build", i)
-        b = c.mapping(b, bkp, {"run": "the command as a list", "cwd": "a directory under rootfs/"},
-                      required=("run", "cwd"))
+        b = c.mapping(b, bkp, children("rootfs.build[]"), required=required("rootfs.build[]"))
         run = _argv(c, b["run"], bkp + ("run",))
         build.append(BuildStep(run=run, cwd=_safe_relpath(c, b["cwd"], bkp + ("cwd",))))
     return RootfsSpec(packages=packages, image=image, files=files, overlay=overlay, format=fmt, slim=slim,
@@ -549,14 +522,8 @@ def _argv(c: _Checker, value, keypath) -> tuple[str, ...]:
 
 
 def _step(c: _Checker, raw, keypath, service: bool) -> Step:
-    allowed = {"run": "the command as a list", "user": "run it as this user",
-               "timeout": "seconds to wait for it"}
-    if service:
-        allowed.update({"ready_port": "guest TCP port that accepts when the service is ready",
-                        "ready_path": "file that exists when the service is ready"})
-    else:
-        allowed["after_services"] = "run this step after the services are ready (default false: before them)"
-    raw = c.mapping(raw, keypath, allowed, required=("run",))
+    table = "app.services[]" if service else "app.setup[]"
+    raw = c.mapping(raw, keypath, children(table), required=required(table))
     run = _argv(c, raw["run"], keypath + ("run",))
     user = raw.get("user")
     if user is not None:
@@ -567,22 +534,15 @@ def _step(c: _Checker, raw, keypath, service: bool) -> Step:
     path = raw.get("ready_path")
     if path is not None:
         path = _abs_in_tree(c, path, keypath + ("ready_path",))
-    timeout = c.integer(raw.get("timeout", 120), keypath + ("timeout",), lo=1, hi=3600, what="seconds")
-    after = c.boolean(raw.get("after_services", False), keypath + ("after_services",))
+    timeout = c.integer(raw.get("timeout", default(f"{table}.timeout")), keypath + ("timeout",), lo=1, hi=3600, what="seconds")
+    after = c.boolean(raw.get("after_services", default("app.setup[].after_services")), keypath + ("after_services",))
     return Step(run=run, user=user, ready_port=port, ready_path=path, timeout=timeout, after_services=after)
 
 
 def _app(c: _Checker, raw, image: bool = False) -> AppSpec:
     kp = ("app",)
-    raw = c.mapping(raw, kp, {
-        "command": "the program run as init: a path, or a name looked up in the rootfs PATH",
-        "args": "its arguments", "env": "environment variables", "workdir": "working directory",
-        "network": "bring up eth0 on the VMM's user network",
-        "user": "run the app as this user",
-        "setup": "commands run first, in order (list of {run, user, after_services})",
-        "services": "background processes started before the app (list of {run, user, ready_port|ready_path})",
-    }, required=() if image else ("command",))
-    command = raw.get("command", "")
+    raw = c.mapping(raw, kp, children("app"), required=() if image else required("app"))
+    command = raw.get("command", default("app.command"))
     if "command" in raw or not image:
         command = c.string(command, kp + ("command",), what="a program path or name")
     if "\n" in command or "\0" in command:
@@ -596,8 +556,8 @@ def _app(c: _Checker, raw, image: bool = False) -> AppSpec:
         if not ENV_NAME.match(k):
             raise c.err(kp + ("env", k), "not a valid environment variable name (letters, digits, _)")
         env.append((k, c.text(v, kp + ("env", k))))
-    workdir = _abs_in_tree(c, raw.get("workdir", "/"), kp + ("workdir",), what="an absolute directory")
-    network = c.boolean(raw.get("network", False), kp + ("network",))
+    workdir = _abs_in_tree(c, raw.get("workdir", default("app.workdir")), kp + ("workdir",), what="an absolute directory")
+    network = c.boolean(raw.get("network", default("app.network")), kp + ("network",))
     user = raw.get("user")
     if user is not None:
         user = c.string(user, kp + ("user",), pattern=USER_NAME, what="a user name")
@@ -615,18 +575,10 @@ def _app(c: _Checker, raw, image: bool = False) -> AppSpec:
                    setup=steps["setup"], services=steps["services"], given=tuple(sorted(raw)))
 
 
-PROBES = ("none", "console", "redis", "http", "tcp", "memcached", "command")
-NETWORK_PROBES = ("redis", "http", "tcp", "memcached", "command")
-
-
 def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
     kp = ("test",)
-    raw = c.mapping(raw, kp, {
-        "ready": "regular expression the console shows when the app is ready",
-        "probe": "how the host checks the app", "memory": "guest memory in MiB",
-        "timeout": "seconds the whole boot test may take",
-    })
-    ready = raw.get("ready", "")
+    raw = c.mapping(raw, kp, children("test"))
+    ready = raw.get("ready", default("test.ready"))
     if ready:
         ready = c.string(ready, kp + ("ready",), what="a regular expression")
         try:
@@ -634,15 +586,10 @@ def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
         except re.error as e:
             raise c.err(kp + ("ready",), f"not a valid regular expression ({e})") from None
     pkp = kp + ("probe",)
-    praw = raw.get("probe", {"type": "none"})
+    praw = raw.get("probe", default("test.probe"))
     if isinstance(praw, str):
         praw = {"type": praw}
-    praw = c.mapping(praw, pkp, {
-        "type": "/".join(PROBES), "port": "guest TCP port", "path": "HTTP path",
-        "status": "expected HTTP status", "body": "text the HTTP body must contain",
-        "expect": "regular expression the console (or a command probe's output) must show",
-        "run": "command probe: host command, {host} and {port} replaced by the forwarded address",
-    }, required=("type",))
+    praw = c.mapping(praw, pkp, children("test.probe"), required=required("test.probe"))
     ptype = praw["type"]
     if ptype not in PROBES:
         raise c.err(pkp + ("type",), f"{ptype!r} is not a probe; use one of {', '.join(PROBES)}")
@@ -661,11 +608,11 @@ def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
             raise c.err(pkp, f"a {ptype} probe needs `port` (the guest port the app listens on)")
         if not app.network:
             raise c.err(pkp, f"a {ptype} probe talks to the app over the network; set app.network: true")
-    path = praw.get("path", "/")
+    path = praw.get("path", default("test.probe.path"))
     path = c.string(path, pkp + ("path",), what="an HTTP path")
     if not path.startswith("/") or any(ch.isspace() for ch in path):
         raise c.err(pkp + ("path",), f"{path!r} is not an HTTP path (starts with /, no spaces)")
-    status = c.integer(praw.get("status", 200), pkp + ("status",), lo=100, hi=599, what="an HTTP status")
+    status = c.integer(praw.get("status", default("test.probe.status")), pkp + ("status",), lo=100, hi=599, what="an HTTP status")
     body = praw.get("body")
     if body is not None:
         body = c.text(body, pkp + ("body",))
@@ -678,8 +625,8 @@ def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
             raise c.err(pkp + ("expect",), f"not a valid regular expression ({e})") from None
     if ptype == "console" and expect is None:
         raise c.err(pkp, "a console probe needs `expect` (what the console must show)")
-    memory = c.integer(raw.get("memory", 256), kp + ("memory",), lo=16, hi=65536, what="MiB of guest memory")
-    timeout = c.integer(raw.get("timeout", 180), kp + ("timeout",), lo=1, hi=24 * 3600, what="seconds")
+    memory = c.integer(raw.get("memory", default("test.memory")), kp + ("memory",), lo=16, hi=65536, what="MiB of guest memory")
+    timeout = c.integer(raw.get("timeout", default("test.timeout")), kp + ("timeout",), lo=1, hi=24 * 3600, what="seconds")
     return TestSpec(ready=ready, probe=Probe(type=ptype, port=port, path=path, status=status,
                                              body=body, expect=expect, run=run),
                     memory=memory, timeout=timeout)
@@ -713,21 +660,17 @@ def parse(text: str, path: Path) -> Recipe:
     path = Path(path)
     data, loc = _load_yaml(path, text)
     c = _Checker(loc)
-    data = c.mapping(data, (), {
-        "name": "the app's name (default: the file name)", "description": "one line about the recipe",
-        "kernel": "kernel section", "rootfs": "rootfs section", "app": "app section", "test": "test section",
-        "general": "also boot-test the app on the shared general kernel (default true)",
-    }, required=() if isinstance(data, dict) and isinstance(data.get("rootfs"), dict)
-        and data["rootfs"].get("image") else ("app",))
+    data = c.mapping(data, (), children(""), required=() if isinstance(data, dict)
+                     and isinstance(data.get("rootfs"), dict) and data["rootfs"].get("image") else required(""))
     name = data.get("name", path.stem)
     name = c.string(name, ("name",), pattern=SAFE_NAME,
                     what="a safe name (lowercase letters, digits, - and _; at most 63)")
-    description = c.string(data.get("description", ""), ("description",), nonempty=False)
+    description = c.string(data.get("description", default("description")), ("description",), nonempty=False)
     kernel = _kernel(c, data.get("kernel"), path.parent)
     rootfs = _rootfs(c, data.get("rootfs"), name)
     app = _app(c, data.get("app"), image=rootfs.image is not None)
     test = _test(c, data.get("test"), app)
-    general = c.boolean(data.get("general", True), ("general",))
+    general = c.boolean(data.get("general", default("general")), ("general",))
     digests = {sec: sha256_text(canonical_json(data.get(sec))) for sec in ("kernel", "rootfs", "app", "test")}
     return Recipe(name=name, path=path, description=description, kernel=kernel, rootfs=rootfs,
                   app=app, test=test, general=general, digests=digests)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -36,10 +35,10 @@ from tailor.elf import library_closure, read_dynamic, resolve_in_root
 from tailor.errors import TailorError
 from tailor.kernel import source_date_epoch
 from tailor.recipe import ROOTFS_DIR, Recipe
+from tailor.templates import TEMPLATES_DIR, render
 from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, out_dir, remove,
                          sha256_file, sha256_text, write_json)
 
-TEMPLATES_DIR = PROJECT / "templates"
 INIT_TEMPLATE = "init.sh.j2"
 ROOTFS_VERSION = "1"
 """Bump when the stage's output for the same recipe changes (invalidates rootfs tasks)."""
@@ -263,7 +262,9 @@ def copy_in(tree: Path, stage: Path, path: str, depth: int = 0) -> None:
             shutil.copy2(src, dst, follow_symlinks=False)
 
 
-def _expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[str]:
+def expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[str]:
+    """The in-tree absolute paths the glob *patterns* match in *tree* (a dangling symlink named exactly
+    counts); a pattern that matches nothing is a TailorError naming *origin*."""
     out = []
     for pat in patterns:
         matches = sorted("/" + str(p.relative_to(tree)) for p in tree.glob(pat.lstrip("/")))
@@ -275,7 +276,7 @@ def _expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[st
     return out
 
 
-def _elf_files(tree: Path, paths: list[str]) -> list[str]:
+def elf_files(tree: Path, paths: list[str]) -> list[str]:
     """The ELF files among *paths* and inside the directories among them (in-tree absolute paths)."""
     out = []
     for path in paths:
@@ -402,22 +403,6 @@ def run_build_step(step, stage_dir: Path, origin: str) -> None:
         raise TailorError(f"{origin}: {' '.join(step.run)} failed with status {proc.returncode}: {tail[0]}")
 
 
-def render(template: str, **values) -> str:
-    """Render ``templates/<template>`` with jinja2; the ``sh`` filter shell-quotes a value."""
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False,
-                             trim_blocks=True, lstrip_blocks=True)
-    env.filters["sh"] = lambda v: shlex.quote(str(v))
-    env.filters["shjoin"] = lambda argv: " ".join(shlex.quote(str(a)) for a in argv)
-    env.filters["tojson"] = lambda v: __import__("json").dumps(v, ensure_ascii=False)
-    try:
-        return env.get_template(template).render(**values)
-    except jinja2.TemplateError as e:
-        raise TailorError(f"templates/{template}: {e}") from None
-
-
 def init_script(recipe: Recipe, command_path: str) -> str:
     """The app-as-init script for *recipe* (every recipe value shell-quoted by the template)."""
     app = recipe.app
@@ -467,8 +452,8 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         patterns = recipe.rootfs.files
         if recipe.rootfs.image:  # the image's own users and name service files win over rootfs/common's
             patterns += tuple(f for f in IMAGE_ETC if (tree / f[1:]).is_file() and not (tree / f[1:]).is_symlink())
-        files = _expand_files(tree, patterns, f"{origin}: rootfs.files")
-        programs = sorted(keep) + _elf_files(tree, files)
+        files = expand_files(tree, patterns, f"{origin}: rootfs.files")
+        programs = sorted(keep) + elf_files(tree, files)
         try:
             keep.update(library_closure(tree, programs))
         except TailorError as e:

@@ -223,3 +223,9 @@ class Progress:
             sys.stderr.write("\r\033[K")
         sys.stderr.write(f"{self.label}: {text}\n")
         sys.stderr.flush()
+
+
+def json_bytes(data) -> bytes:
+    """*data* as the bytes :func:`write_json` writes (indented, key-sorted JSON and a newline), for
+    content that is hashed or archived before it is written."""
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()

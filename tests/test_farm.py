@@ -40,6 +40,14 @@ def test_host_specs_follow_distcc_syntax_and_defaults():
     assert farm.parse_hosts("")[0] == ()
 
 
+def one_line_error(fn, *args) -> str:
+    """The message of the TailorError that ``fn(*args)`` raises, checked to be one line."""
+    with pytest.raises(TailorError) as e:
+        fn(*args)
+    assert "\n" not in str(e.value), str(e.value)
+    return str(e.value)
+
+
 @pytest.mark.parametrize("spec, says", [
     ("me@box", "ssh helpers are not supported"),
     ("box,cpp", "pump mode (,cpp) is not supported"),
@@ -55,10 +63,8 @@ def test_host_specs_follow_distcc_syntax_and_defaults():
     ("bad_host!", "not a distcc host"),
 ])
 def test_bad_host_specs_are_one_line_naming_the_setting(spec, says):
-    with pytest.raises(TailorError) as e:
-        farm.parse_hosts(spec)
-    assert str(e.value).startswith("TAILOR_DISTCC_HOSTS: ") and says in str(e.value)
-    assert "\n" not in str(e.value)
+    message = one_line_error(farm.parse_hosts, spec)
+    assert message.startswith("TAILOR_DISTCC_HOSTS: ") and says in message
 
 
 def test_remote_urls_of_each_backend():
@@ -84,9 +90,8 @@ def test_remote_urls_of_each_backend():
     ("file:relative/dir", "needs an absolute path"),
 ])
 def test_bad_remote_urls_are_one_line_naming_the_setting(url, says):
-    with pytest.raises(TailorError) as e:
-        farm.parse_remotes(url)
-    assert str(e.value).startswith("TAILOR_CCACHE_REMOTE: ") and says in str(e.value), str(e.value)
+    message = one_line_error(farm.parse_remotes, url)
+    assert message.startswith("TAILOR_CCACHE_REMOTE: ") and says in message, message
 
 
 def test_settings_file_and_environment(tmp_path):
@@ -111,9 +116,8 @@ def test_settings_file_and_environment(tmp_path):
 def test_bad_settings_file_is_one_line_naming_file_and_key(tmp_path, text, says):
     f = tmp_path / "farm.yaml"
     f.write_text(text)
-    with pytest.raises(TailorError) as e:
-        farm.load_settings({}, f)
-    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
+    message = one_line_error(farm.load_settings, {}, f)
+    assert says in message, message
 
 
 def test_nothing_set_is_a_local_build_that_changes_nothing():

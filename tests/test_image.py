@@ -1,10 +1,11 @@
-"""OCI images as a rootfs source (tailor/image.py): references, the lock, the verified cache, layers, config.
+"""OCI images as a rootfs source (tailor/image/): references, the lock, the verified cache, layers, config.
 
 Fast: tiny layouts written by the tests themselves; skopeo runs only for the
 docker-archive conversion (local, no network). The registry path is tested
 end to end in tests/test_image_registry.py (slow).
 """
 
+import inspect
 import io
 import json
 import os
@@ -17,6 +18,10 @@ from pathlib import Path
 import pytest
 
 from tailor import image
+from tailor.image import build as image_build
+from tailor.image import cache as image_cache
+from tailor.image import lockfile as image_lockfile
+from tailor.image import reference as image_reference
 from tailor.errors import TailorError
 from tailor.recipe import AppSpec, parse
 
@@ -174,7 +179,7 @@ def make_layout(tmp_path, name="src", tag="1", entries=None, **config) -> tuple[
     layer = tar_layer(tmp_path / f"{name}-{tag}.tar",
                       entries or [("usr", "dir", None), ("usr/bin", "dir", None),
                                   ("usr/bin/app", "file", b"#!/bin/sh\necho hi\n", {"mode": 0o755})])
-    digest = image.write_layout(layout, tag, [layer], image.image_config(**config))
+    digest = image_build.write_layout(layout, tag, [layer], image_build.image_config(**config))
     return layout, digest
 
 
@@ -182,9 +187,26 @@ def make_layout(tmp_path, name="src", tag="1", entries=None, **config) -> tuple[
 def project(tmp_path, monkeypatch):
     """TAILOR_OUT and the project root in tmp_path, so oci: paths and images.lock stay there."""
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
-    monkeypatch.setattr(image, "PROJECT", tmp_path)
-    monkeypatch.setattr(image, "LOCK_FILE", tmp_path / "images.lock")
+    monkeypatch.setattr(image_reference, "PROJECT", tmp_path)
+    monkeypatch.setattr(image_lockfile, "LOCK_FILE", tmp_path / "images.lock")
     return tmp_path
+
+
+def test_the_lock_file_is_looked_up_when_called(tmp_path, monkeypatch):
+    """Pointing LOCK_FILE elsewhere moves every reader and writer of the lock: a lock path bound as a
+    default argument at import time would still read and write the project's images.lock."""
+    project_lock = Path(image.__file__).resolve().parents[2] / "images.lock"
+    before = project_lock.read_bytes() if project_lock.exists() else None
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    monkeypatch.setattr(image_lockfile, "LOCK_FILE", tmp_path / "images.lock")
+    ref = image.parse_reference("docker://registry.example.org/tailor/app:1")
+    digest = "sha256:" + "a" * 64
+    image.record(ref, digest)
+    assert json.loads((tmp_path / "images.lock").read_text()) == {ref.unpinned: {"digest": digest}}
+    assert image.locked_digest(ref) == digest and image.read_lock() == {ref.unpinned: {"digest": digest}}
+    assert (project_lock.read_bytes() if project_lock.exists() else None) == before
+    for fn in (image.read_lock, image.locked_digest, image.record, image.pinned_digest, image.pin):
+        assert all(not isinstance(p.default, Path) for p in inspect.signature(fn).parameters.values()), fn
 
 
 def test_oci_layout_is_pinned_fetched_verified_and_cached(project):
@@ -299,8 +321,8 @@ def test_rootfs_tasks_read_only_the_lock_and_depend_on_the_local_image(monkeypat
     def no_network(*a, **k):
         raise AssertionError("task generation must not resolve images")
 
-    monkeypatch.setattr(image, "resolve", no_network)
-    monkeypatch.setattr(image, "_skopeo", no_network)
+    monkeypatch.setattr(image_cache, "resolve", no_network)
+    monkeypatch.setattr(image_cache, "_skopeo", no_network)
     tasks = {t["name"]: t for t in rootfs.tasks(recipe.all_recipes(), lambda fn, *a: (fn, a))}
     assert tasks["redis-image"]["task_dep"] == ["image:redis"] and tasks["mongo"]["task_dep"] == []
     assert tasks["redis"]["task_dep"] == []
@@ -325,17 +347,17 @@ def test_an_images_owners_reach_the_cpio(tmp_path):
 
 
 def test_image_specs_load_and_say_what_is_wrong(tmp_path):
-    spec = image.load_spec(image.IMAGES_DIR / "redis.yaml")
+    spec = image_build.load_spec(image.IMAGES_DIR / "redis.yaml")
     assert spec.packages == ("redis-server",) and spec.entrypoint == ("/usr/bin/redis-server",) and spec.tag == "7.0"
     assert image.local_image_task("oci:out/images/redis:7.0") == "image:redis"
     assert image.local_image_task("oci:out/images/none:1") is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("packages: [hello]\nentrypont: [/usr/bin/hello]\n")
     with pytest.raises(TailorError, match="bad.yaml: entrypont: unknown key; allowed keys: tag, packages"):
-        image.load_spec(bad)
+        image_build.load_spec(bad)
     bad.write_text("entrypoint: [/usr/bin/hello]\n")
     with pytest.raises(TailorError, match="packages: list the Debian packages the image is made of"):
-        image.load_spec(bad)
+        image_build.load_spec(bad)
 
 
 def test_packages_go_over_a_merged_usr_image_through_its_symlinks(tmp_path):

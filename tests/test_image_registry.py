@@ -137,11 +137,12 @@ def test_unpinned_registry_reference_is_recorded_once_and_moved_only_by_pin_imag
     index = json.loads((other / "index.json").read_text())
     sys.path.insert(0, str(ROOT))
     from tailor import image
+    from tailor.image import build as image_build
 
     layer = other / "layer.tar"
     shutil.copy(other / "blobs/sha256" / json.loads(
         (other / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text())["layers"][0]["digest"][7:], layer)
-    image.write_layout(other, "7.0", [layer], image.image_config(entrypoint=["/usr/bin/redis-server"],
+    image_build.write_layout(other, "7.0", [layer], image_build.image_config(entrypoint=["/usr/bin/redis-server"],
                                                                   cmd=["--port", "7000"]))
     push(other, "7.0", f"{registry}/tailor/redis:7.0")
     proc = run_tailor("rootfs", "redis-unpinned", cwd=project, env=env)
@@ -267,13 +268,14 @@ def test_image_user_env_and_workdir_reach_the_app_on_the_general_kernel(project,
     MULTIUSER, so this recipe uses the general kernel's base, the same config as every general variant)."""
     sys.path.insert(0, str(ROOT))
     from tailor import image
+    from tailor.image import build as image_build
 
-    base = image.load_spec(ROOT / "images/redis.yaml")
-    spec = image.ImageSpec(name="redis-user", path=tmp_path / "redis-user.yaml", tag="1", packages=base.packages,
+    base = image_build.load_spec(ROOT / "images/redis.yaml")
+    spec = image_build.ImageSpec(name="redis-user", path=tmp_path / "redis-user.yaml", tag="1", packages=base.packages,
                            keep=base.keep, entrypoint=base.entrypoint, cmd=base.cmd,
                            env=(("REDIS_IMAGE", "with-user"),), workdir="/tmp", user="redis")
     layout = tmp_path / "redis-user"
-    image.build_from_packages(spec, layout)
+    image_build.build_from_packages(spec, layout)
     push(layout, "1", f"{registry}/tailor/redis-user:1")
     ref = f"docker://{registry}/tailor/redis-user:1"
     digest = image.resolve(image.parse_reference(ref), "test")

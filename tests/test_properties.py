@@ -24,16 +24,21 @@ from hypothesis import event as _event
 from hypothesis.errors import InvalidArgument
 from hypothesis import strategies as st
 
-from tailor import config, kconfig, recipe
+from tailor import config, kconfig, recipe, schema
 from tailor.errors import TailorError
 from tailor.kconfig import ResolveError
 
 RECIPE_PATH = recipe.RECIPES_DIR / "prop-test.yaml"
 RECIPE_NAME = "recipes/prop-test.yaml"
 
-QUICK = settings(max_examples=60, deadline=None, database=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
+def quick(examples: int):
+    """hypothesis settings for the quick loop: *examples* examples, no deadline, no example database."""
+    return settings(max_examples=examples, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+QUICK = quick(60)
 
 
 def event(what: str) -> None:
@@ -47,16 +52,11 @@ def event(what: str) -> None:
 # ---------------------------------------------------------------------------
 # Recipes
 
-SCHEMA = {
-    "": ["name", "description", "kernel", "rootfs", "app", "test", "general"],
-    "kernel": ["source", "base", "options", "resolve", "patches", "cmdline"],
-    "rootfs": ["packages", "files", "overlay", "format", "slim", "size_mib"],
-    "app": ["command", "args", "env", "workdir", "network"],
-    "test": ["ready", "probe", "memory", "timeout"],
-    "probe": ["type", "port", "path", "status", "body", "expect"],
-    "source": ["url", "path", "sha256", "package"],
-}
-ALL_KEYS = sorted({k for keys in SCHEMA.values() for k in keys})
+SCHEMA = {section: list(schema.children(path)) for section, path in (
+    ("", ""), ("kernel", "kernel"), ("rootfs", "rootfs"), ("app", "app"), ("test", "test"),
+    ("probe", "test.probe"), ("source", "kernel.source"))}
+"""The keys of each recipe section, from the schema table (tailor/schema.py)."""
+ALL_KEYS = sorted({k.name for k in schema.KEYS})
 INTERESTING = ["y", "n", "m", "", " ", "lupine-base", "debian", "cpio", "ext2", "strict", "deps", "redis",
                "console", "/usr/bin/hello", "hello", "../etc", "/", "a" * 70, "CONFIG_FUTEX", "FUTEX",
                "0x1000", "6379", "é日本", "$(reboot)", "'\"`;|&*\n\t", "\x00", "~", "null", "yes", "1e3",
@@ -257,24 +257,21 @@ def symbol_names(ktree):
     return sorted(ktree.names)
 
 
-@settings(max_examples=60, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@QUICK
 @given(data=st.data())
 def test_random_options_strict_resolve_or_name_the_symbols(ktree, symbol_names, base_layers, data):
     options = data.draw(option_sets(symbol_names, 8))
     check_resolve(ktree, base_layers, options, "strict")
 
 
-@settings(max_examples=12, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@quick(12)
 @given(data=st.data())
 def test_random_options_deps_resolve_or_name_the_symbols(ktree, symbol_names, base_layers, data):
     options = data.draw(option_sets(symbol_names, 4))
     check_resolve(ktree, base_layers, options, "deps")
 
 
-@settings(max_examples=40, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@quick(40)
 @given(data=st.data())
 def test_explain_any_name(ktree, symbol_names, data):
     name = data.draw(st.sampled_from(symbol_names) | st.from_regex(r"(CONFIG_)?[A-Za-z0-9_]{1,16}", fullmatch=True))

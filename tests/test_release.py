@@ -23,6 +23,7 @@ import pytest
 from conftest import project_copy, run_doit
 
 from tailor import boot, kernel, release, rootfs
+from tailor.release import repro as release_repro
 from tailor.errors import TailorError
 from tailor.recipe import load
 
@@ -120,8 +121,8 @@ def fake_repro(monkeypatch, tmp_path, vmlinux_b: bytes):
 
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     monkeypatch.setattr(source, "prepare", lambda ref: None)
-    monkeypatch.setattr(release, "copy_project", lambda dest: (dest / "x").mkdir(parents=True))
-    monkeypatch.setattr(release, "_prepare_copy", lambda dest, ref, snap: dest.mkdir(parents=True, exist_ok=True))
+    monkeypatch.setattr(release_repro, "copy_project", lambda dest: (dest / "x").mkdir(parents=True))
+    monkeypatch.setattr(release_repro, "_prepare_copy", lambda dest, ref, snap: dest.mkdir(parents=True, exist_ok=True))
     builds = []
 
     def build(dest, app, version, epoch, use_ccache, label):
@@ -134,7 +135,7 @@ def fake_repro(monkeypatch, tmp_path, vmlinux_b: bytes):
         return {"dir": str(dest), "started_utc": f"2023-01-01T00:00:0{len(builds)}Z", "seconds": 1,
                 "ccache": use_ccache}
 
-    monkeypatch.setattr(release, "_build_copy", build)
+    monkeypatch.setattr(release_repro, "_build_copy", build)
     return tmp_path / "out" / "repro"
 
 
@@ -423,9 +424,11 @@ def fake_pipeline(out: Path, tmp: Path, passed: bool = True):
     result = boot.result_path("fakeapp")
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps({
-        "app": "fakeapp", "pass": passed, "reason": "" if passed else "ready pattern not seen in 96 s",
-        "accel": "tcg", "time_to_init_s": 0.7, "time_to_ready_s": 0.8, "memory": 96,
-        "probe": {"type": "none", "detail": "ready pattern matched at 0.8 s"},
+        "format": "1", "app": "fakeapp", "variant": "specific", "pass": passed,
+        "reason": "" if passed else "ready pattern not seen in 96 s",
+        "accel": "tcg", "fallback_from_kvm": False, "kvm_failure": "", "time_to_init_s": 0.7, "time_to_ready_s": 0.8,
+        "memory": 96, "probe": {"type": "none", "detail": "ready pattern matched at 0.8 s"},
+        "console": "console.log", "qemu": ["qemu-system-x86_64"], "qemu_stderr": "",
         "kernel": str(kernel.kernel_dir(IDENTITY) / "bzImage"), "image": str(image)}))
     return recipe
 

@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
-from tailor.image import image_config, write_layout  # noqa: E402
+from tailor.image.build import image_config, write_layout  # noqa: E402
 
 
 def layer(path: Path, entries) -> Path:

@@ -1,0 +1,216 @@
+"""Images built locally from Debian packages: ``images/<name>.yaml`` -> ``out/images/<name>`` (``doit image:<name>``).
+
+:func:`build_from_packages` extracts the packages' closure (as the rootfs stage does), keeps the
+``keep`` paths with their ELF closure, and writes one deterministic uncompressed layer with
+:func:`write_layout`: same packages, same digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from doit.tools import config_changed
+
+from tailor import rootfs
+from tailor.elf import library_closure, resolve_in_root
+from tailor.errors import TailorError
+from tailor.image.reference import IMAGES_DIR, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REF_NAME, TAG_RE
+from tailor.kernel import source_date_epoch
+from tailor.util import display_path, makedirs, out_dir, remove, replace_dir, write_atomic
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """``images/<name>.yaml``: an image made of Debian packages (data only)."""
+
+    name: str
+    path: Path
+    tag: str
+    packages: tuple[str, ...]
+    keep: tuple[str, ...] = ()
+    """In-image paths kept with the ELF closure of the programs among them; empty keeps every file."""
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/"
+    user: str = ""
+    architecture: str = "amd64"
+
+
+_SPEC_KEYS = ("tag", "packages", "keep", "entrypoint", "cmd", "env", "workdir", "user")
+
+
+def load_spec(path: Path) -> ImageSpec:
+    """Read ``images/<name>.yaml`` (one line per mistake, like recipes)."""
+    where = display_path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise TailorError(f"{where}: cannot read the image spec ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TailorError(f"{where}: expected a mapping with keys {', '.join(_SPEC_KEYS)}")
+    for k in data:
+        if k not in _SPEC_KEYS:
+            raise TailorError(f"{where}: {k}: unknown key; allowed keys: {', '.join(_SPEC_KEYS)}")
+
+    def strings(key):
+        v = data.get(key) or []
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise TailorError(f"{where}: {key}: expected a list of strings")
+        return tuple(v)
+
+    env = data.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise TailorError(f"{where}: env: expected a mapping of NAME: \"value\"")
+    tag = str(data.get("tag", "latest"))
+    if not TAG_RE.match(tag):
+        raise TailorError(f"{where}: tag: {tag!r} is not a valid tag")
+    if not strings("packages"):
+        raise TailorError(f"{where}: packages: list the Debian packages the image is made of")
+    return ImageSpec(name=path.stem, path=path, tag=tag, packages=strings("packages"), keep=strings("keep"),
+                     entrypoint=strings("entrypoint"), cmd=strings("cmd"), env=tuple(sorted(env.items())),
+                     workdir=str(data.get("workdir", "/")), user=str(data.get("user", "")))
+
+
+def _layer_from_tree(tree: Path, dest: Path, epoch: int) -> None:
+    """A deterministic uncompressed tar of *tree* (sorted, times clamped, owners as in the tree)."""
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            paths.append(os.path.relpath(os.path.join(dirpath, name), tree))
+    paths.sort(key=lambda p: p.encode())
+    with open(dest, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for rel in paths:
+            info = tf.gettarinfo(str(tree / rel), arcname=rel)
+            info.mtime = min(int(info.mtime), epoch)
+            info.uname = info.gname = ""
+            if info.isreg():
+                with open(tree / rel, "rb") as f:
+                    tf.addfile(info, f)
+            else:
+                tf.addfile(info)
+
+
+def write_layout(layout: Path, tag: str, layers: list[Path], config: dict) -> str:
+    """Write an OCI image layout (uncompressed tar layers) to *layout*; return the manifest digest."""
+    blobs = makedirs(layout / "blobs" / "sha256")
+
+    def put(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        if not (blobs / digest).exists():
+            write_atomic(blobs / digest, data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    descs = []
+    diff_ids = []
+    for layer in layers:
+        digest = hashlib.sha256(layer.read_bytes()).hexdigest()
+        os.replace(layer, blobs / digest)
+        descs.append({"mediaType": OCI_LAYER, "digest": f"sha256:{digest}",
+                      "size": (blobs / digest).stat().st_size})
+        diff_ids.append(f"sha256:{digest}")
+    config = dict(config, rootfs={"type": "layers", "diff_ids": diff_ids})
+    cdesc = dict(put(json.dumps(config, sort_keys=True).encode()), mediaType=OCI_CONFIG)
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc, "layers": descs}
+    mdesc = dict(put(json.dumps(manifest, sort_keys=True).encode()), mediaType=OCI_MANIFEST,
+                 annotations={REF_NAME: tag})
+    index = {"schemaVersion": 2, "manifests": [mdesc]}
+    if (layout / "index.json").exists():
+        old = json.loads((layout / "index.json").read_text())
+        index["manifests"] = [m for m in old.get("manifests", [])
+                              if (m.get("annotations") or {}).get(REF_NAME) != tag] + [mdesc]
+    write_atomic(layout / "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}, sort_keys=True))
+    write_atomic(layout / "index.json", json.dumps(index, sort_keys=True, indent=2) + "\n")
+    return mdesc["digest"]
+
+
+def image_config(*, entrypoint=(), cmd=(), env=(), workdir="/", user="", architecture="amd64") -> dict:
+    cfg = {"Env": [f"{k}={v}" for k, v in env], "WorkingDir": workdir}
+    if entrypoint:
+        cfg["Entrypoint"] = list(entrypoint)
+    if cmd:
+        cfg["Cmd"] = list(cmd)
+    if user:
+        cfg["User"] = user
+    return {"architecture": architecture, "os": "linux", "config": cfg}
+
+
+def build_from_packages(spec: ImageSpec, layout: Path) -> str:
+    """Build *spec*'s image into the OCI layout *layout* (tag ``spec.tag``); returns the manifest digest.
+
+    The Debian packages' closure is extracted (as the rootfs stage does); with
+    ``keep``, only those paths and the ELF closure of the programs among them
+    stay, with ``/etc/passwd`` and ``/etc/group``. Same packages, same bytes.
+    """
+    where = display_path(spec.path)
+    epoch = source_date_epoch()
+    closure = rootfs.apt_closure(list(spec.packages), f"{where}: packages")
+    debs = rootfs.download(closure)
+    work = makedirs(layout.parent) / f".{layout.name}.build-{os.getpid()}"
+    remove(work)
+    try:
+        full = work / "full"
+        rootfs.extract(debs, full)
+        tree = full
+        if spec.keep:
+            tree = makedirs(work / "slim")
+            files = rootfs.expand_files(full, spec.keep, f"{where}: keep")
+            real = sorted({resolve_in_root(full, f) for f in files})
+            keep = set(files) | set(real) | set(library_closure(full, rootfs.elf_files(full, real)))
+            for extra in ("/etc/passwd", "/etc/group"):
+                if (full / extra[1:]).is_file():
+                    keep.add(extra)
+            for p in sorted(keep):
+                rootfs.copy_in(full, tree, p)
+            if spec.user:  # the user the image runs as must exist in it
+                rootfs.add_users(tree, (spec.user.split(":")[0],))
+        rootfs.normalise(tree, epoch)
+        layer = work / "layer.tar"
+        _layer_from_tree(tree, layer, epoch)
+        scratch = work / "layout"
+        if layout.exists():
+            shutil.copytree(layout, scratch)
+        digest = write_layout(scratch, spec.tag, [layer],
+                              image_config(entrypoint=spec.entrypoint, cmd=spec.cmd, env=spec.env,
+                                           workdir=spec.workdir, user=spec.user))
+        replace_dir(scratch, layout)
+    finally:
+        remove(work)
+    print(f"[image:{spec.name}] {layout.name}:{spec.tag} is {digest}", file=sys.stderr)
+    return digest
+
+
+def build_local(name: str) -> str:
+    """Build ``images/<name>.yaml`` into ``out/images/<name>`` (``doit image:<name>``)."""
+    return build_from_packages(load_spec(IMAGES_DIR / f"{name}.yaml"), local_layout(name))
+
+
+def local_layout(name: str) -> Path:
+    return out_dir() / "images" / name
+
+
+def spec_files() -> list[Path]:
+    return sorted(IMAGES_DIR.glob("*.yaml"))
+
+
+def tasks(action):
+    """doit tasks ``image:<name>``: the images of ``images/*.yaml``, built from Debian packages."""
+    for path in spec_files():
+        yield {
+            "basename": "image", "name": path.stem,
+            "doc": f"build the OCI image of images/{path.name} from Debian packages into out/images/{path.stem}",
+            "actions": [action(build_local, path.stem)],
+            "file_dep": [str(path)],
+            "targets": [str(local_layout(path.stem) / "index.json")],
+            "clean": [(remove, [local_layout(path.stem)])],
+            "uptodate": [config_changed({"version": "1"})],
+            "verbosity": 2,
+        }
