@@ -36,7 +36,6 @@ _PC = re.compile(rb"pc:0x([0-9a-fA-F]+)")
 INIT_MARK = "Run /init as init process"
 
 
-@dataclass
 TRACE_CMDLINE = "nokaslr rootfstype=ramfs"
 """Kernel arguments of a traced boot. ``nokaslr``: System.map's addresses are the
 running kernel's. ``rootfstype=ramfs``: the probe kernel has TMPFS, with which the
@@ -45,6 +44,7 @@ without TMPFS (lupine-base) unpacks it into an uncapped ramfs; an app that write
 much (postgres's initdb) would fail on the probe kernel only."""
 
 
+@dataclass
 class TraceFilter:
     """Keeps each kernel pc of a translate_block stream once, with the phase it was first seen in.
 
