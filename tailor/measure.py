@@ -50,7 +50,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from tailor.errors import TailorError
+from tailor import probes, qemu
+from tailor.console import ConsoleState
+from tailor.errors import BootFailure, TailorError
 from tailor.recipe import Recipe, general_variant
 from tailor.toolchain import first_line
 from tailor.util import PROJECT, makedirs, out_dir, read_json, write_atomic, write_json
@@ -251,17 +253,15 @@ def kernel_source_label() -> str:
 
 def conditions(accel: str | None = None) -> dict:
     """Machine, accelerator, qemu, gcc and kernel versions, load and date of a measurement."""
-    from tailor import boot
-
     try:
-        chosen = accel or boot.detect_accel()
+        chosen = accel or qemu.detect_accel()
     except TailorError:
         chosen = "unknown"
     return {
         "machine": f"{platform.machine()}, {_cpu_model()}, {os.cpu_count()} cores, {_mem_total_gib()} GiB",
         "os": _first_line(["sh", "-c", ". /etc/os-release && echo \"$PRETTY_NAME\""]),
         "accel": chosen,
-        "qemu": _first_line([boot.QEMU, "--version"]),
+        "qemu": _first_line([qemu.QEMU, "--version"]),
         "gcc": _first_line(["gcc", "--version"]),
         "kernel": kernel_source_label(),
         "load": [round(x, 2) for x in os.getloadavg()],
@@ -560,39 +560,38 @@ def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY
 def running_vm(v: Variant, accel: str | None = None, memory: int | None = None) -> Iterator[int]:
     """Boot *v* with its guest port forwarded, wait until its probe answers, yield the host port.
 
-    qemu runs in its own session with a parent-death signal and is killed
-    (process group, SIGKILL) when the block ends, however it ends.
+    The VM runs in a :func:`tailor.qemu.session` (a new host port when the
+    picked one was taken meanwhile, a TCG rerun when KVM stays silent) and is
+    killed when the block ends, however it ends; its console goes to
+    ``out/bench/throughput/<app>/<variant>.console.log``.
     """
-    from tailor import boot
-
     recipe = v.recipe
     probe = recipe.test.probe
-    port = boot.free_port()
-    chosen = boot.detect_accel(accel)
-    cmd = boot.qemu_command(v.kernel["bzImage"], v.image, recipe.rootfs.format, memory or recipe.test.memory,
-                            recipe.kernel.cmdline, chosen, [(port, probe.port)], True,
-                            name=f"tailor-bench-{v.app}-{v.variant}-{os.getpid()}")
-    logdir = makedirs(bench_dir() / "throughput" / v.app)
-    with open(logdir / f"{v.variant}.console.log", "wb") as console:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=boot._pdeathsig_preexec(), close_fds=True)
-        try:
-            def abort() -> str | None:
-                status = proc.poll()
-                return None if status is None else f"qemu exited with status {status}"
+    name = f"tailor-bench-{v.app}-{v.variant}-{os.getpid()}"
 
-            deadline = time.monotonic() + recipe.test.timeout
-            try:
-                if probe.type == "redis":
-                    boot.probe_redis(port, deadline, abort=abort)
-                else:
-                    boot.probe_http(port, deadline, path=probe.path, status=probe.status, body=probe.body,
-                                    abort=abort)
-            except boot.ProbeFailed as e:
-                raise TailorError(f"{v.key}: the app did not come up for the benchmark: {e}") from None
-            yield port
-        finally:
-            boot._kill(proc)
+    def command(chosen: str, port: int | None) -> list[str]:
+        return qemu.qemu_command(v.kernel["bzImage"], v.image, recipe.rootfs.format, memory or recipe.test.memory,
+                                 recipe.kernel.cmdline, chosen, [(port, probe.port)], True, name=name)
+
+    def ready(vm: qemu.VM, port: int | None) -> str:
+        return probes.run_probe(probe, port, vm.t0 + recipe.test.timeout, abort=vm.check)
+
+    log = makedirs(bench_dir() / "throughput" / v.app) / f"{v.variant}.console.log"
+    con = None
+
+    def console() -> ConsoleState:
+        nonlocal con
+        con = ConsoleState(ready=recipe.test.ready)
+        return con
+
+    try:
+        with qemu.session(command, console, qemu.detect_accel(accel), ready, guest_port=probe.port) as s:
+            yield s.port
+    except BootFailure as e:
+        raise TailorError(f"{v.key}: the app did not come up for the benchmark: {e}") from None
+    finally:
+        if con is not None:
+            write_atomic(log, con.text())
 
 
 def bench_tool(recipe: Recipe) -> str | None:

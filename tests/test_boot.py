@@ -23,8 +23,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tailor import boot  # noqa: E402
-from tailor.boot import ConsoleState, ProbeFailed, assess, split_lines  # noqa: E402
+from tailor import boot, console, probes, qemu  # noqa: E402
+from tailor.console import ConsoleState, assess, split_lines  # noqa: E402
+from tailor.errors import ProbeFailed  # noqa: E402
 from tailor.errors import TailorError  # noqa: E402
 from tailor.recipe import parse  # noqa: E402
 
@@ -61,35 +62,35 @@ def cpuinfo(tmp_path, text):
 
 
 def test_accel_kvm_needs_device_and_virt_flags(no_env, tmp_path, kvm_dev):
-    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "kvm"
-    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_SVM), kvm_path=kvm_dev) == "kvm"
+    assert qemu.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "kvm"
+    assert qemu.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_SVM), kvm_path=kvm_dev) == "kvm"
 
 
 def test_accel_paravirtual_kvm_without_flags_is_tcg(no_env, tmp_path, kvm_dev):
-    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_NONE), kvm_path=kvm_dev) == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_NONE), kvm_path=kvm_dev) == "tcg"
 
 
 def test_accel_missing_device_is_tcg(no_env, tmp_path):
     info = cpuinfo(tmp_path, CPUINFO_VMX)
-    assert boot.detect_accel(cpuinfo_path=info, kvm_path=tmp_path / "nope") == "tcg"
-    assert boot.detect_accel(cpuinfo_path=tmp_path / "no-cpuinfo", kvm_path=tmp_path / "nope") == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=info, kvm_path=tmp_path / "nope") == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=tmp_path / "no-cpuinfo", kvm_path=tmp_path / "nope") == "tcg"
 
 
 def test_accel_env_and_force_override(monkeypatch, tmp_path, kvm_dev):
     info = cpuinfo(tmp_path, CPUINFO_NONE)
     monkeypatch.setenv("TAILOR_ACCEL", "kvm")
-    assert boot.detect_accel(cpuinfo_path=info, kvm_path=kvm_dev) == "kvm"
-    assert boot.detect_accel("tcg", cpuinfo_path=info, kvm_path=kvm_dev) == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=info, kvm_path=kvm_dev) == "kvm"
+    assert qemu.detect_accel("tcg", cpuinfo_path=info, kvm_path=kvm_dev) == "tcg"
     monkeypatch.setenv("TAILOR_ACCEL", "TCG")
-    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "tcg"
     monkeypatch.setenv("TAILOR_ACCEL", "hvf")
     with pytest.raises(TailorError, match="TAILOR_ACCEL='hvf' is not an accelerator"):
-        boot.detect_accel()
+        qemu.detect_accel()
 
 
 def test_accel_on_this_machine_is_fast(no_env):
     t = time.monotonic()
-    accel = boot.detect_accel()
+    accel = qemu.detect_accel()
     assert time.monotonic() - t < 0.5
     assert accel in ("kvm", "tcg")
     with open("/proc/cpuinfo") as f:
@@ -103,7 +104,7 @@ def test_accel_on_this_machine_is_fast(no_env):
 
 
 def test_qemu_command_cpio_tcg():
-    cmd = boot.qemu_command("/k/bzImage", "/r/rootfs.cpio", "cpio", 128, "", "tcg", None, False)
+    cmd = qemu.qemu_command("/k/bzImage", "/r/rootfs.cpio", "cpio", 128, "", "tcg", None, False)
     assert cmd[0] == "qemu-system-x86_64"
     assert cmd[cmd.index("-M") + 1] == "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"
     assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-cpu") + 1] == "max"
@@ -118,7 +119,7 @@ def test_qemu_command_cpio_tcg():
 
 
 def test_qemu_command_ext2_kvm_extra_args():
-    cmd = boot.qemu_command(Path("/k/bzImage"), Path("/r/root.ext2"), "ext2", 64, "  quiet  loglevel=3 ",
+    cmd = qemu.qemu_command(Path("/k/bzImage"), Path("/r/root.ext2"), "ext2", 64, "  quiet  loglevel=3 ",
                             "kvm", None, False, name="tailor-x")
     assert cmd[cmd.index("-accel") + 1] == "kvm" and cmd[cmd.index("-cpu") + 1] == "host"
     assert cmd[cmd.index("-drive") + 1] == "id=root,file=/r/root.ext2,format=raw,if=none,snapshot=on"
@@ -130,25 +131,50 @@ def test_qemu_command_ext2_kvm_extra_args():
 
 
 def test_qemu_command_network():
-    cmd = boot.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(40000, 6379), (40001, 80)], True)
+    cmd = qemu.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(40000, 6379), (40001, 80)], True)
     assert cmd[cmd.index("-netdev") + 1] == ("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40000-:6379,"
                                              "hostfwd=tcp:127.0.0.1:40001-:80")
     assert cmd[cmd.index("-device") + 1] == "virtio-net-device,netdev=n0"
-    plain = boot.qemu_command("/k", "/r", "cpio", 256, "", "tcg", None, True)
+    plain = qemu.qemu_command("/k", "/r", "cpio", 256, "", "tcg", None, True)
     assert plain[plain.index("-netdev") + 1] == "user,id=n0,restrict=on"
 
 
 def test_qemu_command_rejects_bad_input():
     with pytest.raises(ValueError):
-        boot.qemu_command("/k", "/r", "squashfs", 256, "", "tcg", None, False)
+        qemu.qemu_command("/k", "/r", "squashfs", 256, "", "tcg", None, False)
     with pytest.raises(ValueError):
-        boot.qemu_command("/k", "/r", "cpio", 256, "", "hvf", None, False)
+        qemu.qemu_command("/k", "/r", "cpio", 256, "", "hvf", None, False)
     with pytest.raises(ValueError):
-        boot.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(1, 2)], False)
+        qemu.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(1, 2)], False)
+
+
+def test_qemu_parses_an_image_path_with_a_comma(tmp_path):
+    # qemu splits option lists at commas (a doubled comma is a literal one): started paused (-S), real
+    # qemu stays up only when it opened the disk image at exactly this path
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    d = tmp_path / "a,b=c"
+    d.mkdir()
+    kernel, image = d / "bzImage", d / "root,x.ext2"
+    kernel.write_bytes(bytes(4096))
+    with open(image, "wb") as f:
+        f.truncate(1 << 20)
+    cmd = qemu.qemu_command(kernel, image, "ext2", 64, "", "tcg", None, False, name="tailor-comma,test",
+                            extra=("-S",))
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(1.5)
+    finally:
+        qemu.kill(proc)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert "Could not open" not in err and "Invalid parameter" not in err, err
 
 
 def test_free_port_is_bindable():
-    port = boot.free_port()
+    port = qemu.free_port()
     assert 1024 <= port <= 65535
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
@@ -194,7 +220,7 @@ def test_hello_world_panic_after_ready_passes():
         "Run /init as init process", "hello world", "Kernel panic - not syncing: Attempted to kill init! "
         "exitcode=0x00000000"])
     assert con.panic.startswith("Attempted to kill init")
-    assert assess(con, "none", 1.0, 30) == boot.Verdict("pass")
+    assert assess(con, "none", 1.0, 30) == console.Verdict("pass")
 
 
 def test_panic_before_ready_fails_with_reason():
@@ -225,7 +251,7 @@ def test_network_probe_waits_for_ready_and_fails_on_later_panic():
     con = feed_all(ConsoleState(ready="Ready"), ["Run /init as init process"])
     assert assess(con, "redis", 1.0, 30) is None
     con.feed("Ready", 1.1)
-    assert assess(con, "redis", 1.2, 30) == boot.Verdict("probe")
+    assert assess(con, "redis", 1.2, 30) == console.Verdict("probe")
     con.feed("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000b00", 1.3)
     v = assess(con, "redis", 1.4, 30)
     assert v.state == "fail" and v.reason.startswith("init exited after ready (kernel panic: Attempted")
@@ -305,13 +331,13 @@ def fake_redis(corrupt_get=False):
 
 @pytest.fixture
 def quick_grace(monkeypatch):
-    monkeypatch.setattr(boot, "MISMATCH_GRACE_S", 0.3)
+    monkeypatch.setattr(probes, "MISMATCH_GRACE_S", 0.3)
 
 
 def test_redis_probe_passes_against_fake_redis():
     srv = fake_redis()
     try:
-        detail = boot.probe_redis(srv.port, time.monotonic() + 5)
+        detail = probes.probe_redis(srv.port, time.monotonic() + 5)
         assert detail == "PING, SET and GET answered correctly"
     finally:
         srv.close()
@@ -321,16 +347,16 @@ def test_redis_probe_reports_wrong_get(quick_grace):
     srv = fake_redis(corrupt_get=True)
     try:
         with pytest.raises(ProbeFailed, match=r"^GET returned b'wrong', expected b'[0-9a-f]{16}'$"):
-            boot.probe_redis(srv.port, time.monotonic() + 5)
+            probes.probe_redis(srv.port, time.monotonic() + 5)
     finally:
         srv.close()
 
 
 def test_redis_probe_times_out_when_nothing_listens():
-    port = boot.free_port()
+    port = qemu.free_port()
     t = time.monotonic()
     with pytest.raises(ProbeFailed) as info:
-        boot.probe_redis(port, time.monotonic() + 0.6)
+        probes.probe_redis(port, time.monotonic() + 0.6)
     assert time.monotonic() - t < 3
     assert info.value.last == "Connection refused"
     assert str(info.value).startswith("no answer within")
@@ -362,22 +388,22 @@ def http_server():
 
 
 def test_http_probe_passes_and_sends_host(http_server):
-    detail = boot.probe_http(http_server, time.monotonic() + 5, path="/ok", status=200, body="hello tailor")
+    detail = probes.probe_http(http_server, time.monotonic() + 5, path="/ok", status=200, body="hello tailor")
     assert detail == "GET /ok -> 200, 13 bytes"
     assert _HTTPHandler.hosts[-1] == f"127.0.0.1:{http_server}"
-    assert boot.probe_http(http_server, time.monotonic() + 5, path="/gone", status=404).startswith("GET /gone -> 404")
+    assert probes.probe_http(http_server, time.monotonic() + 5, path="/gone", status=404).startswith("GET /gone -> 404")
 
 
 def test_http_probe_status_and_body_mismatch(http_server, quick_grace):
     with pytest.raises(ProbeFailed, match="GET /gone returned status 404, expected 200"):
-        boot.probe_http(http_server, time.monotonic() + 5, path="/gone")
+        probes.probe_http(http_server, time.monotonic() + 5, path="/gone")
     with pytest.raises(ProbeFailed, match="GET /ok body does not contain 'bye'"):
-        boot.probe_http(http_server, time.monotonic() + 5, path="/ok", body="bye")
+        probes.probe_http(http_server, time.monotonic() + 5, path="/ok", body="bye")
 
 
 def test_http_probe_wrong_answer_at_deadline_is_not_a_timeout(http_server):
     with pytest.raises(ProbeFailed, match="^GET /gone returned status 404, expected 200$") as info:
-        boot.probe_http(http_server, time.monotonic() + 0.3, path="/gone")
+        probes.probe_http(http_server, time.monotonic() + 0.3, path="/gone")
     assert info.value.last is None
 
 
@@ -392,9 +418,9 @@ def test_tcp_probe_open_versus_closed_at_once():
 
     hold, slam = _Server(Hold), _Server(Slam)
     try:
-        assert boot.probe_tcp(hold.port, time.monotonic() + 5, hold=0.3) == "connected; still open after 0.3 s"
+        assert probes.probe_tcp(hold.port, time.monotonic() + 5, hold=0.3) == "connected; still open after 0.3 s"
         with pytest.raises(ProbeFailed) as info:
-            boot.probe_tcp(slam.port, time.monotonic() + 0.8, hold=0.3)
+            probes.probe_tcp(slam.port, time.monotonic() + 0.8, hold=0.3)
         assert info.value.last == "peer closed the connection at once"
     finally:
         hold.close()
@@ -402,10 +428,10 @@ def test_tcp_probe_open_versus_closed_at_once():
 
 
 def test_probe_abort_stops_retrying():
-    port = boot.free_port()
+    port = qemu.free_port()
     t = time.monotonic()
     with pytest.raises(ProbeFailed, match="^qemu exited with status 1 during the probe$"):
-        boot.probe_tcp(port, time.monotonic() + 30, abort=lambda: "qemu exited with status 1 during the probe")
+        probes.probe_tcp(port, time.monotonic() + 30, abort=lambda: "qemu exited with status 1 during the probe")
     assert time.monotonic() - t < 1
 
 
@@ -633,7 +659,7 @@ def fake_memcached(lose_values=False):
 def test_memcached_probe_passes_against_fake_memcached():
     srv = fake_memcached()
     try:
-        assert boot.probe_memcached(srv.port, time.monotonic() + 5) == "set and get answered correctly"
+        assert probes.probe_memcached(srv.port, time.monotonic() + 5) == "set and get answered correctly"
     finally:
         srv.close()
 
@@ -642,7 +668,7 @@ def test_memcached_probe_reports_a_lost_value(quick_grace):
     srv = fake_memcached(lose_values=True)
     try:
         with pytest.raises(ProbeFailed, match=r"^get returned b'END\\r\\n'"):
-            boot.probe_memcached(srv.port, time.monotonic() + 5)
+            probes.probe_memcached(srv.port, time.monotonic() + 5)
     finally:
         srv.close()
 
@@ -652,11 +678,11 @@ def test_command_probe_substitutes_the_address_and_checks_output(quick_grace):
     script = ("import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])));"
               "s.sendall(b'*1\\r\\n$4\\r\\nPING\\r\\n'); print(s.recv(100).decode().strip())")
     try:
-        detail = boot.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
+        detail = probes.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
                                     time.monotonic() + 5, expect="^[+]PONG$")
         assert detail.endswith("output matched '^[+]PONG$'")
         with pytest.raises(ProbeFailed, match="output does not match"):
-            boot.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
+            probes.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
                                time.monotonic() + 5, expect="^nope$")
     finally:
         srv.close()
@@ -665,13 +691,13 @@ def test_command_probe_substitutes_the_address_and_checks_output(quick_grace):
 def test_command_probe_retries_a_failing_command_until_the_deadline():
     t = time.monotonic()
     with pytest.raises(ProbeFailed, match="no answer within"):
-        boot.probe_command([sys.executable, "-c", "import sys; sys.exit(3)"], 1, time.monotonic() + 1)
+        probes.probe_command([sys.executable, "-c", "import sys; sys.exit(3)"], 1, time.monotonic() + 1)
     assert time.monotonic() - t < 10
 
 
 def test_command_probe_names_a_missing_client():
     with pytest.raises(ProbeFailed, match="no-such-client-tailor not found on this host"):
-        boot.probe_command(["no-such-client-tailor", "{port}"], 1, time.monotonic() + 1)
+        probes.probe_command(["no-such-client-tailor", "{port}"], 1, time.monotonic() + 1)
 
 
 def test_ctrl_c_during_a_boot_is_raised_at_a_safe_point():
@@ -679,10 +705,10 @@ def test_ctrl_c_during_a_boot_is_raised_at_a_safe_point():
 
     before = _signal.getsignal(_signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        with boot._CtrlC():
+        with qemu.CtrlC():
             os.kill(os.getpid(), _signal.SIGINT)
             time.sleep(0.05)  # the handler only records it; nothing is raised here
             reached = True
-            boot._check_interrupt()
+            qemu.check_interrupt()
     assert reached
     assert _signal.getsignal(_signal.SIGINT) is before
