@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tailor.errors import TailorError
 from tailor.recipe import BASE_CONFIGS_DIR, Source
-from tailor.util import PROJECT, makedirs, out_dir, read_json, write_atomic, write_json
+from tailor.util import PROJECT, config_values, makedirs, out_dir, read_json, write_atomic, write_json
 
 FIRECRACKER_CONFIG = PROJECT.parent / "shared" / "reference" / "firecracker-microvm-6.1.config"
 """Firecracker's 6.1 guest config, when the shared reference folder is beside the project."""
@@ -105,7 +105,7 @@ def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, 
         theirs = kbuild_olddefconfig(srctree, scratch, result.config)
         if theirs == result.config:
             return result.config, result.identity, "engine (all-no + base_configs/microvm.config, verified)"
-        if _values(theirs) != _values(result.config):
+        if config_values(theirs) != config_values(result.config):
             diffs = "; ".join(config_diff(result.config, theirs))
             raise TailorError(f"baseline {name}: kbuild's olddefconfig changes the engine's values ({diffs})")
         # Same values; kbuild only writes an extra "is not set" comment (an implied symbol
@@ -116,16 +116,6 @@ def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, 
     text = kbuild_olddefconfig(srctree, scratch, text)
     return (text, config_identity(text, source_id),
             f"kbuild olddefconfig of the file as is + {', '.join(FIRECRACKER_EXTRA)}")
-
-
-def _values(config_text: str) -> dict[str, str]:
-    """Every ``CONFIG_X=value`` assignment of a .config (``is not set`` comments count as absent)."""
-    out = {}
-    for line in config_text.splitlines():
-        if line.startswith("CONFIG_") and "=" in line:
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
 
 
 def build_baseline(name: str, jobs: int | None = None) -> dict:

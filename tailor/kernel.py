@@ -34,11 +34,11 @@ from collections import deque
 from pathlib import Path
 
 from tailor import farm
-from tailor.errors import TailorError
+from tailor.errors import TailorBug, TailorError
 from tailor.kconfig import config_diff
 from tailor.toolchain import KERNEL_TOOLS, debian_package, kernel_toolchain
-from tailor.util import (Progress, atomic_path, canonical_json, file_lock, human_size, makedirs, out_dir,
-                         read_json, remove, sha256_text, write_json)
+from tailor.util import (Progress, atomic_path, canonical_json, count_enabled, file_lock, human_size, makedirs,
+                         out_dir, read_json, remove, sha256_text, write_json)
 
 BUILD_SETTINGS = "2"
 """Version of the build environment (make_env): a kernel built with other settings is rebuilt.
@@ -52,7 +52,6 @@ ARTEFACTS = {
     "vmlinux": "vmlinux",
     "System.map": "System.map",
 }
-_OBJ_LINE = re.compile(r"^\s+(CC|AS|CPP|HOSTCC|LD|AR|GEN|OBJCOPY|LDS)\s+\S")
 _COMPILE_LINE = re.compile(r"^\s+(CC|AS)\s+\S")
 
 
@@ -124,13 +123,18 @@ def make_env(srctree: Path, objdir: Path, farm_plan: farm.Plan | None = None) ->
     return env, make_vars
 
 
-def _make(srctree: Path, objdir: Path, targets: list[str], jobs: int | None = None,
-          farm_plan: farm.Plan | None = None) -> tuple[list[str], dict]:
+def make_command(srctree: Path, objdir: Path, targets: list[str], jobs: int | None = None,
+                 farm_plan: farm.Plan | None = None) -> tuple[list[str], dict]:
+    """The kbuild command (``make -C <srctree> O=<objdir> ... [-jN] <targets>``) and its environment,
+    for a reproducible out-of-tree build of *targets* (through the farm of *farm_plan*, if any)."""
     env, make_vars = make_env(srctree, objdir, farm_plan)
     cmd = ["make", "-C", str(srctree.resolve()), f"O={objdir.resolve()}"] + make_vars
     if jobs:
         cmd.append(f"-j{jobs}")
     return cmd + targets, env
+
+
+_make = make_command  # the old private name, still used by tailor/scale.py (owned elsewhere)
 
 
 def _make_record(cmd: list[str]) -> list[str]:
@@ -152,7 +156,7 @@ def kbuild_olddefconfig(srctree: Path, objdir: Path, config_text: str) -> str:
     makedirs(objdir)
     cfg = objdir / ".config"
     cfg.write_text(config_text)
-    cmd, env = _make(srctree, objdir, ["-s", "olddefconfig"])
+    cmd, env = make_command(srctree, objdir, ["-s", "olddefconfig"])
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     except OSError as e:
@@ -168,8 +172,7 @@ def olddefconfig_check(srctree: Path, objdir: Path, config_text: str) -> None:
     theirs = kbuild_olddefconfig(srctree, objdir, config_text)
     if theirs != config_text:
         diffs = config_diff(config_text, theirs)
-        raise TailorError(f"kbuild's olddefconfig disagrees with tailor's resolved config "
-                          f"({'; '.join(diffs)}); this is a bug in the engine, please report it")
+        raise TailorBug(f"kbuild's olddefconfig disagrees with tailor's resolved config ({'; '.join(diffs)})")
 
 
 def _estimate(enabled: int) -> int:
@@ -202,7 +205,7 @@ def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jo
     The farm settings (tailor.farm: a shared ccache, distcc helpers) are checked first."""
     plan = farm.plan(label=label)
     jobs = jobs or plan.jobs or os.cpu_count() or 1
-    cmd, env = _make(srctree, objdir, ["bzImage"], jobs, plan)
+    cmd, env = make_command(srctree, objdir, ["bzImage"], jobs, plan)
     estimate = _estimate(enabled)
     progress = Progress(f"[{label}]")
     tail: deque[str] = deque(maxlen=40)
@@ -254,7 +257,7 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
                 return meta
         objdir = kdir / "build"
         olddefconfig_check(srctree, objdir, config_text)
-        enabled = sum(1 for ln in config_text.splitlines() if ln.startswith("CONFIG_") and ln.endswith("=y"))
+        enabled = count_enabled(config_text)
         log_tmp = kdir / "build.log.partial"
         compiled = compile_kernel(srctree, objdir, log_tmp, enabled, jobs, label)
         for name, rel in ARTEFACTS.items():
@@ -267,7 +270,7 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
                     if _COMPILE_LINE.match(ln))
         if compiled == total and compiled > 0:
             _record_estimate(enabled, compiled)
-        cmd, _ = _make(srctree, objdir, ["bzImage"], jobs or os.cpu_count() or 1)
+        cmd, _ = make_command(srctree, objdir, ["bzImage"], jobs or os.cpu_count() or 1)
         meta = {
             "identity": identity,
             "kernel_identity": key,
