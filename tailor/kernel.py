@@ -33,9 +33,11 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from tailor import farm
+from tailor import config, farm, paths, source
+from tailor.epoch import source_date_epoch  # image.py and release.py still import it from here
 from tailor.errors import TailorBug, TailorError
 from tailor.kconfig import config_diff
+from tailor.recipe import with_variants
 from tailor.toolchain import KERNEL_TOOLS, debian_package, kernel_toolchain
 from tailor.util import (Progress, atomic_path, canonical_json, count_enabled, file_lock, human_size, makedirs,
                          out_dir, read_json, remove, sha256_text, write_json)
@@ -43,9 +45,6 @@ from tailor.util import (Progress, atomic_path, canonical_json, count_enabled, f
 BUILD_SETTINGS = "2"
 """Version of the build environment (make_env): a kernel built with other settings is rebuilt.
 2: relative file-prefix map, so ccache's relative paths do not leak into vmlinux."""
-
-DEFAULT_EPOCH = 1672531200
-"""SOURCE_DATE_EPOCH when the environment sets none (2023-01-01, around Linux 6.1's release)."""
 
 ARTEFACTS = {
     "bzImage": "arch/x86/boot/bzImage",
@@ -55,23 +54,9 @@ ARTEFACTS = {
 _COMPILE_LINE = re.compile(r"^\s+(CC|AS)\s+\S")
 
 
-def source_date_epoch() -> int:
-    """SOURCE_DATE_EPOCH from the environment, else :data:`DEFAULT_EPOCH`."""
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "")
-    if raw:
-        if not raw.isdigit():
-            raise TailorError(f"SOURCE_DATE_EPOCH={raw!r}: must be a whole number of seconds")
-        return int(raw)
-    return DEFAULT_EPOCH
-
-
-def kernel_root() -> Path:
-    return out_dir() / "kernel"
-
-
-def kernel_dir(key: str) -> Path:
-    """The directory of the kernel whose kernel identity (see :func:`kernel_identity`) is *key*."""
-    return kernel_root() / key[:16]
+kernel_root = paths.kernel_root
+kernel_dir = paths.kernel_dir
+"""The directory of the kernel whose kernel identity (see :func:`kernel_identity`) is *key*."""
 
 
 def kernel_identity(config_identity: str, toolchain: dict | None = None) -> str:
@@ -87,9 +72,8 @@ def toolchain_record() -> dict:
             for name, line in kernel_toolchain().items()}
 
 
-def app_pointer(app: str) -> Path:
-    """Per-app file naming the kernel an app uses (the kernel task's target)."""
-    return out_dir() / "kernels" / f"{app}.json"
+app_pointer = paths.kernel_pointer
+"""Per-app file naming the kernel an app uses (the kernel task's target)."""
 
 
 def make_env(srctree: Path, objdir: Path, farm_plan: farm.Plan | None = None) -> tuple[dict[str, str], list[str]]:
@@ -331,16 +315,15 @@ def clean_app(app: str) -> None:
 
 def build_for(recipe) -> dict:
     """The kernel stage for one recipe: build (or reuse) the kernel of its resolved config."""
-    from tailor import config, source
 
-    paths = config.config_paths(recipe.id)
+    cfg_paths = config.config_paths(recipe.id)
     try:
-        identity = paths["identity"].read_text().strip()
+        identity = cfg_paths["identity"].read_text().strip()
     except FileNotFoundError:
-        raise TailorError(f"{paths['identity']}: missing; run `doit config:{recipe.id}` first") from None
+        raise TailorError(f"{cfg_paths['identity']}: missing; run `doit config:{recipe.id}` first") from None
     ref = source.recipe_ref(recipe)
     srctree = source.prepare(ref)
-    meta = build(paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.id}")
+    meta = build(cfg_paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.id}")
     link_app(recipe.id, identity, meta)
     return meta
 
@@ -349,16 +332,14 @@ def tasks(recipes, action):
     """doit tasks ``kernel:<app>``: one per recipe; identical configs share one build."""
     from doit.tools import config_changed
 
-    from tailor import config, source
-    from tailor.recipe import with_variants
 
     for r in with_variants(recipes):
-        paths = config.config_paths(r.id)
+        cfg_paths = config.config_paths(r.id)
         yield {
             "basename": "kernel", "name": r.id,
             "doc": f"build the kernel of {r.id} (bzImage, vmlinux, System.map)",
             "actions": [action(build_for, r)],
-            "file_dep": [str(paths["config"]), str(paths["identity"]),
+            "file_dep": [str(cfg_paths["config"]), str(cfg_paths["identity"]),
                          str(source.stamp_path(source.recipe_ref(r)))],
             "targets": [str(app_pointer(r.id))],
             "clean": [(clean_app, [r.id])],

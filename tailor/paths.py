@@ -14,6 +14,7 @@ The stages and tools ask here instead of joining ``out_dir() / "..."`` themselve
 ``out/discover/<app>/``                :func:`discover_dir`: a discovery's output
 ``out/cache/<name>/``                  :func:`cache_dir`: downloads and build caches (``debs``, ...)
 ``out/src/``                           :func:`src_root`: unpacked kernel sources
+``out/.doit.db``, ``out/.doit.lock``   :func:`doit_db`, :func:`doit_lock`: doit's state and its lock
 =====================================  ==========================================================
 """
 
@@ -22,6 +23,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from tailor.util import out_dir
+
+
+def doit_db() -> Path:
+    """doit's state database (sqlite3): ``out/.doit.db``."""
+    return out_dir() / ".doit.db"
+
+
+def doit_lock() -> Path:
+    """The lock a doit run holds on the project's out/: ``out/.doit.lock``."""
+    return out_dir() / ".doit.lock"
 
 
 def config_dir(app: str) -> Path:

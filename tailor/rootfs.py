@@ -31,12 +31,13 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from tailor import cpio
+from tailor import cpio, paths
+from tailor import image as oci
 from tailor.elf import library_closure, read_dynamic, resolve_in_root
 from tailor.errors import TailorError
-from tailor.kernel import source_date_epoch
+from tailor.epoch import source_date_epoch
 from tailor.recipe import ROOTFS_DIR, Recipe
-from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, out_dir, remove,
+from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, remove,
                          sha256_file, sha256_text, write_json)
 
 TEMPLATES_DIR = PROJECT / "templates"
@@ -57,20 +58,17 @@ SKELETON_DIRS = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "tmp": 0o1777, "run"
                  "root": 0o700, "etc": 0o755, "var": 0o755, "var/tmp": 0o1777}
 
 
-def rootfs_dir(app: str) -> Path:
-    return out_dir() / "rootfs" / app
+rootfs_dir = paths.rootfs_dir
+manifest_path = paths.rootfs_manifest
 
 
 def image_path(recipe: Recipe) -> Path:
-    return rootfs_dir(recipe.name) / f"rootfs.{recipe.rootfs.format}"
-
-
-def manifest_path(app: str) -> Path:
-    return rootfs_dir(app) / "rootfs.json"
+    """The root image of *recipe* (``out/rootfs/<app>/rootfs.<format>``)."""
+    return paths.rootfs_image(recipe.name, recipe.rootfs.format)
 
 
 def deb_cache() -> Path:
-    return out_dir() / "cache" / "debs"
+    return paths.cache_dir("debs")
 
 
 def _apt_env() -> dict[str, str]:
@@ -133,11 +131,11 @@ def _index_sha256(specs: list[str]) -> dict[str, str]:
 def download(closure: list[tuple[str, str, str]]) -> list[Path]:
     """Fetch the .debs of *closure* into the cache (apt verifies them); return their paths, in order."""
     cache = makedirs(deb_cache())
-    paths = [cache / _deb_name(*p) for p in closure]
+    debs = [cache / _deb_name(*p) for p in closure]
     specs = [f"{n}={v}" for n, v, _a in closure]
     want = _index_sha256(specs)
     missing = []
-    for (n, v, _a), path in zip(closure, paths):
+    for (n, v, _a), path in zip(closure, debs):
         if path.exists() and want.get(f"{n}={v}") and sha256_file(path) != want[f"{n}={v}"]:
             path.unlink()
         if not path.exists():
@@ -157,10 +155,10 @@ def download(closure: list[tuple[str, str, str]]) -> list[Path]:
                     os.replace(f, cache / f.name)
             finally:
                 remove(scratch)
-    for path in paths:
+    for path in debs:
         if not path.exists():
             raise TailorError(f"{path.name}: apt did not download it; run apt-get update and retry")
-    return paths
+    return debs
 
 
 def extract(debs: list[Path], dest: Path) -> None:
@@ -275,10 +273,10 @@ def _expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[st
     return out
 
 
-def _elf_files(tree: Path, paths: list[str]) -> list[str]:
-    """The ELF files among *paths* and inside the directories among them (in-tree absolute paths)."""
+def _elf_files(tree: Path, in_tree: list[str]) -> list[str]:
+    """The ELF files among *in_tree* and inside the directories among them (in-tree absolute paths)."""
     out = []
-    for path in paths:
+    for path in in_tree:
         host = tree / path.lstrip("/")
         if host.is_symlink():
             continue
@@ -390,7 +388,7 @@ def run_build_step(step, stage_dir: Path, origin: str) -> None:
     if not cwd.is_dir():
         raise TailorError(f"{origin}: cwd rootfs/{step.cwd} does not exist")
     argv = [a.replace("{stage}", str(stage_dir)) for a in step.run]
-    cache = makedirs(out_dir() / "cache" / "build")
+    cache = makedirs(paths.cache_dir("build"))
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(source_date_epoch()), LC_ALL="C", TZ="UTC",
                HOME=str(cache), GOCACHE=str(cache / "go"), GOFLAGS="-trimpath", CGO_ENABLED="0")
     try:
@@ -577,7 +575,6 @@ def build(recipe: Recipe) -> dict:
     origin = display_path(recipe.path)
     img = None
     if recipe.rootfs.image:
-        from tailor import image as oci
 
         img = oci.obtain(recipe.rootfs.image, origin)
     rdir = makedirs(rootfs_dir(recipe.name))
@@ -667,7 +664,6 @@ def _image_pin(recipe: Recipe) -> dict:
     """The image's pinned digest as known now (reads images.lock only; never a registry)."""
     if not recipe.rootfs.image:
         return {}
-    from tailor import image as oci
 
     try:
         return {"image": oci.locked_digest(oci.parse_reference(recipe.rootfs.image)) or "unpinned"}
@@ -678,7 +674,6 @@ def _image_pin(recipe: Recipe) -> dict:
 def _image_task(recipe: Recipe) -> list[str]:
     if not recipe.rootfs.image:
         return []
-    from tailor import image as oci
 
     task = oci.local_image_task(recipe.rootfs.image)
     return [task] if task else []

@@ -24,7 +24,6 @@ from tailor import paths, source
 from tailor.bench import bench_path, conditions, load_apps, say, spread
 from tailor.errors import TailorError
 from tailor.recipe import Recipe
-from tailor.tasks import state_file
 from tailor.util import PROJECT, makedirs, out_dir, read_json, write_atomic, write_json
 
 NOOP_RUNS = 3
@@ -39,7 +38,7 @@ def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> t
 
 def wait_for_doit(log: Callable[[str], None] = say, limit_s: float = 3600) -> None:
     """Wait until no other doit run holds the project's lock, so that a timed run does not wait for it."""
-    path = state_file().parent / ".doit.lock"
+    path = paths.doit_lock()
     if not path.exists():
         return
     start, said = time.monotonic(), False
