@@ -2,8 +2,9 @@
 
 Everything except the ``slow`` test runs without a VM: run() is exercised with
 a fake ``qemu-system-x86_64`` shell script on PATH that prints a console
-transcript. The slow test boots a real kernel when TAILOR_TEST_KERNEL names a
-bzImage.
+transcript (and one test starts the real qemu paused, to check how it parses
+the argv). The slow test boots hello's real kernel (built through doit, shared
+with the other slow tests through out/kernel) with a busybox initramfs.
 """
 
 import http.server
@@ -25,9 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tailor import boot, console, probes, qemu  # noqa: E402
 from tailor.console import ConsoleState, assess, split_lines  # noqa: E402
-from tailor.errors import ProbeFailed  # noqa: E402
+from tailor.errors import ProbeFailed, QemuError  # noqa: E402
 from tailor.errors import TailorError  # noqa: E402
 from tailor.recipe import parse  # noqa: E402
+
+from conftest import project_copy, run_doit  # noqa: E402
 
 CPUINFO_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme de pse tsc msr vmx sse2\n\n"
 CPUINFO_SVM = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu vme svm sse2 lm\n\n"
@@ -103,40 +106,92 @@ def test_accel_on_this_machine_is_fast(no_env):
 # qemu_command
 
 
-def test_qemu_command_cpio_tcg():
-    cmd = qemu.qemu_command("/k/bzImage", "/r/rootfs.cpio", "cpio", 128, "", "tcg", None, False)
-    assert cmd[0] == "qemu-system-x86_64"
-    assert cmd[cmd.index("-M") + 1] == "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"
-    assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-cpu") + 1] == "max"
-    assert cmd[cmd.index("-m") + 1] == "128" and cmd[cmd.index("-smp") + 1] == "1"
-    for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
-        assert flag in cmd
-    assert cmd[cmd.index("-display") + 1] == "none" and cmd[cmd.index("-serial") + 1] == "stdio"
-    assert cmd[cmd.index("-kernel") + 1] == "/k/bzImage"
-    assert cmd[cmd.index("-initrd") + 1] == "/r/rootfs.cpio"
+def qemu_accepts(cmd: list[str]) -> str | None:
+    """Start the real qemu with *cmd* paused (``-S``, so no guest runs): None when it is still up after
+    1.5 s (it parsed every option and opened every file), else what it printed before it gave up."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    i = cmd.index("-append")
+    proc = subprocess.Popen(cmd[:i] + ["-S"] + cmd[i:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        proc.wait(1.5)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        qemu.kill(proc)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    return err or f"qemu exited with status {proc.returncode}"
+
+
+def fake_bzimage(path: Path) -> Path:
+    """A file with just enough of a bzImage's setup header (boot protocol 2.15, loads high, takes an
+    initrd) for qemu to load it; the guest never runs it."""
+    header = bytearray(64 * 1024)
+    header[0x1F1] = 4  # setup sectors
+    header[0x1FE:0x200] = b"\x55\xaa"
+    header[0x202:0x208] = b"HdrS" + (0x020F).to_bytes(2, "little")
+    header[0x211] = 0x01  # LOADED_HIGH
+    header[0x22C:0x230] = (0x37FFFFFF).to_bytes(4, "little")  # initrd_addr_max
+    path.write_bytes(bytes(header))
+    return path
+
+
+@pytest.fixture
+def boot_files(tmp_path):
+    """A kernel file and two root images for qemu to open (the guest never runs: qemu starts paused)."""
+    kernel, cpio, ext2 = fake_bzimage(tmp_path / "bzImage"), tmp_path / "rootfs.cpio", tmp_path / "root.ext2"
+    cpio.write_bytes(bytes(512))
+    with open(ext2, "wb") as f:
+        f.truncate(1 << 20)
+    return kernel, cpio, ext2
+
+
+def test_qemu_command_cpio_tcg(boot_files):
+    kernel, cpio, _ = boot_files
+    cmd = qemu.qemu_command(kernel, cpio, "cpio", 128, "", "tcg", None, False)
+    assert qemu_accepts(cmd) is None
+    assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-m") + 1] == "128"
+    assert cmd[cmd.index("-kernel") + 1] == str(kernel) and cmd[cmd.index("-initrd") + 1] == str(cpio)
     assert cmd[cmd.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 rdinit=/init"
     assert "-netdev" not in cmd and "-drive" not in cmd
 
 
-def test_qemu_command_ext2_kvm_extra_args():
-    cmd = qemu.qemu_command(Path("/k/bzImage"), Path("/r/root.ext2"), "ext2", 64, "  quiet  loglevel=3 ",
-                            "kvm", None, False, name="tailor-x")
+def test_qemu_command_ext2_kvm_extra_args(boot_files):
+    kernel, _, ext2 = boot_files
+    assert qemu_accepts(qemu.qemu_command(kernel, ext2, "ext2", 64, "", "tcg", None, False)) is None
+    cmd = qemu.qemu_command(kernel, ext2, "ext2", 64, "  quiet  loglevel=3 ", "kvm", None, False, name="tailor-x")
     assert cmd[cmd.index("-accel") + 1] == "kvm" and cmd[cmd.index("-cpu") + 1] == "host"
-    assert cmd[cmd.index("-drive") + 1] == "id=root,file=/r/root.ext2,format=raw,if=none,snapshot=on"
-    assert cmd[cmd.index("-device") + 1] == "virtio-blk-device,drive=root"
     assert cmd[cmd.index("-name") + 1] == "tailor-x"
     assert "-initrd" not in cmd
     assert cmd[cmd.index("-append") + 1] == ("console=ttyS0 reboot=t panic=-1 root=/dev/vda rw init=/init "
                                              "quiet loglevel=3")
 
 
-def test_qemu_command_network():
-    cmd = qemu.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(40000, 6379), (40001, 80)], True)
-    assert cmd[cmd.index("-netdev") + 1] == ("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40000-:6379,"
-                                             "hostfwd=tcp:127.0.0.1:40001-:80")
-    assert cmd[cmd.index("-device") + 1] == "virtio-net-device,netdev=n0"
-    plain = qemu.qemu_command("/k", "/r", "cpio", 256, "", "tcg", None, True)
-    assert plain[plain.index("-netdev") + 1] == "user,id=n0,restrict=on"
+def test_qemu_command_network_forwards_the_host_ports(boot_files):
+    kernel, cpio, _ = boot_files
+    ports = [(qemu.free_port(), 6379), (qemu.free_port(), 80)]
+    cmd = qemu.qemu_command(kernel, cpio, "cpio", 256, "", "tcg", ports, True)
+    assert qemu_accepts(cmd) is None
+    # started paused, qemu already listens on every forwarded host port (the guest answers later)
+    i = cmd.index("-append")
+    proc = subprocess.Popen(cmd[:i] + ["-S"] + cmd[i:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        for host_port, _ in ports:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", host_port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"qemu does not listen on {host_port}"
+                    time.sleep(0.1)
+    finally:
+        qemu.kill(proc)
+    plain = qemu.qemu_command(kernel, cpio, "cpio", 256, "", "tcg", None, True)
+    assert qemu_accepts(plain) is None and "-netdev" in plain
 
 
 def test_qemu_command_rejects_bad_input():
@@ -171,6 +226,48 @@ def test_qemu_parses_an_image_path_with_a_comma(tmp_path):
         err = proc.stderr.read().decode()
         proc.stderr.close()
     assert "Could not open" not in err and "Invalid parameter" not in err, err
+
+
+def _up_or_exited(vm, port):
+    """A session's ready check for a fake VM: ``up`` once it printed a line, ``exited`` when it ended first."""
+    return vm.watch(lambda now, status: "up" if vm.console.lines else ("exited" if status is not None else None))
+
+
+def test_session_starts_again_on_a_new_port_when_the_host_port_was_taken():
+    starts = []
+
+    def command(accel, port):
+        starts.append(port)
+        if len(starts) == 1:  # what qemu says when another process bound the port since free_port()
+            return ["sh", "-c", f"echo 'qemu-system-x86_64: -netdev user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80: "
+                                "could not set up host forwarding rule' >&2; exit 1"]
+        return ["sh", "-c", "echo up; exec sleep 30"]
+
+    with qemu.session(command, ConsoleState, "tcg", _up_or_exited, guest_port=80,
+                      failure=lambda r: None if r == "up" else r) as s:
+        assert s.result == "up" and s.port == starts[-1] and s.accel == "tcg"
+        pid = s.vm.proc.pid
+    assert len(starts) == 2 and starts[0] != starts[1]
+    assert_dead(pid)
+
+
+def test_session_reruns_a_silent_kvm_failure_under_tcg():
+    accels = []
+
+    def command(accel, port):
+        accels.append(accel)
+        return ["sh", "-c", "exit 1"] if accel == "kvm" else ["sh", "-c", "echo up; exec sleep 30"]
+
+    with qemu.session(command, ConsoleState, "kvm", _up_or_exited,
+                      failure=lambda r: None if r == "up" else r) as s:
+        assert s.result == "up" and s.accel == "tcg" and s.kvm_failure == "exited" and s.fallback_from_kvm
+    assert accels == ["kvm", "tcg"]
+
+
+def test_a_vm_that_cannot_start_is_a_qemu_error():
+    with pytest.raises(QemuError, match="no-such-qemu-tailor not found"):
+        with qemu.VM(["no-such-qemu-tailor"], ConsoleState()):
+            pass
 
 
 def test_free_port_is_bindable():
@@ -615,17 +712,24 @@ def busybox_initramfs(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def real_kernel(tmp_path_factory, linux_tree) -> Path:
+    """hello's kernel (lupine-base: serial console, initramfs), built through doit in a project copy whose
+    out/ shares kernel/ with the project's: the kernel the pipeline tests build, compiled once."""
+    project = project_copy(tmp_path_factory.mktemp("boot-project") / "tailor")
+    proc = run_doit(project, "kernel:hello")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return Path(json.loads((project / "out" / "kernels" / "hello.json").read_text())["bzImage"])
+
+
 @pytest.mark.slow
-def test_real_boot(tmp_path):
-    kernel = os.environ.get("TAILOR_TEST_KERNEL")
-    if not kernel or not os.path.isfile(kernel):
-        pytest.skip("set TAILOR_TEST_KERNEL to a bzImage with a serial console and initrd support")
+def test_real_boot(tmp_path, real_kernel):
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     image = busybox_initramfs(tmp_path / "rootfs.cpio")
     recipe = make_recipe("app: {command: /init}\n"
                          "test: {ready: 'tailor slow test: init is up', memory: 128, timeout: 60}\n", tmp_path)
-    result = boot.run(recipe, Path(kernel), image, tmp_path / "out")
+    result = boot.run(recipe, real_kernel, image, tmp_path / "out")
     assert result["pass"] is True
     assert result["time_to_init_s"] > 0
     assert result["time_to_ready_s"] >= result["time_to_init_s"]
