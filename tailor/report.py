@@ -162,6 +162,13 @@ def _by_app_variant(rows: list[dict]) -> dict[tuple[str, str], dict]:
     return {(r["app"], r["variant"]): r for r in rows}
 
 
+def _result_rows(data: dict) -> tuple[list[dict], list[str], dict[tuple[str, str], dict]]:
+    """A measurement's result rows in the report's order, the baselines among them, and the rows by
+    ``(app, variant)``."""
+    rows = sorted(data["results"], key=_row_order)
+    return rows, _baselines_in(rows), _by_app_variant(rows)
+
+
 def _not_measured(kind: str, title: str, intro: str) -> Section:
     return Section(kind, title, intro, [], [], [], [f"not measured: run {BENCH_HINT[kind]}"], [], False)
 
@@ -235,9 +242,7 @@ def boot_section(data: dict | None) -> Section:
              "median of N boots with min–max.")
     if not data:
         return _not_measured("boot", "Boot time", intro)
-    rows_in = sorted(data["results"], key=_row_order)
-    order = _baselines_in(rows_in)
-    idx = _by_app_variant(rows_in)
+    rows_in, order, idx = _result_rows(data)
     head = ["app", "kernel", "to init (median)", "min–max"] + [f"× {b}" for b in order] + \
            ["to ready (median)", "min–max"] + [f"× {b}" for b in order]
     rows, missing, items = [], [], []
@@ -270,9 +275,7 @@ def memory_section(data: dict | None) -> Section:
              "bisection (`quiet` on the command line).")
     if not data:
         return _not_measured("memory", "Memory footprint", intro)
-    rows_in = sorted(data["results"], key=_row_order)
-    order = _baselines_in(rows_in)
-    idx = _by_app_variant(rows_in)
+    rows_in, order, idx = _result_rows(data)
     head = ["app", "kernel", "min memory"] + [f"× {b}" for b in order] + ["boots tried"]
     rows, missing, items = [], [], []
     for r in rows_in:
@@ -297,9 +300,7 @@ def throughput_section(data: dict | None) -> Section:
              "Higher is better.")
     if not data:
         return _not_measured("throughput", "Throughput", intro)
-    rows_in = sorted(data["results"], key=_row_order)
-    order = _baselines_in(rows_in)
-    idx = _by_app_variant(rows_in)
+    rows_in, order, idx = _result_rows(data)
     head = ["app", "kernel", "test", "requests/s (median)", "min–max"] + [f"× {b}" for b in order] + \
            ["stalled runs"]
     rows, missing, items = [], [], []

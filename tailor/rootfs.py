@@ -21,6 +21,7 @@ Steps, each a plain function:
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -214,19 +215,12 @@ def interpreters(tree: Path, command: str, origin: str, what: str = "packages") 
 
 
 def _link_target(tree: Path, path: str) -> str:
-    """Where the symlink at in-tree *path* points, as a normalised in-tree absolute path."""
+    """Where the symlink at in-tree *path* points (one step, not followed further), as a normalised
+    in-tree absolute path (``..`` stops at the tree's root). :func:`tailor.elf.resolve_in_root`
+    resolves a whole path; :func:`copy_in` needs each link on the way, to recreate it."""
     text = os.readlink(tree / path.lstrip("/"))
     base = text if text.startswith("/") else os.path.join(os.path.dirname(path), text)
-    parts = []
-    for part in base.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return "/" + "/".join(parts)
+    return posixpath.normpath("/" + base.lstrip("/"))
 
 
 def copy_in(tree: Path, stage: Path, path: str, depth: int = 0) -> None:

@@ -192,6 +192,17 @@ def file_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator
         os.close(fd)
 
 
+def replace_marked(path: Path, start: str, end: str, text: str, what: str) -> None:
+    """Replace what lies between the marker lines *start* and *end* of the file *path* with *text*
+    (atomically); a file without both markers is a TailorError naming *what* the markers are for."""
+    content = path.read_text()
+    if start not in content or end not in content:
+        raise TailorError(f"{path.name}: no {what} markers; add the lines {start!r} and {end!r}")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_atomic(path, f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
+
+
 def human_size(n: int) -> str:
     """Format a byte count as e.g. '1.65 MB' (decimal units, as kernel sizes are usually quoted)."""
     for unit in ("B", "kB", "MB", "GB"):
