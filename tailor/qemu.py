@@ -33,6 +33,9 @@ The VM never outlives its block:
 * While the main thread waits for a VM inside :class:`CtrlC`, a ``SIGINT``
   handler is installed that only records Ctrl-C; :func:`check_interrupt`
   raises ``KeyboardInterrupt`` at the wait loops' safe points.
+
+Over 400 lines because starting, reading, waiting for and killing qemu must stay in one place:
+the parent-death signal and the Ctrl-C deferral tie the process to the thread that runs it.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ shown as "not measured" with what to run.
 Ratios are *variant / baseline* of the same app (boot, memory, throughput)
 or of the kernels (size, system calls). For sizes, times and memory lower is
 better; for throughput higher is better.
+
+Over 400 lines because each metric's section (table, ratios, charts) and the targets read the same
+stored JSON rows with the same formatting helpers; the targets' own data is in ``tailor/targets.yaml``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Steps, each a plain function:
 3. :func:`pack_cpio` / :func:`pack_ext2` write the image: same inputs, same
    bytes (sorted entries, times clamped to SOURCE_DATE_EPOCH, owner 0:0,
    fixed UUID and hash seed).
+
+Over 400 lines because the three steps are one pipeline over one staged tree and share its
+conventions (in-tree paths, symlinks recreated, times clamped); split, each part would import the rest.
 """
 
 from __future__ import annotations

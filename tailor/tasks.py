@@ -4,7 +4,9 @@ dodo.py only wires: it loads the recipes and asks each stage module for its
 tasks, passing :func:`action` so that every action reports a
 :class:`~tailor.errors.TailorError` as one clear line instead of a traceback.
 A recipe that does not validate still gets its tasks, which fail with its
-error, so one broken recipe does not stop the others.
+error, so one broken recipe does not stop the others. A
+:class:`~tailor.errors.TailorBug` is not caught: doit prints it with its
+traceback, which a bug report needs.
 """
 
 from __future__ import annotations
