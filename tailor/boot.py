@@ -33,7 +33,7 @@ from typing import Callable
 from tailor import paths, probes
 from tailor.console import NO_OUTPUT_S, ConsoleState, Verdict, assess, fail, pass_detail
 from tailor.errors import KernelPanicked, ProbeFailed, QemuError, QemuExited, TailorError
-from tailor.qemu import QEMU, CtrlC, VM, detect_accel, qemu_command, session
+from tailor.qemu import QEMU, VM, CtrlC, detect_accel, free_port, qemu_command, session
 from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
 from tailor.util import makedirs, read_json, remove, write_atomic, write_json
 
@@ -130,7 +130,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
         cmd = vm.cmd
         return decide(recipe, vm, port, max(1.0, test.timeout - (vm.t0 - start)))
 
-    cmd = command(chosen, None)
+    cmd = command(chosen, free_port() if forward else None)  # the argv a result names if qemu never starts
     try:
         if probe.type in NETWORK_PROBES and not network:
             reason = f"a {probe.type} probe needs app.network: true"

@@ -553,6 +553,10 @@ case "$FAKE_QEMU_MODE" in
   silent) exec sleep 30 ;;
   error) echo "qemu-system-x86_64: -kernel /x: could not load kernel" >&2; exit 1 ;;
   slow) printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\n'; exec sleep 30 ;;
+  listen)
+    port=$(echo "$*" | sed -n 's/.*hostfwd=tcp:127.0.0.1:\([0-9]*\)-.*/\1/p')
+    printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\nlistening\r\n'
+    exec python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $port)); s.listen(); time.sleep(30)" ;;
 esac
 """
 
@@ -635,6 +639,19 @@ def test_run_qemu_error_names_stderr(tmp_path, fake_qemu, monkeypatch):
     recipe = make_recipe("app: {command: /init}\ntest: {timeout: 20}\n", tmp_path)
     with pytest.raises(TailorError, match="qemu exited with status 1 before ready: qemu-system-x86_64: -kernel"):
         boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+
+
+def test_run_probes_the_forwarded_port(tmp_path, fake_qemu, monkeypatch):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "listen")
+    recipe = make_recipe("app: {command: /init, network: true}\n"
+                         "test: {ready: listening, probe: {type: tcp, port: 80}, timeout: 20}\n", tmp_path)
+    result = boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    netdev = result["qemu"][result["qemu"].index("-netdev") + 1]
+    host_port = netdev.split("hostfwd=tcp:127.0.0.1:")[1].split("-")[0]
+    assert result["pass"] is True and result["probe"]["type"] == "tcp"
+    assert result["probe"]["detail"].endswith(f"(guest port 80 via 127.0.0.1:{host_port})")
+    assert_dead(starts()[0][0])
 
 
 def test_run_silent_kvm_falls_back_to_tcg(tmp_path, fake_qemu, monkeypatch):
