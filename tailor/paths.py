@@ -14,6 +14,10 @@ The stages and tools ask here instead of joining ``out_dir() / "..."`` themselve
 ``out/discover/<app>/``                :func:`discover_dir`: a discovery's output
 ``out/cache/<name>/``                  :func:`cache_dir`: downloads and build caches (``debs``, ...)
 ``out/src/``                           :func:`src_root`: unpacked kernel sources
+``out/discover/probe/<key[:16]>/``     :func:`probe_kernel_dir`: a discovery probe kernel's config
+``out/images/<name>/``                 :func:`image_dir`: an OCI image built from images/<name>.yaml
+``out/release/<version>/``             :func:`release_dir`: releases; :func:`repro_dir`: ``out/repro/``
+``out/farm/``                          :func:`farm_dir`: scratch space of farm checks and benchmarks
 ``out/.doit.db``, ``out/.doit.lock``   :func:`doit_db`, :func:`doit_lock`: doit's state and its lock
 =====================================  ==========================================================
 """
@@ -94,6 +98,28 @@ def report_dir() -> Path:
 
 def discover_dir(app: str) -> Path:
     return out_dir() / "discover" / app
+
+
+def probe_kernel_dir(identity: str) -> Path:
+    """Where discovery keeps the probe kernel config of *identity* (its first 16 hex digits name it)."""
+    return out_dir() / "discover" / "probe" / identity[:16]
+
+
+def image_dir(name: str) -> Path:
+    return out_dir() / "images" / name
+
+
+def release_dir(version: str) -> Path:
+    return out_dir() / "release" / version
+
+
+def repro_dir() -> Path:
+    """Where the reproducibility check builds its two copies and writes ``report.json``."""
+    return out_dir() / "repro"
+
+
+def farm_dir() -> Path:
+    return out_dir() / "farm"
 
 
 def cache_dir(name: str) -> Path:
