@@ -8,7 +8,9 @@
 
 import sys
 
-from tailor import boot, catalogue, config, kernel, rootfs, source, tasks
+from tailor import (baseline, boot, catalogue, config, discover, kernel, measure, release, report, rootfs,
+                    source, tasks)
+from tailor.image import build as image_build
 from tailor.recipe import with_variants
 
 DOIT_CONFIG = {
@@ -41,9 +43,7 @@ def task_kernel():
 
 def task_image():
     """build an OCI image of images/<name>.yaml from Debian packages (the local example of image recipes)"""
-    from tailor.image import build
-
-    yield from build.tasks(tasks.action)
+    yield from image_build.tasks(tasks.action)
 
 
 def task_rootfs():
@@ -74,44 +74,32 @@ def task_explain():
 
 def task_discover():
     """discover an app's kernel options: trace it on the probe kernel, map the code to options, verify"""
-    from tailor import discover
-
     yield from discover.tasks(RECIPES, tasks.action)
 
 
 def task_release():
     """release a recipe: kernel, rootfs, .deb, OCI layout for urunc, Firecracker config, manifest, SHA256SUMS"""
-    from tailor import release
-
     yield from release.tasks(RECIPES, tasks.action)
     yield from tasks.broken_tasks("release", BROKEN)
 
 
 def task_verify_reproducible():
     """release an app (default hello) twice from scratch and compare every file byte for byte"""
-    from tailor import release
-
     yield from release.verify_tasks(tasks.action)
 
 
 def task_baseline():
     """build a general-purpose baseline kernel to measure against (long; not part of build)"""
-    from tailor import baseline
-
     yield from baseline.tasks(tasks.action)
 
 
 def task_bench():
     """measure what is built (size, boot, memory, throughput) into out/bench/*.json"""
-    from tailor import measure
-
     yield from measure.tasks(tasks.action)
 
 
 def task_report():
     """render out/report/index.html and report.md from out/bench/*.json (measures nothing)"""
-    from tailor import report
-
     return {"actions": [tasks.action(report.build)], "uptodate": [False], "verbosity": 2}
 
 

@@ -31,9 +31,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tailor import kernel, paths, source
 from tailor.errors import TailorError
+from tailor.kconfig import config_diff, config_identity, load_tree, parse_fragment, resolve
+from tailor.kernel import kbuild_olddefconfig
 from tailor.recipe import BASE_CONFIGS_DIR, Source
-from tailor.util import PROJECT, makedirs, out_dir, read_json, write_atomic, write_json
+from tailor.util import PROJECT, config_values, makedirs, read_json, write_atomic, write_json
 
 FIRECRACKER_CONFIG = PROJECT.parent / "shared" / "reference" / "firecracker-microvm-6.1.config"
 """Firecracker's 6.1 guest config, when the shared reference folder is beside the project."""
@@ -50,8 +53,7 @@ BASELINES = {
 """Every baseline's name and what it is."""
 
 
-def baseline_dir(name: str) -> Path:
-    return out_dir() / "baseline" / name
+baseline_dir = paths.baseline_dir
 
 
 def meta_path(name: str) -> Path:
@@ -79,7 +81,6 @@ def input_path(name: str) -> Path:
 
 def source_ref():
     """The kernel source of every baseline: the default pinned source of the recipes."""
-    from tailor import source
 
     return source.ref_for(Source())
 
@@ -90,14 +91,12 @@ def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, 
     ``microvm`` goes through the engine (all-no start, every line verified);
     ``firecracker`` through kbuild's ``make olddefconfig`` on the file as is.
     """
-    from tailor.kconfig import config_diff, config_identity, load_tree, parse_fragment, resolve
 
     path = input_path(name)
     if not path.is_file():
         raise TailorError(f"baseline {name}: {path.name} not found; it is optional, skip it")
-    from tailor.kernel import kbuild_olddefconfig
 
-    scratch = out_dir() / "baseline" / name / "olddefconfig"
+    scratch = baseline_dir(name) / "olddefconfig"
     if name == "microvm":
         tree = load_tree(srctree)
         result = resolve(tree, [parse_fragment(path, label=f"base_configs/{path.name}")], "strict",
@@ -105,7 +104,7 @@ def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, 
         theirs = kbuild_olddefconfig(srctree, scratch, result.config)
         if theirs == result.config:
             return result.config, result.identity, "engine (all-no + base_configs/microvm.config, verified)"
-        if _values(theirs) != _values(result.config):
+        if config_values(theirs) != config_values(result.config):
             diffs = "; ".join(config_diff(result.config, theirs))
             raise TailorError(f"baseline {name}: kbuild's olddefconfig changes the engine's values ({diffs})")
         # Same values; kbuild only writes an extra "is not set" comment (an implied symbol
@@ -118,19 +117,8 @@ def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, 
             f"kbuild olddefconfig of the file as is + {', '.join(FIRECRACKER_EXTRA)}")
 
 
-def _values(config_text: str) -> dict[str, str]:
-    """Every ``CONFIG_X=value`` assignment of a .config (``is not set`` comments count as absent)."""
-    out = {}
-    for line in config_text.splitlines():
-        if line.startswith("CONFIG_") and "=" in line:
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
-
-
 def build_baseline(name: str, jobs: int | None = None) -> dict:
     """Resolve and build the baseline *name* (or reuse its kernel); write and return ``baseline.json``."""
-    from tailor import kernel, source
 
     if not available(name):
         raise TailorError(f"baseline {name}: {input_path(name).name} not found; it is optional, skip it")

@@ -33,46 +33,30 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from tailor import farm
-from tailor.errors import TailorError
+from tailor import config, farm, paths, source
+from tailor.epoch import source_date_epoch  # image.py and release.py still import it from here
+from tailor.errors import TailorBug, TailorError
 from tailor.kconfig import config_diff
+from tailor.recipe import with_variants
 from tailor.toolchain import KERNEL_TOOLS, debian_package, kernel_toolchain
-from tailor.util import (Progress, atomic_path, canonical_json, file_lock, human_size, makedirs, out_dir,
-                         read_json, remove, sha256_text, write_json)
+from tailor.util import (Progress, atomic_path, canonical_json, count_enabled, file_lock, human_size, makedirs,
+                         out_dir, read_json, remove, sha256_text, write_json)
 
 BUILD_SETTINGS = "2"
 """Version of the build environment (make_env): a kernel built with other settings is rebuilt.
 2: relative file-prefix map, so ccache's relative paths do not leak into vmlinux."""
-
-DEFAULT_EPOCH = 1672531200
-"""SOURCE_DATE_EPOCH when the environment sets none (2023-01-01, around Linux 6.1's release)."""
 
 ARTEFACTS = {
     "bzImage": "arch/x86/boot/bzImage",
     "vmlinux": "vmlinux",
     "System.map": "System.map",
 }
-_OBJ_LINE = re.compile(r"^\s+(CC|AS|CPP|HOSTCC|LD|AR|GEN|OBJCOPY|LDS)\s+\S")
 _COMPILE_LINE = re.compile(r"^\s+(CC|AS)\s+\S")
 
 
-def source_date_epoch() -> int:
-    """SOURCE_DATE_EPOCH from the environment, else :data:`DEFAULT_EPOCH`."""
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "")
-    if raw:
-        if not raw.isdigit():
-            raise TailorError(f"SOURCE_DATE_EPOCH={raw!r}: must be a whole number of seconds")
-        return int(raw)
-    return DEFAULT_EPOCH
-
-
-def kernel_root() -> Path:
-    return out_dir() / "kernel"
-
-
-def kernel_dir(key: str) -> Path:
-    """The directory of the kernel whose kernel identity (see :func:`kernel_identity`) is *key*."""
-    return kernel_root() / key[:16]
+kernel_root = paths.kernel_root
+kernel_dir = paths.kernel_dir
+"""The directory of the kernel whose kernel identity (see :func:`kernel_identity`) is *key*."""
 
 
 def kernel_identity(config_identity: str, toolchain: dict | None = None) -> str:
@@ -88,9 +72,8 @@ def toolchain_record() -> dict:
             for name, line in kernel_toolchain().items()}
 
 
-def app_pointer(app: str) -> Path:
-    """Per-app file naming the kernel an app uses (the kernel task's target)."""
-    return out_dir() / "kernels" / f"{app}.json"
+app_pointer = paths.kernel_pointer
+"""Per-app file naming the kernel an app uses (the kernel task's target)."""
 
 
 def make_env(srctree: Path, objdir: Path, farm_plan: farm.Plan | None = None) -> tuple[dict[str, str], list[str]]:
@@ -124,13 +107,18 @@ def make_env(srctree: Path, objdir: Path, farm_plan: farm.Plan | None = None) ->
     return env, make_vars
 
 
-def _make(srctree: Path, objdir: Path, targets: list[str], jobs: int | None = None,
-          farm_plan: farm.Plan | None = None) -> tuple[list[str], dict]:
+def make_command(srctree: Path, objdir: Path, targets: list[str], jobs: int | None = None,
+                 farm_plan: farm.Plan | None = None) -> tuple[list[str], dict]:
+    """The kbuild command (``make -C <srctree> O=<objdir> ... [-jN] <targets>``) and its environment,
+    for a reproducible out-of-tree build of *targets* (through the farm of *farm_plan*, if any)."""
     env, make_vars = make_env(srctree, objdir, farm_plan)
     cmd = ["make", "-C", str(srctree.resolve()), f"O={objdir.resolve()}"] + make_vars
     if jobs:
         cmd.append(f"-j{jobs}")
     return cmd + targets, env
+
+
+_make = make_command  # the old private name, still used by tailor/scale.py (owned elsewhere)
 
 
 def _make_record(cmd: list[str]) -> list[str]:
@@ -152,7 +140,7 @@ def kbuild_olddefconfig(srctree: Path, objdir: Path, config_text: str) -> str:
     makedirs(objdir)
     cfg = objdir / ".config"
     cfg.write_text(config_text)
-    cmd, env = _make(srctree, objdir, ["-s", "olddefconfig"])
+    cmd, env = make_command(srctree, objdir, ["-s", "olddefconfig"])
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     except OSError as e:
@@ -168,8 +156,7 @@ def olddefconfig_check(srctree: Path, objdir: Path, config_text: str) -> None:
     theirs = kbuild_olddefconfig(srctree, objdir, config_text)
     if theirs != config_text:
         diffs = config_diff(config_text, theirs)
-        raise TailorError(f"kbuild's olddefconfig disagrees with tailor's resolved config "
-                          f"({'; '.join(diffs)}); this is a bug in the engine, please report it")
+        raise TailorBug(f"kbuild's olddefconfig disagrees with tailor's resolved config ({'; '.join(diffs)})")
 
 
 def _estimate(enabled: int) -> int:
@@ -202,7 +189,7 @@ def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jo
     The farm settings (tailor.farm: a shared ccache, distcc helpers) are checked first."""
     plan = farm.plan(label=label)
     jobs = jobs or plan.jobs or os.cpu_count() or 1
-    cmd, env = _make(srctree, objdir, ["bzImage"], jobs, plan)
+    cmd, env = make_command(srctree, objdir, ["bzImage"], jobs, plan)
     estimate = _estimate(enabled)
     progress = Progress(f"[{label}]")
     tail: deque[str] = deque(maxlen=40)
@@ -254,7 +241,7 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
                 return meta
         objdir = kdir / "build"
         olddefconfig_check(srctree, objdir, config_text)
-        enabled = sum(1 for ln in config_text.splitlines() if ln.startswith("CONFIG_") and ln.endswith("=y"))
+        enabled = count_enabled(config_text)
         log_tmp = kdir / "build.log.partial"
         compiled = compile_kernel(srctree, objdir, log_tmp, enabled, jobs, label)
         for name, rel in ARTEFACTS.items():
@@ -267,7 +254,7 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
                     if _COMPILE_LINE.match(ln))
         if compiled == total and compiled > 0:
             _record_estimate(enabled, compiled)
-        cmd, _ = _make(srctree, objdir, ["bzImage"], jobs or os.cpu_count() or 1)
+        cmd, _ = make_command(srctree, objdir, ["bzImage"], jobs or os.cpu_count() or 1)
         meta = {
             "identity": identity,
             "kernel_identity": key,
@@ -328,16 +315,15 @@ def clean_app(app: str) -> None:
 
 def build_for(recipe) -> dict:
     """The kernel stage for one recipe: build (or reuse) the kernel of its resolved config."""
-    from tailor import config, source
 
-    paths = config.config_paths(recipe.id)
+    cfg_paths = config.config_paths(recipe.id)
     try:
-        identity = paths["identity"].read_text().strip()
+        identity = cfg_paths["identity"].read_text().strip()
     except FileNotFoundError:
-        raise TailorError(f"{paths['identity']}: missing; run `doit config:{recipe.id}` first") from None
+        raise TailorError(f"{cfg_paths['identity']}: missing; run `doit config:{recipe.id}` first") from None
     ref = source.recipe_ref(recipe)
     srctree = source.prepare(ref)
-    meta = build(paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.id}")
+    meta = build(cfg_paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.id}")
     link_app(recipe.id, identity, meta)
     return meta
 
@@ -346,16 +332,14 @@ def tasks(recipes, action):
     """doit tasks ``kernel:<app>``: one per recipe; identical configs share one build."""
     from doit.tools import config_changed
 
-    from tailor import config, source
-    from tailor.recipe import with_variants
 
     for r in with_variants(recipes):
-        paths = config.config_paths(r.id)
+        cfg_paths = config.config_paths(r.id)
         yield {
             "basename": "kernel", "name": r.id,
             "doc": f"build the kernel of {r.id} (bzImage, vmlinux, System.map)",
             "actions": [action(build_for, r)],
-            "file_dep": [str(paths["config"]), str(paths["identity"]),
+            "file_dep": [str(cfg_paths["config"]), str(cfg_paths["identity"]),
                          str(source.stamp_path(source.recipe_ref(r)))],
             "targets": [str(app_pointer(r.id))],
             "clean": [(clean_app, [r.id])],

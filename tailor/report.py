@@ -3,24 +3,35 @@
 :func:`build` reads whatever the benchmarks stored (see :mod:`tailor.measure`),
 turns it into sections (one table per metric, each absolute number with its
 ratio to every baseline measured beside it, and a bar chart), evaluates the
-targets of :data:`TARGETS`, and renders ``templates/report.html.j2`` (charts
-as inline SVG, no plotting dependency) and ``templates/report.md.j2``. It
-measures nothing, so it takes well under a second; a metric without data is
+targets of :data:`TARGETS` (the data of ``tailor/targets.yaml``), and
+renders ``templates/report.html.j2`` (charts as inline SVG, no plotting
+dependency) and ``templates/report.md.j2``. It takes no measurement (it only
+asks the host for its current conditions, :func:`tailor.bench.conditions`:
+qemu and gcc versions, load and date, shown beside those of each stored
+measurement), so it takes well under a second; a metric without data is
 shown as "not measured" with what to run.
 
 Ratios are *variant / baseline* of the same app (boot, memory, throughput)
 or of the kernels (size, system calls). For sizes, times and memory lower is
 better; for throughput higher is better.
+
+Over 400 lines because each metric's section (table, ratios, charts) and the targets read the same
+stored JSON rows with the same formatting helpers; the targets' own data is in ``tailor/targets.yaml``.
 """
 
 from __future__ import annotations
 
+import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import yaml
+
+from tailor.bench import REPORT_APPS, bench_dir, conditions
 from tailor.errors import TailorError
-from tailor.util import PROJECT, out_dir, read_json, write_atomic
+from tailor.paths import report_dir
+from tailor.util import PROJECT, read_json, write_atomic
 
 TEMPLATES_DIR = PROJECT / "templates"
 KINDS = ("size", "boot", "memory", "throughput", "pipeline")
@@ -38,14 +49,8 @@ BENCH_HINT = {
 }
 
 
-def report_dir() -> Path:
-    return out_dir() / "report"
-
-
 def load_results(bench: Path | None = None) -> dict[str, dict]:
     """Every ``<kind>.json`` of *bench* (default ``out/bench``) that exists and reads, by kind."""
-    from tailor.measure import bench_dir
-
     bench = bench or bench_dir()
     out = {}
     for kind in KINDS:
@@ -86,8 +91,6 @@ def fmt_num(x: float | None, digits: int = 0) -> str:
 
 def _app_rank(app: str) -> tuple[int, str]:
     """Apps in the report's order (hello, redis, nginx), others after them by name."""
-    from tailor.measure import REPORT_APPS
-
     return (REPORT_APPS.index(app) if app in REPORT_APPS else len(REPORT_APPS), app)
 
 
@@ -160,6 +163,13 @@ def _baselines_in(rows: list[dict]) -> list[str]:
 
 def _by_app_variant(rows: list[dict]) -> dict[tuple[str, str], dict]:
     return {(r["app"], r["variant"]): r for r in rows}
+
+
+def _result_rows(data: dict) -> tuple[list[dict], list[str], dict[tuple[str, str], dict]]:
+    """A measurement's result rows in the report's order, the baselines among them, and the rows by
+    ``(app, variant)``."""
+    rows = sorted(data["results"], key=_row_order)
+    return rows, _baselines_in(rows), _by_app_variant(rows)
 
 
 def _not_measured(kind: str, title: str, intro: str) -> Section:
@@ -235,9 +245,7 @@ def boot_section(data: dict | None) -> Section:
              "median of N boots with min–max.")
     if not data:
         return _not_measured("boot", "Boot time", intro)
-    rows_in = sorted(data["results"], key=_row_order)
-    order = _baselines_in(rows_in)
-    idx = _by_app_variant(rows_in)
+    rows_in, order, idx = _result_rows(data)
     head = ["app", "kernel", "to init (median)", "min–max"] + [f"× {b}" for b in order] + \
            ["to ready (median)", "min–max"] + [f"× {b}" for b in order]
     rows, missing, items = [], [], []
@@ -270,9 +278,7 @@ def memory_section(data: dict | None) -> Section:
              "bisection (`quiet` on the command line).")
     if not data:
         return _not_measured("memory", "Memory footprint", intro)
-    rows_in = sorted(data["results"], key=_row_order)
-    order = _baselines_in(rows_in)
-    idx = _by_app_variant(rows_in)
+    rows_in, order, idx = _result_rows(data)
     head = ["app", "kernel", "min memory"] + [f"× {b}" for b in order] + ["boots tried"]
     rows, missing, items = [], [], []
     for r in rows_in:
@@ -297,9 +303,7 @@ def throughput_section(data: dict | None) -> Section:
              "Higher is better.")
     if not data:
         return _not_measured("throughput", "Throughput", intro)
-    rows_in = sorted(data["results"], key=_row_order)
-    order = _baselines_in(rows_in)
-    idx = _by_app_variant(rows_in)
+    rows_in, order, idx = _result_rows(data)
     head = ["app", "kernel", "test", "requests/s (median)", "min–max"] + [f"× {b}" for b in order] + \
            ["stalled runs"]
     rows, missing, items = [], [], []
@@ -381,40 +385,23 @@ class Target:
     absolute: bool = False
 
 
-TARGETS = (
-    Target("size-base", "bzImage size, lupine-base (hello)", "size", "hello", "specific", "<=", 0.12,
-           "lupine-base already uses xz and the guess unwinder; next: CC_OPTIMIZE_FOR_SIZE (-Os, Lupine's "
-           "'tiny' variant) shrinks the code itself, or boot the uncompressed vmlinux through PVH"),
-    Target("size-redis", "bzImage size, redis app-specific", "size", "redis", "specific", "<=", 0.18,
-           "CC_OPTIMIZE_FOR_SIZE (-Os), or fewer of redis's options (each comment says why it is there)"),
-    Target("size-general", "bzImage size, general", "size", "hello", "general", "<=", 0.20,
-           "CC_OPTIMIZE_FOR_SIZE (-Os), or fewer lupine-general options"),
-    Target("boot-base", "boot to init, lupine-base (hello), TCG", "boot", "hello", "specific", "<=", 0.5,
-           "no decompression at all (an uncompressed PVH vmlinux; xz is small but slower to unpack than "
-           "gzip), fewer initcalls, "
-           "a quieter console", accel="tcg"),
-    Target("boot-general", "boot to init, general, TCG", "boot", "hello", "general", "<=", 0.6,
-           "the same as for lupine-base", accel="tcg"),
-    Target("boot-kvm", "boot to init, lupine-base (hello), KVM", "boot", "hello", "specific", "<=", 0.35,
-           "boot the uncompressed vmlinux through PVH and skip the decompressor", accel="kvm"),
-    Target("memory-hello", "minimum memory, hello", "memory", "hello", "specific", "<=", 0.6,
-           "a smaller kernel image and initramfs (memory holds both while unpacking)"),
-    Target("memory-redis", "minimum memory, redis", "memory", "redis", "specific", "<=", 0.6,
-           "a smaller kernel and a smaller initramfs (redis's 20 MB cpio is held twice while it unpacks)"),
-    Target("tput-redis", "redis GET and SET throughput", "throughput", "redis", "specific", ">=", 1.1,
-           "measure under KVM (TCG's emulation cost hides kernel differences), on a quiet host, more rounds"),
-    Target("tput-nginx", "nginx throughput", "throughput", "nginx", "specific", ">=", 1.1,
-           "measure under KVM (TCG's emulation cost hides kernel differences), on a quiet host, more rounds"),
-    Target("sys-base", "system calls, lupine-base (hello)", "syscalls", "hello", "specific", "<=", 0.6,
-           "turn off more syscall-gating options in lupine-base (e.g. ADVISE_SYSCALLS, FHANDLE)"),
-    Target("sys-general", "system calls, general", "syscalls", "hello", "general", "<=", 0.75,
-           "leave SYSVIPC (11 calls: msg*, sem*, shm*) out of lupine-general (only postgres needs it) "
-           "and let postgres's recipe ask for it"),
-    Target("noop-abs", "no-op doit build:redis", "noop", "redis", "specific", "<=", 1.0,
-           "import less at doit start-up (recipes, kconfiglib) and keep the task graph small", absolute=True),
-    Target("noop-ratio", "no-op doit build:redis vs kbuild's no-op", "noop", "redis", "specific", "<=", 0.1,
-           "the same as for the absolute time"),
-)
+TARGETS_FILE = Path(__file__).with_name("targets.yaml")
+
+
+def load_targets(path: Path = TARGETS_FILE) -> tuple[Target, ...]:
+    """The targets listed in *path* (a YAML list of :class:`Target` fields), in order."""
+    names = {f.name for f in fields(Target)}
+    targets = []
+    for n, row in enumerate(yaml.safe_load(path.read_text()) or []):
+        unknown = set(row) - names
+        if unknown:
+            raise TailorError(f"{path}: target {n + 1}: unknown key(s) {', '.join(sorted(unknown))}")
+        targets.append(Target(**row))
+    return tuple(targets)
+
+
+TARGETS = load_targets()
+"""The report's targets (data: ``tailor/targets.yaml``)."""
 
 
 def _kernel_of(size: dict, app: str, variant: str) -> dict | None:
@@ -535,8 +522,6 @@ def conditions_table(results: dict[str, dict]) -> tuple[list[str], list[list[str
 
 def code_spans(text: str):
     """HTML for *text* with its `backtick` spans as <code> (everything else escaped)."""
-    import re
-
     from markupsafe import Markup, escape
 
     parts = re.split(r"`([^`]+)`", str(text))
@@ -565,8 +550,6 @@ def render(template: str, **values) -> str:
 
 def context(results: dict[str, dict]) -> dict:
     """Everything the report templates show."""
-    from tailor.measure import conditions
-
     secs = sections(results)
     head, rows = conditions_table(results)
     targets = evaluate_targets(results)

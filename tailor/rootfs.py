@@ -16,11 +16,15 @@ Steps, each a plain function:
 3. :func:`pack_cpio` / :func:`pack_ext2` write the image: same inputs, same
    bytes (sorted entries, times clamped to SOURCE_DATE_EPOCH, owner 0:0,
    fixed UUID and hash seed).
+
+Over 400 lines because the three steps are one pipeline over one staged tree and share its
+conventions (in-tree paths, symlinks recreated, times clamped); split, each part would import the rest.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shutil
 import stat
@@ -30,13 +34,14 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from tailor import cpio
+from tailor import cpio, paths
+from tailor import image as oci
 from tailor.elf import library_closure, read_dynamic, resolve_in_root
 from tailor.errors import TailorError
-from tailor.kernel import source_date_epoch
+from tailor.epoch import source_date_epoch
 from tailor.recipe import ROOTFS_DIR, Recipe
 from tailor.templates import TEMPLATES_DIR, render
-from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, out_dir, remove,
+from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, remove,
                          sha256_file, sha256_text, write_json)
 
 INIT_TEMPLATE = "init.sh.j2"
@@ -56,20 +61,17 @@ SKELETON_DIRS = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "tmp": 0o1777, "run"
                  "root": 0o700, "etc": 0o755, "var": 0o755, "var/tmp": 0o1777}
 
 
-def rootfs_dir(app: str) -> Path:
-    return out_dir() / "rootfs" / app
+rootfs_dir = paths.rootfs_dir
+manifest_path = paths.rootfs_manifest
 
 
 def image_path(recipe: Recipe) -> Path:
-    return rootfs_dir(recipe.name) / f"rootfs.{recipe.rootfs.format}"
-
-
-def manifest_path(app: str) -> Path:
-    return rootfs_dir(app) / "rootfs.json"
+    """The root image of *recipe* (``out/rootfs/<app>/rootfs.<format>``)."""
+    return paths.rootfs_image(recipe.name, recipe.rootfs.format)
 
 
 def deb_cache() -> Path:
-    return out_dir() / "cache" / "debs"
+    return paths.cache_dir("debs")
 
 
 def _apt_env() -> dict[str, str]:
@@ -132,11 +134,11 @@ def _index_sha256(specs: list[str]) -> dict[str, str]:
 def download(closure: list[tuple[str, str, str]]) -> list[Path]:
     """Fetch the .debs of *closure* into the cache (apt verifies them); return their paths, in order."""
     cache = makedirs(deb_cache())
-    paths = [cache / _deb_name(*p) for p in closure]
+    debs = [cache / _deb_name(*p) for p in closure]
     specs = [f"{n}={v}" for n, v, _a in closure]
     want = _index_sha256(specs)
     missing = []
-    for (n, v, _a), path in zip(closure, paths):
+    for (n, v, _a), path in zip(closure, debs):
         if path.exists() and want.get(f"{n}={v}") and sha256_file(path) != want[f"{n}={v}"]:
             path.unlink()
         if not path.exists():
@@ -156,10 +158,10 @@ def download(closure: list[tuple[str, str, str]]) -> list[Path]:
                     os.replace(f, cache / f.name)
             finally:
                 remove(scratch)
-    for path in paths:
+    for path in debs:
         if not path.exists():
             raise TailorError(f"{path.name}: apt did not download it; run apt-get update and retry")
-    return paths
+    return debs
 
 
 def extract(debs: list[Path], dest: Path) -> None:
@@ -215,19 +217,12 @@ def interpreters(tree: Path, command: str, origin: str, what: str = "packages") 
 
 
 def _link_target(tree: Path, path: str) -> str:
-    """Where the symlink at in-tree *path* points, as a normalised in-tree absolute path."""
+    """Where the symlink at in-tree *path* points (one step, not followed further), as a normalised
+    in-tree absolute path (``..`` stops at the tree's root). :func:`tailor.elf.resolve_in_root`
+    resolves a whole path; :func:`copy_in` needs each link on the way, to recreate it."""
     text = os.readlink(tree / path.lstrip("/"))
     base = text if text.startswith("/") else os.path.join(os.path.dirname(path), text)
-    parts = []
-    for part in base.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return "/" + "/".join(parts)
+    return posixpath.normpath("/" + base.lstrip("/"))
 
 
 def copy_in(tree: Path, stage: Path, path: str, depth: int = 0) -> None:
@@ -276,10 +271,10 @@ def expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[str
     return out
 
 
-def elf_files(tree: Path, paths: list[str]) -> list[str]:
-    """The ELF files among *paths* and inside the directories among them (in-tree absolute paths)."""
+def elf_files(tree: Path, in_tree: list[str]) -> list[str]:
+    """The ELF files among *in_tree* and inside the directories among them (in-tree absolute paths)."""
     out = []
-    for path in paths:
+    for path in in_tree:
         host = tree / path.lstrip("/")
         if host.is_symlink():
             continue
@@ -391,7 +386,7 @@ def run_build_step(step, stage_dir: Path, origin: str) -> None:
     if not cwd.is_dir():
         raise TailorError(f"{origin}: cwd rootfs/{step.cwd} does not exist")
     argv = [a.replace("{stage}", str(stage_dir)) for a in step.run]
-    cache = makedirs(out_dir() / "cache" / "build")
+    cache = makedirs(paths.cache_dir("build"))
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(source_date_epoch()), LC_ALL="C", TZ="UTC",
                HOME=str(cache), GOCACHE=str(cache / "go"), GOFLAGS="-trimpath", CGO_ENABLED="0")
     try:
@@ -591,7 +586,6 @@ def build(recipe: Recipe) -> dict:
     origin = display_path(recipe.path)
     img = None
     if recipe.rootfs.image:
-        from tailor import image as oci
 
         img = oci.obtain(recipe.rootfs.image, origin)
     rdir = makedirs(rootfs_dir(recipe.name))
@@ -681,7 +675,6 @@ def _image_pin(recipe: Recipe) -> dict:
     """The image's pinned digest as known now (reads images.lock only; never a registry)."""
     if not recipe.rootfs.image:
         return {}
-    from tailor import image as oci
 
     try:
         return {"image": oci.locked_digest(oci.parse_reference(recipe.rootfs.image)) or "unpinned"}
@@ -692,7 +685,6 @@ def _image_pin(recipe: Recipe) -> dict:
 def _image_task(recipe: Recipe) -> list[str]:
     if not recipe.rootfs.image:
         return []
-    from tailor import image as oci
 
     task = oci.local_image_task(recipe.rootfs.image)
     return [task] if task else []

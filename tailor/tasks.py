@@ -4,7 +4,9 @@ dodo.py only wires: it loads the recipes and asks each stage module for its
 tasks, passing :func:`action` so that every action reports a
 :class:`~tailor.errors.TailorError` as one clear line instead of a traceback.
 A recipe that does not validate still gets its tasks, which fail with its
-error, so one broken recipe does not stop the others.
+error, so one broken recipe does not stop the others. A
+:class:`~tailor.errors.TailorBug` is not caught: doit prints it with its
+traceback, which a bug report needs.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ import os
 import sys
 from pathlib import Path
 
+from tailor import config as cfg
+from tailor import paths, source
 from tailor.errors import TailorError
-from tailor.recipe import RECIPES_DIR, load
+from tailor.kconfig import explain as explain_symbol
+from tailor.kconfig import load_tree
+from tailor.recipe import RECIPES_DIR, find, load
 from tailor.util import makedirs, os_error, out_dir
 
-STAGES = ("config", "kernel", "rootfs", "boot", "build")
 _READ_ONLY_COMMANDS = {"list", "help", "info", "dumpdb", "tabcompletion"}
 _lock_fd = None
 
 
 def state_file() -> Path:
     """doit's state database (sqlite3, which is safe for two processes)."""
-    return out_dir() / ".doit.db"
+    return paths.doit_db()
 
 
 def _state_db_errors_in_one_line() -> None:
@@ -62,7 +67,7 @@ def guard_concurrent_runs(argv: list[str]) -> None:
     _state_db_errors_in_one_line()
     try:
         makedirs(out_dir())
-        fd = os.open(out_dir() / ".doit.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(paths.doit_lock(), os.O_RDWR | os.O_CREAT, 0o644)
     except (TailorError, OSError) as e:
         sys.exit(f"tailor: error: {os_error(e) if isinstance(e, OSError) else e}")
     try:
@@ -84,9 +89,8 @@ def load_recipes(recipes_dir: Path = RECIPES_DIR):
             broken[path.stem] = str(e)
             continue
         try:
-            from tailor.source import recipe_ref
 
-            recipe_ref(r)
+            source.recipe_ref(r)
         except TailorError as e:
             broken[path.stem] = f"recipes/{path.name}: {e}"
             continue
@@ -131,11 +135,6 @@ def broken_tasks(basename: str, broken: dict[str, str]):
 
 def explain(app: str, symbol: str) -> None:
     """Print why *symbol* has its value in *app*'s resolved config."""
-    from tailor import config as cfg
-    from tailor import source
-    from tailor.kconfig import explain as explain_symbol
-    from tailor.kconfig import load_tree
-    from tailor.recipe import find
 
     recipe = find(app)
     tree = load_tree(source.prepare(source.recipe_ref(recipe)))

@@ -70,7 +70,8 @@ def canonical_json(data) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _os_error(path, e: OSError) -> TailorError:
+def os_error_at(path, e: OSError) -> TailorError:
+    """A one-line TailorError for *e* about *path* that says what to do (disk full, not writable, in the way)."""
     if e.errno == errno.ENOSPC:
         return TailorError(f"{path}: no space left on device; free some space (e.g. `doit clean`) and rerun")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -82,7 +83,10 @@ def _os_error(path, e: OSError) -> TailorError:
 
 def os_error(e: OSError) -> TailorError:
     """A one-line TailorError for an OSError that escaped a stage (named by the file it concerns)."""
-    return _os_error(e.filename or "tailor", e)
+    return os_error_at(e.filename or "tailor", e)
+
+
+_os_error = os_error_at  # the old private name, still used by tailor/cpio.py (owned elsewhere)
 
 
 def makedirs(path: str | os.PathLike) -> Path:
@@ -90,7 +94,7 @@ def makedirs(path: str | os.PathLike) -> Path:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise _os_error(path, e) from None
+        raise os_error_at(path, e) from None
     return Path(path)
 
 
@@ -113,7 +117,7 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
         os.replace(tmp, path)
     except OSError as e:
         remove(tmp)
-        raise _os_error(path, e) from None
+        raise os_error_at(path, e) from None
     except BaseException:
         remove(tmp)
         raise
@@ -188,13 +192,23 @@ def file_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator
         os.close(fd)
 
 
+def replace_marked(path: Path, start: str, end: str, text: str, what: str) -> None:
+    """Replace what lies between the marker lines *start* and *end* of the file *path* with *text*
+    (atomically); a file without both markers is a TailorError naming *what* the markers are for."""
+    content = path.read_text()
+    if start not in content or end not in content:
+        raise TailorError(f"{path.name}: no {what} markers; add the lines {start!r} and {end!r}")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_atomic(path, f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
+
+
 def human_size(n: int) -> str:
     """Format a byte count as e.g. '1.65 MB' (decimal units, as kernel sizes are usually quoted)."""
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
-    return f"{n} B"
 
 
 class Progress:
@@ -229,3 +243,36 @@ def json_bytes(data) -> bytes:
     """*data* as the bytes :func:`write_json` writes (indented, key-sorted JSON and a newline), for
     content that is hashed or archived before it is written."""
     return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+# --------------------------------------------------------------------------
+# Kernel files: .config and System.map
+
+
+def config_values(config_text: str) -> dict[str, str]:
+    """Every ``CONFIG_X=value`` assignment of a .config's text, ``{"CONFIG_X": "value"}``
+    (``# CONFIG_X is not set`` comments count as absent)."""
+    out = {}
+    for line in config_text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def enabled_symbols(config_text: str) -> set[str]:
+    """The symbols (without ``CONFIG_``) set to ``y`` in a .config's text."""
+    return {ln[len("CONFIG_"):-2] for ln in config_text.splitlines() if ln.startswith("CONFIG_") and ln.endswith("=y")}
+
+
+def count_enabled(config_text: str) -> int:
+    """How many options a .config's text sets to ``y``."""
+    return len(enabled_symbols(config_text))
+
+
+def system_map_symbols(text: str) -> Iterator[tuple[str, str, str]]:
+    """``(address, type, name)`` of every well-formed ``System.map`` line (three fields), in order."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            yield parts[0], parts[1], parts[2]

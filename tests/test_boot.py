@@ -2,8 +2,9 @@
 
 Everything except the ``slow`` test runs without a VM: run() is exercised with
 a fake ``qemu-system-x86_64`` shell script on PATH that prints a console
-transcript. The slow test boots a real kernel when TAILOR_TEST_KERNEL names a
-bzImage.
+transcript (and one test starts the real qemu paused, to check how it parses
+the argv). The slow test boots hello's real kernel (built through doit, shared
+with the other slow tests through out/kernel) with a busybox initramfs.
 """
 
 import http.server
@@ -23,10 +24,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tailor import boot  # noqa: E402
-from tailor.boot import ConsoleState, ProbeFailed, assess, split_lines  # noqa: E402
+from tailor import boot, console, probes, qemu  # noqa: E402
+from tailor.console import ConsoleState, assess, split_lines  # noqa: E402
+from tailor.errors import ProbeFailed, QemuError  # noqa: E402
 from tailor.errors import TailorError  # noqa: E402
 from tailor.recipe import parse  # noqa: E402
+
+from conftest import project_copy, run_doit  # noqa: E402
 
 CPUINFO_VMX = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme de pse tsc msr vmx sse2\n\n"
 CPUINFO_SVM = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu vme svm sse2 lm\n\n"
@@ -61,35 +65,35 @@ def cpuinfo(tmp_path, text):
 
 
 def test_accel_kvm_needs_device_and_virt_flags(no_env, tmp_path, kvm_dev):
-    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "kvm"
-    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_SVM), kvm_path=kvm_dev) == "kvm"
+    assert qemu.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "kvm"
+    assert qemu.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_SVM), kvm_path=kvm_dev) == "kvm"
 
 
 def test_accel_paravirtual_kvm_without_flags_is_tcg(no_env, tmp_path, kvm_dev):
-    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_NONE), kvm_path=kvm_dev) == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_NONE), kvm_path=kvm_dev) == "tcg"
 
 
 def test_accel_missing_device_is_tcg(no_env, tmp_path):
     info = cpuinfo(tmp_path, CPUINFO_VMX)
-    assert boot.detect_accel(cpuinfo_path=info, kvm_path=tmp_path / "nope") == "tcg"
-    assert boot.detect_accel(cpuinfo_path=tmp_path / "no-cpuinfo", kvm_path=tmp_path / "nope") == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=info, kvm_path=tmp_path / "nope") == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=tmp_path / "no-cpuinfo", kvm_path=tmp_path / "nope") == "tcg"
 
 
 def test_accel_env_and_force_override(monkeypatch, tmp_path, kvm_dev):
     info = cpuinfo(tmp_path, CPUINFO_NONE)
     monkeypatch.setenv("TAILOR_ACCEL", "kvm")
-    assert boot.detect_accel(cpuinfo_path=info, kvm_path=kvm_dev) == "kvm"
-    assert boot.detect_accel("tcg", cpuinfo_path=info, kvm_path=kvm_dev) == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=info, kvm_path=kvm_dev) == "kvm"
+    assert qemu.detect_accel("tcg", cpuinfo_path=info, kvm_path=kvm_dev) == "tcg"
     monkeypatch.setenv("TAILOR_ACCEL", "TCG")
-    assert boot.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "tcg"
+    assert qemu.detect_accel(cpuinfo_path=cpuinfo(tmp_path, CPUINFO_VMX), kvm_path=kvm_dev) == "tcg"
     monkeypatch.setenv("TAILOR_ACCEL", "hvf")
     with pytest.raises(TailorError, match="TAILOR_ACCEL='hvf' is not an accelerator"):
-        boot.detect_accel()
+        qemu.detect_accel()
 
 
 def test_accel_on_this_machine_is_fast(no_env):
     t = time.monotonic()
-    accel = boot.detect_accel()
+    accel = qemu.detect_accel()
     assert time.monotonic() - t < 0.5
     assert accel in ("kvm", "tcg")
     with open("/proc/cpuinfo") as f:
@@ -102,53 +106,172 @@ def test_accel_on_this_machine_is_fast(no_env):
 # qemu_command
 
 
-def test_qemu_command_cpio_tcg():
-    cmd = boot.qemu_command("/k/bzImage", "/r/rootfs.cpio", "cpio", 128, "", "tcg", None, False)
-    assert cmd[0] == "qemu-system-x86_64"
-    assert cmd[cmd.index("-M") + 1] == "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"
-    assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-cpu") + 1] == "max"
-    assert cmd[cmd.index("-m") + 1] == "128" and cmd[cmd.index("-smp") + 1] == "1"
-    for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
-        assert flag in cmd
-    assert cmd[cmd.index("-display") + 1] == "none" and cmd[cmd.index("-serial") + 1] == "stdio"
-    assert cmd[cmd.index("-kernel") + 1] == "/k/bzImage"
-    assert cmd[cmd.index("-initrd") + 1] == "/r/rootfs.cpio"
+def qemu_accepts(cmd: list[str]) -> str | None:
+    """Start the real qemu with *cmd* paused (``-S``, so no guest runs): None when it is still up after
+    1.5 s (it parsed every option and opened every file), else what it printed before it gave up."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    i = cmd.index("-append")
+    proc = subprocess.Popen(cmd[:i] + ["-S"] + cmd[i:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        proc.wait(1.5)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        qemu.kill(proc)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    return err or f"qemu exited with status {proc.returncode}"
+
+
+def fake_bzimage(path: Path) -> Path:
+    """A file with just enough of a bzImage's setup header (boot protocol 2.15, loads high, takes an
+    initrd) for qemu to load it; the guest never runs it."""
+    header = bytearray(64 * 1024)
+    header[0x1F1] = 4  # setup sectors
+    header[0x1FE:0x200] = b"\x55\xaa"
+    header[0x202:0x208] = b"HdrS" + (0x020F).to_bytes(2, "little")
+    header[0x211] = 0x01  # LOADED_HIGH
+    header[0x22C:0x230] = (0x37FFFFFF).to_bytes(4, "little")  # initrd_addr_max
+    path.write_bytes(bytes(header))
+    return path
+
+
+@pytest.fixture
+def boot_files(tmp_path):
+    """A kernel file and two root images for qemu to open (the guest never runs: qemu starts paused)."""
+    kernel, cpio, ext2 = fake_bzimage(tmp_path / "bzImage"), tmp_path / "rootfs.cpio", tmp_path / "root.ext2"
+    cpio.write_bytes(bytes(512))
+    with open(ext2, "wb") as f:
+        f.truncate(1 << 20)
+    return kernel, cpio, ext2
+
+
+def test_qemu_command_cpio_tcg(boot_files):
+    kernel, cpio, _ = boot_files
+    cmd = qemu.qemu_command(kernel, cpio, "cpio", 128, "", "tcg", None, False)
+    assert qemu_accepts(cmd) is None
+    assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-m") + 1] == "128"
+    assert cmd[cmd.index("-kernel") + 1] == str(kernel) and cmd[cmd.index("-initrd") + 1] == str(cpio)
     assert cmd[cmd.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 rdinit=/init"
     assert "-netdev" not in cmd and "-drive" not in cmd
 
 
-def test_qemu_command_ext2_kvm_extra_args():
-    cmd = boot.qemu_command(Path("/k/bzImage"), Path("/r/root.ext2"), "ext2", 64, "  quiet  loglevel=3 ",
-                            "kvm", None, False, name="tailor-x")
+def test_qemu_command_ext2_kvm_extra_args(boot_files):
+    kernel, _, ext2 = boot_files
+    assert qemu_accepts(qemu.qemu_command(kernel, ext2, "ext2", 64, "", "tcg", None, False)) is None
+    cmd = qemu.qemu_command(kernel, ext2, "ext2", 64, "  quiet  loglevel=3 ", "kvm", None, False, name="tailor-x")
     assert cmd[cmd.index("-accel") + 1] == "kvm" and cmd[cmd.index("-cpu") + 1] == "host"
-    assert cmd[cmd.index("-drive") + 1] == "id=root,file=/r/root.ext2,format=raw,if=none,snapshot=on"
-    assert cmd[cmd.index("-device") + 1] == "virtio-blk-device,drive=root"
     assert cmd[cmd.index("-name") + 1] == "tailor-x"
     assert "-initrd" not in cmd
     assert cmd[cmd.index("-append") + 1] == ("console=ttyS0 reboot=t panic=-1 root=/dev/vda rw init=/init "
                                              "quiet loglevel=3")
 
 
-def test_qemu_command_network():
-    cmd = boot.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(40000, 6379), (40001, 80)], True)
-    assert cmd[cmd.index("-netdev") + 1] == ("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40000-:6379,"
-                                             "hostfwd=tcp:127.0.0.1:40001-:80")
-    assert cmd[cmd.index("-device") + 1] == "virtio-net-device,netdev=n0"
-    plain = boot.qemu_command("/k", "/r", "cpio", 256, "", "tcg", None, True)
-    assert plain[plain.index("-netdev") + 1] == "user,id=n0,restrict=on"
+def test_qemu_command_network_forwards_the_host_ports(boot_files):
+    kernel, cpio, _ = boot_files
+    ports = [(qemu.free_port(), 6379), (qemu.free_port(), 80)]
+    cmd = qemu.qemu_command(kernel, cpio, "cpio", 256, "", "tcg", ports, True)
+    assert qemu_accepts(cmd) is None
+    # started paused, qemu already listens on every forwarded host port (the guest answers later)
+    i = cmd.index("-append")
+    proc = subprocess.Popen(cmd[:i] + ["-S"] + cmd[i:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        for host_port, _ in ports:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", host_port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"qemu does not listen on {host_port}"
+                    time.sleep(0.1)
+    finally:
+        qemu.kill(proc)
+    plain = qemu.qemu_command(kernel, cpio, "cpio", 256, "", "tcg", None, True)
+    assert qemu_accepts(plain) is None and "-netdev" in plain
 
 
 def test_qemu_command_rejects_bad_input():
     with pytest.raises(ValueError):
-        boot.qemu_command("/k", "/r", "squashfs", 256, "", "tcg", None, False)
+        qemu.qemu_command("/k", "/r", "squashfs", 256, "", "tcg", None, False)
     with pytest.raises(ValueError):
-        boot.qemu_command("/k", "/r", "cpio", 256, "", "hvf", None, False)
+        qemu.qemu_command("/k", "/r", "cpio", 256, "", "hvf", None, False)
     with pytest.raises(ValueError):
-        boot.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(1, 2)], False)
+        qemu.qemu_command("/k", "/r", "cpio", 256, "", "tcg", [(1, 2)], False)
+
+
+def test_qemu_parses_an_image_path_with_a_comma(tmp_path):
+    # qemu splits option lists at commas (a doubled comma is a literal one): started paused (-S), real
+    # qemu stays up only when it opened the disk image at exactly this path
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    d = tmp_path / "a,b=c"
+    d.mkdir()
+    kernel, image = d / "bzImage", d / "root,x.ext2"
+    kernel.write_bytes(bytes(4096))
+    with open(image, "wb") as f:
+        f.truncate(1 << 20)
+    cmd = qemu.qemu_command(kernel, image, "ext2", 64, "", "tcg", None, False, name="tailor-comma,test",
+                            extra=("-S",))
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(1.5)
+    finally:
+        qemu.kill(proc)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert "Could not open" not in err and "Invalid parameter" not in err, err
+
+
+def _up_or_exited(vm, port):
+    """A session's ready check for a fake VM: ``up`` once it printed a line, ``exited`` when it ended first."""
+    return vm.watch(lambda now, status: "up" if vm.console.lines else ("exited" if status is not None else None))
+
+
+def test_session_starts_again_on_a_new_port_when_the_host_port_was_taken():
+    starts = []
+
+    def command(accel, port):
+        starts.append(port)
+        if len(starts) == 1:  # what qemu says when another process bound the port since free_port()
+            return ["sh", "-c", f"echo 'qemu-system-x86_64: -netdev user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80: "
+                                "could not set up host forwarding rule' >&2; exit 1"]
+        return ["sh", "-c", "echo up; exec sleep 30"]
+
+    with qemu.session(command, ConsoleState, "tcg", _up_or_exited, guest_port=80,
+                      failure=lambda r: None if r == "up" else r) as s:
+        assert s.result == "up" and s.port == starts[-1] and s.accel == "tcg"
+        pid = s.vm.proc.pid
+    assert len(starts) == 2 and starts[0] != starts[1]
+    assert_dead(pid)
+
+
+def test_session_reruns_a_silent_kvm_failure_under_tcg():
+    accels = []
+
+    def command(accel, port):
+        accels.append(accel)
+        return ["sh", "-c", "exit 1"] if accel == "kvm" else ["sh", "-c", "echo up; exec sleep 30"]
+
+    with qemu.session(command, ConsoleState, "kvm", _up_or_exited,
+                      failure=lambda r: None if r == "up" else r) as s:
+        assert s.result == "up" and s.accel == "tcg" and s.kvm_failure == "exited" and s.fallback_from_kvm
+    assert accels == ["kvm", "tcg"]
+
+
+def test_a_vm_that_cannot_start_is_a_qemu_error():
+    with pytest.raises(QemuError, match="no-such-qemu-tailor not found"):
+        with qemu.VM(["no-such-qemu-tailor"], ConsoleState()):
+            pass
 
 
 def test_free_port_is_bindable():
-    port = boot.free_port()
+    port = qemu.free_port()
     assert 1024 <= port <= 65535
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
@@ -194,7 +317,7 @@ def test_hello_world_panic_after_ready_passes():
         "Run /init as init process", "hello world", "Kernel panic - not syncing: Attempted to kill init! "
         "exitcode=0x00000000"])
     assert con.panic.startswith("Attempted to kill init")
-    assert assess(con, "none", 1.0, 30) == boot.Verdict("pass")
+    assert assess(con, "none", 1.0, 30) == console.Verdict("pass")
 
 
 def test_panic_before_ready_fails_with_reason():
@@ -225,7 +348,7 @@ def test_network_probe_waits_for_ready_and_fails_on_later_panic():
     con = feed_all(ConsoleState(ready="Ready"), ["Run /init as init process"])
     assert assess(con, "redis", 1.0, 30) is None
     con.feed("Ready", 1.1)
-    assert assess(con, "redis", 1.2, 30) == boot.Verdict("probe")
+    assert assess(con, "redis", 1.2, 30) == console.Verdict("probe")
     con.feed("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000b00", 1.3)
     v = assess(con, "redis", 1.4, 30)
     assert v.state == "fail" and v.reason.startswith("init exited after ready (kernel panic: Attempted")
@@ -305,13 +428,13 @@ def fake_redis(corrupt_get=False):
 
 @pytest.fixture
 def quick_grace(monkeypatch):
-    monkeypatch.setattr(boot, "MISMATCH_GRACE_S", 0.3)
+    monkeypatch.setattr(probes, "MISMATCH_GRACE_S", 0.3)
 
 
 def test_redis_probe_passes_against_fake_redis():
     srv = fake_redis()
     try:
-        detail = boot.probe_redis(srv.port, time.monotonic() + 5)
+        detail = probes.probe_redis(srv.port, time.monotonic() + 5)
         assert detail == "PING, SET and GET answered correctly"
     finally:
         srv.close()
@@ -321,16 +444,16 @@ def test_redis_probe_reports_wrong_get(quick_grace):
     srv = fake_redis(corrupt_get=True)
     try:
         with pytest.raises(ProbeFailed, match=r"^GET returned b'wrong', expected b'[0-9a-f]{16}'$"):
-            boot.probe_redis(srv.port, time.monotonic() + 5)
+            probes.probe_redis(srv.port, time.monotonic() + 5)
     finally:
         srv.close()
 
 
 def test_redis_probe_times_out_when_nothing_listens():
-    port = boot.free_port()
+    port = qemu.free_port()
     t = time.monotonic()
     with pytest.raises(ProbeFailed) as info:
-        boot.probe_redis(port, time.monotonic() + 0.6)
+        probes.probe_redis(port, time.monotonic() + 0.6)
     assert time.monotonic() - t < 3
     assert info.value.last == "Connection refused"
     assert str(info.value).startswith("no answer within")
@@ -362,22 +485,22 @@ def http_server():
 
 
 def test_http_probe_passes_and_sends_host(http_server):
-    detail = boot.probe_http(http_server, time.monotonic() + 5, path="/ok", status=200, body="hello tailor")
+    detail = probes.probe_http(http_server, time.monotonic() + 5, path="/ok", status=200, body="hello tailor")
     assert detail == "GET /ok -> 200, 13 bytes"
     assert _HTTPHandler.hosts[-1] == f"127.0.0.1:{http_server}"
-    assert boot.probe_http(http_server, time.monotonic() + 5, path="/gone", status=404).startswith("GET /gone -> 404")
+    assert probes.probe_http(http_server, time.monotonic() + 5, path="/gone", status=404).startswith("GET /gone -> 404")
 
 
 def test_http_probe_status_and_body_mismatch(http_server, quick_grace):
     with pytest.raises(ProbeFailed, match="GET /gone returned status 404, expected 200"):
-        boot.probe_http(http_server, time.monotonic() + 5, path="/gone")
+        probes.probe_http(http_server, time.monotonic() + 5, path="/gone")
     with pytest.raises(ProbeFailed, match="GET /ok body does not contain 'bye'"):
-        boot.probe_http(http_server, time.monotonic() + 5, path="/ok", body="bye")
+        probes.probe_http(http_server, time.monotonic() + 5, path="/ok", body="bye")
 
 
 def test_http_probe_wrong_answer_at_deadline_is_not_a_timeout(http_server):
     with pytest.raises(ProbeFailed, match="^GET /gone returned status 404, expected 200$") as info:
-        boot.probe_http(http_server, time.monotonic() + 0.3, path="/gone")
+        probes.probe_http(http_server, time.monotonic() + 0.3, path="/gone")
     assert info.value.last is None
 
 
@@ -392,9 +515,9 @@ def test_tcp_probe_open_versus_closed_at_once():
 
     hold, slam = _Server(Hold), _Server(Slam)
     try:
-        assert boot.probe_tcp(hold.port, time.monotonic() + 5, hold=0.3) == "connected; still open after 0.3 s"
+        assert probes.probe_tcp(hold.port, time.monotonic() + 5, hold=0.3) == "connected; still open after 0.3 s"
         with pytest.raises(ProbeFailed) as info:
-            boot.probe_tcp(slam.port, time.monotonic() + 0.8, hold=0.3)
+            probes.probe_tcp(slam.port, time.monotonic() + 0.8, hold=0.3)
         assert info.value.last == "peer closed the connection at once"
     finally:
         hold.close()
@@ -402,10 +525,10 @@ def test_tcp_probe_open_versus_closed_at_once():
 
 
 def test_probe_abort_stops_retrying():
-    port = boot.free_port()
+    port = qemu.free_port()
     t = time.monotonic()
     with pytest.raises(ProbeFailed, match="^qemu exited with status 1 during the probe$"):
-        boot.probe_tcp(port, time.monotonic() + 30, abort=lambda: "qemu exited with status 1 during the probe")
+        probes.probe_tcp(port, time.monotonic() + 30, abort=lambda: "qemu exited with status 1 during the probe")
     assert time.monotonic() - t < 1
 
 
@@ -430,6 +553,10 @@ case "$FAKE_QEMU_MODE" in
   silent) exec sleep 30 ;;
   error) echo "qemu-system-x86_64: -kernel /x: could not load kernel" >&2; exit 1 ;;
   slow) printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\n'; exec sleep 30 ;;
+  listen)
+    port=$(echo "$*" | sed -n 's/.*hostfwd=tcp:127.0.0.1:\([0-9]*\)-.*/\1/p')
+    printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\nlistening\r\n'
+    exec python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $port)); s.listen(); time.sleep(30)" ;;
 esac
 """
 
@@ -514,6 +641,19 @@ def test_run_qemu_error_names_stderr(tmp_path, fake_qemu, monkeypatch):
         boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
 
 
+def test_run_probes_the_forwarded_port(tmp_path, fake_qemu, monkeypatch):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "listen")
+    recipe = make_recipe("app: {command: /init, network: true}\n"
+                         "test: {ready: listening, probe: {type: tcp, port: 80}, timeout: 20}\n", tmp_path)
+    result = boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    netdev = result["qemu"][result["qemu"].index("-netdev") + 1]
+    host_port = netdev.split("hostfwd=tcp:127.0.0.1:")[1].split("-")[0]
+    assert result["pass"] is True and result["probe"]["type"] == "tcp"
+    assert result["probe"]["detail"].endswith(f"(guest port 80 via 127.0.0.1:{host_port})")
+    assert_dead(starts()[0][0])
+
+
 def test_run_silent_kvm_falls_back_to_tcg(tmp_path, fake_qemu, monkeypatch):
     kernel, image, starts = fake_qemu
     monkeypatch.setenv("FAKE_QEMU_MODE", "hello")
@@ -589,17 +729,24 @@ def busybox_initramfs(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def real_kernel(tmp_path_factory, linux_tree) -> Path:
+    """hello's kernel (lupine-base: serial console, initramfs), built through doit in a project copy whose
+    out/ shares kernel/ with the project's: the kernel the pipeline tests build, compiled once."""
+    project = project_copy(tmp_path_factory.mktemp("boot-project") / "tailor")
+    proc = run_doit(project, "kernel:hello")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return Path(json.loads((project / "out" / "kernels" / "hello.json").read_text())["bzImage"])
+
+
 @pytest.mark.slow
-def test_real_boot(tmp_path):
-    kernel = os.environ.get("TAILOR_TEST_KERNEL")
-    if not kernel or not os.path.isfile(kernel):
-        pytest.skip("set TAILOR_TEST_KERNEL to a bzImage with a serial console and initrd support")
+def test_real_boot(tmp_path, real_kernel):
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     image = busybox_initramfs(tmp_path / "rootfs.cpio")
     recipe = make_recipe("app: {command: /init}\n"
                          "test: {ready: 'tailor slow test: init is up', memory: 128, timeout: 60}\n", tmp_path)
-    result = boot.run(recipe, Path(kernel), image, tmp_path / "out")
+    result = boot.run(recipe, real_kernel, image, tmp_path / "out")
     assert result["pass"] is True
     assert result["time_to_init_s"] > 0
     assert result["time_to_ready_s"] >= result["time_to_init_s"]
@@ -633,7 +780,7 @@ def fake_memcached(lose_values=False):
 def test_memcached_probe_passes_against_fake_memcached():
     srv = fake_memcached()
     try:
-        assert boot.probe_memcached(srv.port, time.monotonic() + 5) == "set and get answered correctly"
+        assert probes.probe_memcached(srv.port, time.monotonic() + 5) == "set and get answered correctly"
     finally:
         srv.close()
 
@@ -642,7 +789,7 @@ def test_memcached_probe_reports_a_lost_value(quick_grace):
     srv = fake_memcached(lose_values=True)
     try:
         with pytest.raises(ProbeFailed, match=r"^get returned b'END\\r\\n'"):
-            boot.probe_memcached(srv.port, time.monotonic() + 5)
+            probes.probe_memcached(srv.port, time.monotonic() + 5)
     finally:
         srv.close()
 
@@ -652,11 +799,11 @@ def test_command_probe_substitutes_the_address_and_checks_output(quick_grace):
     script = ("import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])));"
               "s.sendall(b'*1\\r\\n$4\\r\\nPING\\r\\n'); print(s.recv(100).decode().strip())")
     try:
-        detail = boot.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
+        detail = probes.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
                                     time.monotonic() + 5, expect="^[+]PONG$")
         assert detail.endswith("output matched '^[+]PONG$'")
         with pytest.raises(ProbeFailed, match="output does not match"):
-            boot.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
+            probes.probe_command([sys.executable, "-c", script, "{host}", "{port}"], srv.port,
                                time.monotonic() + 5, expect="^nope$")
     finally:
         srv.close()
@@ -665,13 +812,13 @@ def test_command_probe_substitutes_the_address_and_checks_output(quick_grace):
 def test_command_probe_retries_a_failing_command_until_the_deadline():
     t = time.monotonic()
     with pytest.raises(ProbeFailed, match="no answer within"):
-        boot.probe_command([sys.executable, "-c", "import sys; sys.exit(3)"], 1, time.monotonic() + 1)
+        probes.probe_command([sys.executable, "-c", "import sys; sys.exit(3)"], 1, time.monotonic() + 1)
     assert time.monotonic() - t < 10
 
 
 def test_command_probe_names_a_missing_client():
     with pytest.raises(ProbeFailed, match="no-such-client-tailor not found on this host"):
-        boot.probe_command(["no-such-client-tailor", "{port}"], 1, time.monotonic() + 1)
+        probes.probe_command(["no-such-client-tailor", "{port}"], 1, time.monotonic() + 1)
 
 
 def test_ctrl_c_during_a_boot_is_raised_at_a_safe_point():
@@ -679,10 +826,10 @@ def test_ctrl_c_during_a_boot_is_raised_at_a_safe_point():
 
     before = _signal.getsignal(_signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        with boot._CtrlC():
+        with qemu.CtrlC():
             os.kill(os.getpid(), _signal.SIGINT)
             time.sleep(0.05)  # the handler only records it; nothing is raised here
             reached = True
-            boot._check_interrupt()
+            qemu.check_interrupt()
     assert reached
     assert _signal.getsignal(_signal.SIGINT) is before

@@ -213,7 +213,7 @@ def test_measured_recipe_adds_quiet_and_keeps_the_recipe(tmp_path):
     from tailor.recipe import parse
 
     r = parse("app: {command: /bin/true}\nkernel: {cmdline: 'foo=1'}\n", tmp_path / "x.yaml")
-    m = measure._measure_recipe(r, memory=40, timeout=30)
+    m = measure.measured_recipe(r, memory=40, timeout=30)
     assert m.kernel.cmdline == "foo=1 quiet"
     assert (m.test.memory, m.test.timeout) == (40, 30)
     assert re.search(m.test.ready, "tailor-init: start")

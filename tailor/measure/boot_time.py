@@ -1,0 +1,110 @@
+"""Boot time: ``out/bench/boot.json``.
+
+Boot time is measured from the guest, Lupine-style: the first line of the
+generated init (``tailor-init: start``, :data:`MARKER`) goes to the serial
+console and the host timestamps each console line as it arrives (time since
+qemu started). An I/O-port write would need ``/dev/port`` (CONFIG_DEVPORT),
+which lupine-base does not have, so the serial marker is the signal. Every
+kernel boots with ``quiet`` added to its command line (:data:`MEASURE_CMDLINE`)
+so that console speed, not kernel log volume, does not decide the result.
+:func:`boot_once` is one such boot test (the memory bisection uses it too).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from tailor import boot
+from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, spread, variants
+from tailor.errors import TailorError
+from tailor.recipe import Recipe
+from tailor.util import read_json, write_json
+
+MARKER = "tailor-init: "
+"""Prefix of every line the generated init prints; its first (``tailor-init: start``, printed
+before anything else) is the guest's 'init is running' signal."""
+
+MEASURE_CMDLINE = "quiet"
+"""Added to every kernel's command line in boot-time and memory runs, the same for all kernels."""
+
+BOOT_RUNS = 5
+
+_CONSOLE_LINE = re.compile(r"^\[\s*([0-9]+\.[0-9]+)\] (.*)$")
+
+
+def console_times(console_log: str, marker: str = MARKER) -> float | None:
+    """Host time (s since qemu started) of the first console.log line containing *marker*."""
+    for line in console_log.splitlines():
+        m = _CONSOLE_LINE.match(line)
+        if m and marker in m.group(2):
+            return float(m.group(1))
+    return None
+
+
+def measured_recipe(recipe: Recipe, memory: int | None = None, timeout: int | None = None) -> Recipe:
+    """*recipe* as measured: ``quiet`` added to its command line, and *memory*/*timeout* if given."""
+    cmdline = f"{recipe.kernel.cmdline} {MEASURE_CMDLINE}".strip()
+    test = recipe.test
+    ready = test.ready or re.escape(MARKER)
+    test = replace(test, ready=ready, memory=memory or test.memory, timeout=timeout or test.timeout)
+    return replace(recipe, kernel=replace(recipe.kernel, cmdline=cmdline), test=test)
+
+
+def boot_once(v: Variant, outdir: Path, memory: int | None = None, timeout: int | None = None,
+              accel: str | None = None) -> dict:
+    """One measured boot test of *v*; returns ``{"pass", "init_s", "ready_s", "accel", "reason"}``."""
+    recipe = measured_recipe(v.recipe, memory, timeout)
+    try:
+        result = boot.run(recipe, Path(v.kernel["bzImage"]), v.image, outdir, accel=accel)
+        ok, reason = True, ""
+    except TailorError as e:
+        ok, reason = False, str(e).splitlines()[0]
+        try:
+            result = read_json(outdir / "result.json")
+        except TailorError:
+            result = {}
+    log = outdir / "console.log"
+    init_s = console_times(log.read_text(errors="replace")) if log.is_file() else None
+    return {"pass": ok, "init_s": init_s, "ready_s": result.get("time_to_ready_s"),
+            "accel": result.get("accel"), "reason": reason}
+
+
+def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = None,
+                 accel: str | None = None, log: Callable[[str], None] = say) -> dict:
+    """Boot every variant *runs* times, interleaved (variant A, B, C, A, B, C, ...); writes ``boot.json``."""
+    todo = [v for v in variants(apps) if not v.missing]
+    samples: dict[str, dict] = {v.key: {"init": [], "ready": [], "errors": []} for v in todo}
+    accel_seen = set()
+    for i in range(runs):
+        for v in todo:
+            if samples[v.key]["errors"]:
+                continue  # a kernel that failed once is not booted again (a failure costs the whole timeout)
+            outdir = bench_dir() / "boot" / v.app / v.variant
+            r = boot_once(v, outdir, accel=accel)
+            accel_seen.add(r["accel"])
+            s = samples[v.key]
+            if r["pass"] and r["init_s"] is not None:
+                s["init"].append(r["init_s"])
+                if r["ready_s"] is not None:
+                    s["ready"].append(r["ready_s"])
+            else:
+                s["errors"].append(r["reason"] or "init marker not seen")
+            log(f"boot {v.key} run {i + 1}/{runs}: "
+                + (f"init {r['init_s']:.3f} s, ready {r['ready_s']} s" if r["pass"] and r["init_s"] is not None
+                   else f"FAILED: {s['errors'][-1]}"))
+    results = []
+    for v in variants(apps):
+        row = result_row(v)
+        if v.missing:
+            row["missing"] = v.missing
+        else:
+            s = samples[v.key]
+            row.update({"init_s": spread(s["init"]), "ready_s": spread(s["ready"]), "errors": s["errors"]})
+        results.append(row)
+    data = {"kind": "boot", "conditions": conditions(accel), "runs": runs, "cmdline_extra": MEASURE_CMDLINE,
+            "marker": MARKER, "accel_used": sorted(a for a in accel_seen if a), "results": results}
+    write_json(bench_path("boot"), data)
+    return data
