@@ -33,19 +33,25 @@ from __future__ import annotations
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
+from tailor import boot, kernel, kmap, paths, probe, rootfs, source, trace
+from tailor import config as cfg
+from tailor.catalogue import LUPINE_NAMES, LUPINE_OPTIONS, README
 from tailor.errors import TailorError
-from tailor.util import display_path, makedirs, out_dir, read_json, remove, write_atomic, write_json
+from tailor.kconfig import Assign, ResolveError, load_tree, resolve
+from tailor.recipe import AppSpec, RootfsSpec, TestSpec, parse
+from tailor.templates import render
+from tailor.util import (display_path, enabled_symbols, makedirs, read_json, remove, replace_marked, sha256_text,
+                         write_atomic, write_json)
 
 FORMAT = "tailor-discover/1"
 SYSCALL_PREFIX = "__x64_sys_"
 
 
-def discover_dir(app: str) -> Path:
-    return out_dir() / "discover" / app
+discover_dir = paths.discover_dir
 
 
 def options_path(app: str) -> Path:
@@ -86,11 +92,6 @@ def map_functions(functions: dict[str, int], index: dict[str, list[str]], gates:
         for opt in next(iter(sets)):
             m.by_option.setdefault(opt, []).append(fn)
     return m
-
-
-def config_values(config_text: str) -> set[str]:
-    """The options set to y in a .config."""
-    return {ln[len("CONFIG_"):-2] for ln in config_text.splitlines() if ln.startswith("CONFIG_") and ln.endswith("=y")}
 
 
 def candidates(by_option: dict[str, list[str]], probe_on: set[str], base_on: set[str],
@@ -174,10 +175,6 @@ class _Run:
     """One discovery: the recipe, its source tree and base, the trial counter and the log."""
 
     def __init__(self, recipe, jobs: int | None = None):
-        from tailor import config as cfg
-        from tailor import source
-        from tailor.kconfig import load_tree, resolve
-
         self.recipe = recipe
         self.app = recipe.name
         self.dir = makedirs(discover_dir(self.app))
@@ -188,7 +185,7 @@ class _Run:
         self.tree = load_tree(self.srctree)
         self.base_layers = cfg.layers(recipe)[:-1]
         self.base = resolve(self.tree, self.base_layers, source_id=self.ref.id)
-        self.base_on = config_values(self.base.config)
+        self.base_on = enabled_symbols(self.base.config)
         self.trials: list[dict] = []
         self.builds = 0
         self.boots = 0
@@ -198,15 +195,11 @@ class _Run:
         print(f"[discover:{self.app}] {text}", file=sys.stderr, flush=True)
 
     def resolve(self, options: Iterable[str]):
-        from tailor.kconfig import Assign, resolve
-
         layer = [Assign(o, "y", "discover") for o in options]
         return resolve(self.tree, self.base_layers + [layer], "deps", source_id=self.ref.id)
 
     def trial(self, options: list[str], why: str) -> bool:
         """Build base + *options* (deps closed) and run the boot test; record the trial."""
-        from tailor import boot, kernel, rootfs
-        from tailor.kconfig import ResolveError
 
         n = len(self.trials) + 1
         tdir = makedirs(self.dir / "trials" / str(n))
@@ -261,9 +254,7 @@ def null_recipe(recipe):
     app also runs is no evidence that an app needs its option. (Opening a TCP socket here as well
     removed only MEMCG from redis's candidates: the socket hooks that remain run on accept.)
     """
-    from dataclasses import replace
 
-    from tailor.recipe import AppSpec, RootfsSpec, TestSpec
 
     script = NULL_SCRIPT
     return replace(recipe, name=NULL_APP, description="the null app of discovery", variant="", general=False,
@@ -274,16 +265,11 @@ def null_recipe(recipe):
 
 def null_cache(probe_identity: str) -> Path:
     """Where the null app's functions on a probe kernel are kept (keyed by :data:`NULL_SCRIPT`)."""
-    from tailor import probe
-    from tailor.util import sha256_text
-
     return probe.probe_dir(probe_identity) / f"null-{sha256_text(NULL_SCRIPT)[:12]}.json"
 
 
 def null_functions(recipe, probe_kernel: dict, srctree: Path) -> set[str]:
     """The kernel functions the null app runs on the probe kernel (whole run), traced once per probe kernel."""
-    from tailor import kmap, probe, rootfs, trace
-
     cache = null_cache(probe_kernel["identity"])
     if cache.is_file():
         try:
@@ -321,8 +307,6 @@ def _has_prompt(tree, name: str) -> bool:
 
 def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path) -> dict[str, Mapping]:
     """Map a trace's pcs, per phase (``boot``, ``app``), with the probe kernel in *kernel_dir*."""
-    from tailor import kmap
-
     try:
         symbols = kmap.parse_system_map((kernel_dir / "System.map").read_text())
     except OSError as e:
@@ -352,8 +336,6 @@ def _reason_for(opt: str, mapping: Mapping) -> str:
 
 def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> dict:
     """Discover *recipe*'s options; write ``out/discover/<app>/`` and return the summary."""
-    from tailor import kernel, probe, rootfs, trace
-
     if recipe.variant:
         raise TailorError(f"discover: {recipe.id} is a variant; discover {recipe.name} itself")
     run = _Run(recipe, jobs)
@@ -364,7 +346,7 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
     t = time.monotonic()
     probe_kernel = probe.build(recipe, jobs)
     probe_kdir = Path(probe_kernel["dir"])
-    probe_on = config_values((probe_kdir / "config").read_text())
+    probe_on = enabled_symbols((probe_kdir / "config").read_text())
     image = rootfs.image_path(recipe)
     if not image.is_file():
         rootfs.build(recipe)
@@ -471,7 +453,6 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
     })
     write_json(run.dir / "trials.json", {"format": FORMAT, "app": run.app, "trials": run.trials})
     write_json(run.dir / "discover.json", summary)
-    from tailor.rootfs import render
 
     write_atomic(options_path(run.app), render("discover-options.yaml.j2", s=summary))
     run.say(f"phase 4/4 {len(options)} options ({len(chosen)} asked, {len(final.added)} by deps) pass the boot "
@@ -513,8 +494,6 @@ def write_recipe(recipe, summary: dict | None = None) -> Path:
     Refuses when the recipe already has options (remove them first). The new text is validated
     before it replaces the file.
     """
-    from tailor.recipe import parse
-    from tailor.rootfs import render
 
     summary = summary or read_json(discover_dir(recipe.name) / "discover.json")
     if recipe.kernel.options:
@@ -543,8 +522,6 @@ TABLE_END = "<!-- discover:end -->"
 
 def comparison_rows(recipes) -> list[dict]:
     """One row per recipe that has a discovery result: its options against the recipe's and Lupine's."""
-    from tailor.catalogue import LUPINE_NAMES, LUPINE_OPTIONS
-
     lupine = {}
     try:
         import yaml
@@ -573,17 +550,8 @@ def comparison_rows(recipes) -> list[dict]:
 
 def write_table(recipes, readme: Path | None = None) -> None:
     """Write the comparison table between the discover markers of README.md."""
-    from tailor.catalogue import README
-    from tailor.rootfs import render
-
     readme = readme or README
-    text = render("discover.md.j2", rows=comparison_rows(recipes))
-    content = readme.read_text()
-    if TABLE_START not in content or TABLE_END not in content:
-        raise TailorError(f"{readme.name}: no discover markers; add the lines {TABLE_START!r} and {TABLE_END!r}")
-    head, rest = content.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    write_atomic(readme, f"{head}{TABLE_START}\n{text.rstrip()}\n{TABLE_END}{tail}")
+    replace_marked(readme, TABLE_START, TABLE_END, render("discover.md.j2", rows=comparison_rows(recipes)), "discover")
     print(f"tailor: discovery table written to {readme.name}", file=sys.stderr)
 
 
@@ -599,8 +567,6 @@ def tasks(recipes, action):
     """doit tasks ``discover:<app>`` (not part of ``build``)."""
     from doit.tools import config_changed
 
-    from tailor import probe, rootfs
-    from tailor.kmap import __file__ as kmap_file
 
     for r in recipes:
         yield {
@@ -608,7 +574,7 @@ def tasks(recipes, action):
             "doc": f"discover {r.name}'s kernel options: trace on the probe kernel, map, verify by boot test",
             "actions": [action(discover_action, r)],
             "task_dep": [f"rootfs:{r.name}"],
-            "file_dep": [str(probe.PROBE_FRAGMENT), str(rootfs.image_path(r)), kmap_file]
+            "file_dep": [str(probe.PROBE_FRAGMENT), str(rootfs.image_path(r)), kmap.__file__]
                         + [str(p) for p in r.fragment_paths() if p.exists()],
             "targets": [str(options_path(r.name))],
             "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tailor.errors import TailorError
-from tailor.util import write_atomic
+from tailor.util import system_map_symbols, write_atomic
 
 KERNEL_TEXT_START = 0xFFFFFFFF80000000
 """Kernel text lives above this address on x86_64 (with ``nokaslr``: from 0xffffffff81000000)."""
@@ -62,11 +62,7 @@ def parse_system_map(text: str) -> SymbolMap:
     """Parse ``System.map`` text (``address type name`` lines); keep text symbols (T, t, W, w)."""
     pairs = []
     end = 0
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) != 3:
-            continue
-        addr, typ, name = parts
+    for addr, typ, name in system_map_symbols(text):
         try:
             a = int(addr, 16)
         except ValueError:

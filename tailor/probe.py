@@ -20,9 +20,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tailor import config as cfg
+from tailor import kernel, paths, source
 from tailor.errors import TailorError
+from tailor.kconfig import Assign, load_tree, parse_fragment, resolve
 from tailor.recipe import BASE_CONFIGS_DIR
-from tailor.util import makedirs, out_dir, write_atomic
+from tailor.templates import render
+from tailor.util import enabled_symbols, makedirs, write_atomic
 
 PROBE_FRAGMENT = BASE_CONFIGS_DIR / "probe.config"
 
@@ -71,18 +75,13 @@ def _area(filename: str) -> tuple[str, tuple[str, ...] | None, tuple[str, ...]] 
 def derive(reference: Path, srctree: Path, base_layers) -> list[tuple[str, str, str]]:
     """The app-facing options of the *reference* config that the base leaves off:
     ``(symbol, Kconfig file, prompt)`` in Kconfig order."""
-    from tailor.kconfig import Assign, load_tree, resolve
-
     tree = load_tree(srctree)
-    on_in_ref = set()
     try:
-        for line in Path(reference).read_text().splitlines():
-            if line.startswith("CONFIG_") and line.endswith("=y"):
-                on_in_ref.add(line[len("CONFIG_"):-2])
+        on_in_ref = enabled_symbols(Path(reference).read_text())
     except OSError as e:
         raise TailorError(f"{reference}: cannot read ({e.strerror})") from None
     base = resolve(tree, base_layers)
-    base_on = {ln[len("CONFIG_"):-2] for ln in base.config.splitlines() if ln.endswith("=y")}
+    base_on = enabled_symbols(base.config)
     out = []
     with tree.lock:
         for node in tree.kconf.node_iter():
@@ -109,8 +108,6 @@ def derive(reference: Path, srctree: Path, base_layers) -> list[tuple[str, str, 
 
 def write_fragment(options: list[tuple[str, str, str]], reference: Path, path: Path = PROBE_FRAGMENT) -> Path:
     """Render ``templates/probe.config.j2`` with *options* to *path*."""
-    from tailor.rootfs import render
-
     groups: dict[str, list[tuple[str, str]]] = {}
     for name, filename, prompt in options:
         groups.setdefault(filename, []).append((name, prompt))
@@ -121,28 +118,20 @@ def write_fragment(options: list[tuple[str, str, str]], reference: Path, path: P
 
 def options(path: Path = PROBE_FRAGMENT) -> list[str]:
     """The probe fragment's options, in order."""
-    from tailor.kconfig import parse_fragment
-
     return [a.name for a in parse_fragment(path, label=f"base_configs/{path.name}") if a.value == "y"]
 
 
-def probe_dir(identity: str) -> Path:
-    return out_dir() / "discover" / "probe" / identity[:16]
+probe_dir = paths.probe_kernel_dir
 
 
 def config(recipe, srctree: Path, source_id: str):
     """Resolve the probe kernel of *recipe*'s base: base fragments + probe.config with ``resolve: deps``."""
-    from tailor import config as cfg
-    from tailor.kconfig import load_tree, parse_fragment, resolve
-
     layers = cfg.layers(recipe)[:-1] + [parse_fragment(PROBE_FRAGMENT, label="base_configs/probe.config")]
     return resolve(load_tree(srctree), layers, "deps", source_id=source_id)
 
 
 def build(recipe, jobs: int | None = None) -> dict:
     """Build (or reuse) the probe kernel for *recipe*'s kernel source and base; return its description."""
-    from tailor import kernel, source
-
     ref = source.recipe_ref(recipe)
     srctree = source.prepare(ref)
     result = config(recipe, srctree, ref.id)

@@ -31,9 +31,9 @@ import yaml
 from tailor.bench import REPORT_APPS, bench_dir, conditions
 from tailor.errors import TailorError
 from tailor.paths import report_dir
+from tailor.templates import render
 from tailor.util import PROJECT, read_json, write_atomic
 
-TEMPLATES_DIR = PROJECT / "templates"
 KINDS = ("size", "boot", "memory", "throughput", "pipeline")
 BASELINE_ORDER = ("microvm", "firecracker")
 TARGET_BASELINES = ("firecracker", "microvm")
@@ -518,34 +518,6 @@ def conditions_table(results: dict[str, dict]) -> tuple[list[str], list[list[str
             rows.append([kind] + [" / ".join(map(str, c[k])) if isinstance(c.get(k), list) else str(c.get(k, "–"))
                                   for k in keys])
     return head, rows
-
-
-def code_spans(text: str):
-    """HTML for *text* with its `backtick` spans as <code> (everything else escaped)."""
-    from markupsafe import Markup, escape
-
-    parts = re.split(r"`([^`]+)`", str(text))
-    return Markup("".join(f"<code>{escape(p)}</code>" if i % 2 else str(escape(p)) for i, p in enumerate(parts)))
-
-
-def _env(autoescape: bool):
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
-                             autoescape=autoescape, keep_trailing_newline=True, trim_blocks=True,
-                             lstrip_blocks=True)
-    env.filters["code"] = code_spans
-    return env
-
-
-def render(template: str, **values) -> str:
-    """Render ``templates/<template>`` (HTML-escaped when it ends in ``.html.j2``)."""
-    import jinja2
-
-    try:
-        return _env(template.endswith(".html.j2")).get_template(template).render(**values)
-    except jinja2.TemplateError as e:
-        raise TailorError(f"templates/{template}: {e}") from None
 
 
 def context(results: dict[str, dict]) -> dict:

@@ -1,6 +1,6 @@
 """The one Jinja environment of tailor: every file under ``templates/`` is rendered by :func:`render`.
 
-Templates whose name ends in ``.html.j2`` are HTML-escaped, every other one is text. Blocks trim
+Templates whose name ends in ``.html.j2`` or ``.svg.j2`` are escaped, every other one is text. Blocks trim
 their newlines, a missing value is an error (``StrictUndefined``) and a template's final newline is
 kept. Filters: ``sh`` (a value shell-quoted), ``shjoin`` (an argv shell-quoted and joined),
 ``tojson`` (JSON with non-ASCII kept) and ``code`` (HTML with `backtick` spans as ``<code>``).
@@ -39,8 +39,12 @@ FILTERS = {
 """The filters every template may use."""
 
 
+ESCAPED_SUFFIXES = (".html.j2", ".svg.j2")
+"""Templates of markup (HTML, and the SVG charts the HTML report imports) are escaped."""
+
+
 def _escaped(name: str | None) -> bool:
-    return bool(name) and name.endswith(".html.j2")
+    return bool(name) and name.endswith(ESCAPED_SUFFIXES)
 
 
 @functools.lru_cache(maxsize=None)

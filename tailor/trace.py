@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tailor import boot
+from tailor.errors import TailorError
 from tailor.kmap import KERNEL_TEXT_START
 
 MAX_PCS = 2_000_000
@@ -167,9 +169,6 @@ def run(recipe, kernel: Path, image: Path, outdir: Path) -> Trace:
     ``nokaslr`` keeps the kernel at its System.map addresses. qemu is dead when this returns
     (``boot.run`` sees to that); a failed boot test is returned in ``error``, not raised.
     """
-    from tailor import boot
-    from tailor.errors import TailorError
-
     outdir = Path(outdir)
     filt = TraceFilter()
     with tempfile.TemporaryDirectory(prefix="tailor-trace-") as tmp:

@@ -13,6 +13,7 @@ from tailor import discover, kmap, probe
 from tailor.errors import TailorError
 from tailor.recipe import load
 from tailor.trace import TraceFilter
+from tailor.util import enabled_symbols
 
 FAKE = Path(__file__).parent / "data" / "fakekbuild"
 
@@ -240,7 +241,7 @@ def test_probe_fragment_resolves_on_lupine_base(ktree):
     opts = probe.options()
     assert len(opts) > 50 and {"NET", "EPOLL", "FUTEX", "PROC_FS", "VIRTIO_NET"} <= set(opts)
     result = resolve(ktree, layers(find("hello"))[:-1] + [parse_fragment(probe.PROBE_FRAGMENT)], "deps")
-    on = discover.config_values(result.config)
+    on = enabled_symbols(result.config)
     assert set(opts) <= on and not {"SMP", "MODULES", "PCI", "ACPI"} & on
 
 
