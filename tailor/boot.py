@@ -36,10 +36,13 @@ from tailor.errors import KernelPanicked, ProbeFailed, QemuError, QemuExited, Ta
 from tailor.qemu import QEMU, VM, CtrlC, detect_accel, free_port, qemu_command, session
 from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
 from tailor.records import save_boot_result
-from tailor.util import makedirs, read_json, remove, write_atomic
+from tailor.util import code_digest, makedirs, read_json, remove, write_atomic
 
 __all__ = ["run", "boot_app", "tasks", "boot_dir", "result_path", "qemu_command"]
 # qemu_command stays importable from here for tests/test_discover.py (owned elsewhere).
+
+BOOT_CODE = ("boot", "qemu", "console", "probes", "records")
+"""The modules whose code runs a boot test (a change of theirs invalidates boot tasks)."""
 
 CONSOLE_TAIL = 15
 """Console lines printed to stderr when the test fails."""
@@ -233,6 +236,6 @@ def tasks(recipes, action):
             "targets": [str(result_path(r.id))],
             "clean": [(remove, [boot_dir(r.id)])],
             "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
-                                         "cmdline": r.kernel.cmdline})],
+                                         "cmdline": r.kernel.cmdline, "code": code_digest(*BOOT_CODE)})],
             "verbosity": 2,
         }

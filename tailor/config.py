@@ -17,10 +17,10 @@ from tailor.errors import TailorError
 from tailor.kconfig import (Assign, Result, load_tree, parse_fragment, recipe_assigns, resolve,
                             write_outputs)
 from tailor.recipe import BASE_CONFIGS_DIR, Recipe, with_variants
-from tailor.util import display_path, out_dir, remove
+from tailor.util import code_digest, display_path, out_dir, remove
 
-ENGINE_VERSION = "1"
-"""Bump when the engine's output for the same input changes (invalidates config tasks)."""
+ENGINE_CODE = ("config", "kconfig", "_kconfig_functions")
+"""The modules whose code makes a .config (a change of theirs invalidates config tasks)."""
 
 
 def config_dir(app: str) -> Path:
@@ -94,6 +94,6 @@ def tasks(recipes: list[Recipe], action):
                         + [str(src.stamp_path(ref))],
             "targets": [str(p) for p in config_paths(r.id).values()],
             "clean": [(remove, [config_dir(r.id)])],
-            "uptodate": [config_changed({"kernel": r.digests["kernel"], "engine": ENGINE_VERSION})],
+            "uptodate": [config_changed({"kernel": r.digests["kernel"], "engine": code_digest(*ENGINE_CODE)})],
             "verbosity": 2,
         }

@@ -44,11 +44,14 @@ from tailor.errors import TailorError
 from tailor.kconfig import Assign, ResolveError, load_tree, resolve
 from tailor.recipe import AppSpec, RootfsSpec, TestSpec, parse
 from tailor.templates import render
-from tailor.util import (display_path, enabled_symbols, makedirs, read_json, remove, replace_marked, sha256_text,
-                         write_atomic, write_json)
+from tailor.util import (code_digest, display_path, enabled_symbols, makedirs, read_json, remove, replace_marked,
+                         sha256_text, write_atomic, write_json)
 
 FORMAT = "tailor-discover/1"
 SYSCALL_PREFIX = "__x64_sys_"
+DISCOVER_CODE = ("discover", "probe", "trace", "kmap")
+"""The modules whose code discovers (a change of theirs invalidates discover tasks; kernels and boot
+tests are keyed by their own stages)."""
 
 
 discover_dir = paths.discover_dir
@@ -578,7 +581,8 @@ def tasks(recipes, action):
                         + [str(p) for p in r.fragment_paths() if p.exists()],
             "targets": [str(options_path(r.name))],
             "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
-                                         "base": list(r.kernel.base), "format": FORMAT})],
+                                         "base": list(r.kernel.base), "format": FORMAT,
+                                         "code": code_digest(*DISCOVER_CODE)})],
             "verbosity": 2,
         }
     yield {"basename": "discover_table", "doc": "write the discovered-vs-recipe-vs-Lupine table in README.md",

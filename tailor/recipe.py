@@ -40,7 +40,7 @@ import yaml
 from tailor.errors import TailorError
 from tailor.image.reference import parse_reference
 from tailor.schema import DEFAULT_SOURCE_PACKAGE, NETWORK_PROBES, PROBES, children, default, required
-from tailor.util import PROJECT, canonical_json, display_path, sha256_text
+from tailor.util import PROJECT, display_path, model_digest
 
 RECIPES_DIR = PROJECT / "recipes"
 BASE_CONFIGS_DIR = PROJECT / "base_configs"
@@ -264,7 +264,7 @@ GENERAL_BASE = ("lupine-base", "lupine-general")
 
 @dataclass(frozen=True)
 class Recipe:
-    """One validated recipe. ``digests`` holds a stable hash of each section's data.
+    """One validated recipe. ``digests`` holds a stable hash of each validated section (defaults included).
 
     ``variant`` is ``""`` for the recipe as written (its app-specific kernel)
     and ``"general"`` for :func:`general_variant`; ``id`` names the pair in
@@ -637,11 +637,7 @@ def general_variant(recipe: Recipe) -> Recipe:
     kernel = KernelSpec(source=recipe.kernel.source, base=GENERAL_BASE, options=(), option_lines=(),
                         resolve="strict", patches=recipe.kernel.patches, cmdline=recipe.kernel.cmdline)
     digests = dict(recipe.digests)
-    digests["kernel"] = sha256_text(canonical_json({
-        "source": [recipe.kernel.source.kind, recipe.kernel.source.package, recipe.kernel.source.url,
-                   recipe.kernel.source.path, recipe.kernel.source.sha256],
-        "base": list(GENERAL_BASE), "patches": [[str(p.path), p.sha256] for p in recipe.kernel.patches],
-        "cmdline": recipe.kernel.cmdline}))
+    digests["kernel"] = model_digest(kernel)
     return replace(recipe, kernel=kernel, variant="general", digests=digests)
 
 
@@ -671,7 +667,8 @@ def parse(text: str, path: Path) -> Recipe:
     app = _app(c, data.get("app"), image=rootfs.image is not None)
     test = _test(c, data.get("test"), app)
     general = c.boolean(data.get("general", default("general")), ("general",))
-    digests = {sec: sha256_text(canonical_json(data.get(sec))) for sec in ("kernel", "rootfs", "app", "test")}
+    digests = {"kernel": model_digest(kernel), "rootfs": model_digest(rootfs), "app": model_digest(app),
+               "test": model_digest(test)}
     return Recipe(name=name, path=path, description=description, kernel=kernel, rootfs=rootfs,
                   app=app, test=test, general=general, digests=digests)
 

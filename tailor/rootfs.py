@@ -41,12 +41,12 @@ from tailor.errors import TailorError
 from tailor.epoch import source_date_epoch
 from tailor.recipe import ROOTFS_DIR, Recipe
 from tailor.templates import TEMPLATES_DIR, render
-from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, remove,
+from tailor.util import (PROJECT, atomic_path, code_digest, display_path, file_lock, makedirs, remove,
                          sha256_file, sha256_text, write_json)
 
 INIT_TEMPLATE = "init.sh.j2"
-ROOTFS_VERSION = "1"
-"""Bump when the stage's output for the same recipe changes (invalidates rootfs tasks)."""
+ROOTFS_CODE = ("rootfs", "cpio", "elf", "epoch", "image", "templates")
+"""The modules whose code makes a root image (a change of theirs invalidates rootfs tasks)."""
 
 ALWAYS_PACKAGES = ("busybox-static",)
 """Packages every rootfs gets: busybox provides the few tools the init uses."""
@@ -706,7 +706,7 @@ def tasks(recipes, action):
             "targets": [str(image_path(r)), str(manifest_path(r.name))],
             "clean": [(remove, [rootfs_dir(r.name)])],
             "uptodate": [config_changed({"rootfs": r.digests["rootfs"], "app": r.digests["app"],
-                                         "version": ROOTFS_VERSION, "listing": overlay_listing(r),
+                                         "code": code_digest(*ROOTFS_CODE), "listing": overlay_listing(r),
                                          **_image_pin(r)})],
             "task_dep": _image_task(r),
             "verbosity": 2,

@@ -3,7 +3,8 @@
 import pytest
 
 from tailor import recipe
-from tailor.errors import TailorError
+from tailor.errors import TailorBug, TailorError
+from tailor.util import code_digest
 
 
 def load_text(tmp_path, text, name="app"):
@@ -103,3 +104,24 @@ def test_not_utf8(tmp_path):
     p.write_bytes(b"app: {command: \xff}\n")
     with pytest.raises(TailorError, match="not UTF-8"):
         recipe.load(p)
+
+
+def test_digests_come_from_the_validated_model(tmp_path):
+    """A default written out is the same recipe as the default left out; a changed value is not."""
+    implicit = load_text(tmp_path, "app: {command: /bin/true}\n", "a")
+    # (app keys are not written out: which app keys a recipe gives decides what overrides an image's config)
+    explicit = load_text(tmp_path, "app: {command: /bin/true}\ntest: {memory: 256, timeout: 180}\n"
+                                   "rootfs: {format: cpio, slim: true}\nkernel: {resolve: strict}\n", "b")
+    assert implicit.digests == explicit.digests
+    other = load_text(tmp_path, "app: {command: /bin/true}\ntest: {memory: 128}\n", "c")
+    assert other.digests["test"] != implicit.digests["test"]
+    assert {k: v for k, v in other.digests.items() if k != "test"} == \
+        {k: v for k, v in implicit.digests.items() if k != "test"}
+
+
+def test_stage_code_digests_cover_each_stage_and_package():
+    assert code_digest("rootfs") == code_digest("rootfs") != code_digest("cpio")
+    # a package counts with every module in it
+    assert code_digest("image") != code_digest("image/reference")
+    with pytest.raises(TailorBug):
+        code_digest("no_such_stage")

@@ -83,8 +83,8 @@ from tailor.release.treediff import (check_sums, compare_trees, describe_differe
                                      first_difference_bytes, walk_files, write_sums)
 from tailor.rootfs import PATH_DIRS, normalise
 from tailor.toolchain import IMAGE_TOOLS, first_line, versions
-from tailor.util import (PROJECT, display_path, file_lock, makedirs, read_json, remove, replace_dir, sha256_file,
-                         sha256_text, write_atomic, write_json)
+from tailor.util import (PROJECT, code_digest, display_path, file_lock, makedirs, read_json, remove, replace_dir,
+                         sha256_file, sha256_text, write_atomic, write_json)
 
 __all__ = [  # the public names of the whole package, importable from tailor.release
     "COPY_IGNORE", "DEFAULT_MAINTAINER", "FIRECRACKER_BOOT_ARGS", "FIRECRACKER_MAC", "FIRECRACKER_TAP",
@@ -312,7 +312,7 @@ def tasks(recipes, action):
                          str(rootfs.manifest_path(r.name)), str(boot.result_path(r.name)), str(r.path)]
                         + [str(p) for p in template_files()],
             "targets": [str(manifest_path(r.name, version))],
-            "uptodate": [config_changed({"version": version, "format": RELEASE_FORMAT,
+            "uptodate": [config_changed({"version": version, "format": RELEASE_FORMAT, "code": code_digest("release"),
                                          "epoch": source_date_epoch(),
                                          "maintainer": os.environ.get("TAILOR_DEB_MAINTAINER", "")})],
             "verbosity": 2,
