@@ -204,6 +204,36 @@ def test_unknown_package_is_named(tmp_path):
         rootfs.apt_closure(["no-such-package-tailor"])
 
 
+def run_init(tmp_path, r, programs: dict[str, str], users=("svc",)) -> list[str]:
+    """Run *r*'s generated /init for real, as PID 1 of new mount, PID, UTS and network namespaces
+    chrooted into a tree with the host's static busybox and *programs* (path -> shell body, run by
+    busybox sh; ``log`` appends a line to /log); return /log's lines. A reboot from the init ends
+    only its own PID namespace."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("running an init in its own namespaces needs root and unshare")
+    root = tmp_path / "root"
+    for d in ("bin", "proc", "sys", "dev", "tmp", "run", "etc", "root", "usr/bin", "var/lib"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/bin/busybox", root / "bin/busybox")
+    (root / "bin/sh").symlink_to("busybox")  # as in every image the rootfs stage makes
+    accounts = "".join(f"{u}:x:{1000 + i}:{1000 + i}::/:/bin/sh\n" for i, u in enumerate(users))
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n" + accounts)
+    (root / "etc/group").write_text("root:x:0:\n")
+    (root / "log").write_text("")
+    (root / "log").chmod(0o666)
+    prelude = '#!/bin/busybox sh\nlog() { echo "$*" >> /log; }\n'
+    for path, body in programs.items():
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / path.lstrip("/")).write_text(prelude + body + "\n")
+        (root / path.lstrip("/")).chmod(0o755)
+    (root / "init").write_text(rootfs.init_script(r, r.app.command))
+    (root / "init").chmod(0o755)
+    proc = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--uts", "--net", "--propagation", "private",
+                           "chroot", str(root), "/init"], capture_output=True, text=True, timeout=60)
+    assert "tailor-init: exec" in proc.stdout, proc.stdout + proc.stderr
+    return (root / "log").read_text().splitlines()
+
+
 def test_init_runs_setup_services_and_user(tmp_path):
     r = make_recipe(tmp_path, """\
 app:
@@ -214,21 +244,40 @@ app:
     - {run: [/bin/busybox, mkdir, -p, /var/lib/app]}
     - {run: [/usr/bin/app-init, --dir, "/var/lib/my app"], user: svc}
   services:
-    - {run: [/bin/busybox, httpd, -p, "127.0.0.1:8080"], ready_port: 8080}
-    - {run: [/usr/bin/helper], ready_path: /run/helper.sock, timeout: 7}
+    - {run: [/usr/bin/helper, "it's"], ready_path: /run/helper.sock, timeout: 7}
 rootfs: {users: [svc]}
 """)
-    script = rootfs.init_script(r, "/usr/bin/app")
-    lines = script.splitlines()
-    setup1 = lines.index("/bin/busybox mkdir -p /var/lib/app || fail \"setup step 1 failed\"")
-    setup2 = next(i for i, ln in enumerate(lines) if ln.startswith("$bb su -p -s /bin/sh svc -c "))
-    svc1 = lines.index("/bin/busybox httpd -p 127.0.0.1:8080 &")
-    assert setup1 < setup2 < svc1
-    assert "'exec /usr/bin/app-init --dir '\"'\"'/var/lib/my app'\"'\"''" in lines[setup2]
-    assert "until $bb netstat -ltn 2>/dev/null | $bb grep -q ':8080 '; do" in lines
-    assert "until [ -e /run/helper.sock ]; do" in lines
-    assert any("-le 35 ]" in ln for ln in lines)  # 7 s in 0.2 s steps
-    assert lines[-1] == "exec $bb su -p -s /bin/sh svc -c 'exec /usr/bin/app --port 1'"
+    log = run_init(tmp_path, r, {
+        "/usr/bin/app-init": 'log "app-init uid=$(/bin/busybox id -u) argc=$# 1=$1 2=$2"; '
+                             '[ -d /var/lib/app ] && log "app-init sees /var/lib/app"',
+        "/usr/bin/helper": 'log "helper argc=$# 1=$1"; /bin/busybox sleep 0.5; /bin/busybox touch /run/helper.sock; '
+                           'log "helper ready"; exec /bin/busybox sleep 30',
+        "/usr/bin/app": 'log "app uid=$(/bin/busybox id -u) pid=$$ argc=$# 1=$1 2=$2"; '
+                        '[ -e /run/helper.sock ] && log "app sees the helper ready"',
+    })
+    assert log == [
+        "app-init uid=1000 argc=2 1=--dir 2=/var/lib/my app",  # as svc, an argument with a space kept whole
+        "app-init sees /var/lib/app",                         # setup step 1 ran before step 2
+        "helper argc=1 1=it's",
+        "helper ready",
+        "app uid=1000 pid=1 argc=2 1=--port 2=1",             # the app as svc, exec'd as PID 1
+        "app sees the helper ready",                          # only once the service's ready_path exists
+    ]
+
+
+def test_init_stops_at_a_failing_setup_step_and_a_service_that_never_gets_ready(tmp_path):
+    r = make_recipe(tmp_path, """\
+app:
+  command: /usr/bin/app
+  setup:
+    - {run: [/usr/bin/step, one]}
+    - {run: [/bin/busybox, "false"]}
+    - {run: [/usr/bin/step, three]}
+""")
+    programs = {"/usr/bin/step": 'log "step $1"', "/usr/bin/app": 'log app'}
+    with pytest.raises(AssertionError, match="setup step 2 failed"):
+        run_init(tmp_path, r, programs)
+    assert (tmp_path / "root/log").read_text().splitlines() == ["step one"]
 
 
 def test_after_services_setup_steps_run_once_the_services_are_ready(tmp_path):
@@ -236,21 +285,21 @@ def test_after_services_setup_steps_run_once_the_services_are_ready(tmp_path):
 app:
   command: /usr/bin/app
   setup:
-    - {run: [/bin/busybox, mkdir, -p, /var/lib/db]}
-    - {run: [/usr/bin/schema, --install], after_services: true}
-    - {run: [/bin/busybox, touch, /run/early]}
+    - {run: [/usr/bin/step, early-1]}
+    - {run: [/usr/bin/step, late], after_services: true}
+    - {run: [/usr/bin/step, early-3]}
   services:
-    - {run: [/usr/bin/db], ready_port: 3306}
+    - {run: [/usr/bin/db], ready_path: /run/db.sock}
 """)
     assert [s.after_services for s in r.app.setup] == [False, True, False]
-    lines = rootfs.init_script(r, "/usr/bin/app").splitlines()
-    early1 = lines.index("/bin/busybox mkdir -p /var/lib/db || fail \"setup step 1 failed\"")
-    early3 = lines.index("/bin/busybox touch /run/early || fail \"setup step 3 failed\"")
-    svc = lines.index("/usr/bin/db &")
-    ready = lines.index("echo \"tailor-init: service \"/usr/bin/db\" ready\"")
-    late = lines.index("/usr/bin/schema --install || fail \"setup step 2 failed\"")
-    assert early1 < early3 < svc < ready < late < lines.index("exec /usr/bin/app")
-    assert sum(ln.startswith("echo \"tailor-init: setup ") for ln in lines) == 3
+    log = run_init(tmp_path, r, {
+        "/usr/bin/step": 'log "step $1 db-ready=$([ -e /run/db.sock ] && echo yes || echo no)"',
+        "/usr/bin/db": '/bin/busybox sleep 0.3; /bin/busybox touch /run/db.sock; log "db ready"; '
+                       'exec /bin/busybox sleep 30',
+        "/usr/bin/app": 'log app',
+    })
+    assert log == ["step early-1 db-ready=no", "step early-3 db-ready=no", "db ready", "step late db-ready=yes",
+                   "app"]
 
 
 def test_add_users_appends_system_accounts(tmp_path):
