@@ -265,7 +265,7 @@ rootfs: {users: [svc]}
     ]
 
 
-def test_init_stops_at_a_failing_setup_step_and_a_service_that_never_gets_ready(tmp_path):
+def test_init_stops_at_a_failing_setup_step(tmp_path):
     r = make_recipe(tmp_path, """\
 app:
   command: /usr/bin/app
