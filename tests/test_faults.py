@@ -36,6 +36,7 @@ from conftest import project_copy
 import yaml
 
 from tailor import kernel
+from tailor.errors import TailorBug, TailorError
 from tailor.recipe import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -607,3 +608,17 @@ def test_kernel_task_is_out_of_date_when_the_toolchain_changes(monkeypatch):
     assert uptodate(a) == uptodate(dict(a))
     assert uptodate(a) != uptodate(dict(a, gcc="gcc 12.2.0-15"))
     assert uptodate(a) != uptodate(dict(a, binutils="ld 2.41"))
+
+
+def test_kbuild_disagreeing_with_the_engine_is_reported_as_a_tailor_bug(fake_kernel, tmp_path):
+    """Not the user's fault: a TailorBug (not a TailorError) naming the symbol that differs."""
+    tree, config = fake_kernel
+    (tree / "Makefile").write_text(FAKE_MAKEFILE.replace('\t@test -f "$(O)/.config"\n',
+                                                         '\t@echo "CONFIG_EXTRA=y" >> "$(O)/.config"\n'))
+    with pytest.raises(TailorBug) as err:
+        kernel.olddefconfig_check(tree, tmp_path / "obj", config.read_text())
+    assert not isinstance(err.value, TailorError)
+    assert "EXTRA" in str(err.value) and "this is a bug in tailor" in str(err.value)
+    # the same tree and config, agreeing, passes
+    (tree / "Makefile").write_text(FAKE_MAKEFILE)
+    kernel.olddefconfig_check(tree, tmp_path / "obj2", config.read_text())
