@@ -38,8 +38,7 @@ from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
 from tailor.records import save_boot_result
 from tailor.util import code_digest, makedirs, read_json, remove, write_atomic
 
-__all__ = ["run", "boot_app", "tasks", "boot_dir", "result_path", "qemu_command"]
-# qemu_command stays importable from here for tests/test_discover.py (owned elsewhere).
+__all__ = ["run", "boot_app", "tasks", "boot_dir", "result_path"]
 
 BOOT_CODE = ("boot", "qemu", "console", "probes", "records")
 """The modules whose code runs a boot test (a change of theirs invalidates boot tasks)."""

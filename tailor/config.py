@@ -16,15 +16,12 @@ from tailor import source as src
 from tailor.errors import TailorError
 from tailor.kconfig import (Assign, Result, load_tree, parse_fragment, recipe_assigns, resolve,
                             write_outputs)
+from tailor.paths import config_dir
 from tailor.recipe import BASE_CONFIGS_DIR, Recipe, with_variants
-from tailor.util import code_digest, display_path, out_dir, remove
+from tailor.util import code_digest, display_path, remove
 
 ENGINE_CODE = ("config", "kconfig", "_kconfig_functions")
 """The modules whose code makes a .config (a change of theirs invalidates config tasks)."""
-
-
-def config_dir(app: str) -> Path:
-    return out_dir() / "config" / app
 
 
 def config_paths(app: str) -> dict[str, Path]:

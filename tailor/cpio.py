@@ -22,7 +22,7 @@ import os
 import stat
 
 from tailor.errors import TailorError
-from tailor.util import _os_error
+from tailor.util import os_error_at
 
 __all__ = [
     "Entry",
@@ -310,7 +310,7 @@ def write_archive(path, entries):
         except OSError:
             pass
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS):
-            raise _os_error(path, err) from None  # disk full or unwritable: say what to do
+            raise os_error_at(path, err) from None  # disk full or unwritable: say what to do
         if isinstance(err, OSError):
             raise TailorError(
                 f"{path}: cannot write the archive ({err.strerror or err})"

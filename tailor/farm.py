@@ -56,9 +56,10 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from tailor import paths
 from tailor.errors import TailorError
 from tailor.templates import render
-from tailor.util import PROJECT, display_path, makedirs, out_dir
+from tailor.util import PROJECT, display_path, makedirs
 
 SETTINGS_FILE = PROJECT / "farm.yaml"
 ENV_REMOTE = "TAILOR_CCACHE_REMOTE"
@@ -550,7 +551,7 @@ def _check_helpers(helpers: list[Helper], compiler: str, origin: str,
                    note: Callable[[str], None]) -> list[Helper]:
     """The helpers that compile like this machine; a different compiler is an error."""
     remote = [h for h in helpers if not h.local]
-    with tempfile.TemporaryDirectory(prefix="probe-", dir=makedirs(out_dir() / "farm")) as tmp:
+    with tempfile.TemporaryDirectory(prefix="probe-", dir=makedirs(paths.farm_dir())) as tmp:
         tmp = Path(tmp)
         mine = probe_local(tmp, compiler)
         with ThreadPoolExecutor(max_workers=min(16, len(remote))) as pool:

@@ -40,7 +40,7 @@ from kconfiglib import (AND, BOOL, HEX, INT, OR, STRING, TRISTATE, Choice, Symbo
                         expr_str, expr_value, split_expr)
 
 from tailor.errors import TailorError
-from tailor.util import sha256_text, write_atomic, write_json
+from tailor.util import config_values, count_enabled, sha256_text, write_atomic, write_json
 
 ARCHES = {"x86_64": "x86"}
 """Supported architectures and their SRCARCH."""
@@ -335,7 +335,7 @@ class Result:
         return config_identity(self.config, self.source_id)
 
     def enabled(self) -> int:
-        return sum(1 for line in self.config.splitlines() if line.startswith("CONFIG_") and line.endswith("=y"))
+        return count_enabled(self.config)
 
 
 def config_identity(config_text: str, source_id: str = "") -> str:
@@ -750,19 +750,15 @@ def write_outputs(result: Result, outdir: str | Path, extra: dict | None = None)
 
 def config_diff(ours: str, theirs: str, limit: int = 8) -> list[str]:
     """The assignments that differ between two .config texts, as 'CONFIG_X: ours -> kbuild' lines."""
-    def values(text):
-        out = {}
+    def values(text):  # config_values, with "# CONFIG_X is not set" as n (not as absent)
+        out = config_values(text)
         for line in text.splitlines():
-            m = _LINE_SET.match(line)
+            m = _LINE_UNSET.match(line)
             if m:
-                out[m.group(1)] = m.group(2)
-            else:
-                m = _LINE_UNSET.match(line)
-                if m:
-                    out[m.group(1)] = "n"
+                out.setdefault(f"CONFIG_{m.group(1)}", "n")
         return out
     a, b = values(ours), values(theirs)
-    diffs = [f"CONFIG_{k}: {a.get(k, 'absent')} -> {b.get(k, 'absent')}"
+    diffs = [f"{k}: {a.get(k, 'absent')} -> {b.get(k, 'absent')}"
              for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
     if not diffs and ours != theirs:
         diffs = ["(same values, different layout or comments)"]

@@ -34,7 +34,7 @@ from collections import deque
 from pathlib import Path
 
 from tailor import config, farm, paths, source
-from tailor.epoch import source_date_epoch  # image.py and release.py still import it from here
+from tailor.epoch import source_date_epoch
 from tailor.errors import TailorBug, TailorError
 from tailor.kconfig import config_diff
 from tailor.recipe import with_variants
@@ -116,9 +116,6 @@ def make_command(srctree: Path, objdir: Path, targets: list[str], jobs: int | No
     if jobs:
         cmd.append(f"-j{jobs}")
     return cmd + targets, env
-
-
-_make = make_command  # the old private name, still used by tailor/scale.py (owned elsewhere)
 
 
 def _make_record(cmd: list[str]) -> list[str]:

@@ -12,7 +12,7 @@ The stages and tools ask here instead of joining ``out_dir() / "..."`` themselve
 ``out/bench/``                         :func:`bench_dir`: the measurements (``<kind>.json``)
 ``out/report/``                        :func:`report_dir`: the rendered report
 ``out/discover/<app>/``                :func:`discover_dir`: a discovery's output
-``out/cache/<name>/``                  :func:`cache_dir`: downloads and build caches (``debs``, ...)
+``out/cache/<name>/``                  :func:`cache_dir`: downloads and build caches; :func:`cache_root`
 ``out/src/``                           :func:`src_root`: unpacked kernel sources
 ``out/discover/probe/<key[:16]>/``     :func:`probe_kernel_dir`: a discovery probe kernel's config
 ``out/images/<name>/``                 :func:`image_dir`: an OCI image built from images/<name>.yaml
@@ -122,9 +122,14 @@ def farm_dir() -> Path:
     return out_dir() / "farm"
 
 
+def cache_root() -> Path:
+    """``out/cache``: every cache (a reproducibility copy links to it whole)."""
+    return out_dir() / "cache"
+
+
 def cache_dir(name: str) -> Path:
     """``out/cache/<name>`` (``debs``, ``build``, ``sources``, ``oci``, ...)."""
-    return out_dir() / "cache" / name
+    return cache_root() / name
 
 
 def src_root() -> Path:

@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tailor import farm, farmlab
+from tailor import farm, farmlab, paths
 from tailor.errors import TailorError
-from tailor.util import makedirs, out_dir, write_json
+from tailor.util import makedirs, write_json
 
 SMALL_OPTIONS = {"EMBEDDED": "y", "CC_OPTIMIZE_FOR_SIZE": "y"}
 """The default config: allnoconfig + these (about 500 objects, the one tests/test_farm_build.py builds)."""
@@ -52,7 +52,7 @@ def _config(app: str | None) -> tuple[str, str, str, Path, str]:
         recipe = find(app)
         ref = source.recipe_ref(recipe)
         tree = source.prepare(ref)
-        with tempfile.TemporaryDirectory(dir=makedirs(out_dir() / "farm")) as tmp:
+        with tempfile.TemporaryDirectory(dir=makedirs(paths.farm_dir())) as tmp:
             result = config.configure(recipe, tree, Path(tmp), source_id=ref.id)
         return f"{app}'s kernel", result.config, result.identity, tree, ref.id
     ref = source.ref_for(Source())
@@ -69,7 +69,7 @@ def _timed_make(checkout: farmlab.Checkout, identity: str, targets: list[str], r
     objdir = checkout.kernel_dir(identity) / "build"
     for name in remove:
         (objdir / name).unlink(missing_ok=True)
-    cmd, env = kernel._make(checkout.tree, objdir, targets, os.cpu_count())
+    cmd, env = kernel.make_command(checkout.tree, objdir, targets, os.cpu_count())
     env.update({k: v for k, v in checkout.env({}).items() if k in ("CCACHE_DIR", "TAILOR_OUT")})
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -82,7 +82,7 @@ def measure_scale(app: str | None = None) -> dict:
     """Run the three builds and the serial-part timings; return (and store) the figures."""
     label, config_text, identity, tree, source_id = _config(app)
     settings = farm.load_settings()
-    base = Path(tempfile.mkdtemp(prefix="scale-", dir=makedirs(out_dir() / "farm")))
+    base = Path(tempfile.mkdtemp(prefix="scale-", dir=makedirs(paths.farm_dir())))
     try:
         with farmlab.Lab() as lab:
             if settings.remotes:
@@ -138,7 +138,7 @@ def measure_scale(app: str | None = None) -> dict:
         "one_machine": hosts_where == "loopback",
         "cores": os.cpu_count(),
     }
-    write_json(makedirs(out_dir() / "bench") / "scale.json", data)
+    write_json(makedirs(paths.bench_dir()) / "scale.json", data)
     from tailor.report import render
 
     sys.stdout.write(render("scale.txt.j2", d=data))

@@ -33,9 +33,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tailor import paths
 from tailor.errors import TailorError
 from tailor.recipe import Recipe, Source
-from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, out_dir, read_json,
+from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, read_json,
                          remove, sha256_file, sha256_text, write_json)
 
 LOCK_FILE = PROJECT / "kernel-sources.lock"
@@ -93,7 +94,7 @@ def installed_tarball(package: str) -> Path:
 
 
 def debian_cache() -> Path:
-    return out_dir() / "cache" / "sources" / "debian"
+    return paths.cache_dir("sources") / "debian"
 
 
 def cached_tarball(package: str, version: str) -> Path:
@@ -117,7 +118,7 @@ def ref_for(source: Source, patches=(), lock_path: Path | None = None) -> Source
                          tarball=Path(source.path), patches=tuple(patches))
     name = source.url.rstrip("/").rsplit("/", 1)[-1]
     return SourceRef(sha256=source.sha256, label=name, kind="url", url=source.url,
-                     tarball=out_dir() / "cache" / "sources" / f"{source.sha256[:16]}-{name}",
+                     tarball=paths.cache_dir("sources") / f"{source.sha256[:16]}-{name}",
                      patches=tuple(patches))
 
 
@@ -309,18 +310,14 @@ def fetch(ref: SourceRef) -> Path:
     return tarball
 
 
-def src_root() -> Path:
-    return out_dir() / "src"
-
-
 def tree_path(ref: SourceRef) -> Path:
     """Where the (patched) tree of *ref* is unpacked."""
-    return src_root() / ref.short / "tree"
+    return paths.src_root() / ref.short / "tree"
 
 
 def stamp_path(ref: SourceRef) -> Path:
     """The file that says the tree is complete (written last; the doit target)."""
-    return src_root() / ref.short / "stamp.json"
+    return paths.src_root() / ref.short / "stamp.json"
 
 
 def is_ready(ref: SourceRef) -> bool:
@@ -390,7 +387,7 @@ def prepare(ref: SourceRef) -> Path:
     if is_ready(ref):
         return tree_path(ref)
     base_ref = dataclasses.replace(ref, patches=())
-    with file_lock(src_root() / f".{ref.short}.lock", f"kernel source {ref.label}"):
+    with file_lock(paths.src_root() / f".{ref.short}.lock", f"kernel source {ref.label}"):
         if is_ready(ref):
             return tree_path(ref)
         if not is_ready(base_ref):

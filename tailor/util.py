@@ -116,9 +116,6 @@ def os_error(e: OSError) -> TailorError:
     return os_error_at(e.filename or "tailor", e)
 
 
-_os_error = os_error_at  # the old private name, still used by tailor/cpio.py (owned elsewhere)
-
-
 def makedirs(path: str | os.PathLike) -> Path:
     """mkdir -p with a one-line error on failure."""
     try:

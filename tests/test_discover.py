@@ -302,7 +302,7 @@ def test_fifo_reader_filters_a_real_fifo(tmp_path):
 
 
 def test_qemu_command_takes_trace_arguments():
-    from tailor.boot import qemu_command
+    from tailor.qemu import qemu_command
 
     cmd = qemu_command("bzImage", "rootfs.cpio", "cpio", 64, "nokaslr", "tcg", None, False,
                        extra=("-d", "trace:translate_block", "-D", "/tmp/x.fifo"))

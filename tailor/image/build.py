@@ -19,12 +19,12 @@ from pathlib import Path
 import yaml
 from doit.tools import config_changed
 
-from tailor import rootfs
+from tailor import paths, rootfs
 from tailor.elf import library_closure, resolve_in_root
 from tailor.errors import TailorError
 from tailor.image.reference import IMAGES_DIR, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REF_NAME, TAG_RE
-from tailor.kernel import source_date_epoch
-from tailor.util import display_path, makedirs, out_dir, remove, replace_dir, write_atomic
+from tailor.epoch import source_date_epoch
+from tailor.util import display_path, makedirs, remove, replace_dir, write_atomic
 
 
 @dataclass(frozen=True)
@@ -190,11 +190,7 @@ def build_from_packages(spec: ImageSpec, layout: Path) -> str:
 
 def build_local(name: str) -> str:
     """Build ``images/<name>.yaml`` into ``out/images/<name>`` (``doit image:<name>``)."""
-    return build_from_packages(load_spec(IMAGES_DIR / f"{name}.yaml"), local_layout(name))
-
-
-def local_layout(name: str) -> Path:
-    return out_dir() / "images" / name
+    return build_from_packages(load_spec(IMAGES_DIR / f"{name}.yaml"), paths.image_dir(name))
 
 
 def spec_files() -> list[Path]:
@@ -209,8 +205,8 @@ def tasks(action):
             "doc": f"build the OCI image of images/{path.name} from Debian packages into out/images/{path.stem}",
             "actions": [action(build_local, path.stem)],
             "file_dep": [str(path)],
-            "targets": [str(local_layout(path.stem) / "index.json")],
-            "clean": [(remove, [local_layout(path.stem)])],
+            "targets": [str(paths.image_dir(path.stem) / "index.json")],
+            "clean": [(remove, [paths.image_dir(path.stem)])],
             "uptodate": [config_changed({"version": "1"})],
             "verbosity": 2,
         }

@@ -17,10 +17,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tailor import paths
 from tailor.errors import TailorError
 from tailor.image.reference import (DIGEST, INDEX_TYPES, LAYER_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
                                     REF_NAME, ImageRef, local_image_task)
-from tailor.util import display_path, file_lock, makedirs, out_dir, remove, write_atomic
+from tailor.util import display_path, file_lock, makedirs, remove, write_atomic
 
 
 def _skopeo(args: list[str], ref: ImageRef, origin: str, digest: str | None = None,
@@ -136,7 +137,7 @@ class Image:
 
 
 def cache_dir() -> Path:
-    return out_dir() / "cache" / "oci"
+    return paths.cache_dir("oci")
 
 
 def verify(layout: Path, top: dict, ref: ImageRef, digest: str, where: str) -> Image:

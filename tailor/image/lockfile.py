@@ -11,11 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from tailor import paths
 from tailor.errors import TailorError
 from tailor.image import cache
 from tailor.image.cache import Image
 from tailor.image.reference import DIGEST, ImageRef, parse_reference
-from tailor.util import PROJECT, file_lock, out_dir, write_json
+from tailor.util import PROJECT, file_lock, write_json
 
 LOCK_FILE = PROJECT / "images.lock"
 """The lock beside the recipes; every function of this module reads it when called."""
@@ -52,7 +53,7 @@ def locked_digest(ref: ImageRef, path: Path | None = None) -> str | None:
 def record(ref: ImageRef, digest: str, path: Path | None = None) -> None:
     """Record *digest* for *ref* in the lock at *path* (default :func:`lock_path`)."""
     path = lock_path(path)
-    with file_lock(out_dir() / "cache" / "images.lock.lock", "images.lock"):
+    with file_lock(paths.cache_root() / "images.lock.lock", "images.lock"):
         data = read_lock(path)
         data[ref.unpinned] = {"digest": digest}
         write_json(path, data)

@@ -64,17 +64,17 @@ from pathlib import Path
 
 from doit.tools import config_changed
 
-from tailor import __version__, boot, records, rootfs, source
+from tailor import __version__, paths, records, rootfs, source
 from tailor import config as config_stage
 from tailor import kernel as kernel_stage
 from tailor.errors import TailorError
-from tailor.kernel import source_date_epoch
+from tailor.epoch import source_date_epoch
 from tailor.release.deb import build_deb, deb_file_name, deb_package_name, install_deb, kernel_release
 from tailor.release.firecracker import (FIRECRACKER_BOOT_ARGS, FIRECRACKER_MAC, FIRECRACKER_TAP,
                                         check_firecracker_config, firecracker_config)
 from tailor.release.names import (DEFAULT_MAINTAINER, MEASURED_KEY, RELEASE_FORMAT, SUMS_NAME, TEMPLATE_DIR,
                                   VERSION_RE, app_release_dir, check_version, maintainer, manifest_path,
-                                  release_root, release_version, render, repro_root, template_files)
+                                  release_version, render, template_files)
 from tailor.release.oci import (OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, URUNC_KERNEL, URUNC_ROOTFS, config_has,
                                 deterministic_tar, oci_layout, urunc_annotations, urunc_hypervisor, verify_oci)
 from tailor.release.repro import (COPY_IGNORE, REPRO_BUILDS, copy_project, measurement_only, tree_digest,
@@ -83,8 +83,8 @@ from tailor.release.treediff import (check_sums, compare_trees, describe_differe
                                      first_difference_bytes, walk_files, write_sums)
 from tailor.rootfs import PATH_DIRS, normalise
 from tailor.toolchain import IMAGE_TOOLS, first_line, versions
-from tailor.util import (PROJECT, code_digest, display_path, file_lock, makedirs, read_json, remove, replace_dir,
-                         sha256_file, sha256_text, write_atomic, write_json)
+from tailor.util import (PROJECT, code_digest, count_enabled, display_path, file_lock, makedirs, read_json, remove,
+                         replace_dir, sha256_file, sha256_text, write_atomic, write_json)
 
 __all__ = [  # the public names of the whole package, importable from tailor.release
     "COPY_IGNORE", "DEFAULT_MAINTAINER", "FIRECRACKER_BOOT_ARGS", "FIRECRACKER_MAC", "FIRECRACKER_TAP",
@@ -93,8 +93,8 @@ __all__ = [  # the public names of the whole package, importable from tailor.rel
     "check_firecracker_config", "check_sums", "check_version", "compare_trees", "config_has", "copy_project",
     "deb_file_name", "deb_package_name", "describe_difference", "deterministic_tar", "file_sums",
     "firecracker_config", "first_difference", "first_difference_bytes", "install_deb", "kernel_release",
-    "maintainer", "manifest_path", "measurement_only", "oci_layout", "release_app", "release_root",
-    "release_version", "render", "repro_root", "source_commit", "tasks", "template_files", "tree_digest",
+    "maintainer", "manifest_path", "measurement_only", "oci_layout", "release_app",
+    "release_version", "render", "source_commit", "tasks", "template_files", "tree_digest",
     "urunc_annotations", "urunc_hypervisor", "verify_oci", "verify_reproducible", "verify_tasks", "walk_files",
     "write_sums",
 ]
@@ -122,7 +122,7 @@ def source_commit() -> dict:
 def _boot_result(recipe, pointer: dict, image: Path) -> records.BootResult:
     """The app's boot-test result (read strictly as a :class:`tailor.records.BootResult`), refusing a
     failed, missing or stale one."""
-    path = boot.result_path(recipe.name)
+    path = paths.boot_result(recipe.name)
     if not path.exists():
         raise TailorError(f"release of {recipe.name} refused: it has no boot-test result; "
                           f"run `doit boot:{recipe.name}`")
@@ -185,7 +185,7 @@ def release_app(recipe, version: str | None = None) -> dict:
     rootfs_name = f"rootfs.{fmt}"
     argv = [rootfs_manifest.get("command") or recipe.app.command] + list(recipe.app.args)
     hypervisor = urunc_hypervisor(config_text)
-    root = makedirs(release_root(version))
+    root = makedirs(paths.release_dir(version))
     final = app_release_dir(app, version)
     tmp = Path(tempfile.mkdtemp(prefix=f".{app}.", suffix=".tmp", dir=root))
     try:
@@ -265,7 +265,7 @@ def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, ro
                        "patches": [{"file": Path(p.path).name, "sha256": p.sha256} for p in ref.patches]},
             "config_identity": identity,
             "config_sha256": sha256_text(config_text),
-            "enabled": sum(1 for ln in config_text.splitlines() if ln.startswith("CONFIG_") and ln.endswith("=y")),
+            "enabled": count_enabled(config_text),
             "cmdline": recipe.kernel.cmdline,
         },
         "rootfs": {"format": rootfs_manifest.get("format"), "command": rootfs_manifest.get("command"),
@@ -309,7 +309,7 @@ def tasks(recipes, action):
                    f"manifest, SHA256SUMS",
             "actions": [action(release_app, r, version)],
             "file_dep": [str(kernel_stage.app_pointer(r.name)), str(rootfs.image_path(r)),
-                         str(rootfs.manifest_path(r.name)), str(boot.result_path(r.name)), str(r.path)]
+                         str(rootfs.manifest_path(r.name)), str(paths.boot_result(r.name)), str(r.path)]
                         + [str(p) for p in template_files()],
             "targets": [str(manifest_path(r.name, version))],
             "uptodate": [config_changed({"version": version, "format": RELEASE_FORMAT, "code": code_digest("release"),

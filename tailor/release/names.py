@@ -9,11 +9,10 @@ import os
 import re
 from pathlib import Path
 
-from tailor import __version__
+from tailor import __version__, paths
 from tailor.errors import TailorError
 from tailor.templates import TEMPLATES_DIR
 from tailor.templates import render as render_template
-from tailor.util import out_dir
 
 RELEASE_FORMAT = "2"
 """Bump when the release tree for the same inputs changes (invalidates release tasks).
@@ -50,24 +49,14 @@ def check_version(version: str) -> str:
     return version
 
 
-def release_root(version: str) -> Path:
-    """``out/release/<version>``: every app released under *version*, and SHA256SUMS."""
-    return out_dir() / "release" / version
-
-
 def app_release_dir(app: str, version: str) -> Path:
     """``out/release/<version>/<app>``: one app's release."""
-    return release_root(version) / app
+    return paths.release_dir(version) / app
 
 
 def manifest_path(app: str, version: str) -> Path:
     """An app's release manifest (the release task's target; written last but SHA256SUMS)."""
     return app_release_dir(app, version) / "manifest.json"
-
-
-def repro_root() -> Path:
-    """Where :func:`tailor.release.repro.verify_reproducible` builds its two copies and writes its report."""
-    return out_dir() / "repro"
 
 
 def maintainer() -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from tailor import __version__
 from tailor.errors import TailorError
 from tailor.image.reference import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, REF_NAME
-from tailor.util import atomic_path, json_bytes, makedirs, sha256_file, write_atomic, write_json
+from tailor.util import atomic_path, enabled_symbols, json_bytes, makedirs, sha256_file, write_atomic, write_json
 
 URUNC_KERNEL = "/.boot/kernel"
 URUNC_ROOTFS = "/.boot/rootfs"
@@ -29,7 +29,7 @@ URUNC_ROOTFS = "/.boot/rootfs"
 
 def config_has(config_text: str, symbol: str) -> bool:
     """True when ``CONFIG_<symbol>=y`` is set in a .config's text."""
-    return f"\nCONFIG_{symbol}=y\n" in "\n" + config_text + "\n"
+    return symbol in enabled_symbols(config_text)
 
 
 def urunc_hypervisor(config_text: str) -> str:

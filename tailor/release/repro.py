@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 from tailor import recipe as recipe_mod
-from tailor import source
+from tailor import paths, source
 from tailor.errors import TailorError
-from tailor.kernel import source_date_epoch
-from tailor.release.names import MEASURED_KEY, SUMS_NAME, check_version, release_version, repro_root
+from tailor.epoch import source_date_epoch
+from tailor.release.names import MEASURED_KEY, SUMS_NAME, check_version, release_version
 from tailor.release.treediff import compare_trees, describe_difference, walk_files
-from tailor.util import PROJECT, display_path, makedirs, out_dir, remove, sha256_file, sha256_text, write_json
+from tailor.util import PROJECT, display_path, makedirs, remove, sha256_file, sha256_text, write_json
 
 REPRO_BUILDS = (("first", True), ("second-build", False))
 """verify_reproducible's two builds: directory under out/repro/ (different lengths, so a leaked path
@@ -59,8 +59,8 @@ def _prepare_copy(dest: Path, ref, snapshot: Path) -> None:
     proc = subprocess.run(["cp", "-al", str(short), str(out / "src" / short.name)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise TailorError(f"cannot link the kernel source into {dest}: {proc.stderr.strip()[:200]}")
-    makedirs(out_dir() / "cache")
-    os.symlink(out_dir() / "cache", out / "cache")
+    makedirs(paths.cache_root())
+    os.symlink(paths.cache_root(), out / "cache")
 
 
 def _tail(path: Path, n: int = 20, head: bool = False) -> str:
@@ -171,7 +171,7 @@ def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
     epoch = source_date_epoch()
     ref = source.recipe_ref(recipe)
     source.prepare(ref)
-    base = makedirs(repro_root())
+    base = makedirs(paths.repro_dir())
     for stale in ("report.json", "diffoscope"):
         remove(base / stale)
     # One snapshot of the project for both builds: the working tree may change while they run.
