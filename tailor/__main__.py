@@ -19,7 +19,10 @@ import argparse
 import sys
 
 from tailor.errors import TailorError
-from tailor.util import os_error
+from tailor.util import display_path, os_error
+
+# Each command imports its stage inside its function: `python -m tailor --help` takes 0.05 s that way and
+# 0.22 s with every stage imported here (most of it tailor.recipe, which pulls in yaml and tailor.image).
 
 
 def _check(args) -> int:
@@ -53,7 +56,6 @@ def _config(args) -> int:
 
 def _kernel_source(args) -> int:
     from tailor import source
-    from tailor.util import display_path
 
     tree = source.prepare(source.recipe_ref(_recipe(args.app)))
     print(display_path(tree))
@@ -86,7 +88,6 @@ def _pin(args) -> int:
 
 def _pin_image(args) -> int:
     from tailor import image
-    from tailor.util import display_path
 
     recipe = _recipe(args.app)
     origin = display_path(recipe.path)
@@ -102,7 +103,6 @@ def _pin_image(args) -> int:
 
 def _discover(args) -> int:
     from tailor.discover import discover, write_recipe
-    from tailor.util import display_path
 
     recipe = _recipe(args.app)
     summary = discover(recipe, minimise_set=args.minimise, jobs=args.jobs)

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tailor import farm
+from tailor import farm, kernel
 from tailor.errors import TailorError
 
 DAEMON_USER = "nobody"
@@ -253,8 +253,6 @@ class Checkout:
 
     def kernel_dir(self, identity: str) -> Path:
         """Where this checkout keeps the kernel of the config *identity* (built by this host's toolchain)."""
-        from tailor import kernel
-
         return self.out / "kernel" / kernel.kernel_identity(identity)[:16]
 
 

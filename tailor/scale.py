@@ -29,8 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tailor import farm, farmlab, paths
+from tailor import config, farm, farmlab, kconfig, kernel, paths, source
 from tailor.errors import TailorError
+from tailor.recipe import Source, find
+from tailor.templates import render
 from tailor.util import makedirs, write_json
 
 SMALL_OPTIONS = {"EMBEDDED": "y", "CC_OPTIMIZE_FOR_SIZE": "y"}
@@ -45,9 +47,6 @@ def say(text: str) -> None:
 def _config(app: str | None) -> tuple[str, str, str, Path, str]:
     """(label, config text, identity, source tree, source id) of *app*'s kernel, or of the small default
     config."""
-    from tailor import config, kconfig, source
-    from tailor.recipe import Source, find
-
     if app:
         recipe = find(app)
         ref = source.recipe_ref(recipe)
@@ -64,8 +63,6 @@ def _config(app: str | None) -> tuple[str, str, str, Path, str]:
 
 def _timed_make(checkout: farmlab.Checkout, identity: str, targets: list[str], remove: list[str] = ()) -> float:
     """Seconds of one local ``make`` in *checkout*'s object tree, after removing *remove* from it."""
-    from tailor import kernel
-
     objdir = checkout.kernel_dir(identity) / "build"
     for name in remove:
         (objdir / name).unlink(missing_ok=True)
@@ -139,8 +136,6 @@ def measure_scale(app: str | None = None) -> dict:
         "cores": os.cpu_count(),
     }
     write_json(makedirs(paths.bench_dir()) / "scale.json", data)
-    from tailor.report import render
-
     sys.stdout.write(render("scale.txt.j2", d=data))
     if not identical:
         raise TailorError("the three kernels differ; see out/bench/scale.json")
