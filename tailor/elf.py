@@ -20,6 +20,9 @@ in-tree path
 
 root
   The host directory holding the extracted tree.
+
+Over 400 lines because it emulates one program, ld.so: the ELF reader and the chroot path resolution
+(which tailor.image also uses) serve the library search, and a quarter of the lines document the loader's rules.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ may instead pin a tarball by ``url`` or ``path`` with its sha256.
 Unpacked trees live in ``out/src/<id>/tree`` and are never modified: kernels
 are built out of tree, and patches go to a hard-linked copy (GNU patch
 replaces files rather than writing through the links).
+
+Over 400 lines (just) because pinning, fetching, unpacking and patching are the steps of one source's
+life and share :class:`SourceRef` and the lock; Debian's archive (about 180 lines) would split off first.
 """
 
 from __future__ import annotations
