@@ -126,44 +126,42 @@ def _derive_probe(args) -> int:
     return 0
 
 
+APP_HELP = "a recipe name, or a recipe file"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tailor",
                                      description="tailor: per-app microVM kernels and root filesystems")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("check", help="validate recipes")
+
+    def command(name: str, fn, help: str, app: bool = True) -> argparse.ArgumentParser:
+        """A subcommand running *fn*; with *app*, its first argument is the recipe."""
+        p = sub.add_parser(name, help=help)
+        if app:
+            p.add_argument("app", help=APP_HELP)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = command("check", _check, "validate recipes", app=False)
     p.add_argument("recipes", nargs="*", help="recipe names or files (default: all in recipes/)")
-    p.set_defaults(fn=_check)
-    p = sub.add_parser("config", help="resolve and verify an app's kernel config")
-    p.add_argument("app", help="a recipe name, or a recipe file")
-    p.set_defaults(fn=_config)
-    p = sub.add_parser("kernel-source", help="verify, unpack and patch an app's kernel source")
-    p.add_argument("app", help="a recipe name, or a recipe file")
-    p.set_defaults(fn=_kernel_source)
-    p = sub.add_parser("rootfs", help="build an app's root filesystem image")
-    p.add_argument("app", help="a recipe name, or a recipe file")
-    p.set_defaults(fn=_rootfs)
-    p = sub.add_parser("explain", help="why a symbol has its value in an app's config")
+    command("config", _config, "resolve and verify an app's kernel config")
+    command("kernel-source", _kernel_source, "verify, unpack and patch an app's kernel source")
+    command("rootfs", _rootfs, "build an app's root filesystem image")
+    p = command("explain", _explain, "why a symbol has its value in an app's config", app=False)
     p.add_argument("app")
     p.add_argument("symbol")
-    p.set_defaults(fn=_explain)
-    p = sub.add_parser("pin-source", help="pin a Debian kernel source version (downloads it, installs nothing)")
+    p = command("pin-source", _pin, "pin a Debian kernel source version (downloads it, installs nothing)", app=False)
     p.add_argument("package", nargs="?", default="linux-source-6.1", metavar="PACKAGE[=VERSION]",
                    help="the package and optionally its exact version (default: linux-source-6.1 at the "
                         "newest version Debian's archive offers)")
-    p.set_defaults(fn=_pin)
-    p = sub.add_parser("pin-image", help="resolve an app's rootfs.image now and record its digest in images.lock")
-    p.add_argument("app", help="a recipe name, or a recipe file")
-    p.set_defaults(fn=_pin_image)
-    p = sub.add_parser("discover", help="discover an app's kernel options (trace, map, verify by boot test)")
-    p.add_argument("app", help="a recipe name, or a recipe file")
+    command("pin-image", _pin_image, "resolve an app's rootfs.image now and record its digest in images.lock")
+    p = command("discover", _discover, "discover an app's kernel options (trace, map, verify by boot test)")
     p.add_argument("--write", action="store_true", help="add the options to the recipe, reasons as comments")
     p.add_argument("--minimise", action="store_true", help="then drop every option the boot test does not need")
     p.add_argument("--jobs", type=int, default=None, help="make -j for the kernel builds (default: cores)")
-    p.set_defaults(fn=_discover)
-    p = sub.add_parser("derive-probe", help="derive base_configs/probe.config from a reference config")
+    p = command("derive-probe", _derive_probe, "derive base_configs/probe.config from a reference config", app=False)
     p.add_argument("reference", help="a full .config to take the app-facing options from (Firecracker's)")
     p.add_argument("--recipe", default="hello", help="whose base fragments to compare with (default hello)")
-    p.set_defaults(fn=_derive_probe)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
