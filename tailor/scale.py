@@ -135,7 +135,7 @@ def measure_scale(app: str | None = None) -> dict:
         "one_machine": hosts_where == "loopback",
         "cores": os.cpu_count(),
     }
-    write_json(makedirs(paths.bench_dir()) / "scale.json", data)
+    write_json(paths.bench_path("scale"), data)
     sys.stdout.write(render("scale.txt.j2", d=data))
     if not identical:
         raise TailorError("the three kernels differ; see out/bench/scale.json")
