@@ -431,24 +431,6 @@ def quick_grace(monkeypatch):
     monkeypatch.setattr(probes, "MISMATCH_GRACE_S", 0.3)
 
 
-def test_redis_probe_passes_against_fake_redis():
-    srv = fake_redis()
-    try:
-        detail = probes.probe_redis(srv.port, time.monotonic() + 5)
-        assert detail == "PING, SET and GET answered correctly"
-    finally:
-        srv.close()
-
-
-def test_redis_probe_reports_wrong_get(quick_grace):
-    srv = fake_redis(corrupt_get=True)
-    try:
-        with pytest.raises(ProbeFailed, match=r"^GET returned b'wrong', expected b'[0-9a-f]{16}'$"):
-            probes.probe_redis(srv.port, time.monotonic() + 5)
-    finally:
-        srv.close()
-
-
 def test_redis_probe_times_out_when_nothing_listens():
     port = qemu.free_port()
     t = time.monotonic()
@@ -777,19 +759,30 @@ def fake_memcached(lose_values=False):
     return _Server(Handler)
 
 
-def test_memcached_probe_passes_against_fake_memcached():
-    srv = fake_memcached()
+KV_PROBES = [
+    pytest.param(fake_redis, "probe_redis", "PING, SET and GET answered correctly", {"corrupt_get": True},
+                 r"^GET returned b'wrong', expected b'[0-9a-f]{16}'$", id="redis"),
+    pytest.param(fake_memcached, "probe_memcached", "set and get answered correctly", {"lose_values": True},
+                 r"^get returned b'END\\r\\n'", id="memcached"),
+]
+"""(fake server, probe, its detail on success, how the server misbehaves, the probe's error then)."""
+
+
+@pytest.mark.parametrize("serve, probe, passed, _bad, _error", KV_PROBES)
+def test_key_value_probe_passes_against_a_fake_server(serve, probe, passed, _bad, _error):
+    srv = serve()
     try:
-        assert probes.probe_memcached(srv.port, time.monotonic() + 5) == "set and get answered correctly"
+        assert getattr(probes, probe)(srv.port, time.monotonic() + 5) == passed
     finally:
         srv.close()
 
 
-def test_memcached_probe_reports_a_lost_value(quick_grace):
-    srv = fake_memcached(lose_values=True)
+@pytest.mark.parametrize("serve, probe, _passed, bad, error", KV_PROBES)
+def test_key_value_probe_reports_a_wrong_answer(quick_grace, serve, probe, _passed, bad, error):
+    srv = serve(**bad)
     try:
-        with pytest.raises(ProbeFailed, match=r"^get returned b'END\\r\\n'"):
-            probes.probe_memcached(srv.port, time.monotonic() + 5)
+        with pytest.raises(ProbeFailed, match=error):
+            getattr(probes, probe)(srv.port, time.monotonic() + 5)
     finally:
         srv.close()
 
