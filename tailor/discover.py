@@ -203,7 +203,6 @@ class _Run:
 
     def trial(self, options: list[str], why: str) -> bool:
         """Build base + *options* (deps closed) and run the boot test; record the trial."""
-
         n = len(self.trials) + 1
         tdir = makedirs(self.dir / "trials" / str(n))
         record = {"trial": n, "why": why, "options": sorted(options)}
@@ -257,7 +256,6 @@ def null_recipe(recipe):
     app also runs is no evidence that an app needs its option. (Opening a TCP socket here as well
     removed only MEMCG from redis's candidates: the socket hooks that remain run on accept.)
     """
-
 
     script = NULL_SCRIPT
     return replace(recipe, name=NULL_APP, description="the null app of discovery", variant="", general=False,
