@@ -375,3 +375,12 @@ def test_report_page_renders_in_headless_chromium(bench, tmp_path):
     subprocess.run(cmd + [f"--screenshot={shot}", "--window-size=1280,2400", html.as_uri()],
                    capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_catalogue_table_renders_when_nothing_is_built(tmp_path, monkeypatch):
+    """A fresh checkout: every row says "not built" (the table used to fail on an empty sequence)."""
+    from tailor import catalogue, recipe
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    text = catalogue.render_table(recipe.all_recipes())
+    assert "| hello |" in text and "not built" in text and "under tcg." in text
