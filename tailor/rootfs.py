@@ -210,9 +210,20 @@ def interpreters(tree: Path, command: str, origin: str, what: str = "packages") 
     words = first[2:].decode("utf-8", "replace").split()
     if not words:
         return []
-    out = [find_command(tree, words[0], f"{origin} (the #! interpreter of {command})", what)]
+    where = f"{origin} (the #! interpreter of {command})"
     if os.path.basename(words[0]) == "env" and len(words) > 1 and not words[1].startswith("-"):
-        out.append(find_command(tree, words[1], f"{origin} (the #! interpreter of {command})", what))
+        words = [words[0], words[1]]
+    else:
+        words = words[:1]
+    out = []
+    for word in words:
+        try:
+            out.append(find_command(tree, word, where, what))
+        except TailorError:
+            # /bin/sh is always there: the stage links it to busybox when the packages lack it
+            # (dash is Essential, so no package depends on it and apt's closure leaves it out)
+            if word not in ("/bin/sh", "sh") or what == "image":
+                raise
     return out
 
 

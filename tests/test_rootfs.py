@@ -60,6 +60,23 @@ def test_stage_slim_keeps_closure_files_and_init(tmp_path, pkg_tree):
     assert os.access(dest / "init", os.X_OK)
 
 
+def test_a_sh_script_app_needs_no_shell_package(tmp_path, pkg_tree):
+    """A #!/bin/sh command (rabbitmq-server) gets busybox's /bin/sh: dash is Essential, so no
+    package depends on it and apt's closure leaves it out; any other missing interpreter is named."""
+    script = pkg_tree / "usr/bin/app-script"
+    script.write_text("#!/bin/sh\nexec ls \"$@\"\n")
+    script.chmod(0o755)
+    assert not (pkg_tree / "bin/sh").exists()
+    dest = tmp_path / "image"
+    rootfs.stage(make_recipe(tmp_path, "rootfs: {overlay: []}\napp: {command: /usr/bin/app-script}\n"), pkg_tree, dest)
+    assert (dest / "usr/bin/app-script").is_file() and os.readlink(dest / "bin/sh") == "busybox"
+    script.write_text("#!/bin/bash\nexec ls\n")
+    with pytest.raises(TailorError, match=r"the #! interpreter of /usr/bin/app-script\): '/bin/bash' is not in the "
+                                          r"packages; add the package that provides it"):
+        rootfs.stage(make_recipe(tmp_path, "rootfs: {overlay: []}\napp: {command: /usr/bin/app-script}\n", "b"),
+                     pkg_tree, tmp_path / "image2")
+
+
 def test_stage_full_keeps_everything(tmp_path, pkg_tree):
     r = make_recipe(tmp_path, "rootfs: {slim: false, overlay: []}\napp: {command: /usr/bin/ls}\n")
     rootfs.stage(r, pkg_tree, tmp_path / "image")
