@@ -17,7 +17,12 @@ recipes and stored like any kernel in ``out/kernel/<identity>/``:
   from Amazon's kernel), so it is derived with kbuild's own ``make
   olddefconfig`` from the file as it is, plus the one option qemu's microvm
   needs to find its virtio devices (:data:`FIRECRACKER_EXTRA`); the result
-  says so (``method``).
+  says so (``method``);
+* ``kata``: Kata Containers' generic guest kernel, merged at run time from
+  Kata's fragments in ``../shared/reference/kata-guest-config/`` (when that
+  folder exists) by the kernel's own ``merge_config.sh -r -n``, as Kata does
+  (:mod:`tailor.kata`), then normalised by ``make olddefconfig``; the symbols
+  Linux 6.1 lacks are listed in ``baseline.json`` (``missing``), not fatal.
 
 A baseline is written to ``out/baseline/<name>/`` (``.config``,
 ``identity``, ``baseline.json`` naming the kernel). Baselines take tens of
@@ -31,7 +36,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tailor import kernel, paths, source
+from tailor import kata, kernel, paths, source
 from tailor.errors import TailorError
 from tailor.kconfig import config_diff, config_identity, load_tree, parse_fragment, resolve
 from tailor.kernel import kbuild_olddefconfig
@@ -46,9 +51,14 @@ FIRECRACKER_EXTRA = ("CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y",)
 so under qemu's microvm with ``acpi=off`` (which lists the virtio-mmio devices on the kernel
 command line) it would find no network card and the network apps could not be measured."""
 
+KATA_EXTRA = ("CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y",)
+"""Added to Kata's merged config only if the merge did not already set it (Kata's ``mmio.conf``
+asks for it, for Firecracker): qemu's microvm lists its virtio-mmio devices on the command line."""
+
 BASELINES = {
     "microvm": "the kernel's x86_64_defconfig + kvm_guest.config (base_configs/microvm.config)",
     "firecracker": "Firecracker's recommended 6.1 guest config (read from ../shared/reference)",
+    "kata": "Kata Containers' generic guest kernel: its x86_64 fragments merged as Kata does (../shared/reference)",
 }
 """Every baseline's name and what it is."""
 
@@ -67,15 +77,19 @@ def available(name: str) -> bool:
         return (BASE_CONFIGS_DIR / "microvm.config").is_file()
     if name == "firecracker":
         return FIRECRACKER_CONFIG.is_file()
+    if name == "kata":
+        return kata.available()
     return False
 
 
 def input_path(name: str) -> Path:
-    """The file a baseline is derived from."""
+    """The file (for kata: the folder) a baseline is derived from."""
     if name == "microvm":
         return BASE_CONFIGS_DIR / "microvm.config"
     if name == "firecracker":
         return FIRECRACKER_CONFIG
+    if name == "kata":
+        return kata.KATA_CONFIG_DIR
     raise TailorError(f"{name!r}: no such baseline; baselines: {', '.join(BASELINES)}")
 
 
@@ -85,18 +99,36 @@ def source_ref():
     return source.ref_for(Source())
 
 
-def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, str]:
-    """Resolve the baseline *name* on *srctree*; return ``(config text, identity, method)``.
+def input_files(name: str) -> list[Path]:
+    """The files a baseline's config is made from (its doit task's file dependencies)."""
+    if name == "kata":
+        return [p for p in sorted(kata.KATA_CONFIG_DIR.rglob("*")) if p.is_file()]
+    return [input_path(name)]
+
+
+def not_found(name: str) -> str:
+    """The one-line outcome for a baseline whose optional input is not on this machine."""
+    path = input_path(name)
+    return f"baseline {name}: {path.name} not found beside the project (../shared/reference); not measured, skip it"
+
+
+def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, str, dict]:
+    """Resolve the baseline *name* on *srctree*; return ``(config text, identity, method, extra)``.
 
     ``microvm`` goes through the engine (all-no start, every line verified);
-    ``firecracker`` through kbuild's ``make olddefconfig`` on the file as is.
+    ``firecracker`` through kbuild's ``make olddefconfig`` on the file as is;
+    ``kata`` through the kernel's ``merge_config.sh -r -n`` on Kata's fragments, then
+    ``make olddefconfig``. *extra* is written into ``baseline.json`` (kata: the fragments
+    merged, the symbols 6.1 lacks and the requested values that did not take).
     """
 
-    path = input_path(name)
-    if not path.is_file():
-        raise TailorError(f"baseline {name}: {path.name} not found; it is optional, skip it")
+    if not available(name):
+        raise TailorError(not_found(name))
 
     scratch = baseline_dir(name) / "olddefconfig"
+    path = input_path(name)
+    if name == "kata":
+        return _resolve_kata(srctree, source_id, scratch)
     if name == "microvm":
         tree = load_tree(srctree)
         result = resolve(tree, [parse_fragment(path, label=f"base_configs/{path.name}")], "strict",
@@ -110,27 +142,48 @@ def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, 
         # Same values; kbuild only writes an extra "is not set" comment (an implied symbol
         # with unmet dependencies, which kconfiglib leaves out). The identity ignores comments.
         return (theirs, config_identity(theirs, source_id),
-                "engine (all-no + base_configs/microvm.config, verified); layout from kbuild olddefconfig")
+                "engine (all-no + base_configs/microvm.config, verified); layout from kbuild olddefconfig", {})
     text = path.read_text().rstrip("\n") + "\n" + "".join(f"{line}\n" for line in FIRECRACKER_EXTRA)
     text = kbuild_olddefconfig(srctree, scratch, text)
     return (text, config_identity(text, source_id),
-            f"kbuild olddefconfig of the file as is + {', '.join(FIRECRACKER_EXTRA)}")
+            f"kbuild olddefconfig of the file as is + {', '.join(FIRECRACKER_EXTRA)}", {})
+
+
+def _resolve_kata(srctree: Path, source_id: str, scratch: Path) -> tuple[str, str, str, dict]:
+    """Kata's fragments merged by merge_config.sh -r -n (Kata's method), then kbuild's olddefconfig
+    with the build's own make variables; the summary of what 6.1 lacks is printed as one line."""
+
+    frags = kata.fragments()
+    merged, output = kata.merge(srctree, scratch / "merge", frags)
+    missing = kata.missing_symbols(frags, load_tree(srctree).names)
+    unmet = kata.not_in_final(output)
+    text = kbuild_olddefconfig(srctree, scratch, merged)
+    lacking = [line for line in KATA_EXTRA if line not in text.splitlines()]
+    if lacking:
+        text = kbuild_olddefconfig(srctree, scratch, text + "".join(f"{line}\n" for line in lacking))
+    print(f"[baseline:kata] {kata.summary(missing, unmet)}", file=sys.stderr)
+    root = kata.KATA_CONFIG_DIR
+    extra = {"fragments": [str(p.relative_to(root)) for p in frags], "missing": missing,
+             "not_in_final": unmet, "added": lacking}
+    method = (f"merge_config.sh -r -n of {len(frags)} Kata fragments (allnoconfig start) + kbuild olddefconfig"
+              + (f" + {', '.join(lacking)}" if lacking else ""))
+    return text, config_identity(text, source_id), method, extra
 
 
 def build_baseline(name: str, jobs: int | None = None) -> dict:
     """Resolve and build the baseline *name* (or reuse its kernel); write and return ``baseline.json``."""
 
     if not available(name):
-        raise TailorError(f"baseline {name}: {input_path(name).name} not found; it is optional, skip it")
+        raise TailorError(not_found(name))
     ref = source_ref()
     srctree = source.prepare(ref)
-    text, identity, method = resolve_config(name, srctree, ref.id)
+    text, identity, method, extra = resolve_config(name, srctree, ref.id)
     bdir = makedirs(baseline_dir(name))
     write_atomic(bdir / ".config", text)
     write_atomic(bdir / "identity", identity + "\n")
     meta = kernel.build(bdir / ".config", srctree, identity, ref.label, jobs=jobs, label=f"baseline:{name}")
     info = {"name": name, "description": BASELINES[name], "method": method,
-            **kernel.describe(identity, meta), "source": ref.label}
+            **kernel.describe(identity, meta), "source": ref.label, **extra}
     write_json(meta_path(name), info)
     print(f"[baseline:{name}] kernel {identity[:16]} ({method})", file=sys.stderr)
     return info
@@ -153,12 +206,11 @@ def tasks(action):
     for name, what in BASELINES.items():
         if not available(name):
             continue
-        path = input_path(name)
         yield {
             "basename": "baseline", "name": name,
             "doc": f"build the {name} baseline kernel: {what} (long: a full kernel)",
             "actions": [action(build_baseline, name)],
-            "file_dep": [str(path)],
+            "file_dep": [str(p) for p in input_files(name)],
             "targets": [str(meta_path(name))],
             "verbosity": 2,
         }

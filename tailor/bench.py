@@ -6,7 +6,7 @@ the conditions of a measurement, and the small statistics of a figure.
 
 Variants of an app (:func:`variants`): ``specific`` (the recipe's own
 kernel), ``general`` (lupine-base + lupine-general) and each built baseline
-(``microvm``, ``firecracker``) booting the same root image. Anything not
+(``microvm``, ``firecracker``, ``kata``) booting the same root image. Anything not
 built is recorded as not measured with the reason, never as a failure.
 """
 

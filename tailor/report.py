@@ -35,7 +35,8 @@ from tailor.templates import render
 from tailor.util import PROJECT, read_json, write_atomic
 
 KINDS = ("size", "boot", "memory", "throughput", "pipeline")
-BASELINE_ORDER = ("microvm", "firecracker")
+BASELINE_ORDER = ("microvm", "firecracker", "kata")
+"""The baselines' columns, in this order, in every table that has data for them (kata beside firecracker)."""
 TARGET_BASELINES = ("firecracker", "microvm")
 """The baseline the targets are measured against: Firecracker's config when it was measured, else microvm."""
 VARIANT_ORDER = ("specific", "general") + BASELINE_ORDER

@@ -384,3 +384,22 @@ def test_catalogue_table_renders_when_nothing_is_built(tmp_path, monkeypatch):
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     text = catalogue.render_table(recipe.all_recipes())
     assert "| hello |" in text and "not built" in text and "under tcg." in text
+
+
+def test_kata_column_beside_firecracker_when_a_kata_result_exists(tmp_path, monkeypatch):
+    results = fixture_results()
+    base = results["size"]["kernels"][-1]
+    results["size"]["kernels"] += [
+        dict(base, label="firecracker", variant="firecracker", bzImage=8_300_000, identity="f" * 16),
+        dict(base, label="kata", variant="kata", bzImage=6_333_376, identity="k" * 16)]
+    results["boot"]["results"].append({"app": "hello", "variant": "kata", "label": "kata", "kernel": "x",
+                                       "init_s": _spread(1.6, 1.7), "ready_s": _spread(2.0, 2.1), "errors": []})
+    secs = {s.id: s for s in report.sections(results)}
+    head = secs["size"].head
+    assert "× kata" in head and head.index("× kata") == head.index("× firecracker") + 1
+    assert "× kata" in secs["syscalls"].head
+    hello = next(r for r in secs["size"].rows if r[0] == "lupine-base (hello)")
+    assert hello[3:6] == ["0.12x", "0.15x", "0.20x"]
+    assert "× kata" in secs["boot"].head
+    without = {s.id: s for s in report.sections(fixture_results())}
+    assert "× kata" not in without["size"].head and "× kata" not in without["boot"].head
