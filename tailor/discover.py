@@ -26,6 +26,10 @@ trials of other apps cost nothing). Outputs in ``out/discover/<app>/``:
 ``trace.json`` (the trace's figures and the functions run per phase) and
 ``discover.json`` (totals). ``--write`` adds the options to the recipe with
 their reasons as comments.
+
+Over 400 lines because the pure steps (mapping, candidates, bisection,
+minimisation) and the run that drives them share one record of trials and
+reasons; the probe kernel, the trace and the map are modules of their own.
 """
 
 from __future__ import annotations
