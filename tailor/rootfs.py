@@ -56,6 +56,11 @@ IMAGE_ETC = ("/etc/passwd", "/etc/group", "/etc/hosts", "/etc/nsswitch.conf")
 
 GUEST_ADDRESS = "10.0.2.15/24"
 GUEST_GATEWAY = "10.0.2.2"
+STAGE_SHELL = "/bin/sh"
+"""Always in an image: the stage links it to busybox when the packages lack it (dash is Essential, so
+no package depends on it and apt's closure never has it)."""
+ALWAYS_THERE = ("/bin/busybox", STAGE_SHELL)
+"""Programs every staged image has, whatever its packages."""
 PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 SKELETON_DIRS = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "tmp": 0o1777, "run": 0o755,
                  "root": 0o700, "etc": 0o755, "var": 0o755, "var/tmp": 0o1777}
@@ -220,9 +225,7 @@ def interpreters(tree: Path, command: str, origin: str, what: str = "packages") 
         try:
             out.append(find_command(tree, word, where, what))
         except TailorError:
-            # /bin/sh is always there: the stage links it to busybox when the packages lack it
-            # (dash is Essential, so no package depends on it and apt's closure leaves it out)
-            if word not in ("/bin/sh", "sh") or what == "image":
+            if word not in (STAGE_SHELL, os.path.basename(STAGE_SHELL)) or what == "image":
                 raise
     return out
 
@@ -447,7 +450,7 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     helpers = []
     for key in ("setup", "services"):
         for i, step in enumerate(getattr(recipe.app, key)):
-            if step.run[0] not in ("/bin/busybox", "/bin/sh"):
+            if step.run[0] not in ALWAYS_THERE:
                 helpers.append(find_command(tree, step.run[0], f"{origin}: app.{key}.{i}.run", what))
     remove(dest)
     if recipe.rootfs.slim:
@@ -475,7 +478,7 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
             p.mkdir(parents=True)
         if not p.is_symlink():
             os.chmod(p, mode)
-    sh = dest / "bin" / "sh"
+    sh = dest / STAGE_SHELL.lstrip("/")
     if not sh.exists() and not sh.is_symlink():
         makedirs(sh.parent)
         os.symlink("busybox", sh)
