@@ -33,7 +33,7 @@ from typing import Callable
 from tailor import paths, probes
 from tailor.console import NO_OUTPUT_S, ConsoleState, Verdict, assess, fail, pass_detail
 from tailor.errors import KernelPanicked, ProbeFailed, QemuError, QemuExited, TailorError
-from tailor.qemu import QEMU, VM, CtrlC, detect_accel, free_port, qemu_command, session
+from tailor.qemu import QEMU, VM, CtrlC, boot_method, detect_accel, free_port, kernel_file, qemu_command, session
 from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
 from tailor.records import save_boot_result
 from tailor.util import code_digest, makedirs, read_json, remove, write_atomic
@@ -93,7 +93,8 @@ def decide(recipe: Recipe, vm: VM, port: int | None, timeout: float) -> tuple[Ve
 def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str | None = None,
         qemu_extra: tuple[str, ...] = (), cmdline_extra: str = "",
         on_line: Callable[[str], None] | None = None) -> dict:
-    """Boot-test *recipe*'s VM: *kernel* (bzImage) with *image* (``recipe.rootfs.format``).
+    """Boot-test *recipe*'s VM: *kernel* (a bzImage, or an ELF vmlinux started by PVH) with *image*
+    (``recipe.rootfs.format``).
 
     Writes ``outdir/console.log`` and ``outdir/result.json`` (both atomically)
     and returns the result dict. On failure, prints the last console lines to
@@ -177,6 +178,10 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
         "memory": test.memory,
         "kernel": str(kernel),
         "image": str(image),
+        "boot_method": boot_method(kernel),
+        "crng_init_s": _round(con.crng_s),
+        "app_exec_s": _round(con.exec_s),
+        "entropy_before_app": con.entropy_before_app(),
     }
     result = save_boot_result(outdir / "result.json", result)
     if not passed:
@@ -210,11 +215,16 @@ result_path = paths.boot_result
 
 
 def boot_app(recipe: Recipe, accel: str | None = None) -> dict:
-    """Boot-test *recipe* with the kernel its kernel stage recorded and its rootfs image."""
+    """Boot-test *recipe* with the kernel its kernel stage recorded (its vmlinux by PVH when it has
+    CONFIG_PVH, else its bzImage; :func:`~tailor.qemu.kernel_file`) and its rootfs image."""
     pointer = read_json(paths.kernel_pointer(recipe.id))
-    result = run(recipe, Path(pointer["bzImage"]), paths.rootfs_image(recipe.name, recipe.rootfs.format),
+    kernel, _ = kernel_file(pointer)
+    result = run(recipe, kernel, paths.rootfs_image(recipe.name, recipe.rootfs.format),
                  boot_dir(recipe.id), accel=accel)
-    print(f"[boot:{recipe.id}] PASS ({result['accel']}): init after {result['time_to_init_s']} s, "
+    entropy = {True: "random pool seeded before the app", False: "app started before the random pool was seeded",
+               None: "app exec not seen"}[result["entropy_before_app"]]
+    print(f"[boot:{recipe.id}] PASS ({result['accel']}, {result['boot_method']}; {entropy}): "
+          f"init after {result['time_to_init_s']} s, "
           f"ready after {result['time_to_ready_s']} s; {result['probe']['detail'] or recipe.test.probe.type}",
           file=sys.stderr)
     return result

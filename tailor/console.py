@@ -22,6 +22,10 @@ NO_OUTPUT_S = 10.0
 
 INIT_RE = re.compile(r"Run (\S+) as init process")
 PANIC_RE = re.compile(r"Kernel panic - not syncing:?\s*(.*)")
+CRNG_RE = re.compile(r"random: crng init done")
+"""The kernel's notice that its random pool is seeded (getrandom() stops blocking)."""
+EXEC_RE = re.compile(r"tailor-init: exec ")
+"""The generated init's last line before it execs the app (templates/init.sh.j2)."""
 
 
 def split_lines(buf: bytes) -> tuple[list[str], bytes]:
@@ -63,6 +67,10 @@ class ConsoleState:
     expect_index: int | None = None
     panic: str | None = None
     panic_index: int | None = None
+    crng_s: float | None = None
+    crng_index: int | None = None
+    exec_s: float | None = None
+    exec_index: int | None = None
     on_line: Callable[[str], None] | None = None
     """Called with each console line as it is fed (e.g. to mark where user space starts in a trace)."""
 
@@ -90,12 +98,28 @@ class ConsoleState:
             self.ready_s, self.ready_index = t, index
         if self._expect_re is not None and self.expect_s is None and self._expect_re.search(line):
             self.expect_s, self.expect_index = t, index
+        if self.crng_s is None and CRNG_RE.search(line):
+            self.crng_s, self.crng_index = t, index
+        if self.exec_s is None and EXEC_RE.search(line):
+            self.exec_s, self.exec_index = t, index
         if self.panic is None and (m := PANIC_RE.search(line)):
             self.panic, self.panic_index = m.group(1).strip() or "no message", index
 
     def before_panic(self, index: int | None) -> bool:
         """True when the event at line *index* happened, and before any panic."""
         return index is not None and (self.panic_index is None or index < self.panic_index)
+
+    def entropy_before_app(self) -> bool | None:
+        """Whether the random pool was seeded before the init exec'd the app.
+
+        True when ``random: crng init done`` came before ``tailor-init: exec``;
+        False when the app was exec'd first (it may block in getrandom() until
+        the pool is seeded) or the notice never came; None when the init never
+        reached its exec (the console cannot tell).
+        """
+        if self.exec_index is None:
+            return None
+        return self.crng_index is not None and self.crng_index < self.exec_index
 
     def text(self) -> str:
         """The console as console.log holds it: each line after its host time in seconds."""

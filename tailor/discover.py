@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from tailor import boot, kernel, kmap, paths, probe, rootfs, source, trace
+from tailor import boot, kernel, kmap, paths, probe, qemu, rootfs, source, trace
 from tailor import config as cfg
 from tailor.catalogue import LUPINE_NAMES, LUPINE_OPTIONS, README
 from tailor.errors import TailorError
@@ -232,7 +232,7 @@ class _Run:
         t1 = time.monotonic()
         self.boots += 1
         try:
-            boot.run(self.recipe, Path(kernel.describe(result.identity, meta)["bzImage"]),
+            boot.run(self.recipe, qemu.kernel_file(kernel.describe(result.identity, meta))[0],
                      rootfs.image_path(self.recipe), tdir)
             record.update(result="pass", reason="")
         except TailorError as e:

@@ -50,6 +50,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tailor.console import NO_OUTPUT_S, ConsoleState, decode, exit_text, panic_reason, split_lines
@@ -170,6 +171,52 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
         append += " " + " ".join(cmdline_extra.split())
     cmd += ["-append", append]
     return cmd
+
+
+BOOT_METHODS = ("pvh", "bzimage")
+"""How qemu starts a kernel: ``pvh`` loads the uncompressed ELF vmlinux and jumps to its PVH entry
+point (no real-mode setup, no decompressor; Firecracker boots the same way), ``bzimage`` loads the
+compressed bzImage through its setup code and decompressor."""
+
+ELF_MAGIC = b"\x7fELF"
+
+
+def kernel_file(kernel: dict, method: str | None = None) -> tuple[Path, str]:
+    """The file qemu boots for a built *kernel* and the boot method: ``(path, method)``.
+
+    *kernel* is a kernel stage's (or baseline's) record with ``bzImage``,
+    ``vmlinux`` and ``dir`` (whose ``config`` is the kernel's .config).
+    *method* ``pvh`` or ``bzimage`` forces one; by default a kernel built
+    with ``CONFIG_PVH=y`` boots by PVH and any other by its bzImage. Asking
+    for ``pvh`` of a kernel without it is a TailorError naming the config.
+    """
+    if method not in (None,) + BOOT_METHODS:
+        raise TailorError(f"boot method {method!r}: expected {' or '.join(BOOT_METHODS)}")
+    config = Path(kernel["dir"]) / "config"
+    pvh = has_pvh(config)
+    if method == "pvh" and not pvh:
+        raise TailorError(f"{config}: CONFIG_PVH is not set, so qemu cannot boot its vmlinux directly; "
+                          f"add PVH=y to the kernel or boot the bzImage")
+    if method == "pvh" or (method is None and pvh):
+        return Path(kernel["vmlinux"]), "pvh"
+    return Path(kernel["bzImage"]), "bzimage"
+
+
+def has_pvh(config: str | os.PathLike) -> bool:
+    """True when the .config at *config* has ``CONFIG_PVH=y`` (False when it or the file is missing)."""
+    try:
+        return "CONFIG_PVH=y" in Path(config).read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+
+
+def boot_method(kernel: str | os.PathLike) -> str:
+    """``pvh`` when the file at *kernel* is an ELF (a vmlinux), else ``bzimage``."""
+    try:
+        with open(kernel, "rb") as f:
+            return "pvh" if f.read(4) == ELF_MAGIC else "bzimage"
+    except OSError:
+        return "bzimage"
 
 
 def free_port() -> int:

@@ -13,7 +13,11 @@ Records:
     it passed), ``accel`` (``kvm`` or ``tcg``), ``fallback_from_kvm`` and ``kvm_failure`` (why KVM
     was given up), ``time_to_init_s`` and ``time_to_ready_s`` (seconds from starting qemu, or null),
     ``probe`` (``{"type", "detail"}``), ``console`` (the console log beside it), ``qemu`` (argv),
-    ``qemu_stderr``, ``memory`` (MiB), ``kernel`` and ``image`` (the paths booted).
+    ``qemu_stderr``, ``memory`` (MiB), ``kernel`` and ``image`` (the paths booted), ``boot_method``
+    (``pvh``: the ELF vmlinux started at its PVH entry; ``bzimage``: the compressed image through its
+    setup code), ``crng_init_s`` and ``app_exec_s`` (when ``random: crng init done`` and the init's
+    ``tailor-init: exec`` line showed, or null) and ``entropy_before_app`` (true when the random pool
+    was seeded before the app was exec'd, false when not, null when the init never exec'd it).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ _OPTIONAL_NUMBER = (int, float, type(None))
 class BootResult:
     """One boot test's outcome: ``out/boot/<app>/result.json``."""
 
-    FORMAT = "1"
+    FORMAT = "2"
     """The ``format`` key of the file; change it when a key is added, removed, renamed or changes meaning."""
 
     app: str
@@ -51,6 +55,10 @@ class BootResult:
     memory: int
     kernel: str
     image: str
+    boot_method: str
+    crng_init_s: float | None
+    app_exec_s: float | None
+    entropy_before_app: bool | None
 
     KEYS = {
         "app": ("app", str), "variant": ("variant", str), "pass": ("passed", bool), "reason": ("reason", str),
@@ -58,6 +66,8 @@ class BootResult:
         "time_to_init_s": ("time_to_init_s", _OPTIONAL_NUMBER), "time_to_ready_s": ("time_to_ready_s", _OPTIONAL_NUMBER),
         "probe": ("probe", dict), "console": ("console", str), "qemu": ("qemu", list), "qemu_stderr": ("qemu_stderr", str),
         "memory": ("memory", int), "kernel": ("kernel", str), "image": ("image", str),
+        "boot_method": ("boot_method", str), "crng_init_s": ("crng_init_s", _OPTIONAL_NUMBER),
+        "app_exec_s": ("app_exec_s", _OPTIONAL_NUMBER), "entropy_before_app": ("entropy_before_app", (bool, type(None))),
     }
     """File key -> (attribute, accepted types). ``pass`` is a Python keyword, hence ``passed``."""
 

@@ -307,6 +307,37 @@ def test_console_state_init_and_ready():
     assert "[   0.300] Run /init as init process\n" in con.text()
 
 
+@pytest.mark.parametrize("lines, before", [
+    (["random: crng init done", "Run /init as init process", "tailor-init: exec /usr/bin/redis-server"], True),
+    (["Run /init as init process", "tailor-init: exec /usr/bin/redis-server", "random: crng init done"], False),
+    (["Run /init as init process", "tailor-init: exec /usr/bin/redis-server"], False),
+    (["random: crng init done", "Run /init as init process", "tailor-init: setup /bin/false"], None),
+])
+def test_console_state_tells_whether_the_pool_was_seeded_before_the_app(lines, before):
+    con = feed_all(ConsoleState(), KERNEL + lines)
+    assert con.entropy_before_app() is before
+    if "random: crng init done" in lines:
+        assert con.crng_index == len(KERNEL) + lines.index("random: crng init done")
+
+
+def test_kernel_file_boots_by_pvh_only_when_the_config_has_it(tmp_path):
+    kdir = tmp_path / "k"
+    kdir.mkdir()
+    kernel = {"dir": str(kdir), "bzImage": str(kdir / "bzImage"), "vmlinux": str(kdir / "vmlinux")}
+    (kdir / "config").write_text("CONFIG_64BIT=y\n# CONFIG_PVH is not set\n")
+    assert qemu.kernel_file(kernel) == (kdir / "bzImage", "bzimage")
+    with pytest.raises(TailorError, match=r"k/config: CONFIG_PVH is not set.*boot the bzImage"):
+        qemu.kernel_file(kernel, "pvh")
+    (kdir / "config").write_text("CONFIG_64BIT=y\nCONFIG_PVH=y\n")
+    assert qemu.kernel_file(kernel) == (kdir / "vmlinux", "pvh")
+    assert qemu.kernel_file(kernel, "bzimage") == (kdir / "bzImage", "bzimage")
+    with pytest.raises(TailorError, match="boot method 'elf'"):
+        qemu.kernel_file(kernel, "elf")
+    (kdir / "vmlinux").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))
+    (kdir / "bzImage").write_bytes(bytes(0x202) + b"HdrS")
+    assert qemu.boot_method(kdir / "vmlinux") == "pvh" and qemu.boot_method(kdir / "bzImage") == "bzimage"
+
+
 def test_console_state_empty_ready_means_init_any_path():
     con = feed_all(ConsoleState(), ["[    0.41] Run /sbin/myapp as init process"])
     assert con.init_path == "/sbin/myapp" and con.ready_index == 0 and con.ready_s == 0.0
@@ -701,8 +732,8 @@ def busybox_initramfs(path: Path) -> Path:
     bb = shutil.which("busybox")
     if bb is None or b"statically linked" not in subprocess.run(["file", "-L", bb], capture_output=True).stdout:
         pytest.skip("needs a static busybox (busybox-static) and file(1)")
-    init = (b"#!/bin/busybox sh\n/bin/busybox echo 'tailor slow test: init is up'\n"
-            b"/bin/busybox sleep 1\n/bin/busybox reboot -f\n")
+    init = (b"#!/bin/busybox sh\n/bin/busybox echo 'tailor-init: exec /bin/busybox'\n"
+            b"/bin/busybox echo 'tailor slow test: init is up'\n/bin/busybox sleep 1\n/bin/busybox reboot -f\n")
     d = stat.S_IFDIR | 0o755
     entries = [Entry("bin", d), Entry("bin/busybox", stat.S_IFREG | 0o755, source=bb), Entry("dev", d),
                device_entry("dev/console", 5, 1), Entry("init", stat.S_IFREG | 0o755, data=init),
@@ -712,26 +743,34 @@ def busybox_initramfs(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def real_kernel(tmp_path_factory, linux_tree) -> Path:
+def real_kernel(tmp_path_factory, linux_tree) -> dict:
     """hello's kernel (lupine-base: serial console, initramfs), built through doit in a project copy whose
-    out/ shares kernel/ with the project's: the kernel the pipeline tests build, compiled once."""
+    out/ shares kernel/ with the project's: the kernel the pipeline tests build, compiled once. Returns
+    its pointer (bzImage, vmlinux, dir)."""
     project = project_copy(tmp_path_factory.mktemp("boot-project") / "tailor")
     proc = run_doit(project, "kernel:hello")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return Path(json.loads((project / "out" / "kernels" / "hello.json").read_text())["bzImage"])
+    return json.loads((project / "out" / "kernels" / "hello.json").read_text())
 
 
 @pytest.mark.slow
-def test_real_boot(tmp_path, real_kernel):
+@pytest.mark.parametrize("method", qemu.BOOT_METHODS)
+def test_real_boot(tmp_path, real_kernel, method):
+    """lupine-base boots both ways (PVH from the ELF vmlinux, and the bzImage), and its random pool is
+    seeded (RDRAND trusted) before init execs the app."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     image = busybox_initramfs(tmp_path / "rootfs.cpio")
     recipe = make_recipe("app: {command: /init}\n"
                          "test: {ready: 'tailor slow test: init is up', memory: 128, timeout: 60}\n", tmp_path)
-    result = boot.run(recipe, real_kernel, image, tmp_path / "out")
-    assert result["pass"] is True
+    kernel, how = qemu.kernel_file(real_kernel, method)
+    assert how == method and kernel.name == {"pvh": "vmlinux", "bzimage": "bzImage"}[method]
+    result = boot.run(recipe, kernel, image, tmp_path / "out")
+    assert result["pass"] is True and result["boot_method"] == method
     assert result["time_to_init_s"] > 0
     assert result["time_to_ready_s"] >= result["time_to_init_s"]
+    assert result["entropy_before_app"] is True
+    assert result["crng_init_s"] < result["time_to_init_s"] <= result["app_exec_s"]
     name = result["qemu"][result["qemu"].index("-name") + 1]
     assert name.startswith("tailor-t-")
     left = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True)

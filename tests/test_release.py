@@ -424,12 +424,13 @@ def fake_pipeline(out: Path, tmp: Path, passed: bool = True):
     result = boot.result_path("fakeapp")
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps({
-        "format": "1", "app": "fakeapp", "variant": "specific", "pass": passed,
+        "format": "2", "app": "fakeapp", "variant": "specific", "pass": passed,
         "reason": "" if passed else "ready pattern not seen in 96 s",
         "accel": "tcg", "fallback_from_kvm": False, "kvm_failure": "", "time_to_init_s": 0.7, "time_to_ready_s": 0.8,
         "memory": 96, "probe": {"type": "none", "detail": "ready pattern matched at 0.8 s"},
         "console": "console.log", "qemu": ["qemu-system-x86_64"], "qemu_stderr": "",
-        "kernel": str(kernel.kernel_dir(IDENTITY) / "bzImage"), "image": str(image)}))
+        "kernel": str(kernel.kernel_dir(IDENTITY) / "bzImage"), "image": str(image), "boot_method": "bzimage",
+        "crng_init_s": 0.3, "app_exec_s": 0.75, "entropy_before_app": True}))
     return recipe
 
 

@@ -69,6 +69,7 @@ from tailor import config as config_stage
 from tailor import kernel as kernel_stage
 from tailor.errors import TailorError
 from tailor.epoch import source_date_epoch
+from tailor.qemu import kernel_file
 from tailor.release.deb import build_deb, deb_file_name, deb_package_name, install_deb, kernel_release
 from tailor.release.firecracker import (FIRECRACKER_BOOT_ARGS, FIRECRACKER_MAC, FIRECRACKER_TAP,
                                         check_firecracker_config, firecracker_config)
@@ -130,7 +131,7 @@ def _boot_result(recipe, pointer: dict, image: Path) -> records.BootResult:
     if not result.passed:
         raise TailorError(f"release of {recipe.name} refused: its boot test did not pass "
                           f"({result.reason or 'no reason recorded'}); fix it and run `doit boot:{recipe.name}`")
-    kernel = Path(pointer["bzImage"])
+    kernel, _ = kernel_file(pointer)  # the file the boot test booted (the vmlinux by PVH when it has it)
     if result.kernel != str(kernel) or result.image != str(image):
         raise TailorError(f"release of {recipe.name} refused: its boot result is for another kernel or image; "
                           f"run `doit boot:{recipe.name}`")
@@ -282,6 +283,8 @@ def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, ro
             "accel": result.accel,
             "time_to_init_s": result.time_to_init_s,
             "time_to_ready_s": result.time_to_ready_s,
+            "boot_method": result.boot_method,
+            "entropy_before_app": result.entropy_before_app,
             "probe": result.probe.get("type"),
             "detail": result.probe.get("detail"),
             "memory_mib": result.memory,
