@@ -34,16 +34,17 @@ from tailor.paths import report_dir
 from tailor.templates import render
 from tailor.util import PROJECT, read_json, write_atomic
 
-KINDS = ("size", "boot", "memory", "throughput", "pipeline")
+KINDS = ("size", "boot", "initcalls", "memory", "throughput", "pipeline")
 BASELINE_ORDER = ("microvm", "firecracker", "kata")
 """The baselines' columns, in this order, in every table that has data for them (kata beside firecracker)."""
-TARGET_BASELINES = ("firecracker", "microvm")
-"""The baseline the targets are measured against: Firecracker's config when it was measured, else microvm."""
+TARGET_BASELINES = ("firecracker", "kata")
+"""The baselines a target is measured against unless it names its own (``against``): one verdict each."""
 VARIANT_ORDER = ("specific", "general") + BASELINE_ORDER
 BENCH_HINT = {
     "size": "doit bench:size (or python benchmarks/size.py)",
     "syscalls": "doit bench:size (or python benchmarks/size.py)",
     "boot": "doit bench:boot (or python benchmarks/boot_time.py)",
+    "initcalls": "doit bench:initcalls (or python benchmarks/initcalls.py)",
     "memory": "doit bench:memory (or python benchmarks/memory.py)",
     "throughput": "doit bench:throughput (or python benchmarks/throughput.py)",
     "pipeline": "python benchmarks/pipeline.py (outside doit)",
@@ -173,8 +174,8 @@ def _result_rows(data: dict) -> tuple[list[dict], list[str], dict[tuple[str, str
     return rows, _baselines_in(rows), _by_app_variant(rows)
 
 
-def _not_measured(kind: str, title: str, intro: str) -> Section:
-    return Section(kind, title, intro, [], [], [], [f"not measured: run {BENCH_HINT[kind]}"], [], False)
+def _not_measured(kind: str, title: str, intro: str, section_id: str | None = None) -> Section:
+    return Section(section_id or kind, title, intro, [], [], [], [f"not measured: run {BENCH_HINT[kind]}"], [], False)
 
 
 def size_sections(data: dict | None) -> list[Section]:
@@ -243,35 +244,97 @@ def _spread_text(s: dict | None) -> str:
 def boot_section(data: dict | None) -> Section:
     intro = ("Host time from starting qemu to the init's first console line (`tailor-init: start`, the "
              "guest's signal) and to the app's ready pattern, with `quiet` on every kernel's command line; "
-             "median of N boots with min–max.")
+             "median of N boots with min–max. Each kernel is booted both ways: by PVH (qemu loads the ELF "
+             "vmlinux and enters it directly, as Firecracker does; the default boot) and from the bzImage "
+             "(setup code and decompressor first). Ratios compare the same boot method.")
     if not data:
         return _not_measured("boot", "Boot time", intro)
     rows_in, order, idx = _result_rows(data)
-    head = ["app", "kernel", "to init (median)", "min–max"] + [f"× {b}" for b in order] + \
+    head = ["app", "kernel", "boot", "to init (median)", "min–max"] + [f"× {b}" for b in order] + \
            ["to ready (median)", "min–max"] + [f"× {b}" for b in order]
     rows, missing, items = [], [], []
     for r in rows_in:
         if r.get("missing"):
             missing.append(f"{r['app']} on {r['variant']}: {r['missing']}")
             continue
-        init, ready = r["init_s"], r["ready_s"]
-        row = [r["app"], r["label"], fmt_s(init["median"]), _spread_text(init)]
-        row += [fmt_ratio(ratio(init["median"], _median(idx.get((r["app"], b)), "init_s"))) for b in order]
-        row += [fmt_s(ready["median"]), _spread_text(ready)]
-        row += [fmt_ratio(ratio(ready["median"], _median(idx.get((r["app"], b)), "ready_s"))) for b in order]
-        rows.append(row)
-        if r.get("errors"):
-            missing.append(f"{r['app']} on {r['variant']}: {len(r['errors'])} failed boot(s): {r['errors'][0]}")
-        items.append((f"{r['app']} · {r['label']}", init["median"], fmt_s(init["median"]), r["variant"]))
-    notes = [f"{data['runs']} boots per kernel, accelerator: {', '.join(data.get('accel_used') or ['?'])}"]
+        for method, m in _methods(r).items():
+            init, ready = m["init_s"], m["ready_s"]
+            bases = {b: _methods(idx.get((r["app"], b))).get(method) for b in order}
+            row = [r["app"], r["label"], method, fmt_s(init["median"]), _spread_text(init)]
+            row += [fmt_ratio(ratio(init["median"], _median(bases[b], "init_s"))) for b in order]
+            row += [fmt_s(ready["median"]), _spread_text(ready)]
+            row += [fmt_ratio(ratio(ready["median"], _median(bases[b], "ready_s"))) for b in order]
+            rows.append(row)
+            if m.get("errors"):
+                missing.append(f"{r['app']} on {r['variant']} ({method}): {len(m['errors'])} failed boot(s): "
+                               f"{m['errors'][0]}")
+            items.append((f"{r['app']} · {r['label']} · {method}", init["median"], fmt_s(init["median"]),
+                          r["variant"]))
+    notes = [f"{data['runs']} boots per kernel and boot method, accelerator: "
+             f"{', '.join(data.get('accel_used') or ['?'])}"]
     c = chart("boot to init (median)", "s", items)
     return Section("boot", "Boot time", intro, head, rows, [c] if c else [], missing, notes, True)
+
+
+def _methods(row: dict | None) -> dict[str, dict]:
+    """A boot row's figures by boot method (a row stored before PVH boots was measured from its bzImage)."""
+    if not row or row.get("missing"):
+        return {}
+    if "methods" in row:
+        return row["methods"]
+    return {"bzimage": {k: row[k] for k in ("init_s", "ready_s", "errors") if k in row}}
 
 
 def _median(row: dict | None, key: str) -> float | None:
     if not row or row.get("missing") or not row.get(key):
         return None
     return row[key].get("median")
+
+
+def initcalls_section(data: dict | None) -> Section:
+    intro = ("Where boot time goes: one boot of hello per kernel with `initcall_debug loglevel=8`; the kernel "
+             "times every initcall it runs (its own clock, coarse early in boot) and each is named from the "
+             "kernel's System.map. These boots print far more than a measured boot, so only the initcall "
+             "figures count here. The second table lists the baseline's most expensive initcalls and what "
+             "lupine-base does with each.")
+    if not data:
+        return _not_measured("initcalls", "Where boot time goes: initcalls", intro)
+    rows_in, order, idx = _result_rows(data)
+    top = data.get("top", 5)
+    head = ["kernel", "initcalls run", "their time"] + [f"#{n + 1}" for n in range(top)]
+    rows, missing, items = [], [], []
+    for r in rows_in:
+        if r.get("missing") or r.get("error"):
+            missing.append(f"{r['app']} on {r['variant']}: {r.get('missing') or r.get('error')}")
+            continue
+        cells = [f"{t['fn']} {t['usecs'] / 1000:.0f} ms" for t in r["top"]]
+        rows.append([r["label"], str(r["count"]), f"{r['total_us'] / 1000:.0f} ms"] + cells
+                    + ["–"] * (top - len(cells)))
+        items.append((r["label"], r["total_us"] / 1000, f"{r['total_us'] / 1000:.0f} ms", r["variant"]))
+    notes = []
+    mine = idx.get(("hello", "specific"))
+    for b in order:
+        base = idx.get(("hello", b))
+        if not mine or mine.get("error") or not base or base.get("error"):
+            continue
+        from_base = dropped(base, mine)
+        spent = sum(d["usecs"] for d in from_base if d["kernel_usecs"] is None)
+        notes.append(f"{b}'s {len(from_base)} most expensive initcalls, and lupine-base: "
+                     + "; ".join(f"{d['fn']} {d['usecs'] / 1000:.0f} ms -> "
+                                 + ("not run" if d["kernel_usecs"] is None else f"{d['kernel_usecs'] / 1000:.0f} ms")
+                                 for d in from_base)
+                     + f" (lupine-base drops {spent / 1000:.0f} ms of them by not having the code)")
+    c = chart("time in initcalls", "ms", items)
+    return Section("initcalls", "Where boot time goes: initcalls", intro, head, rows, [c] if c else [], missing,
+                   notes, True)
+
+
+def dropped(baseline: dict, kernel: dict, n: int = 10) -> list[dict]:
+    """The *n* most expensive initcalls of *baseline*'s row and what *kernel*'s row does with each:
+    ``{"fn", "usecs", "kernel_usecs"}`` with ``kernel_usecs`` None when the kernel does not run it."""
+    mine = kernel.get("all") or {}
+    ranked = sorted((baseline.get("all") or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return [{"fn": fn, "usecs": us, "kernel_usecs": mine.get(fn)} for fn, us in ranked]
 
 
 def memory_section(data: dict | None) -> Section:
@@ -295,6 +358,53 @@ def memory_section(data: dict | None) -> Section:
         items.append((f"{r['app']} · {r['label']}", v, text, r["variant"]))
     c = chart("minimum guest memory", "MiB", items)
     return Section("memory", "Memory footprint", intro, head, rows, [c] if c else [], missing, [], True)
+
+
+BREAKDOWN_PARTS = (("kernel_image", "kernel image"), ("kernel_init", "kernel init (freed)"),
+                   ("reserved_other", "other reserved"), ("initramfs_archive", "initramfs archive"),
+                   ("unpacked_tree", "unpacked tree"), ("rest", "app and the rest"))
+SLOWER_OK = 1.05
+"""A root format counts as not slowing boot when its time to ready is at most this ratio of the other's."""
+
+
+def memory_breakdown_section(data: dict | None) -> Section:
+    intro = ("What each app's minimum memory (on its own kernel) is made of, in MiB: the kernel image (code, "
+             "data, bss) and init sections from the kernel's `Memory:` boot line; the rest of what it reserves "
+             "(page structures, firmware areas); the initramfs archive (held until unpacked) and the tree "
+             "unpacked from it (kept in page cache); and the rest (the app, page tables, slab, free reserve). "
+             "Beside it, the same tree as an ext2 root on virtio-blk (read page by page, no copy), measured the "
+             "same way, with the time to ready of both roots at the recipe's memory.")
+    title = "What the minimum memory is made of"
+    if not data:
+        return _not_measured("memory", title, intro, "memory-breakdown")
+    alts = {(a["app"], a["variant"]): a for a in data.get("alternatives", [])}
+    head = ["app", "root", "min memory"] + [label for _, label in BREAKDOWN_PARTS] + ["to ready (median)"]
+    rows, missing, notes = [], [], []
+    for r in sorted(data["results"], key=_row_order):
+        if r.get("variant") != "specific" or r.get("missing") or "breakdown" not in r:
+            continue
+        alt = alts.get((r["app"], r["variant"]))
+        entries = [(r.get("root", "cpio"), r["min_mib"], r["breakdown"], alt.get("own_ready_s") if alt else None)]
+        if alt and not alt.get("error"):
+            entries.append((alt["root"], alt.get("min_mib"), alt.get("breakdown") or {}, alt.get("ready_s")))
+        elif alt:
+            missing.append(f"{r['app']} on {alt['root']}: {alt['error']}")
+        for root, mib, bd, ready in entries:
+            if bd.get("error"):
+                missing.append(f"{r['app']} ({root}) breakdown: {bd['error']}")
+            parts = bd.get("parts") or {}
+            rows.append([r["app"], root, f"{mib} MiB" if mib is not None else "–"]
+                        + [f"{parts[k] / 1024:.1f}" if k in parts else "–" for k, _ in BREAKDOWN_PARTS]
+                        + [fmt_s(ready)])
+        if alt and not alt.get("error") and alt.get("min_mib") is not None and alt.get("ready_s") is not None \
+                and alt.get("own_ready_s") is not None:
+            smaller = alt["min_mib"] < r["min_mib"]
+            slower = alt["ready_s"] > alt["own_ready_s"] * SLOWER_OK
+            pick = alt["root"] if smaller and not slower else r.get("root", "cpio")
+            notes.append(f"{r['app']}: {alt['root']} needs {alt['min_mib']} MiB against {r['min_mib']} MiB and is "
+                         f"ready in {alt['ready_s']:.3f} s against {alt['own_ready_s']:.3f} s; smallest floor "
+                         f"without slowing boot (at most {SLOWER_OK:g}x): {pick}")
+    return Section("memory-breakdown", title, intro, head, rows, [], missing, notes, True)
 
 
 def throughput_section(data: dict | None) -> Section:
@@ -372,7 +482,8 @@ def pipeline_section(data: dict | None) -> Section:
 
 @dataclass(frozen=True)
 class Target:
-    """One goal: ``metric`` of ``subject`` compared with ``limit`` (``<=`` or ``>=``)."""
+    """One goal: ``metric`` of ``subject`` compared with ``limit`` (``<=`` or ``>=``), as a ratio to each
+    baseline of ``against`` (or, ``absolute``, as the figure itself)."""
 
     id: str
     what: str
@@ -384,9 +495,11 @@ class Target:
     gap: str
     accel: str | None = None
     absolute: bool = False
+    against: tuple[str, ...] = TARGET_BASELINES
 
 
 TARGETS_FILE = Path(__file__).with_name("targets.yaml")
+TARGET_METRICS = ("size", "syscalls", "boot", "ready", "memory", "throughput", "noop")
 
 
 def load_targets(path: Path = TARGETS_FILE) -> tuple[Target, ...]:
@@ -397,6 +510,15 @@ def load_targets(path: Path = TARGETS_FILE) -> tuple[Target, ...]:
         unknown = set(row) - names
         if unknown:
             raise TailorError(f"{path}: target {n + 1}: unknown key(s) {', '.join(sorted(unknown))}")
+        if row.get("metric") not in TARGET_METRICS:
+            raise TailorError(f"{path}: target {n + 1}: metric {row.get('metric')!r}; use one of "
+                              f"{', '.join(TARGET_METRICS)}")
+        if "against" in row:
+            against = row["against"]
+            if not isinstance(against, list) or not all(b in BASELINE_ORDER for b in against):
+                raise TailorError(f"{path}: target {n + 1}: against {against!r}; use a list of "
+                                  f"{', '.join(BASELINE_ORDER)}")
+            row = dict(row, against=tuple(against))
         targets.append(Target(**row))
     return tuple(targets)
 
@@ -412,35 +534,35 @@ def _kernel_of(size: dict, app: str, variant: str) -> dict | None:
     return None
 
 
-def _target_values(t: Target, results: dict[str, dict]) -> tuple[float | None, float | None, str, str]:
-    """(value, baseline value, value text, baseline name) of a target, from the stored results."""
+def _target_values(t: Target, results: dict[str, dict], against: str) -> tuple[float | None, float | None, str]:
+    """(value, value of baseline *against*, value text) of a target, from the stored results; the
+    value text is ``n/a`` when the target's accelerator was not used."""
     if t.metric in ("size", "syscalls"):
         size = results.get("size")
         if not size:
-            return None, None, "", ""
+            return None, None, ""
         k = _kernel_of(size, t.app, t.variant)
         pick = (lambda x: x["bzImage"]) if t.metric == "size" else (lambda x: x["syscalls"]["real"])
         show = fmt_mb if t.metric == "size" else str
-        for b in TARGET_BASELINES:
-            base = _kernel_of(size, t.app, b)
-            if base:
-                return (pick(k) if k else None), pick(base), (show(pick(k)) if k else ""), b
-        return (pick(k) if k else None), None, (show(pick(k)) if k else ""), ""
+        base = _kernel_of(size, t.app, against)
+        return (pick(k) if k else None), (pick(base) if base else None), (show(pick(k)) if k else "")
     if t.metric == "noop":
         p = results.get("pipeline")
         if not p or p.get("app") != t.app:
-            return None, None, "", ""
+            return None, None, ""
         d, k = p["noop"]["doit_s"]["median"], p["noop"]["kbuild_s"]["median"]
-        return d, (None if t.absolute else k), fmt_s(d), "" if t.absolute else "kbuild no-op"
-    data = results.get(t.metric)
+        return d, k, fmt_s(d)
+    kind = "boot" if t.metric == "ready" else t.metric
+    data = results.get(kind)
     if not data:
-        return None, None, "", ""
-    if t.accel and t.metric == "boot" and t.accel not in (data.get("accel_used") or []):
-        return None, None, "n/a", ""
+        return None, None, ""
+    if t.accel and kind == "boot" and t.accel not in (data.get("accel_used") or []):
+        return None, None, "n/a"
     idx = _by_app_variant(data["results"])
-    if t.metric == "boot":
-        get, show = (lambda r: _median(r, "init_s")), fmt_s
-    elif t.metric == "memory":
+    if kind == "boot":
+        key = "init_s" if t.metric == "boot" else "ready_s"
+        get, show = (lambda r: _median(r, key)), fmt_s
+    elif kind == "memory":
         get, show = (lambda r: r.get("min_mib") if r and not r.get("missing") else None), (lambda v: f"{v} MiB")
     else:
         def get(r):
@@ -449,40 +571,44 @@ def _target_values(t: Target, results: dict[str, dict]) -> tuple[float | None, f
             return min(s["median"] for s in r["tests"].values())
         show = fmt_num
     value = get(idx.get((t.app, t.variant)))
-    for b in TARGET_BASELINES:
-        row = idx.get((t.app, b))
-        if t.metric == "throughput" and row and row.get("tests"):
-            # per-test ratios: the target holds when the worst test meets it
-            mine = (idx.get((t.app, t.variant)) or {}).get("tests") or {}
-            ratios = [s["median"] / row["tests"][n]["median"] for n, s in mine.items() if n in row["tests"]]
-            if ratios:
-                return min(ratios), 1.0, " / ".join(f"{n} {fmt_num(s['median'])}" for n, s in sorted(mine.items())), b
-        base = get(row)
-        if base is not None:
-            return value, base, (show(value) if value is not None else ""), b
-    return value, None, (show(value) if value is not None else ""), ""
+    row = idx.get((t.app, against))
+    if t.metric == "throughput" and row and row.get("tests"):
+        # per-test ratios: the target holds when the worst test meets it
+        mine = (idx.get((t.app, t.variant)) or {}).get("tests") or {}
+        ratios = [s["median"] / row["tests"][n]["median"] for n, s in mine.items() if n in row["tests"]]
+        if ratios:
+            return min(ratios), 1.0, " / ".join(f"{n} {fmt_num(s['median'])}" for n, s in sorted(mine.items()))
+    return value, get(row), (show(value) if value is not None else "")
 
 
 def evaluate_targets(results: dict[str, dict]) -> list[dict]:
-    """Each target with its value, ratio, verdict (met, missed, not measured, n/a) and gap note."""
+    """Each target against each of its baselines (an absolute one once): its value, ratio, verdict
+    (met, missed, not measured, n/a) and gap note."""
     out = []
     for t in TARGETS:
-        value, base, text, against = _target_values(t, results)
-        r = value if t.absolute else ratio(value, base)
-        if text == "n/a":
-            verdict, text = "n/a", f"not measured under {t.accel.upper()} here"
-        elif r is None:
-            verdict = "not measured"
+        if t.absolute:
+            todo = [""]
+        elif t.metric == "noop":
+            todo = ["kbuild no-op"]
         else:
-            met = r <= t.limit if t.op == "<=" else r >= t.limit
-            verdict = "met" if met else "missed"
-        out.append({
-            "id": t.id, "what": t.what, "value": text or "–",
-            "ratio": (fmt_s(r) if t.absolute else f"{r:.3f}x") if r is not None else "–",
-            "limit": f"{t.op} {t.limit:g} s" if t.absolute else f"{t.op} {t.limit:g}x",
-            "against": against or "–", "verdict": verdict,
-            "gap": t.gap if verdict == "missed" else "",
-        })
+            todo = list(t.against)
+        for against in todo:
+            value, base, text = _target_values(t, results, against if against in BASELINE_ORDER else "")
+            r = value if t.absolute else ratio(value, base)
+            if text == "n/a":
+                verdict, text = "n/a", f"not measured under {t.accel.upper()} here"
+            elif r is None:
+                verdict = "not measured"
+            else:
+                met = r <= t.limit if t.op == "<=" else r >= t.limit
+                verdict = "met" if met else "missed"
+            out.append({
+                "id": t.id, "what": t.what, "value": text or "–",
+                "ratio": (fmt_s(r) if t.absolute else f"{r:.3f}x") if r is not None else "–",
+                "limit": f"{t.op} {t.limit:g} s" if t.absolute else f"{t.op} {t.limit:g}x",
+                "against": against or "–", "verdict": verdict,
+                "gap": t.gap if verdict == "missed" else "",
+            })
     return out
 
 
@@ -504,7 +630,8 @@ def target_lines(results: dict[str, dict], metrics: tuple[str, ...]) -> list[str
 
 def sections(results: dict[str, dict]) -> list[Section]:
     return (size_sections(results.get("size")) + [boot_section(results.get("boot")),
-            memory_section(results.get("memory")), throughput_section(results.get("throughput")),
+            initcalls_section(results.get("initcalls")), memory_section(results.get("memory")),
+            memory_breakdown_section(results.get("memory")), throughput_section(results.get("throughput")),
             pipeline_section(results.get("pipeline"))])
 
 

@@ -8,6 +8,9 @@ Every measurement reads what the pipeline already built (kernels under
   enabled options and the system calls compiled in (:func:`count_syscalls`);
 * :mod:`~tailor.measure.boot_time` -> ``boot.json``: time to init and to
   ready over N boots (median, min, max);
+* :mod:`~tailor.measure.initcalls` -> ``initcalls.json``: one ``initcall_debug`` boot per
+  kernel, its initcalls named from System.map, the most expensive ones and what the baseline
+  runs that lupine-base does not;
 * :mod:`~tailor.measure.memory` -> ``memory.json``: the smallest guest memory
   with which the boot test still passes (:func:`bisect_min`);
 * :mod:`~tailor.measure.throughput` -> ``throughput.json``: redis-benchmark
@@ -33,6 +36,7 @@ from tailor.bench import (REPORT_APPS, Variant, bench_dir, bench_path, condition
 from tailor.errors import TailorError
 from tailor.measure.boot_time import (BOOT_RUNS, MARKER, MEASURE_CMDLINE, boot_once, console_times,
                                       measure_boot, measured_recipe)
+from tailor.measure.initcalls import INITCALL_CMDLINE, measure_initcalls, parse_initcalls, summarise, symbolise
 from tailor.measure.memory import MEMORY_RANGE, bisect_min, measure_memory
 from tailor.measure.pipeline import doit_noop_ran_nothing, measure_clean, measure_pipeline, wait_for_doit
 from tailor.measure.size import XZ_FLAGS, count_syscalls, measure_size, xz_estimate
@@ -41,19 +45,21 @@ from tailor.measure.throughput import (HTTP_BENCH, REDIS_BENCH, STALL_MS, clean_
 
 __all__ = ["REPORT_APPS", "Variant", "bench_dir", "bench_path", "conditions", "kernel_label", "load_apps",
            "spread", "variants", "BOOT_RUNS", "MARKER", "MEASURE_CMDLINE", "boot_once", "console_times",
-           "measure_boot", "measured_recipe", "MEMORY_RANGE", "bisect_min", "measure_memory",
+           "measure_boot", "measured_recipe", "INITCALL_CMDLINE", "measure_initcalls", "parse_initcalls",
+           "summarise", "symbolise", "MEMORY_RANGE", "bisect_min", "measure_memory",
            "doit_noop_ran_nothing", "measure_clean", "measure_pipeline", "wait_for_doit", "XZ_FLAGS",
            "count_syscalls", "measure_size", "xz_estimate", "HTTP_BENCH", "REDIS_BENCH", "STALL_MS",
            "clean_spread", "measure_throughput", "parse_ab", "parse_redis_csv", "run_load", "running_vm",
            "SUMMARY", "MEASUREMENTS", "run", "tasks"]
 
-MEASUREMENTS = {"size": measure_size, "boot": measure_boot, "memory": measure_memory,
+MEASUREMENTS = {"size": measure_size, "boot": measure_boot, "initcalls": measure_initcalls, "memory": measure_memory,
                 "throughput": measure_throughput, "pipeline": measure_pipeline}
 """Each measurement's kind and the function that takes it."""
 
 SUMMARY = {
     "size": (("size", "syscalls"), ("size", "syscalls")),
-    "boot": (("boot",), ("boot",)),
+    "boot": (("boot",), ("boot", "ready")),
+    "initcalls": (("initcalls",), ()),
     "memory": (("memory",), ("memory",)),
     "throughput": (("throughput",), ("throughput",)),
     "pipeline": (("pipeline",), ("noop",)),
@@ -62,7 +68,7 @@ SUMMARY = {
 
 
 def run(kind: str, **options) -> dict:
-    """Run the measurement *kind* (size, boot, memory, throughput, pipeline), store its JSON and
+    """Run the measurement *kind* (size, boot, initcalls, memory, throughput, pipeline), store its JSON and
     print its figures with their ratios and targets."""
     fn = MEASUREMENTS.get(kind)
     if fn is None:
@@ -83,6 +89,7 @@ def tasks(action):
     docs = {
         "size": "kernel sizes, enabled options and system calls of every built kernel (seconds)",
         "boot": f"boot time to init and ready, {BOOT_RUNS} boots per app and kernel (minutes under TCG)",
+        "initcalls": "one initcall_debug boot per kernel: where boot time goes (a minute)",
         "memory": "smallest guest memory that passes the boot test, by bisection (minutes)",
         "throughput": "redis-benchmark / ab against each kernel and the baseline, alternately (minutes)",
     }

@@ -8,6 +8,11 @@ which lupine-base does not have, so the serial marker is the signal. Every
 kernel boots with ``quiet`` added to its command line (:data:`MEASURE_CMDLINE`)
 so that console speed, not kernel log volume, does not decide the result.
 :func:`boot_once` is one such boot test (the memory bisection uses it too).
+
+Each kernel is booted both ways qemu can start it (:data:`tailor.qemu.BOOT_METHODS`): by PVH
+(the ELF vmlinux, no decompressor; the default boot of tests and benchmarks, and Firecracker's)
+when its config has ``CONFIG_PVH=y``, and from its bzImage. A row's ``init_s``/``ready_s``
+are those of its default method (``boot``); ``methods`` holds every method's figures.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from tailor import boot
+from tailor import boot, qemu
 from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, spread, variants
 from tailor.errors import TailorError
 from tailor.recipe import Recipe
@@ -54,11 +59,13 @@ def measured_recipe(recipe: Recipe, memory: int | None = None, timeout: int | No
 
 
 def boot_once(v: Variant, outdir: Path, memory: int | None = None, timeout: int | None = None,
-              accel: str | None = None) -> dict:
-    """One measured boot test of *v*; returns ``{"pass", "init_s", "ready_s", "accel", "reason"}``."""
+              accel: str | None = None, method: str | None = None) -> dict:
+    """One measured boot test of *v* (by *method*, default :func:`tailor.qemu.kernel_file`'s);
+    returns ``{"pass", "init_s", "ready_s", "accel", "reason"}``."""
     recipe = measured_recipe(v.recipe, memory, timeout)
+    kernel, _ = qemu.kernel_file(v.kernel, method)
     try:
-        result = boot.run(recipe, Path(v.kernel["bzImage"]), v.image, outdir, accel=accel)
+        result = boot.run(recipe, kernel, v.image, outdir, accel=accel)
         ok, reason = True, ""
     except TailorError as e:
         ok, reason = False, str(e).splitlines()[0]
@@ -72,27 +79,34 @@ def boot_once(v: Variant, outdir: Path, memory: int | None = None, timeout: int 
             "accel": result.get("accel"), "reason": reason}
 
 
+def methods_of(v: Variant) -> list[str]:
+    """The boot methods *v*'s kernel supports, its default first (``pvh`` only with CONFIG_PVH=y)."""
+    default = qemu.kernel_file(v.kernel)[1]
+    return [default] + [m for m in qemu.BOOT_METHODS if m != default and m != "pvh"]
+
+
 def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = None,
                  accel: str | None = None, log: Callable[[str], None] = say) -> dict:
-    """Boot every variant *runs* times, interleaved (variant A, B, C, A, B, C, ...); writes ``boot.json``."""
-    todo = [v for v in variants(apps) if not v.missing]
-    samples: dict[str, dict] = {v.key: {"init": [], "ready": [], "errors": []} for v in todo}
+    """Boot every variant *runs* times by each of its boot methods, interleaved (variant A by PVH,
+    A from bzImage, B by PVH, ..., then again); writes ``boot.json``."""
+    todo = [(v, m) for v in variants(apps) if not v.missing for m in methods_of(v)]
+    samples: dict[tuple[str, str], dict] = {(v.key, m): {"init": [], "ready": [], "errors": []} for v, m in todo}
     accel_seen = set()
     for i in range(runs):
-        for v in todo:
-            if samples[v.key]["errors"]:
+        for v, m in todo:
+            s = samples[(v.key, m)]
+            if s["errors"]:
                 continue  # a kernel that failed once is not booted again (a failure costs the whole timeout)
-            outdir = bench_dir() / "boot" / v.app / v.variant
-            r = boot_once(v, outdir, accel=accel)
+            outdir = bench_dir() / "boot" / v.app / v.variant / m
+            r = boot_once(v, outdir, accel=accel, method=m)
             accel_seen.add(r["accel"])
-            s = samples[v.key]
             if r["pass"] and r["init_s"] is not None:
                 s["init"].append(r["init_s"])
                 if r["ready_s"] is not None:
                     s["ready"].append(r["ready_s"])
             else:
                 s["errors"].append(r["reason"] or "init marker not seen")
-            log(f"boot {v.key} run {i + 1}/{runs}: "
+            log(f"boot {v.key} ({m}) run {i + 1}/{runs}: "
                 + (f"init {r['init_s']:.3f} s, ready {r['ready_s']} s" if r["pass"] and r["init_s"] is not None
                    else f"FAILED: {s['errors'][-1]}"))
     results = []
@@ -101,8 +115,12 @@ def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = N
         if v.missing:
             row["missing"] = v.missing
         else:
-            s = samples[v.key]
-            row.update({"init_s": spread(s["init"]), "ready_s": spread(s["ready"]), "errors": s["errors"]})
+            methods = {}
+            for m in methods_of(v):
+                s = samples[(v.key, m)]
+                methods[m] = {"init_s": spread(s["init"]), "ready_s": spread(s["ready"]), "errors": s["errors"]}
+            default = methods_of(v)[0]
+            row.update({"boot": default, "methods": methods, **methods[default]})
         results.append(row)
     data = {"kind": "boot", "conditions": conditions(accel), "runs": runs, "cmdline_extra": MEASURE_CMDLINE,
             "marker": MARKER, "accel_used": sorted(a for a in accel_seen if a), "results": results}

@@ -90,7 +90,7 @@ def running_vm(v: Variant, accel: str | None = None, memory: int | None = None) 
     name = f"tailor-bench-{v.app}-{v.variant}-{os.getpid()}"
 
     def command(chosen: str, port: int | None) -> list[str]:
-        return qemu.qemu_command(v.kernel["bzImage"], v.image, recipe.rootfs.format, memory or recipe.test.memory,
+        return qemu.qemu_command(qemu.kernel_file(v.kernel)[0], v.image, recipe.rootfs.format, memory or recipe.test.memory,
                                  recipe.kernel.cmdline, chosen, [(port, probe.port)], True, name=name)
 
     def ready(vm: qemu.VM, port: int | None) -> str:
