@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tailor.cpio import Entry, device_entry, entries_from_tree, write_archive  # noqa: E402
+from tailor.cpio import Entry, data_size, device_entry, entries_from_tree, write_archive  # noqa: E402
 from tailor.errors import TailorError  # noqa: E402
 
 FIELDS = ("ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor",
@@ -242,3 +242,14 @@ def test_duplicate_paths_rejected(tmp_path):
     with pytest.raises(TailorError, match="x: appears twice"):
         write_archive(archive, [entry, entry])
     assert os.listdir(tmp_path) == []
+
+
+def test_data_size_counts_members_and_their_bytes(tmp_path):
+    path = tmp_path / "a.cpio"
+    write_archive(path, [Entry("bin", stat.S_IFDIR | 0o755), Entry("bin/a", stat.S_IFREG | 0o755, data=b"x" * 5),
+                         Entry("b", stat.S_IFREG | 0o644, data=b"y" * 4099), device_entry("console", 5, 1)])
+    assert data_size(path) == (4, 5 + 4099)
+    cut = tmp_path / "cut.cpio"
+    cut.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(TailorError, match="cut.cpio: not a newc cpio archive"):
+        data_size(cut)

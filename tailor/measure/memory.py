@@ -3,15 +3,30 @@
 :func:`measure_memory` finds, for every variant, the smallest guest memory
 (MiB) with which the app's whole boot test (probe included) still passes, by
 bisection (:func:`bisect_min`) between :data:`MEMORY_RANGE`'s bounds.
+
+For each app's own kernel it then says what that minimum is made of
+(:func:`breakdown`): the kernel's own parts as its ``Memory:`` boot line gives them
+(code, rwdata, rodata, init, bss; "reserved" also holds the page structures and
+firmware areas), the initramfs archive as loaded (held until it is unpacked) and the
+tree unpacked from it (kept in page cache for the VM's life), and the rest (the app,
+page tables, slab, what the kernel keeps free). And it measures the alternative root
+(:data:`ALTERNATIVES`): the same tree as an ext2 image on virtio-blk, which the kernel
+reads page by page instead of holding a copy, with its own minimum and time to ready.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import statistics
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
-from tailor.bench import bench_dir, bench_path, conditions, result_row, say, variants
+from tailor import boot, cpio, qemu, rootfs
+from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, variants
+from tailor.errors import TailorError
 from tailor.measure.boot_time import MEASURE_CMDLINE, boot_once
 from tailor.recipe import Recipe
 from tailor.util import write_json
@@ -20,6 +35,39 @@ MEMORY_RANGE = (8, 256)
 """Bisection bounds in MiB: the low end is assumed to fail, the high end must pass."""
 MEMORY_TIMEOUT_S = 60
 """Timeout of each boot test during the memory bisection (a starved guest may hang)."""
+ALTERNATIVES = ("ext2",)
+"""Root filesystem formats measured beside each app's own (cpio) for its specific kernel."""
+READY_RUNS = 3
+"""Boots per root format for the time to ready that goes with an alternative's minimum."""
+
+_MEMORY_LINE = re.compile(r"Memory: (\d+)K/(\d+)K available \((\d+)K kernel code, (\d+)K rwdata, (\d+)K rodata, "
+                          r"(\d+)K init, (\d+)K bss, (\d+)K reserved")
+
+
+def parse_memory_line(console: str) -> dict | None:
+    """The kernel's ``Memory: ...K/...K available (...)`` boot line as KiB figures, or None."""
+    m = _MEMORY_LINE.search(console)
+    if not m:
+        return None
+    keys = ("available", "total", "code", "rwdata", "rodata", "init", "bss", "reserved")
+    return dict(zip(keys, (int(g) for g in m.groups())))
+
+
+def breakdown(memory_line: dict, min_mib: int, archive_bytes: int, unpacked_bytes: int) -> dict:
+    """What *min_mib* MiB are made of, in KiB: the kernel image (code, rwdata, rodata, bss), its init
+    sections (freed after boot), the rest of "reserved" (page structures, firmware, the kernel's early
+    allocations), the archive (held until unpacked), the unpacked tree, and the rest (the app, page
+    tables, slab, free reserve). The archive and the tree are both held while it unpacks."""
+    kib = lambda n: -(-n // 1024)  # noqa: E731 (bytes to KiB, rounded up)
+    image = sum(memory_line[k] for k in ("code", "rwdata", "rodata", "bss"))
+    archive = kib(archive_bytes)
+    # "reserved" counts the kernel image, its init sections and the initrd (memblock-reserved until
+    # it is unpacked and freed), besides the page structures and firmware areas
+    parts = {"kernel_image": image, "kernel_init": memory_line["init"],
+             "reserved_other": max(0, memory_line["reserved"] - image - memory_line["init"] - archive),
+             "initramfs_archive": archive, "unpacked_tree": kib(unpacked_bytes)}
+    parts["rest"] = min_mib * 1024 - sum(parts.values())
+    return parts
 
 
 def bisect_min(passes: Callable[[int], bool], lo: int, hi: int) -> tuple[int | None, dict[int, bool]]:
@@ -49,33 +97,100 @@ def quiet_stderr():
 
 def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY_RANGE[0],
                    hi: int = MEMORY_RANGE[1], accel: str | None = None,
-                   log: Callable[[str], None] = say) -> dict:
-    """Bisect each variant's smallest passing guest memory in MiB; writes ``memory.json``."""
-    results = []
+                   log: Callable[[str], None] = say, alternatives: bool = True) -> dict:
+    """Bisect each variant's smallest passing guest memory in MiB; for each app's own kernel, break
+    that minimum down and (with *alternatives*) measure the other root formats; writes ``memory.json``."""
+    results, extra = [], []
     for v in variants(apps):
         row = result_row(v)
         if v.missing:
             row["missing"] = v.missing
             results.append(row)
             continue
-        outdir = bench_dir() / "memory" / v.app / v.variant
-
-        def passes(mib: int, v=v, outdir=outdir) -> bool:
-            saved = sys.stderr
-            sys.stderr = quiet_stderr()
-            try:
-                r = boot_once(v, outdir, memory=mib, timeout=min(MEMORY_TIMEOUT_S, v.recipe.test.timeout),
-                              accel=accel)
-            finally:
-                sys.stderr.close()
-                sys.stderr = saved
-            log(f"memory {v.key} {mib} MiB: {'pass' if r['pass'] else 'fail: ' + r['reason']}")
-            return r["pass"]
-
-        found, tried = bisect_min(passes, lo, hi)
+        found, tried = bisect_min(_passes(v, bench_dir() / "memory" / v.app / v.variant, accel, log), lo, hi)
         row.update({"min_mib": found, "tried": {str(k): tried[k] for k in sorted(tried)}, "range": [lo, hi]})
+        if v.variant == "specific" and found is not None:
+            row["root"] = v.recipe.rootfs.format
+            row["breakdown"] = _breakdown_of(v, found, accel)
+            if alternatives:
+                extra += _alternatives(v, found, lo, hi, accel, log)
         results.append(row)
     data = {"kind": "memory", "conditions": conditions(accel), "cmdline_extra": MEASURE_CMDLINE,
-            "results": results}
+            "results": results, "alternatives": extra}
     write_json(bench_path("memory"), data)
     return data
+
+
+def _passes(v: Variant, outdir: Path, accel: str | None, log: Callable[[str], None]) -> Callable[[int], bool]:
+    """A bisection oracle: does *v*'s boot test pass with *mib* MiB (its failure tail silenced)?"""
+    def passes(mib: int) -> bool:
+        saved = sys.stderr
+        sys.stderr = quiet_stderr()
+        try:
+            r = boot_once(v, outdir, memory=mib, timeout=min(MEMORY_TIMEOUT_S, v.recipe.test.timeout), accel=accel)
+        finally:
+            sys.stderr.close()
+            sys.stderr = saved
+        log(f"memory {v.key} ({v.recipe.rootfs.format}) {mib} MiB: {'pass' if r['pass'] else 'fail: ' + r['reason']}")
+        return r["pass"]
+    return passes
+
+
+def _breakdown_of(v: Variant, min_mib: int, accel: str | None) -> dict:
+    """:func:`breakdown` of *v* at *min_mib*, from one boot at that size without ``quiet`` (so the
+    ``Memory:`` line shows). For an ext2 root the archive and the tree are 0 (nothing is unpacked)."""
+    outdir = bench_dir() / "memory" / v.app / f"{v.variant}-breakdown"
+    kernel, _ = qemu.kernel_file(v.kernel)
+    recipe = replace(v.recipe, test=replace(v.recipe.test, memory=min_mib))
+    try:
+        boot.run(recipe, kernel, v.image, outdir, accel=accel)
+    except TailorError as e:
+        return {"error": str(e).splitlines()[0]}
+    line = parse_memory_line((outdir / "console.log").read_text(errors="replace"))
+    if line is None:
+        return {"error": "no 'Memory:' line on the console"}
+    if v.recipe.rootfs.format == "cpio":
+        archive = v.image.stat().st_size
+        _, unpacked = cpio.data_size(v.image)
+    else:
+        archive = unpacked = 0
+    return {"memory_line": line, "parts": breakdown(line, min_mib, archive, unpacked)}
+
+
+def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None,
+                  log: Callable[[str], None]) -> list[dict]:
+    """*v* (an app on its own kernel) with each root format of :data:`ALTERNATIVES` it does not use:
+    the image built from the same recipe (``out/rootfs/<app>@<format>/``), its minimum memory, its
+    breakdown, and the time to ready of both roots at the recipe's memory (:data:`READY_RUNS` each)."""
+    out = []
+    own = v.recipe.rootfs.format
+    for fmt in ALTERNATIVES:
+        if fmt == own:
+            continue
+        row = {"app": v.app, "variant": v.variant, "root": fmt, "own_root": own, "own_min_mib": cpio_min}
+        other = replace(v.recipe, name=f"{v.recipe.name}@{fmt}", rootfs=replace(v.recipe.rootfs, format=fmt))
+        try:
+            rootfs.build(other)
+        except TailorError as e:
+            row["error"] = f"could not build the {fmt} image: {str(e).splitlines()[0]}"
+            out.append(row)
+            continue
+        alt = replace(v, recipe=other, image=rootfs.image_path(other))
+        found, tried = bisect_min(_passes(alt, bench_dir() / "memory" / v.app / f"{v.variant}-{fmt}", accel, log),
+                                  lo, hi)
+        row.update({"min_mib": found, "tried": {str(k): tried[k] for k in sorted(tried)},
+                    "image_bytes": alt.image.stat().st_size})
+        if found is not None:
+            row["breakdown"] = _breakdown_of(alt, found, accel)
+        for key, each in (("own_ready_s", v), ("ready_s", alt)):
+            times = []
+            for _ in range(READY_RUNS):
+                r = boot_once(each, bench_dir() / "memory" / v.app / f"{v.variant}-ready-{each.recipe.rootfs.format}",
+                              accel=accel)
+                if r["pass"] and r["ready_s"] is not None:
+                    times.append(r["ready_s"])
+            row[key] = statistics.median(times) if times else None
+        log(f"memory {v.key}: {own} {cpio_min} MiB, ready {row['own_ready_s']} s; {fmt} {found} MiB, "
+            f"ready {row['ready_s']} s")
+        out.append(row)
+    return out
