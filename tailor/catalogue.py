@@ -1,7 +1,9 @@
 """The catalogue: every recipe on its own kernel and on the shared general kernel, as a README table.
 
 :func:`rows` collects what the pipeline recorded in out/ (kernel pointers,
-rootfs manifests, boot results) for every recipe and both variants;
+rootfs manifests, boot results) for every recipe and both variants, and the
+boot test of each app on the comparison baseline's kernel (:data:`BASELINE`,
+Firecracker's config) that :func:`boot_on_baseline` records;
 :func:`render_table` renders ``templates/catalogue.md.j2``; :func:`update_readme`
 replaces the part of README.md between the catalogue markers. Lupine's
 per-app option counts are read from ``../shared/reference/lupine-options.yaml``
@@ -15,7 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from tailor import paths
+import sys
+
+from tailor import baseline, boot, paths, qemu, rootfs
+from tailor.errors import TailorError
 from tailor.image import parse_reference
 from tailor.recipe import Recipe, general_variant, with_variants
 from tailor.rootfs import render
@@ -27,6 +32,8 @@ END = "<!-- catalogue:end -->"
 LUPINE_OPTIONS = PROJECT.parent / "shared" / "reference" / "lupine-options.yaml"
 LUPINE_NAMES = {"hello": "hello-world"}
 """Recipe names that Lupine's lists spell differently."""
+BASELINE = "firecracker"
+"""The baseline kernel every app is also boot-tested on, so that the table compares time to ready."""
 
 
 def lupine_counts(path: Path = LUPINE_OPTIONS) -> dict[str, int]:
@@ -47,14 +54,44 @@ def _read(path: Path) -> dict | None:
 
 def _variant(recipe: Recipe) -> dict:
     kernel = _read(paths.kernel_pointer(recipe.id))
-    boot = _read(paths.boot_result(recipe.id))
-    return {
-        "bzimage": kernel["sizes"]["bzImage"] if kernel else None,
-        "identity": kernel["identity"][:16] if kernel else None,
-        "boot": None if boot is None else ("pass" if boot.get("pass") else "FAIL"),
-        "ready_s": boot.get("time_to_ready_s") if boot else None,
-        "accel": boot.get("accel") if boot else None,
-    }
+    return {"bzimage": kernel["sizes"]["bzImage"] if kernel else None,
+            "identity": kernel["identity"][:16] if kernel else None, **_boot(paths.boot_result(recipe.id))}
+
+
+def _boot(path: Path) -> dict:
+    """What the boot result at *path* says: pass/FAIL, time to ready, accelerator, boot method and
+    whether the random pool was seeded before the app (all None when there is no result)."""
+    result = _read(path)
+    if result is None:
+        return {"boot": None, "ready_s": None, "accel": None, "method": None, "entropy": None}
+    return {"boot": "pass" if result.get("pass") else "FAIL", "ready_s": result.get("time_to_ready_s"),
+            "accel": result.get("accel"), "method": result.get("boot_method"),
+            "entropy": result.get("entropy_before_app")}
+
+
+def baseline_result(recipe: Recipe, name: str = BASELINE) -> Path:
+    """Where the boot test of *recipe* on baseline *name*'s kernel is recorded."""
+    return paths.boot_result(f"{recipe.name}@{name}")
+
+
+def boot_on_baseline(recipes: list[Recipe], name: str = BASELINE) -> None:
+    """Boot-test every recipe whose root image is built on baseline *name*'s kernel (the same test
+    as its own: same image, memory, probe and timeout); a failure is recorded, not raised."""
+    info = baseline.load(name)
+    if info is None:
+        raise TailorError(f"the {name} baseline is not built; run `doit baseline:{name}` first")
+    kernel, method = qemu.kernel_file(info)
+    for r in sorted(recipes, key=lambda r: r.name):
+        image = rootfs.image_path(r)
+        if not image.is_file():
+            print(f"[catalogue] {r.name} on {name}: skipped, its root image is not built", file=sys.stderr)
+            continue
+        try:
+            result = boot.run(r, kernel, image, baseline_result(r, name).parent)
+            print(f"[catalogue] {r.name} on {name} ({method}): ready after {result['time_to_ready_s']} s",
+                  file=sys.stderr)
+        except TailorError as e:
+            print(f"[catalogue] {r.name} on {name}: {str(e).splitlines()[0]}", file=sys.stderr)
 
 
 def needs_registry_access(recipe: Recipe) -> bool:
@@ -79,6 +116,7 @@ def rows(recipes: list[Recipe]) -> list[dict]:
             "format": r.rootfs.format,
             "specific": _variant(r),
             "general": _variant(general_variant(r)) if r.general else None,
+            "baseline": _boot(baseline_result(r)),
             "registry": needs_registry_access(r),
         })
     return out
@@ -88,7 +126,7 @@ def render_table(recipes: list[Recipe]) -> str:
 
     data = rows(recipes)
     general_kernels = {row["general"]["identity"] for row in data if row["general"] and row["general"]["identity"]}
-    return render("catalogue.md.j2", rows=data, general_kernels=sorted(general_kernels))
+    return render("catalogue.md.j2", rows=data, general_kernels=sorted(general_kernels), baseline=BASELINE)
 
 
 def update_readme(text: str, readme: Path = README) -> None:

@@ -408,6 +408,24 @@ def test_catalogue_table_renders_when_nothing_is_built(tmp_path, monkeypatch):
     assert "| hello |" in text and "not built" in text and "under tcg." in text
 
 
+def test_catalogue_table_shows_the_baseline_boot_and_whether_the_pool_was_seeded(tmp_path, monkeypatch):
+    from tailor import catalogue, paths, recipe
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    hello = next(r for r in recipe.all_recipes() if r.name == "hello")
+    for where, ready, entropy in ((paths.boot_result("hello"), 0.78, True),
+                                  (catalogue.baseline_result(hello), 2.1, False)):
+        where.parent.mkdir(parents=True)
+        where.write_text(json.dumps({"pass": True, "time_to_ready_s": ready, "accel": "tcg", "boot_method": "pvh",
+                                     "entropy_before_app": entropy}))
+    row = next(line for line in catalogue.render_table([hello]).splitlines() if line.startswith("| hello |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5:] == ["pass (0.8 s)", "not built", "pass (2.1 s)", "yes"]
+    assert "booted by PVH (the ELF vmlinux)" in catalogue.render_table([hello])
+    with pytest.raises(TailorError, match="baseline is not built; run `doit baseline:firecracker`"):
+        catalogue.boot_on_baseline([hello])
+
+
 def test_kata_column_beside_firecracker_when_a_kata_result_exists(tmp_path, monkeypatch):
     results = fixture_results()
     base = results["size"]["kernels"][-1]
