@@ -294,24 +294,27 @@ def _median(row: dict | None, key: str) -> float | None:
 def initcalls_section(data: dict | None) -> Section:
     intro = ("Where boot time goes: one boot of hello per kernel with `initcall_debug loglevel=8`; the kernel "
              "times every initcall it runs (its own clock, coarse early in boot) and each is named from the "
-             "kernel's System.map. These boots print far more than a measured boot, so only the initcall "
-             "figures count here. The second table lists the baseline's most expensive initcalls and what "
-             "lupine-base does with each.")
+             "kernel's System.map; `printk.time=1` stamps each kernel line with the kernel's clock, which "
+             "gives its own time to init and the longest stretches in which it printed nothing (work outside "
+             "initcalls). These boots print far more than a measured boot, so only these figures count here. "
+             "The notes list the baseline's most expensive initcalls and what lupine-base does with each.")
     if not data:
         return _not_measured("initcalls", "Where boot time goes: initcalls", intro)
     rows_in, order, idx = _result_rows(data)
     top = data.get("top", 5)
-    head = ["kernel", "initcalls run", "their time"] + [f"#{n + 1}" for n in range(top)]
-    rows, missing, items = [], [], []
+    head = ["kernel", "kernel time to init", "initcalls run", "their time"] + [f"#{n + 1}" for n in range(top)]
+    rows, missing, items, notes = [], [], [], []
     for r in rows_in:
         if r.get("missing") or r.get("error"):
             missing.append(f"{r['app']} on {r['variant']}: {r.get('missing') or r.get('error')}")
             continue
         cells = [f"{t['fn']} {t['usecs'] / 1000:.0f} ms" for t in r["top"]]
-        rows.append([r["label"], str(r["count"]), f"{r['total_us'] / 1000:.0f} ms"] + cells
-                    + ["–"] * (top - len(cells)))
+        rows.append([r["label"], fmt_s(r.get("kernel_init_s")), str(r["count"]), f"{r['total_us'] / 1000:.0f} ms"]
+                    + cells + ["–"] * (top - len(cells)))
         items.append((r["label"], r["total_us"] / 1000, f"{r['total_us'] / 1000:.0f} ms", r["variant"]))
-    notes = []
+        if r.get("gaps"):
+            notes.append(f"{r['label']}: longest silences of the kernel log: "
+                         + "; ".join(f"{g['ms']:.0f} ms between `{g['after']}` and `{g['before']}`" for g in r["gaps"]))
     mine = idx.get(("hello", "specific"))
     for b in order:
         base = idx.get(("hello", b))

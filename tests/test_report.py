@@ -490,7 +490,7 @@ def test_initcall_section_says_what_lupine_base_does_not_run():
              "total_us": 60000, "top": [{"fn": "pci_subsys_init", "usecs": 40000}],
              "all": {"pci_subsys_init": 40000, "tty_class_init": 12000, "kswapd_init": 8000}}]
     sec = report.initcalls_section({"kind": "initcalls", "top": 5, "results": rows})
-    assert sec.rows[0][:4] == ["lupine-base (hello)", "2", "12 ms", "tty_class_init 8 ms"]
+    assert sec.rows[0][:5] == ["lupine-base (hello)", "–", "2", "12 ms", "tty_class_init 8 ms"]
     note = sec.notes[0]
     assert note.startswith("firecracker's 3 most expensive initcalls")
     assert "pci_subsys_init 40 ms -> not run" in note and "tty_class_init 12 ms -> 8 ms" in note
@@ -529,3 +529,17 @@ def test_memory_breakdown_section_picks_the_smallest_floor_that_does_not_slow_bo
     assert sec.notes[0].endswith("smallest floor without slowing boot (at most 1.05x): cpio")
     data["alternatives"][0]["ready_s"] = 0.57
     assert report.memory_breakdown_section(data).notes[0].endswith(": ext2")
+
+
+def test_the_kernel_timeline_names_the_longest_silences():
+    console = ("[   0.200] [    0.104000] signal: max sigframe size: 3232\n"
+               "[   0.201] [    0.108000] initcall 0xffffffff818bb71a returned 0 after 0 usecs\n"
+               "[   0.420] [    0.330000] devtmpfs: initialized\n"
+               "[   0.421] no kernel stamp on this line\n"
+               "[   0.500] [    0.400000] Run /init as init process\n")
+    t = measure.initcalls.gaps(console, {0xffffffff818bb71a: "init_a"}, n=2)
+    assert t["init_s"] == 0.4
+    assert t["gaps"] == [{"ms": 222.0, "after": "initcall init_a returned 0 after 0 usecs",
+                          "before": "devtmpfs: initialized"},
+                         {"ms": 70.0, "after": "devtmpfs: initialized", "before": "Run /init as init process"}]
+    assert measure.initcalls.gaps("[   0.1] plain\n") == {"init_s": None, "gaps": []}

@@ -25,8 +25,12 @@ from tailor.errors import TailorError
 from tailor.recipe import Recipe
 from tailor.util import system_map_symbols, write_json
 
-INITCALL_CMDLINE = "initcall_debug loglevel=8"
-"""Added to the kernel command line of these boots (and ``quiet`` is not)."""
+INITCALL_CMDLINE = "initcall_debug printk.time=1 loglevel=8"
+"""Added to the kernel command line of these boots (and ``quiet`` is not): every initcall timed,
+every kernel line stamped with the kernel's own clock, debug lines on the console."""
+
+GAPS = 3
+"""How many of the longest silences of the kernel log (between two consecutive lines) are kept."""
 
 INITCALL_APPS = ("hello",)
 """Whose kernels are booted: hello's specific kernel is lupine-base itself."""
@@ -35,6 +39,8 @@ TOP = 5
 """How many of a kernel's most expensive initcalls the report lists."""
 
 _INITCALL = re.compile(r"initcall (\S+) returned (-?\d+) after (\d+) usecs")
+_KERNEL_TIME = re.compile(r"^\[\s*[0-9.]+\] \[\s*([0-9]+\.[0-9]+)\] (.*)$")
+_ADDRESS = re.compile(r"0x[0-9a-f]{16}")
 
 
 def parse_initcalls(console: str) -> list[dict]:
@@ -44,14 +50,20 @@ def parse_initcalls(console: str) -> list[dict]:
             for m in _INITCALL.finditer(console)]
 
 
-def symbolise(calls: list[dict], system_map: str) -> list[dict]:
-    """*calls* with each function named: an address (``0xffffffff81...``) looked up in the
-    *system_map* text (the text symbol at exactly that address), a ``name+0x0/0x40`` cut to
-    ``name``. An address the map does not have stays as it is."""
+def text_symbols(system_map: str) -> dict[int, str]:
+    """Address -> name of every text symbol (T/t) of a System.map text (the first name of an address)."""
     by_address: dict[int, str] = {}
     for address, kind, name in system_map_symbols(system_map):
         if kind in "tT":
             by_address.setdefault(int(address, 16), name)
+    return by_address
+
+
+def symbolise(calls: list[dict], system_map: str) -> list[dict]:
+    """*calls* with each function named: an address (``0xffffffff81...``) looked up in the
+    *system_map* text (the text symbol at exactly that address), a ``name+0x0/0x40`` cut to
+    ``name``. An address the map does not have stays as it is."""
+    by_address = text_symbols(system_map)
     out = []
     for c in calls:
         fn = c["fn"]
@@ -64,6 +76,21 @@ def symbolise(calls: list[dict], system_map: str) -> list[dict]:
             fn = fn.split("+", 1)[0]
         out.append(dict(c, fn=fn))
     return out
+
+
+def gaps(console: str, names: dict[int, str] | None = None, n: int = GAPS) -> dict:
+    """The kernel's own timeline from a console.log whose kernel lines carry ``printk.time``
+    stamps: ``init_s`` (kernel time of "Run ... as init process", or None) and the *n* longest
+    silences between two consecutive kernel lines, ``{"ms", "after", "before"}`` (the lines, with
+    addresses named from *names*), longest first. A long silence is work that prints nothing,
+    such as the local APIC timer calibration."""
+    names = names or {}
+    name = lambda text: _ADDRESS.sub(lambda m: names.get(int(m.group(0), 16), m.group(0)), text)[:100]  # noqa: E731
+    stamped = [(float(m.group(1)), m.group(2)) for m in map(_KERNEL_TIME.match, console.splitlines()) if m]
+    init = next((t for t, text in stamped if "as init process" in text), None)
+    silences = sorted(((b[0] - a[0], i) for i, (a, b) in enumerate(zip(stamped, stamped[1:]))), reverse=True)[:n]
+    return {"init_s": init, "gaps": [{"ms": round(d * 1000, 1), "after": name(stamped[i][1]),
+                                      "before": name(stamped[i + 1][1])} for d, i in silences]}
 
 
 def summarise(calls: list[dict], top: int = TOP) -> dict:
@@ -85,11 +112,14 @@ def boot_with_initcalls(v: Variant, outdir: Path, accel: str | None = None) -> d
     calls = parse_initcalls(console)
     if not calls:
         return {"error": "no initcall lines on the console (initcall_debug ignored?)"}
-    calls = symbolise(calls, system_map.read_text(errors="replace") if system_map.is_file() else "")
+    map_text = system_map.read_text(errors="replace") if system_map.is_file() else ""
+    calls = symbolise(calls, map_text)
+    timeline = gaps(console, text_symbols(map_text))
     totals: dict[str, int] = {}
     for c in calls:
         totals[c["fn"]] = totals.get(c["fn"], 0) + c["usecs"]
     return {"boot": method, "accel": result["accel"], "init_s": result["time_to_init_s"],
+            "kernel_init_s": timeline["init_s"], "gaps": timeline["gaps"],
             "failed": [c["fn"] for c in calls if c["ret"] != 0], **summarise(calls), "all": totals}
 
 
