@@ -316,29 +316,3 @@ def write_archive(path, entries):
                 f"{path}: cannot write the archive ({err.strerror or err})"
             ) from None
         raise
-
-
-def data_size(path):
-    """Return ``(members, bytes)`` of the newc archive at *path*: how many members it has before
-    ``TRAILER!!!`` and the sum of their data sizes (what the kernel unpacks into page cache).
-
-    Raises TailorError naming *path* when it is not a newc archive or ends early.
-    """
-    members = total = 0
-    with open(path, "rb") as f:
-        while True:
-            head = f.read(110)
-            if len(head) < 110 or head[:6] != _MAGIC:
-                raise TailorError(f"{path}: not a newc cpio archive (or it ends before {_TRAILER})")
-            try:
-                fields = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
-            except ValueError:
-                raise TailorError(f"{path}: a cpio header is not hexadecimal") from None
-            size, namesize = fields[6], fields[11]
-            name = f.read(namesize)[:-1]
-            f.seek(-(110 + namesize) % 4, os.SEEK_CUR)
-            if name == _TRAILER.encode():
-                return members, total
-            members += 1
-            total += size
-            f.seek(size + (-size % 4), os.SEEK_CUR)

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from tailor import boot, cpio, qemu, rootfs
+from tailor import boot, qemu, rootfs
 from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, variants
 from tailor.errors import TailorError
 from tailor.measure.boot_time import MEASURE_CMDLINE, boot_once
@@ -51,6 +51,38 @@ def parse_memory_line(console: str) -> dict | None:
         return None
     keys = ("available", "total", "code", "rwdata", "rodata", "init", "bss", "reserved")
     return dict(zip(keys, (int(g) for g in m.groups())))
+
+
+CPIO_MAGIC = b"070701"
+CPIO_TRAILER = b"TRAILER!!!"
+
+
+def cpio_data_size(path: Path) -> tuple[int, int]:
+    """``(members, bytes)`` of the newc archive at *path*: how many members it has before
+    ``TRAILER!!!`` and the sum of their data sizes (what the kernel unpacks into page cache).
+
+    A reader kept here, beside its only user, so that the rootfs stage's code (and with it every
+    root image's identity) does not change for a measurement. Raises TailorError naming *path*
+    when it is not a newc archive or ends early.
+    """
+    members = total = 0
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(110)
+            if len(head) < 110 or head[:6] != CPIO_MAGIC:
+                raise TailorError(f"{path}: not a newc cpio archive (or it ends before TRAILER!!!)")
+            try:
+                fields = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+            except ValueError:
+                raise TailorError(f"{path}: a cpio header is not hexadecimal") from None
+            size, namesize = fields[6], fields[11]
+            name = f.read(namesize)[:-1]
+            f.seek(-(110 + namesize) % 4, os.SEEK_CUR)
+            if name == CPIO_TRAILER:
+                return members, total
+            members += 1
+            total += size
+            f.seek(size + (-size % 4), os.SEEK_CUR)
 
 
 def breakdown(memory_line: dict, min_mib: int, archive_bytes: int, unpacked_bytes: int) -> dict:
@@ -151,7 +183,7 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None) -> dict:
         return {"error": "no 'Memory:' line on the console"}
     if v.recipe.rootfs.format == "cpio":
         archive = v.image.stat().st_size
-        _, unpacked = cpio.data_size(v.image)
+        _, unpacked = cpio_data_size(v.image)
     else:
         archive = unpacked = 0
     return {"memory_line": line, "parts": breakdown(line, min_mib, archive, unpacked)}
