@@ -16,6 +16,7 @@ reads page by page instead of holding a copy, with its own minimum and time to r
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import statistics
@@ -24,19 +25,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from tailor import boot, qemu, rootfs
+from tailor import boot, config, kernel, paths, qemu, rootfs
 from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, variants
 from tailor.errors import TailorError
 from tailor.measure.boot_time import MEASURE_CMDLINE, boot_once
 from tailor.recipe import Recipe
-from tailor.util import write_json
+from tailor.util import atomic_path, makedirs, read_json, write_json
 
 MEMORY_RANGE = (8, 256)
 """Bisection bounds in MiB: the low end is assumed to fail, the high end must pass."""
 MEMORY_TIMEOUT_S = 60
 """Timeout of each boot test during the memory bisection (a starved guest may hang)."""
-ALTERNATIVES = ("ext2",)
+ALTERNATIVES = ("ext2", "cpio.gz")
 """Root filesystem formats measured beside each app's own (cpio) for its specific kernel."""
+GZIP_APPS = ("redis",)
+"""Apps whose gzip-compressed initramfs is measured: each needs its own kernel with RD_GZIP (one more
+kernel build), so only the app with the largest archive of the report's three."""
+GZIP_OPTION = ("RD_GZIP", "y")
+"""What a kernel needs to unpack a gzip initramfs (lupine-base carries no decompressor for it)."""
 READY_RUNS = 3
 """Boots per root format for the time to ready that goes with an alternative's minimum."""
 
@@ -168,9 +174,10 @@ def _passes(v: Variant, outdir: Path, accel: str | None, log: Callable[[str], No
     return passes
 
 
-def _breakdown_of(v: Variant, min_mib: int, accel: str | None) -> dict:
+def _breakdown_of(v: Variant, min_mib: int, accel: str | None, unpacked: int | None = None) -> dict:
     """:func:`breakdown` of *v* at *min_mib*, from one boot at that size without ``quiet`` (so the
-    ``Memory:`` line shows). For an ext2 root the archive and the tree are 0 (nothing is unpacked)."""
+    ``Memory:`` line shows). For an ext2 root the archive and the tree are 0 (nothing is unpacked);
+    for a compressed archive *unpacked* is the size of what it holds."""
     outdir = bench_dir() / "memory" / v.app / f"{v.variant}-breakdown"
     kernel, _ = qemu.kernel_file(v.kernel)
     recipe = replace(v.recipe, test=replace(v.recipe.test, memory=min_mib))
@@ -183,7 +190,8 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None) -> dict:
         return {"error": "no 'Memory:' line on the console"}
     if v.recipe.rootfs.format == "cpio":
         archive = v.image.stat().st_size
-        _, unpacked = cpio_data_size(v.image)
+        if unpacked is None:
+            _, unpacked = cpio_data_size(v.image)
     else:
         archive = unpacked = 0
     return {"memory_line": line, "parts": breakdown(line, min_mib, archive, unpacked)}
@@ -199,26 +207,28 @@ def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None
     for fmt in ALTERNATIVES:
         if fmt == own:
             continue
+        if fmt == "cpio.gz" and (own != "cpio" or v.app not in GZIP_APPS):
+            continue
         row = {"app": v.app, "variant": v.variant, "root": fmt, "own_root": own, "own_min_mib": cpio_min}
-        other = replace(v.recipe, name=f"{v.recipe.name}@{fmt}", rootfs=replace(v.recipe.rootfs, format=fmt))
         try:
-            rootfs.build(other)
+            alt = _gzip_variant(v) if fmt == "cpio.gz" else _ext2_variant(v)
         except TailorError as e:
-            row["error"] = f"could not build the {fmt} image: {str(e).splitlines()[0]}"
+            row["error"] = f"could not build the {fmt} variant: {str(e).splitlines()[0]}"
             out.append(row)
             continue
-        alt = replace(v, recipe=other, image=rootfs.image_path(other))
         found, tried = bisect_min(_passes(alt, bench_dir() / "memory" / v.app / f"{v.variant}-{fmt}", accel, log),
                                   lo, hi)
         row.update({"min_mib": found, "tried": {str(k): tried[k] for k in sorted(tried)},
                     "image_bytes": alt.image.stat().st_size})
+        if fmt == "cpio.gz":
+            row["kernel"] = alt.kernel["identity"]
         if found is not None:
-            row["breakdown"] = _breakdown_of(alt, found, accel)
+            row["breakdown"] = _breakdown_of(alt, found, accel,
+                                             cpio_data_size(v.image)[1] if fmt == "cpio.gz" else None)
         for key, each in (("own_ready_s", v), ("ready_s", alt)):
             times = []
             for _ in range(READY_RUNS):
-                r = boot_once(each, bench_dir() / "memory" / v.app / f"{v.variant}-ready-{each.recipe.rootfs.format}",
-                              accel=accel)
+                r = boot_once(each, bench_dir() / "memory" / v.app / f"{v.variant}-ready-{key}-{fmt}", accel=accel)
                 if r["pass"] and r["ready_s"] is not None:
                     times.append(r["ready_s"])
             row[key] = statistics.median(times) if times else None
@@ -226,3 +236,28 @@ def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None
             f"ready {row['ready_s']} s")
         out.append(row)
     return out
+
+
+def _ext2_variant(v: Variant) -> Variant:
+    """*v* with the same recipe's tree as an ext2 image on virtio-blk (``out/rootfs/<app>@ext2/``)."""
+    other = replace(v.recipe, name=f"{v.recipe.name}@ext2", rootfs=replace(v.recipe.rootfs, format="ext2"))
+    rootfs.build(other)
+    return replace(v, recipe=other, image=rootfs.image_path(other))
+
+
+def _gzip_variant(v: Variant) -> Variant:
+    """*v* with its initramfs gzip-compressed and a kernel that can unpack it: the recipe's config plus
+    :data:`GZIP_OPTION` (variant ``rd-gzip``, resolved, verified and built like any recipe's kernel).
+    The archive is ``out/bench/memory/<app>/rootfs.cpio.gz`` (gzip -9, no name or time in its header)."""
+    recipe = replace(v.recipe, variant="rd-gzip",
+                     kernel=replace(v.recipe.kernel, options=v.recipe.kernel.options + (GZIP_OPTION,)))
+    config.configure(recipe)
+    kernel.build_for(recipe)
+    info = read_json(paths.kernel_pointer(recipe.id))
+    image = makedirs(bench_dir() / "memory" / v.app) / "rootfs.cpio.gz"
+    with atomic_path(image) as tmp, open(v.image, "rb") as src, open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+            while chunk := src.read(1 << 20):
+                gz.write(chunk)
+    return replace(v, recipe=recipe, image=image,
+                   kernel={key: info[key] for key in ("identity", "bzImage", "vmlinux", "dir")})
