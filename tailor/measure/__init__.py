@@ -60,7 +60,7 @@ SUMMARY = {
     "size": (("size", "syscalls"), ("size", "syscalls")),
     "boot": (("boot",), ("boot", "ready")),
     "initcalls": (("initcalls",), ()),
-    "memory": (("memory",), ("memory",)),
+    "memory": (("memory", "memory-breakdown"), ("memory",)),
     "throughput": (("throughput",), ("throughput",)),
     "pipeline": (("pipeline",), ("noop",)),
 }
