@@ -383,10 +383,11 @@ def memory_breakdown_section(data: dict | None) -> Section:
     alts: dict[tuple[str, str], list[dict]] = {}
     for a in data.get("alternatives", []):
         alts.setdefault((a["app"], a["variant"]), []).append(a)
-    head = ["app", "root", "min memory"] + [label for _, label in BREAKDOWN_PARTS] + ["to ready (median)"]
+    head = ["app", "kernel", "root", "min memory"] + [label for _, label in BREAKDOWN_PARTS] + ["to ready (median)"]
     rows, missing, notes = [], [], []
+    by = {(r["app"], r["variant"]): r for r in data["results"]}
     for r in sorted(data["results"], key=_row_order):
-        if r.get("variant") != "specific" or r.get("missing") or "breakdown" not in r:
+        if r.get("variant") == "general" or r.get("missing") or "breakdown" not in r:
             continue
         own = r.get("root", "cpio")
         mine = alts.get((r["app"], r["variant"]), [])
@@ -394,17 +395,17 @@ def memory_breakdown_section(data: dict | None) -> Section:
         entries = [(own, r["min_mib"], r["breakdown"], own_ready)]
         for alt in mine:
             if alt.get("error"):
-                missing.append(f"{r['app']} on {alt['root']}: {alt['error']}")
+                missing.append(f"{r['app']} on {r['variant']} ({alt['root']}): {alt['error']}")
             else:
                 entries.append((alt["root"], alt.get("min_mib"), alt.get("breakdown") or {}, alt.get("ready_s")))
         for root, mib, bd, ready in entries:
             if bd.get("error"):
-                missing.append(f"{r['app']} ({root}) breakdown: {bd['error']}")
+                missing.append(f"{r['app']} on {r['variant']} ({root}) breakdown: {bd['error']}")
             parts = bd.get("parts") or {}
-            rows.append([r["app"], root, f"{mib} MiB" if mib is not None else "–"]
+            rows.append([r["app"], r["label"], root, f"{mib} MiB" if mib is not None else "–"]
                         + [f"{parts[k] / 1024:.1f}" if k in parts else "–" for k, _ in BREAKDOWN_PARTS]
                         + [fmt_s(ready)])
-        if own_ready is None or len(entries) < 2:
+        if r["variant"] != "specific" or own_ready is None or len(entries) < 2:
             continue
         fine = [(mib, root) for root, mib, _, ready in entries
                 if mib is not None and ready is not None and ready <= own_ready * SLOWER_OK]
@@ -412,6 +413,16 @@ def memory_breakdown_section(data: dict | None) -> Section:
         notes.append(f"{r['app']}: " + "; ".join(
             f"{root} {mib} MiB, ready in {fmt_s(ready)}" for root, mib, _, ready in entries)
             + f"; smallest floor without slowing boot (at most {SLOWER_OK:g}x {own}'s time to ready): {pick}")
+        for alt in mine:
+            same = [(b, a) for b in BASELINE_ORDER for a in alts.get((r["app"], b), [])
+                    if a["root"] == alt["root"] and a.get("min_mib") and alt.get("min_mib")]
+            if same:
+                notes.append(f"{r['app']} with an {alt['root']} root on every kernel too: {alt['min_mib']} MiB = "
+                             + ", ".join(f"{fmt_ratio(ratio(alt['min_mib'], a['min_mib']))} {b}'s "
+                                         f"{a['min_mib']} MiB" for b, a in same)
+                             + f" (with {own}: " + ", ".join(
+                                 f"{fmt_ratio(ratio(r['min_mib'], (by.get((r['app'], b)) or {}).get('min_mib')))}"
+                                 f" {b}'s" for b, _ in same) + ")")
     return Section("memory-breakdown", title, intro, head, rows, [], missing, notes, True)
 
 

@@ -524,8 +524,8 @@ def test_memory_breakdown_section_picks_the_smallest_floor_that_does_not_slow_bo
                               "own_min_mib": 31, "min_mib": 27, "breakdown": ext2, "own_ready_s": 0.56,
                               "ready_s": 0.631}]}
     sec = report.memory_breakdown_section(data)
-    assert [r[:3] for r in sec.rows] == [["hello", "cpio", "31 MiB"], ["hello", "ext2", "27 MiB"]]
-    assert sec.rows[0][6] == "4.0" and sec.rows[1][6] == "0.0"
+    assert [[r[0]] + r[2:4] for r in sec.rows] == [["hello", "cpio", "31 MiB"], ["hello", "ext2", "27 MiB"]]
+    assert sec.rows[0][7] == "4.0" and sec.rows[1][7] == "0.0"
     assert sec.notes[0] == ("hello: cpio 31 MiB, ready in 0.560 s; ext2 27 MiB, ready in 0.631 s; smallest floor "
                             "without slowing boot (at most 1.05x cpio's time to ready): cpio")
     data["alternatives"][0]["ready_s"] = 0.57
@@ -535,7 +535,18 @@ def test_memory_breakdown_section_picks_the_smallest_floor_that_does_not_slow_bo
               breakdown={"memory_line": line, "parts": measure.memory.breakdown(line, 25, 1_700_000, 4_156_050)})
     data["alternatives"].append(gz)
     sec = report.memory_breakdown_section(data)
-    assert [r[1] for r in sec.rows] == ["cpio", "ext2", "cpio.gz"] and sec.notes[0].endswith(": cpio.gz")
+    assert [r[2] for r in sec.rows] == ["cpio", "ext2", "cpio.gz"] and sec.notes[0].endswith(": cpio.gz")
+    # the baseline measured with both roots too: like is compared with like
+    fc = {"memory_line": line, "parts": measure.memory.breakdown(line, 47, 4_159_488, 4_156_050)}
+    data["results"].append({"app": "hello", "variant": "firecracker", "label": "firecracker", "min_mib": 47,
+                            "root": "cpio", "breakdown": fc})
+    data["alternatives"].append({"app": "hello", "variant": "firecracker", "root": "ext2", "own_root": "cpio",
+                                 "own_min_mib": 47, "min_mib": 45, "breakdown": fc, "own_ready_s": 1.4,
+                                 "ready_s": 1.5})
+    sec = report.memory_breakdown_section(data)
+    assert [r[1:3] for r in sec.rows][-2:] == [["firecracker", "cpio"], ["firecracker", "ext2"]]
+    assert "hello with an ext2 root on every kernel too: 27 MiB = 0.60x firecracker's 45 MiB (with cpio: 0.66x " \
+           "firecracker's)" in sec.notes
 
 
 def test_the_kernel_timeline_names_the_longest_silences():

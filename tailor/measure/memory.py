@@ -136,9 +136,12 @@ def quiet_stderr():
 def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY_RANGE[0],
                    hi: int = MEMORY_RANGE[1], accel: str | None = None,
                    log: Callable[[str], None] = say, alternatives: bool = True) -> dict:
-    """Bisect each variant's smallest passing guest memory in MiB; for each app's own kernel, break
-    that minimum down and (with *alternatives*) measure the other root formats; writes ``memory.json``."""
+    """Bisect each variant's smallest passing guest memory in MiB; for each app's own kernel and each
+    baseline, break that minimum down and (with *alternatives*) measure the other root formats (the
+    baselines: ext2 only, so that the ratio with an ext2 root compares like with like); writes
+    ``memory.json``."""
     results, extra = [], []
+    images: dict[str, Variant] = {}  # each app's ext2 variant, built once for all its kernels
     for v in variants(apps):
         row = result_row(v)
         if v.missing:
@@ -147,11 +150,11 @@ def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY
             continue
         found, tried = bisect_min(_passes(v, bench_dir() / "memory" / v.app / v.variant, accel, log), lo, hi)
         row.update({"min_mib": found, "tried": {str(k): tried[k] for k in sorted(tried)}, "range": [lo, hi]})
-        if v.variant == "specific" and found is not None:
+        if found is not None and v.variant != "general":
             row["root"] = v.recipe.rootfs.format
             row["breakdown"] = _breakdown_of(v, found, accel)
             if alternatives:
-                extra += _alternatives(v, found, lo, hi, accel, log)
+                extra += _alternatives(v, found, lo, hi, accel, log, images)
         results.append(row)
     data = {"kind": "memory", "conditions": conditions(accel), "cmdline_extra": MEASURE_CMDLINE,
             "results": results, "alternatives": extra}
@@ -198,20 +201,26 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None, unpacked: int | N
 
 
 def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None,
-                  log: Callable[[str], None]) -> list[dict]:
-    """*v* (an app on its own kernel) with each root format of :data:`ALTERNATIVES` it does not use:
-    the image built from the same recipe (``out/rootfs/<app>@<format>/``), its minimum memory, its
+                  log: Callable[[str], None], images: dict[str, Variant]) -> list[dict]:
+    """*v* (an app on its own kernel or a baseline) with each root format of :data:`ALTERNATIVES` it
+    does not use (a baseline: ext2 only): the image built from the same recipe
+    (``out/rootfs/<app>@<format>/``, once per app, kept in *images*), its minimum memory, its
     breakdown, and the time to ready of both roots at the recipe's memory (:data:`READY_RUNS` each)."""
     out = []
     own = v.recipe.rootfs.format
     for fmt in ALTERNATIVES:
         if fmt == own:
             continue
-        if fmt == "cpio.gz" and (own != "cpio" or v.app not in GZIP_APPS):
+        if fmt == "cpio.gz" and (own != "cpio" or v.app not in GZIP_APPS or v.variant != "specific"):
             continue
         row = {"app": v.app, "variant": v.variant, "root": fmt, "own_root": own, "own_min_mib": cpio_min}
         try:
-            alt = _gzip_variant(v) if fmt == "cpio.gz" else _ext2_variant(v)
+            if fmt == "cpio.gz":
+                alt = _gzip_variant(v)
+            else:
+                if v.app not in images:
+                    images[v.app] = _ext2_variant(v)
+                alt = replace(v, recipe=images[v.app].recipe, image=images[v.app].image)
         except TailorError as e:
             row["error"] = f"could not build the {fmt} variant: {str(e).splitlines()[0]}"
             out.append(row)
