@@ -208,7 +208,11 @@ def measure_throughput(apps: dict[str, Recipe | str] | None = None, accel: str |
                 if v.key in errors:
                     row["error"] = errors[v.key]
             results.append(row)
+    params = {"redis-benchmark": dict(REDIS_BENCH), "ab": dict(HTTP_BENCH)}
+    if rounds:  # the rounds this run took, not the defaults
+        for p in params.values():
+            p["rounds"] = rounds
     data = {"kind": "throughput", "conditions": conditions(accel), "stall_ms": STALL_MS,
-            "params": {"redis-benchmark": REDIS_BENCH, "ab": HTTP_BENCH}, "results": results}
+            "params": params, "results": results}
     write_json(bench_path("throughput"), data)
     return data
