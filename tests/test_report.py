@@ -510,8 +510,16 @@ def test_memory_breakdown_adds_up_to_the_minimum():
     assert parts["kernel_image"] == 4096 + 733 + 240 + 812
     assert parts["initramfs_archive"] == 4062 and parts["unpacked_tree"] == 4059
     # the initrd is part of "reserved" until it is freed: not counted twice
-    assert parts["reserved_other"] == 13064 - 5881 - 496 - 4062
+    assert parts["reserved_other"] == 13064 - 5881 - 496 - 4062 and parts["kernel_gaps"] == 0
     assert sum(parts.values()) == 31 * 1024
+    gaps = measure.memory.parse_gaps("[ 0.7] Freeing unused kernel image (initmem) memory: 496K\n"
+                                     "[ 0.7] Freeing unused kernel image (text/rodata gap) memory: 2044K\n"
+                                     "[ 0.7] Freeing unused kernel image (rodata/data gap) memory: 1808K\n")
+    assert gaps == 2044 + 1808 and measure.memory.parse_gaps("") == 0
+    ext2 = measure.memory.breakdown(line, 27, 0, 0)
+    with_gaps = measure.memory.breakdown(line, 27, 0, 0, gaps)  # the gaps are part of "reserved" too
+    assert with_gaps["kernel_gaps"] == 3852 and with_gaps["reserved_other"] == ext2["reserved_other"] - 3852 == 2835
+    assert sum(with_gaps.values()) == 27 * 1024
 
 
 def test_memory_breakdown_section_picks_the_smallest_floor_that_does_not_slow_boot():
@@ -525,7 +533,7 @@ def test_memory_breakdown_section_picks_the_smallest_floor_that_does_not_slow_bo
                               "ready_s": 0.631}]}
     sec = report.memory_breakdown_section(data)
     assert [[r[0]] + r[2:4] for r in sec.rows] == [["hello", "cpio", "31 MiB"], ["hello", "ext2", "27 MiB"]]
-    assert sec.rows[0][7] == "4.0" and sec.rows[1][7] == "0.0"
+    assert sec.rows[0][8] == "4.0" and sec.rows[1][8] == "0.0"
     assert sec.notes[0] == ("hello: cpio 31 MiB, ready in 0.560 s; ext2 27 MiB, ready in 0.631 s; smallest floor "
                             "without slowing boot (at most 1.05x cpio's time to ready): cpio")
     data["alternatives"][0]["ready_s"] = 0.57

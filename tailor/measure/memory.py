@@ -91,18 +91,29 @@ def cpio_data_size(path: Path) -> tuple[int, int]:
             f.seek(size + (-size % 4), os.SEEK_CUR)
 
 
-def breakdown(memory_line: dict, min_mib: int, archive_bytes: int, unpacked_bytes: int) -> dict:
+_GAP_LINE = re.compile(r"Freeing unused kernel image \((?:text/rodata|rodata/data) gap\) memory: (\d+)K")
+
+
+def parse_gaps(console: str) -> int:
+    """KiB of the kernel image's alignment gaps (between text, rodata and data, each section starting
+    on a 2 MiB boundary) that the kernel frees at the end of boot, from its "Freeing unused kernel
+    image (... gap)" lines; 0 when they are not there."""
+    return sum(int(m.group(1)) for m in _GAP_LINE.finditer(console))
+
+
+def breakdown(memory_line: dict, min_mib: int, archive_bytes: int, unpacked_bytes: int, gaps_kib: int = 0) -> dict:
     """What *min_mib* MiB are made of, in KiB: the kernel image (code, rwdata, rodata, bss), its init
-    sections (freed after boot), the rest of "reserved" (page structures, firmware, the kernel's early
-    allocations), the archive (held until unpacked), the unpacked tree, and the rest (the app, page
-    tables, slab, free reserve). The archive and the tree are both held while it unpacks."""
+    sections and its alignment gaps (*gaps_kib*; both freed at the end of boot), the rest of
+    "reserved" (page structures, firmware, the kernel's early allocations), the archive (held until
+    unpacked), the unpacked tree, and the rest (the app, page tables, slab, free reserve). The
+    archive and the tree are both held while it unpacks."""
     kib = lambda n: -(-n // 1024)  # noqa: E731 (bytes to KiB, rounded up)
     image = sum(memory_line[k] for k in ("code", "rwdata", "rodata", "bss"))
     archive = kib(archive_bytes)
     # "reserved" counts the kernel image, its init sections and the initrd (memblock-reserved until
     # it is unpacked and freed), besides the page structures and firmware areas
-    parts = {"kernel_image": image, "kernel_init": memory_line["init"],
-             "reserved_other": max(0, memory_line["reserved"] - image - memory_line["init"] - archive),
+    parts = {"kernel_image": image, "kernel_init": memory_line["init"], "kernel_gaps": gaps_kib,
+             "reserved_other": max(0, memory_line["reserved"] - image - memory_line["init"] - archive - gaps_kib),
              "initramfs_archive": archive, "unpacked_tree": kib(unpacked_bytes)}
     parts["rest"] = min_mib * 1024 - sum(parts.values())
     return parts
@@ -181,14 +192,15 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None, unpacked: int | N
     """:func:`breakdown` of *v* at *min_mib*, from one boot at that size without ``quiet`` (so the
     ``Memory:`` line shows). For an ext2 root the archive and the tree are 0 (nothing is unpacked);
     for a compressed archive *unpacked* is the size of what it holds."""
-    outdir = bench_dir() / "memory" / v.app / f"{v.variant}-breakdown"
+    outdir = bench_dir() / "memory" / v.app / f"{v.variant}-{v.image.name}-breakdown"
     kernel, _ = qemu.kernel_file(v.kernel)
     recipe = replace(v.recipe, test=replace(v.recipe.test, memory=min_mib))
     try:
         boot.run(recipe, kernel, v.image, outdir, accel=accel)
     except TailorError as e:
         return {"error": str(e).splitlines()[0]}
-    line = parse_memory_line((outdir / "console.log").read_text(errors="replace"))
+    console = (outdir / "console.log").read_text(errors="replace")
+    line = parse_memory_line(console)
     if line is None:
         return {"error": "no 'Memory:' line on the console"}
     if v.recipe.rootfs.format == "cpio":
@@ -197,7 +209,7 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None, unpacked: int | N
             _, unpacked = cpio_data_size(v.image)
     else:
         archive = unpacked = 0
-    return {"memory_line": line, "parts": breakdown(line, min_mib, archive, unpacked)}
+    return {"memory_line": line, "parts": breakdown(line, min_mib, archive, unpacked, parse_gaps(console))}
 
 
 def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None,
