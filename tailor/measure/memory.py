@@ -30,7 +30,7 @@ from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row,
 from tailor.errors import TailorError
 from tailor.measure.boot_time import MEASURE_CMDLINE, boot_once
 from tailor.recipe import Recipe
-from tailor.util import atomic_path, makedirs, read_json, write_json
+from tailor.util import atomic_path, makedirs, read_json, system_map_symbols, write_json
 
 MEMORY_RANGE = (8, 256)
 """Bisection bounds in MiB: the low end is assumed to fail, the high end must pass."""
@@ -91,14 +91,17 @@ def cpio_data_size(path: Path) -> tuple[int, int]:
             f.seek(size + (-size % 4), os.SEEK_CUR)
 
 
-_GAP_LINE = re.compile(r"Freeing unused kernel image \((?:text/rodata|rodata/data) gap\) memory: (\d+)K")
-
-
-def parse_gaps(console: str) -> int:
-    """KiB of the kernel image's alignment gaps (between text, rodata and data, each section starting
-    on a 2 MiB boundary) that the kernel frees at the end of boot, from its "Freeing unused kernel
-    image (... gap)" lines; 0 when they are not there."""
-    return sum(int(m.group(1)) for m in _GAP_LINE.finditer(console))
+def kernel_gaps(system_map: str) -> int:
+    """KiB of the kernel image's alignment gaps, from its System.map text: between the end of text
+    and the start of rodata, and between the end of rodata and the start of data (each section
+    starts on a 2 MiB boundary). The kernel frees them, as "unused kernel image (text/rodata gap)"
+    and "(rodata/data gap)", only at the end of boot. 0 when a symbol is missing."""
+    want = {"_etext", "__start_rodata", "__end_rodata", "_sdata"}
+    at = {name: int(address, 16) for address, _, name in system_map_symbols(system_map) if name in want}
+    if set(at) != want:
+        return 0
+    page = lambda x: -(-x // 4096) * 4096  # noqa: E731 (PFN_ALIGN)
+    return ((at["__start_rodata"] - page(at["_etext"])) + (at["_sdata"] - page(at["__end_rodata"]))) // 1024
 
 
 def breakdown(memory_line: dict, min_mib: int, archive_bytes: int, unpacked_bytes: int, gaps_kib: int = 0) -> dict:
@@ -199,8 +202,7 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None, unpacked: int | N
         boot.run(recipe, kernel, v.image, outdir, accel=accel)
     except TailorError as e:
         return {"error": str(e).splitlines()[0]}
-    console = (outdir / "console.log").read_text(errors="replace")
-    line = parse_memory_line(console)
+    line = parse_memory_line((outdir / "console.log").read_text(errors="replace"))
     if line is None:
         return {"error": "no 'Memory:' line on the console"}
     if v.recipe.rootfs.format == "cpio":
@@ -209,7 +211,9 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None, unpacked: int | N
             _, unpacked = cpio_data_size(v.image)
     else:
         archive = unpacked = 0
-    return {"memory_line": line, "parts": breakdown(line, min_mib, archive, unpacked, parse_gaps(console))}
+    system_map = Path(v.kernel["dir"]) / "System.map"
+    gaps = kernel_gaps(system_map.read_text(errors="replace")) if system_map.is_file() else 0
+    return {"memory_line": line, "parts": breakdown(line, min_mib, archive, unpacked, gaps)}
 
 
 def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None,
