@@ -21,7 +21,6 @@ stored JSON rows with the same formatting helpers; the targets' own data is in `
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,7 +31,7 @@ from tailor.bench import REPORT_APPS, bench_dir, conditions
 from tailor.errors import TailorError
 from tailor.paths import report_dir
 from tailor.templates import render
-from tailor.util import PROJECT, read_json, write_atomic
+from tailor.util import read_json, write_atomic
 
 KINDS = ("size", "boot", "initcalls", "memory", "throughput", "pipeline")
 BASELINE_ORDER = ("microvm", "firecracker", "kata")
