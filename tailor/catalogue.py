@@ -140,12 +140,16 @@ def write_table(recipes: list[Recipe]) -> None:
 
 
 def tasks(recipes, action):
-    """``catalogue_table`` (table from what out/ records) and ``catalogue`` (build everything, then the table).
+    """``catalogue_table`` (table from what out/ records), ``catalogue_baseline`` (every built app on the
+    :data:`BASELINE` kernel) and ``catalogue`` (build everything, then the table).
 
     ``catalogue`` leaves out the recipes whose image needs registry access (their rows say so until built)."""
 
     yield {"basename": "catalogue_table", "doc": "write the catalogue table in README.md from the recorded results",
            "actions": [action(write_table, recipes)], "uptodate": [False], "verbosity": 2}
+    yield {"basename": "catalogue_baseline",
+           "doc": f"boot-test every built app on the {BASELINE} baseline kernel too, for the table (minutes)",
+           "actions": [action(boot_on_baseline, recipes)], "uptodate": [False], "verbosity": 2}
     yield {"basename": "catalogue",
            "doc": "build and boot-test every recipe on both kernels, then write the README table (hours)",
            "actions": [action(write_table, recipes)],
