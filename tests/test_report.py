@@ -571,3 +571,8 @@ def test_the_kernel_timeline_names_the_longest_silences():
                           "before": "devtmpfs: initialized"},
                          {"ms": 70.0, "after": "devtmpfs: initialized", "before": "Run /init as init process"}]
     assert measure.initcalls.gaps("[   0.1] plain\n") == {"init_s": None, "gaps": []}
+
+
+def test_pipeline_timing_runs_a_command_and_reports_its_status():
+    seconds, output, status = measure.pipeline.timed(["sh", "-c", "echo hi; exit 3"])
+    assert status == 3 and output == "hi\n" and 0 <= seconds < 10

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
