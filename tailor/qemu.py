@@ -56,6 +56,7 @@ from typing import Any, Callable, Iterator
 from tailor.console import NO_OUTPUT_S, ConsoleState, decode, exit_text, panic_reason, split_lines
 from tailor.errors import (BootFailure, HostPortTaken, KernelPanicked, NoConsoleOutput, QemuError, QemuExited,
                            TailorError)
+from tailor.util import enabled_symbols
 
 QEMU = "qemu-system-x86_64"
 MACHINE = "microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on"
@@ -205,7 +206,7 @@ def kernel_file(kernel: dict, method: str | None = None) -> tuple[Path, str]:
 def has_pvh(config: str | os.PathLike) -> bool:
     """True when the .config at *config* has ``CONFIG_PVH=y`` (False when it or the file is missing)."""
     try:
-        return "CONFIG_PVH=y" in Path(config).read_text(errors="replace").splitlines()
+        return "PVH" in enabled_symbols(Path(config).read_text(errors="replace"))
     except OSError:
         return False
 
