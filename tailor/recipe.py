@@ -202,7 +202,7 @@ class RootfsSpec:
     """An OCI image reference (:mod:`tailor.image`) whose layers are the tree the packages go over."""
     files: tuple[str, ...] = ()
     overlay: tuple[str, ...] = ()
-    format: str = "cpio"
+    format: str = "ext2"
     slim: bool = True
     size_mib: int | None = None
     users: tuple[str, ...] = ()

@@ -377,8 +377,9 @@ def memory_breakdown_section(data: dict | None) -> Section:
              "boot, so held while the initramfs unpacks); the rest of what it reserves "
              "(page structures, firmware areas); the initramfs archive (held until unpacked) and the tree "
              "unpacked from it (kept in page cache); and the rest (the app, page tables, slab, free reserve). "
-             "Beside it, the same tree as an ext2 root on virtio-blk (read page by page, no copy), measured the "
-             "same way, with the time to ready of both roots at the recipe's memory.")
+             "An ext2 root on virtio-blk is read page by page (no archive, no copy). Beside each app's own "
+             "root (the recipe's format), the same tree in the other format (and, for redis, as a gzip "
+             "initramfs), measured the same way, with the time to ready of both roots at the recipe's memory.")
     title = "What the minimum memory is made of"
     if not data:
         return _not_measured("memory", title, intro, "memory-breakdown")

@@ -81,7 +81,7 @@ KEYS: tuple[Key, ...] = (
         "an OCI image whose layers make the tree (docker://, oci: or docker-archive: reference)"),
     Key("rootfs.files", "list of strings", [], "extra in-tree paths kept when slim"),
     Key("rootfs.overlay", "list of strings", NO_DEFAULT, "directories under rootfs/ copied over the tree"),
-    Key("rootfs.format", "cpio or ext2", "cpio", "cpio or ext2"),
+    Key("rootfs.format", "cpio or ext2", "ext2", "ext2 (virtio-blk root, the default) or cpio (initramfs)"),
     Key("rootfs.slim", "boolean", True, "keep only what the app needs (default true)"),
     Key("rootfs.size_mib", "number", NO_DEFAULT, "ext2 image size in MiB (default: computed)"),
     Key("rootfs.users", "list of strings", [], "system users (and groups) added to /etc/passwd for the app and its services"),

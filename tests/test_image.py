@@ -428,4 +428,4 @@ def test_an_unreachable_registry_fails_the_build_before_any_kernel_work(tmp_path
         "registry 127.0.0.1:1 is unreachable; check the name and the network (this machine may have no registry "
         "access)"], proc.stdout + proc.stderr
     assert not (project / "out/config").exists(), proc.stdout
-    assert not (project / "out/rootfs/traefik/rootfs.cpio").exists()
+    assert not list((project / "out/rootfs").glob("traefik/rootfs.*"))

@@ -290,6 +290,6 @@ def test_image_user_env_and_workdir_reach_the_app_on_the_general_kernel(project,
         (project / "out/config/redis@general/identity").read_text()
     console = (project / "out/boot/redis-user/console.log").read_text()
     assert "tailor-init: exec /usr/bin/redis-server" in console
-    init = subprocess.run(["cpio", "-i", "--to-stdout", "init"], input=(project / "out/rootfs/redis-user/rootfs.cpio")
-                          .read_bytes(), capture_output=True).stdout.decode()
+    init = subprocess.run(["debugfs", "-R", "cat /init", str(project / "out/rootfs/redis-user/rootfs.ext2")],
+                          capture_output=True).stdout.decode()
     assert "su -p -s /bin/sh redis -c" in init and "export REDIS_IMAGE=with-user" in init and "cd /tmp" in init

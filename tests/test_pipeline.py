@@ -102,7 +102,7 @@ def test_nothing_changed_is_a_noop(built):
 
 def test_rootfs_is_byte_identical_across_builds(built):
     project = built
-    image = project / "out/rootfs/redis/rootfs.cpio"
+    image = project / "out/rootfs/redis/rootfs.ext2"
     before = image.read_bytes()
     proc = doit(project, "--always-execute", "rootfs:redis")
     assert proc.returncode == 0, proc.stderr

@@ -27,7 +27,7 @@ def test_defaults(tmp_path):
     assert r.name == "mini"
     assert r.kernel.source.kind == "debian" and r.kernel.source.package == "linux-source-6.1"
     assert r.kernel.base == ("lupine-base",) and r.kernel.resolve == "strict" and r.kernel.options == ()
-    assert r.rootfs.format == "cpio" and r.rootfs.slim is True
+    assert r.rootfs.format == "ext2" and r.rootfs.slim is True
     assert r.app.args == () and r.app.workdir == "/" and r.app.network is False
     assert r.test.memory == 256 and r.test.timeout == 180 and r.test.probe.type == "none"
 
@@ -73,7 +73,7 @@ def test_default_overlays_are_existing_dirs(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("app: {command: x}\ntest: {probe: {type: redis}}\n", "test.probe: a redis probe needs `port`"),
-    ("app: {command: x}\nrootfs: {size_mib: 10}\n", "rootfs.size_mib: only an ext2 image has a size"),
+    ("app: {command: x}\nrootfs: {size_mib: 10, format: cpio}\n", "rootfs.size_mib: only an ext2 image has a size"),
     ("app: {command: x}\nkernel: {base: [a, a]}\n", "kernel.base.1: fragment 'a' is listed twice"),
     ("app: {command: x}\nkernel: {source: {path: x.tar}}\n", "kernel.source: a `path` source needs its `sha256`"),
     ("app: {command: x, workdir: relative}\n", "app.workdir: 'relative' is not an absolute directory"),
@@ -111,7 +111,7 @@ def test_digests_come_from_the_validated_model(tmp_path):
     implicit = load_text(tmp_path, "app: {command: /bin/true}\n", "a")
     # (app keys are not written out: which app keys a recipe gives decides what overrides an image's config)
     explicit = load_text(tmp_path, "app: {command: /bin/true}\ntest: {memory: 256, timeout: 180}\n"
-                                   "rootfs: {format: cpio, slim: true}\nkernel: {resolve: strict}\n", "b")
+                                   "rootfs: {format: ext2, slim: true}\nkernel: {resolve: strict}\n", "b")
     assert implicit.digests == explicit.digests
     other = load_text(tmp_path, "app: {command: /bin/true}\ntest: {memory: 128}\n", "c")
     assert other.digests["test"] != implicit.digests["test"]

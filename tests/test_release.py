@@ -389,6 +389,7 @@ kernel:
   base: [lupine-base]
 rootfs:
   packages: [hello]
+  format: cpio
 app:
   command: /usr/bin/hello
   args: [--greeting, "hi there"]

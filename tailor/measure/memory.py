@@ -9,9 +9,11 @@ For each app's own kernel it then says what that minimum is made of
 (code, rwdata, rodata, init, bss; "reserved" also holds the page structures and
 firmware areas), the initramfs archive as loaded (held until it is unpacked) and the
 tree unpacked from it (kept in page cache for the VM's life), and the rest (the app,
-page tables, slab, what the kernel keeps free). And it measures the alternative root
-(:data:`ALTERNATIVES`): the same tree as an ext2 image on virtio-blk, which the kernel
-reads page by page instead of holding a copy, with its own minimum and time to ready.
+page tables, slab, what the kernel keeps free). And it measures the other roots
+(:data:`ALTERNATIVES`): the same tree as the other image format (an ext2 image on
+virtio-blk, which the kernel reads page by page instead of holding a copy, or a cpio
+initramfs) and, for :data:`GZIP_APPS`, a gzip initramfs, each with its own minimum and
+time to ready.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ MEMORY_RANGE = (8, 256)
 """Bisection bounds in MiB: the low end is assumed to fail, the high end must pass."""
 MEMORY_TIMEOUT_S = 60
 """Timeout of each boot test during the memory bisection (a starved guest may hang)."""
-ALTERNATIVES = ("ext2", "cpio.gz")
-"""Root filesystem formats measured beside each app's own (cpio) for its specific kernel."""
+ALTERNATIVES = ("cpio", "ext2", "cpio.gz")
+"""Root filesystem formats measured beside each app's own (the recipe's ``rootfs.format``) for its specific
+kernel; a baseline gets the other of cpio and ext2 only."""
 GZIP_APPS = ("redis",)
 """Apps whose gzip-compressed initramfs is measured: each needs its own kernel with RD_GZIP (one more
 kernel build), so only the app with the largest archive of the report's three."""
@@ -152,10 +155,10 @@ def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY
                    log: Callable[[str], None] = say, alternatives: bool = True) -> dict:
     """Bisect each variant's smallest passing guest memory in MiB; for each app's own kernel and each
     baseline, break that minimum down and (with *alternatives*) measure the other root formats (the
-    baselines: ext2 only, so that the ratio with an ext2 root compares like with like); writes
-    ``memory.json``."""
+    baselines: the other of cpio and ext2 only, so that each root is also compared like with like);
+    writes ``memory.json``."""
     results, extra = [], []
-    images: dict[str, Variant] = {}  # each app's ext2 variant, built once for all its kernels
+    images: dict[tuple[str, str], Variant] = {}  # each app's image in another format, built once for all its kernels
     for v in variants(apps):
         row = result_row(v)
         if v.missing:
@@ -219,25 +222,29 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None, unpacked: int | N
 def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None,
                   log: Callable[[str], None], images: dict[str, Variant]) -> list[dict]:
     """*v* (an app on its own kernel or a baseline) with each root format of :data:`ALTERNATIVES` it
-    does not use (a baseline: ext2 only): the image built from the same recipe
+    does not use (a baseline: the other of cpio and ext2 only): the image built from the same recipe
     (``out/rootfs/<app>@<format>/``, once per app, kept in *images*), its minimum memory, its
-    breakdown, and the time to ready of both roots at the recipe's memory (:data:`READY_RUNS` each)."""
+    breakdown, and the time to ready of both roots at the recipe's memory (:data:`READY_RUNS` each).
+    The gzip initramfs compresses the app's cpio image (its own, or the one built here)."""
     out = []
     own = v.recipe.rootfs.format
     own_ready: float | None | object = _UNMEASURED
+
+    def in_format(fmt: str) -> Variant:
+        if fmt == own:
+            return v
+        if (v.app, fmt) not in images:
+            images[(v.app, fmt)] = _format_variant(v, fmt)
+        return replace(v, recipe=images[(v.app, fmt)].recipe, image=images[(v.app, fmt)].image)
+
     for fmt in ALTERNATIVES:
         if fmt == own:
             continue
-        if fmt == "cpio.gz" and (own != "cpio" or v.app not in GZIP_APPS or v.variant != "specific"):
+        if fmt == "cpio.gz" and (v.app not in GZIP_APPS or v.variant != "specific"):
             continue
         row = {"app": v.app, "variant": v.variant, "root": fmt, "own_root": own, "own_min_mib": cpio_min}
         try:
-            if fmt == "cpio.gz":
-                alt = _gzip_variant(v)
-            else:
-                if v.app not in images:
-                    images[v.app] = _ext2_variant(v)
-                alt = replace(v, recipe=images[v.app].recipe, image=images[v.app].image)
+            alt = _gzip_variant(v, in_format("cpio").image) if fmt == "cpio.gz" else in_format(fmt)
         except TailorError as e:
             row["error"] = f"could not build the {fmt} variant: {str(e).splitlines()[0]}"
             out.append(row)
@@ -250,7 +257,7 @@ def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None
             row["kernel"] = alt.kernel["identity"]
         if found is not None:
             row["breakdown"] = _breakdown_of(alt, found, accel,
-                                             cpio_data_size(v.image)[1] if fmt == "cpio.gz" else None)
+                                             cpio_data_size(in_format("cpio").image)[1] if fmt == "cpio.gz" else None)
         if own_ready is _UNMEASURED:  # the own root's time to ready, once for all alternatives
             own_ready = _ready_median(v, bench_dir() / "memory" / v.app / f"{v.variant}-ready-{own}", accel)
         row["own_ready_s"] = own_ready
@@ -274,24 +281,26 @@ def _ready_median(v: Variant, outdir: Path, accel: str | None) -> float | None:
     return statistics.median(times) if times else None
 
 
-def _ext2_variant(v: Variant) -> Variant:
-    """*v* with the same recipe's tree as an ext2 image on virtio-blk (``out/rootfs/<app>@ext2/``)."""
-    other = replace(v.recipe, name=f"{v.recipe.name}@ext2", rootfs=replace(v.recipe.rootfs, format="ext2"))
+def _format_variant(v: Variant, fmt: str) -> Variant:
+    """*v* with the same recipe's tree as a *fmt* image (``cpio`` or ``ext2``), built as
+    ``out/rootfs/<app>@<fmt>/``."""
+    other = replace(v.recipe, name=f"{v.recipe.name}@{fmt}", rootfs=replace(v.recipe.rootfs, format=fmt))
     rootfs.build(other)
     return replace(v, recipe=other, image=rootfs.image_path(other))
 
 
-def _gzip_variant(v: Variant) -> Variant:
-    """*v* with its initramfs gzip-compressed and a kernel that can unpack it: the recipe's config plus
-    :data:`GZIP_OPTION` (variant ``rd-gzip``, resolved, verified and built like any recipe's kernel).
-    The archive is ``out/bench/memory/<app>/rootfs.cpio.gz`` (gzip -9, no name or time in its header)."""
-    recipe = replace(v.recipe, variant="rd-gzip",
+def _gzip_variant(v: Variant, cpio_image: Path) -> Variant:
+    """*v* booting *cpio_image* (its tree as a cpio) gzip-compressed as its initramfs, on a kernel that can
+    unpack it: the recipe's config plus :data:`GZIP_OPTION` (variant ``rd-gzip``, resolved, verified and
+    built like any recipe's kernel). The archive is ``out/bench/memory/<app>/rootfs.cpio.gz`` (gzip -9,
+    no name or time in its header)."""
+    recipe = replace(v.recipe, variant="rd-gzip", rootfs=replace(v.recipe.rootfs, format="cpio"),
                      kernel=replace(v.recipe.kernel, options=v.recipe.kernel.options + (GZIP_OPTION,)))
     config.configure(recipe)
     kernel.build_for(recipe)
     info = read_json(paths.kernel_pointer(recipe.id))
     image = makedirs(bench_dir() / "memory" / v.app) / "rootfs.cpio.gz"
-    with atomic_path(image) as tmp, open(v.image, "rb") as src, open(tmp, "wb") as raw:
+    with atomic_path(image) as tmp, open(cpio_image, "rb") as src, open(tmp, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
             while chunk := src.read(1 << 20):
                 gz.write(chunk)
