@@ -11,6 +11,7 @@ The stages and tools ask here instead of joining ``out_dir() / "..."`` themselve
 ``out/baseline/<name>/``               :func:`baseline_dir`: a baseline kernel's description
 ``out/bench/``                         :func:`bench_dir`: the measurements (``<kind>.json``)
 ``out/report/``                        :func:`report_dir`: the rendered report
+``out/catalogue/``                     :func:`catalogue_dir`: the catalogue's repeated boots (``timing.json``)
 ``out/discover/<app>/``                :func:`discover_dir`: a discovery's output
 ``out/cache/<name>/``                  :func:`cache_dir`: downloads and build caches; :func:`cache_root`
 ``out/src/``                           :func:`src_root`: unpacked kernel sources
@@ -94,6 +95,10 @@ def bench_path(kind: str) -> Path:
 
 def report_dir() -> Path:
     return out_dir() / "report"
+
+
+def catalogue_dir() -> Path:
+    return out_dir() / "catalogue"
 
 
 def discover_dir(app: str) -> Path:

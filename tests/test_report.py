@@ -576,3 +576,56 @@ def test_the_kernel_timeline_names_the_longest_silences():
 def test_pipeline_timing_runs_a_command_and_reports_its_status():
     seconds, output, status = measure.pipeline.timed(["sh", "-c", "echo hi; exit 3"])
     assert status == 3 and output == "hi\n" and 0 <= seconds < 10
+
+
+def _fake_built(hello, identity="a" * 64, sha="f" * 64):
+    """A kernel pointer, a root image and its manifest for *hello*, as the pipeline records them."""
+    from tailor import paths, rootfs
+
+    pointer = paths.kernel_pointer(hello.id)
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(json.dumps({"identity": identity, "sizes": {"bzImage": 900_000}, "bzImage": "/k/bzImage",
+                                   "vmlinux": "/k/vmlinux", "dir": "/k"}))
+    image = rootfs.image_path(hello)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"x")
+    paths.rootfs_manifest(hello.name).write_text(json.dumps({"sha256": sha, "size": 1}))
+
+
+def test_catalogue_timing_boots_round_by_round_and_the_table_shows_medians(tmp_path, monkeypatch):
+    from tailor import boot, catalogue, paths, recipe
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    hello = next(r for r in recipe.all_recipes() if r.name == "hello")
+    _fake_built(hello)
+    general = recipe.general_variant(hello)
+    paths.kernel_pointer(general.id).write_text(json.dumps({"identity": "c" * 64, "sizes": {"bzImage": 1},
+                                                            "bzImage": "/g/bzImage", "vmlinux": "/g/vmlinux", "dir": "/g"}))
+    paths.boot_result("hello").parent.mkdir(parents=True)
+    paths.boot_result("hello").write_text(json.dumps({"pass": True, "time_to_ready_s": 9.0, "accel": "tcg"}))
+    seen, times = [], iter([0.9, 1.0, 0.5, 1.2, 0.7, 1.1])
+
+    def fake_run(r, kernel, image, outdir, cmdline_extra=""):
+        seen.append((r.id, Path(kernel).name))
+        t = next(times)
+        return {"time_to_ready_s": t}
+
+    monkeypatch.setattr(boot, "run", fake_run)
+    data = catalogue.time_boots([hello], runs=3)
+    # round by round, each kernel once per round (no config beside the fake kernels: their bzImage boots)
+    assert seen == [("hello", "bzImage"), ("hello@general", "bzImage")] * 3
+    assert data["apps"]["hello"]["general"]["median_s"] == 1.1 and "firecracker" not in data["apps"]["hello"]
+    assert data["apps"]["hello"]["specific"] == {"kernel": "a" * 64, "ready_s": [0.9, 0.5, 0.7], "median_s": 0.7,
+                                                 "failed": []}
+    text = catalogue.render_table([hello])
+    row = next(line for line in text.splitlines() if line.startswith("| hello |"))
+    assert "pass (0.7 s)" in row and "9.0" not in row and "the median of 3 boots" in text
+    assert "not built" in row  # the general variant has no boot test result: no time without one
+    _fake_built(hello, sha="e" * 64)  # the image changed since: the timing is stale, the boot test's time shows
+    row = next(line for line in catalogue.render_table([hello]).splitlines() if line.startswith("| hello |"))
+    assert "pass (9.0 s)" in row
+    _fake_built(hello, identity="b" * 64)  # same image, another kernel: stale too
+    row = next(line for line in catalogue.render_table([hello]).splitlines() if line.startswith("| hello |"))
+    assert "pass (9.0 s)" in row
+    with pytest.raises(TailorError, match="runs must be at least 1"):
+        catalogue.time_boots([hello], runs=0)
