@@ -38,12 +38,18 @@ _PC = re.compile(rb"pc:0x([0-9a-fA-F]+)")
 INIT_MARK = "Run /init as init process"
 
 
-TRACE_CMDLINE = "nokaslr rootfstype=ramfs"
-"""Kernel arguments of a traced boot. ``nokaslr``: System.map's addresses are the
-running kernel's. ``rootfstype=ramfs``: the probe kernel has TMPFS, with which the
-initramfs would be unpacked into a tmpfs capped at half the memory, while a base
-without TMPFS (lupine-base) unpacks it into an uncapped ramfs; an app that writes
-much (postgres's initdb) would fail on the probe kernel only."""
+TRACE_CMDLINE = "nokaslr"
+"""Kernel arguments of every traced boot: System.map's addresses are the running kernel's."""
+INITRAMFS_CMDLINE = "rootfstype=ramfs"
+"""Added when the traced root is an initramfs (cpio): the probe kernel has TMPFS, with which the
+initramfs would be unpacked into a tmpfs capped at half the memory, while a base without TMPFS
+(lupine-base) unpacks it into an uncapped ramfs; an app that writes much (postgres's initdb) would
+fail on the probe kernel only. Not for an ext2 root: there it would name the root's own type."""
+
+
+def trace_cmdline(fmt: str) -> str:
+    """The kernel arguments of a traced boot of a *fmt* (``cpio`` or ``ext2``) root."""
+    return f"{TRACE_CMDLINE} {INITRAMFS_CMDLINE}" if fmt == "cpio" else TRACE_CMDLINE
 
 
 @dataclass
@@ -186,7 +192,7 @@ def run(recipe, kernel: Path, image: Path, outdir: Path) -> Trace:
         try:
             result = boot.run(recipe, kernel, image, outdir, accel="tcg",
                               qemu_extra=("-d", "trace:translate_block", "-D", str(fifo)),
-                              cmdline_extra=TRACE_CMDLINE, on_line=on_line)
+                              cmdline_extra=trace_cmdline(recipe.rootfs.format), on_line=on_line)
         except TailorError as e:
             error = str(e)
         finally:

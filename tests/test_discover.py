@@ -308,3 +308,12 @@ def test_qemu_command_takes_trace_arguments():
                        extra=("-d", "trace:translate_block", "-D", "/tmp/x.fifo"))
     assert cmd[cmd.index("-d") + 1] == "trace:translate_block" and cmd[cmd.index("-D") + 1] == "/tmp/x.fifo"
     assert cmd[-2] == "-append" and cmd[-1].endswith(" nokaslr")
+
+
+def test_a_traced_initramfs_unpacks_into_ramfs_and_an_ext2_root_mounts_as_itself():
+    """``rootfstype=ramfs`` keeps the probe kernel's initramfs uncapped; on an ext2 root it would mount an
+    empty ramfs as / (the app's init missing), so it is only added for cpio."""
+    from tailor.trace import trace_cmdline
+
+    assert trace_cmdline("cpio").split() == ["nokaslr", "rootfstype=ramfs"]
+    assert trace_cmdline("ext2").split() == ["nokaslr"]
