@@ -161,6 +161,8 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
     finally:  # also on KeyboardInterrupt: keep what the console showed
         write_atomic(outdir / "console.log", con.text())
     passed = att is not None and att.verdict.state == "pass"
+    if not passed:
+        reason += full_root_hint(recipe, con.text())
     result = {
         "app": recipe.name,
         "variant": recipe.variant or "specific",
@@ -188,6 +190,15 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
         _print_tail(recipe.id, con, outdir)
         raise TailorError(f"boot test of {recipe.id} failed: {reason}")
     return result
+
+
+def full_root_hint(recipe: Recipe, console: str) -> str:
+    """What to add to a failed test's reason when the app ran out of room on its ext2 root (the image is
+    sized to its tree plus a quarter; an app that writes at start needs ``rootfs.size_mib``)."""
+    if recipe.rootfs.format != "ext2" or "No space left on device" not in console:
+        return ""
+    return (f" (the console says 'No space left on device': the ext2 root is full; give recipe "
+            f"{recipe.name} a rootfs.size_mib with room for what the app writes)")
 
 
 def _round(t: float | None) -> float | None:

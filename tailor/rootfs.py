@@ -532,6 +532,11 @@ def _tree_size(stage_dir: Path) -> tuple[int, int]:
     return blocks, inodes
 
 
+SPARE_INODES_PER_MIB = 64
+"""Inodes an ext2 image has beyond its tree's, per MiB of image (one per 16 KiB): room for the files an
+app creates at start (a database's tables), not only for their bytes."""
+
+
 def pack_ext2(stage_dir: Path, image: Path, epoch: int, name: str, size_mib: int | None = None,
               origin: str = "") -> None:
     """Write an ext2 image of *stage_dir* with ``mke2fs -d``, deterministic (fixed UUID, seed, times).
@@ -547,7 +552,7 @@ def pack_ext2(stage_dir: Path, image: Path, epoch: int, name: str, size_mib: int
     env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(epoch), MKE2FS_CONFIG="/dev/null", LC_ALL="C", TZ="UTC")
     with atomic_path(image) as tmp:
         cmd = ["mke2fs", "-q", "-F", "-t", "ext2", "-b", "4096", "-I", "256", "-m", "0",
-               "-N", str(inodes + 64), "-O", "none,sparse_super,large_file,filetype,dir_index,ext_attr",
+               "-N", str(inodes + max(64, size_mib * SPARE_INODES_PER_MIB)), "-O", "none,sparse_super,large_file,filetype,dir_index,ext_attr",
                "-U", fixed, "-E", f"hash_seed={fixed},root_owner=0:0,no_copy_xattrs",
                "-L", "tailor-root", "-d", str(stage_dir), str(tmp), f"{size_mib}M"]
         if os.geteuid() != 0 and shutil.which("fakeroot"):

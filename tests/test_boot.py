@@ -865,3 +865,18 @@ def test_ctrl_c_during_a_boot_is_raised_at_a_safe_point():
             qemu.check_interrupt()
     assert reached
     assert _signal.getsignal(_signal.SIGINT) is before
+
+
+def test_a_full_ext2_root_is_named_in_the_failure(tmp_path):
+    from dataclasses import replace as _replace
+
+    from tailor.boot import full_root_hint
+    from tailor.recipe import load
+
+    (tmp_path / "db.yaml").write_text("app: {command: /bin/true}\n")
+    r = load(tmp_path / "db.yaml")
+    full = "[ 2.1] InnoDB: Error number 28 means 'No space left on device'\n"
+    assert "give recipe db a rootfs.size_mib" in full_root_hint(r, full)
+    assert full_root_hint(r, "ready\n") == ""
+    cpio = _replace(r, rootfs=_replace(r.rootfs, format="cpio"))
+    assert full_root_hint(cpio, full) == ""  # an initramfs has no size to raise

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -387,3 +388,14 @@ def _recipe_with_overlay(tmp_path, names):
 
     r = make_recipe(tmp_path, "rootfs: {overlay: []}\napp: {command: ls}\n")
     return dataclasses.replace(r, rootfs=dataclasses.replace(r.rootfs, overlay=tuple(names)))
+
+
+def test_ext2_image_has_inodes_for_the_files_an_app_creates(tmp_path, pkg_tree):
+    """A database creates hundreds of files at first start: the image's spare inodes grow with its size
+    (mariadb's install ran out of inodes, not bytes, with 64 spare)."""
+    stage = _staged(tmp_path, pkg_tree, "db", 1_000_000_000)
+    image = tmp_path / "db.img"
+    rootfs.pack_ext2(stage, image, 1_000_000, "db", size_mib=64)
+    head = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True).stdout
+    free = int(re.search(r"^Free inodes:\s+(\d+)", head, re.M).group(1))
+    assert free >= 64 * rootfs.SPARE_INODES_PER_MIB - 11  # ext2 reserves inodes 1-10 (and 11 is lost+found)
