@@ -377,6 +377,9 @@ def memory_breakdown_section(data: dict | None) -> Section:
              "boot, so held while the initramfs unpacks); the rest of what it reserves "
              "(page structures, firmware areas); the initramfs archive (held until unpacked) and the tree "
              "unpacked from it (kept in page cache); and the rest (the app, page tables, slab, free reserve). "
+             "A kernel runs at its load address (`PHYSICAL_START`: 16 MiB by default, 2 MiB in lupine-base), "
+             "so a guest needs at least that plus the image however little its app needs; the memory below "
+             "the load address counts in the rest. "
              "An ext2 root on virtio-blk is read page by page (no archive, no copy). Beside each app's own "
              "root (the recipe's format), the same tree in the other format (and, for redis, as a gzip "
              "initramfs), measured the same way, with the time to ready of both roots at the recipe's memory.")
@@ -420,7 +423,7 @@ def memory_breakdown_section(data: dict | None) -> Section:
             same = [(b, a) for b in BASELINE_ORDER for a in alts.get((r["app"], b), [])
                     if a["root"] == alt["root"] and a.get("min_mib") and alt.get("min_mib")]
             if same:
-                notes.append(f"{r['app']} with an {alt['root']} root on every kernel too: {alt['min_mib']} MiB = "
+                notes.append(f"{r['app']} with {'an' if alt['root'].startswith('e') else 'a'} {alt['root']} root on every kernel too: {alt['min_mib']} MiB = "
                              + ", ".join(f"{fmt_ratio(ratio(alt['min_mib'], a['min_mib']))} {b}'s "
                                          f"{a['min_mib']} MiB" for b, a in same)
                              + f" (with {own}: " + ", ".join(
