@@ -761,7 +761,7 @@ def test_real_boot(tmp_path, real_kernel, method):
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     image = busybox_initramfs(tmp_path / "rootfs.cpio")
-    recipe = make_recipe("app: {command: /init}\n"
+    recipe = make_recipe("app: {command: /init}\nrootfs: {format: cpio}\n"
                          "test: {ready: 'tailor slow test: init is up', memory: 128, timeout: 60}\n", tmp_path)
     kernel, how = qemu.kernel_file(real_kernel, method)
     assert how == method and kernel.name == {"pvh": "vmlinux", "bzimage": "bzImage"}[method]
