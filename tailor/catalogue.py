@@ -37,10 +37,6 @@ LUPINE_NAMES = {"hello": "hello-world"}
 """Recipe names that Lupine's lists spell differently."""
 BASELINE = "firecracker"
 """The baseline kernel every app is also boot-tested on, so that the table compares time to ready."""
-BASELINE_CMDLINE = "rootfstype=ramfs"
-"""Added when an initramfs boots on the baseline: a kernel with TMPFS (Firecracker's) unpacks the
-initramfs into a tmpfs capped at half the memory, where postgres's initdb and wordpress's setup run
-out of space; lupine-base has no TMPFS and unpacks into ramfs, as this asks of every kernel."""
 RUNS = 3
 """Boots per app and kernel in :func:`time_boots`; the table shows their median."""
 
@@ -90,7 +86,7 @@ def _columns(r: Recipe, base: dict | None, name: str) -> list[tuple[str, Recipe,
         if pointer is not None:
             out.append((column, variant, pointer, ""))
     if base is not None:
-        out.append((name, r, base, BASELINE_CMDLINE if r.rootfs.format == "cpio" else ""))
+        out.append((name, r, base, qemu.ramfs_cmdline(r.rootfs.format)))
     return out
 
 
@@ -137,11 +133,10 @@ def time_boots(recipes: list[Recipe], runs: int = RUNS, name: str = BASELINE) ->
     return data
 
 
-def _timing(recipe: Recipe) -> dict:
-    """The recorded timing of *recipe*'s app when its image is still the one timed (else empty)."""
-    data = _read(timing_path()) or {}
+def _timing(recipe: Recipe, data: dict, manifest: dict | None) -> dict:
+    """The timing of *recipe*'s app in *data* (timing.json) when its image, as its rootfs *manifest* names
+    it now, is still the one timed (else empty)."""
     app = (data.get("apps") or {}).get(recipe.name) or {}
-    manifest = _read(paths.rootfs_manifest(recipe.name))
     return app if manifest and app.get("image") == manifest.get("sha256") else {}
 
 
@@ -175,7 +170,7 @@ def boot_on_baseline(recipes: list[Recipe], name: str = BASELINE) -> None:
             continue
         try:
             result = boot.run(r, kernel, image, baseline_result(r, name).parent,
-                              cmdline_extra=BASELINE_CMDLINE if r.rootfs.format == "cpio" else "")
+                              cmdline_extra=qemu.ramfs_cmdline(r.rootfs.format))
             print(f"[catalogue] {r.name} on {name} ({method}): ready after {result['time_to_ready_s']} s",
                   file=sys.stderr)
         except TailorError as e:
@@ -192,10 +187,11 @@ def rows(recipes: list[Recipe]) -> list[dict]:
     """One row per recipe with what out/ records about both variants."""
     lupine = lupine_counts()
     out = []
+    timings = _read(timing_path()) or {}
+    base = baseline.load(BASELINE)
     for r in sorted(recipes, key=lambda r: r.name):
         rootfs = _read(paths.rootfs_manifest(r.name))
-        timing = _timing(r)
-        base = baseline.load(BASELINE)
+        timing = _timing(r, timings, rootfs)
         out.append({
             "app": r.name,
             "description": r.description,

@@ -174,6 +174,13 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
     return cmd
 
 
+def ramfs_cmdline(fmt: str) -> str:
+    """``rootfstype=ramfs`` for a cpio root, else nothing: a kernel with TMPFS unpacks an initramfs into a
+    tmpfs capped at half the memory (postgres's initdb runs out of space there), a base without TMPFS
+    (lupine-base) into an uncapped ramfs; on an ext2 root the option would name the root's own type."""
+    return "rootfstype=ramfs" if fmt == "cpio" else ""
+
+
 BOOT_METHODS = ("pvh", "bzimage")
 """How qemu starts a kernel: ``pvh`` loads the uncompressed ELF vmlinux and jumps to its PVH entry
 point (no real-mode setup, no decompressor; Firecracker boots the same way), ``bzimage`` loads the

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tailor import boot
+from tailor.qemu import ramfs_cmdline
 from tailor.errors import TailorError
 from tailor.kmap import KERNEL_TEXT_START
 
@@ -40,16 +41,12 @@ INIT_MARK = "Run /init as init process"
 
 TRACE_CMDLINE = "nokaslr"
 """Kernel arguments of every traced boot: System.map's addresses are the running kernel's."""
-INITRAMFS_CMDLINE = "rootfstype=ramfs"
-"""Added when the traced root is an initramfs (cpio): the probe kernel has TMPFS, with which the
-initramfs would be unpacked into a tmpfs capped at half the memory, while a base without TMPFS
-(lupine-base) unpacks it into an uncapped ramfs; an app that writes much (postgres's initdb) would
-fail on the probe kernel only. Not for an ext2 root: there it would name the root's own type."""
 
 
 def trace_cmdline(fmt: str) -> str:
-    """The kernel arguments of a traced boot of a *fmt* (``cpio`` or ``ext2``) root."""
-    return f"{TRACE_CMDLINE} {INITRAMFS_CMDLINE}" if fmt == "cpio" else TRACE_CMDLINE
+    """The kernel arguments of a traced boot of a *fmt* (``cpio`` or ``ext2``) root: the probe kernel has
+    TMPFS, so an initramfs is unpacked into ramfs as on lupine-base (:func:`~tailor.qemu.ramfs_cmdline`)."""
+    return f"{TRACE_CMDLINE} {ramfs_cmdline(fmt)}".strip()
 
 
 @dataclass

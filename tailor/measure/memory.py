@@ -219,8 +219,8 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None, unpacked: int | N
     return {"memory_line": line, "parts": breakdown(line, min_mib, archive, unpacked, gaps)}
 
 
-def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None,
-                  log: Callable[[str], None], images: dict[str, Variant]) -> list[dict]:
+def _alternatives(v: Variant, own_min: int, lo: int, hi: int, accel: str | None,
+                  log: Callable[[str], None], images: dict[tuple[str, str], Variant]) -> list[dict]:
     """*v* (an app on its own kernel or a baseline) with each root format of :data:`ALTERNATIVES` it
     does not use (a baseline: the other of cpio and ext2 only): the image built from the same recipe
     (``out/rootfs/<app>@<format>/``, once per app, kept in *images*), its minimum memory, its
@@ -242,7 +242,7 @@ def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None
             continue
         if fmt == "cpio.gz" and (v.app not in GZIP_APPS or v.variant != "specific"):
             continue
-        row = {"app": v.app, "variant": v.variant, "root": fmt, "own_root": own, "own_min_mib": cpio_min}
+        row = {"app": v.app, "variant": v.variant, "root": fmt, "own_root": own, "own_min_mib": own_min}
         try:
             alt = _gzip_variant(v, in_format("cpio").image) if fmt == "cpio.gz" else in_format(fmt)
         except TailorError as e:
@@ -262,7 +262,7 @@ def _alternatives(v: Variant, cpio_min: int, lo: int, hi: int, accel: str | None
             own_ready = _ready_median(v, bench_dir() / "memory" / v.app / f"{v.variant}-ready-{own}", accel)
         row["own_ready_s"] = own_ready
         row["ready_s"] = _ready_median(alt, bench_dir() / "memory" / v.app / f"{v.variant}-ready-{fmt}", accel)
-        log(f"memory {v.key}: {own} {cpio_min} MiB, ready {row['own_ready_s']} s; {fmt} {found} MiB, "
+        log(f"memory {v.key}: {own} {own_min} MiB, ready {row['own_ready_s']} s; {fmt} {found} MiB, "
             f"ready {row['ready_s']} s")
         out.append(row)
     return out
