@@ -12,12 +12,20 @@ recipe with a boot test:
    candidates are the mapped options of code run in the app phase that the
    probe kernel has, the base lacks and that have a prompt; the executed
    ``__x64_sys_*`` entry points are the app's system calls;
+   Each candidate gets a class from what the trace shows (:func:`classify`,
+   :data:`CLASSES`): a system call the app ran, code reached from the app's
+   work, a hook entered only from paths every process runs, or code that only
+   the init's set-up ran;
 4. **verify**: the base + the candidates, closed under dependencies by the
-   engine (``resolve: deps``), built and boot-tested; when that fails, the
-   rest of the probe fragment's options are added back by bisection with the
-   boot test as the oracle (:func:`add_back`);
-5. **minimise** (opt-in, ``--minimise``): drop each option in turn and keep
-   only those without which the boot test fails (:func:`minimise`).
+   engine (``resolve: deps``), built and boot-tested (the recipe's probe and
+   its ``test.exercise``); when that fails, the rest of the probe fragment's
+   options are added back by bisection with the boot test as the oracle
+   (:func:`tailor.minimise.add_back`);
+5. **minimise** (default; ``--no-minimise`` skips it): delta debugging
+   (:func:`tailor.minimise.ddmin`) drops options by class, most suspicious
+   first, until no single option can go, within ``--budget`` trial kernels.
+   An option that comes back through a kept option's dependencies is reported
+   as such (``kept_by_deps``), not as dropped.
 
 Every trial is a kernel keyed by its config identity (reruns and identical
 trials of other apps cost nothing). Outputs in ``out/discover/<app>/``:
@@ -42,6 +50,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from tailor import boot, kernel, kmap, paths, probe, qemu, rootfs, source, trace
+from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps
 from tailor import config as cfg
 from tailor.catalogue import LUPINE_NAMES, LUPINE_OPTIONS, README
 from tailor.errors import TailorError
@@ -53,7 +62,7 @@ from tailor.util import (code_digest, display_path, enabled_symbols, makedirs, r
 
 FORMAT = "tailor-discover/1"
 SYSCALL_PREFIX = "__x64_sys_"
-DISCOVER_CODE = ("discover", "probe", "trace", "kmap")
+DISCOVER_CODE = ("discover", "probe", "trace", "kmap", "minimise")
 """The modules whose code discovers (a change of theirs invalidates discover tasks; kernels and boot
 tests are keyed by their own stages)."""
 
@@ -118,60 +127,58 @@ def candidates(by_option: dict[str, list[str]], probe_on: set[str], base_on: set
 
 
 # --------------------------------------------------------------------------
-# Search with the boot test as the oracle (pure: the oracle is a function)
+# Evidence: what the trace says about each candidate
+
+CLASSES = ("setup", "hook", "reached", "bisection", "syscall")
+"""The classes of candidate options, most suspicious first (the order minimisation drops them in):
+
+``setup``     all its code first ran in the init's own set-up, before the app's exec;
+``hook``      its code was entered only from functions the null app ran too (paths every process
+              takes: fork, exec, exit, memory mapping): it ran as a hook of another subsystem;
+``reached``   code reached from the app's own work (entered from code the null app never ran);
+``bisection`` not traced: the boot test failed without it when the traced set was tried;
+``syscall``   it gates a system call entry that the app executed after its exec.
+"""
 
 
-def add_back(base: list[str], rest: list[str], oracle: Callable[[list[str]], bool]) -> list[str] | None:
-    """Options of *rest* that make *base* pass, found by bisection (about log2 N oracle calls per option).
+@dataclass(frozen=True)
+class Evidence:
+    """An option's class (one of :data:`CLASSES`) and the reason, in words."""
 
-    The oracle is called with whole option lists. Assumes ``oracle(base + rest)``; returns None when even
-    that fails. Otherwise returns the options added, in *rest*'s order.
-    """
-    order = list(rest)
-    rest = list(rest)
-    if not oracle(base + rest):
-        return None
-    needed: list[str] = []
-    while not oracle(base + needed):
-        lo, hi = 0, len(rest)  # base + needed + rest[:hi] passes; with rest[:lo] it fails
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if oracle(base + needed + rest[:mid]):
-                hi = mid
-            else:
-                lo = mid
-        needed.append(rest[hi - 1])
-        rest = rest[:hi - 1]
-    return [o for o in order if o in needed]
+    cls: str
+    why: str
 
 
-def minimise(options: list[str], oracle: Callable[[list[str]], bool]) -> tuple[list[str], list[str]]:
-    """Drop each option in turn and keep it only when the oracle fails without it.
-
-    Returns ``(kept, dropped)``; assumes ``oracle(options)`` passes.
-    """
-    kept = list(options)
-    dropped = []
-    for opt in list(options):
-        trial = [o for o in kept if o != opt]
-        if oracle(trial):
-            kept = trial
-            dropped.append(opt)
-    return kept, dropped
+def _names(items, n: int = 4) -> str:
+    items = list(items)
+    return ", ".join(items[:n]) + (f" (+{len(items) - n})" if len(items) > n else "")
 
 
-class Memo:
-    """Wraps an oracle so that each distinct option set is tried once."""
+def classify(functions: list[str], entered: dict[str, tuple[str | None, str]], common: set[str]) -> Evidence:
+    """Classify an option from its evidence: *functions* (its code that ran after the init started and the
+    null app did not run), *entered* (:func:`tailor.trace.entries`: each function's predecessor in the trace
+    and the phase it first ran in) and *common* (the null app's functions)."""
+    own = set(functions)
+    first = {f: entered.get(f, (None, "app")) for f in functions}
+    calls = [f[len(SYSCALL_PREFIX):] for f in functions if f.startswith(SYSCALL_PREFIX) and first[f][1] == "app"]
+    if calls:
+        return Evidence("syscall", f"the app ran its system calls {_names(calls, 8)}")
+    if all(phase == "setup" for _, phase in first.values()):
+        return Evidence("setup", f"only the init's set-up ran its code, before the app's exec: "
+                                 f"{_names(sorted(functions))}")
+    callers = sorted({prev for prev, _ in first.values() if prev is not None and prev not in own})
+    if callers and all(c in common for c in callers):
+        return Evidence("hook", f"entered only from paths every process runs ({_names(callers)}): "
+                                f"{_names(sorted(functions))}")
+    outside = [c for c in callers if c not in common] or callers
+    return Evidence("reached", f"reached from the app's work (entered from {_names(outside) or 'its own code'}): "
+                               f"{_names(sorted(functions))}")
 
-    def __init__(self, oracle: Callable[[list[str]], bool]):
-        self.oracle = oracle
-        self.seen: dict[frozenset, bool] = {}
 
-    def __call__(self, options: list[str]) -> bool:
-        key = frozenset(options)
-        if key not in self.seen:
-            self.seen[key] = self.oracle(list(options))
-        return self.seen[key]
+def minimise_groups(classes: dict[str, str]) -> list[list[str]]:
+    """The options grouped by class, most suspicious class first (:data:`CLASSES`), for :func:`ddmin`."""
+    return [sorted(o for o, c in classes.items() if c == cls) for cls in CLASSES
+            if any(c == cls for c in classes.values())]
 
 
 # --------------------------------------------------------------------------
@@ -206,9 +213,11 @@ class _Run:
         return resolve(self.tree, self.base_layers + [layer], "deps", source_id=self.ref.id)
 
     def trial(self, options: list[str], why: str) -> bool:
-        """Build base + *options* (deps closed) and run the boot test; record the trial."""
+        """Build base + *options* (deps closed) and run the boot test; record the trial.
+
+        A set that resolves to a kernel already tried in this run takes that trial's result (the
+        engine's dependency closure brought the removed options back): no build, no boot."""
         n = len(self.trials) + 1
-        tdir = makedirs(self.dir / "trials" / str(n))
         record = {"trial": n, "why": why, "options": sorted(options)}
         t0 = time.monotonic()
         try:
@@ -219,6 +228,16 @@ class _Run:
             self.trials.append(record)
             self.say(f"trial {n} ({why}): {len(options)} options do not resolve: {record['reason']}")
             return False
+        same = next((t for t in self.trials if t.get("identity") == result.identity and "same_as" not in t), None)
+        if same is not None:
+            record.update(identity=result.identity, added_by_deps=result.added, enabled=result.enabled(),
+                          result=same["result"], reason=same["reason"], same_as=same["trial"],
+                          bzImage=same.get("bzImage"), build_s=0.0, boot_s=0.0)
+            self.trials.append(record)
+            self.say(f"trial {n} ({why}): {len(options)} options resolve to trial {same['trial']}'s kernel "
+                     f"(dependencies bring the rest back): {same['result'].upper()}")
+            return same["result"] == "pass"
+        tdir = makedirs(self.dir / "trials" / str(n))
         write_atomic(tdir / ".config", result.config)
         record.update(identity=result.identity, added_by_deps=result.added, enabled=result.enabled())
         self.say(f"trial {n} ({why}): {len(options)} options (+{len(result.added)} by deps), "
@@ -310,8 +329,11 @@ def _has_prompt(tree, name: str) -> bool:
     return bool(sym and any(node.prompt for node in sym.nodes))
 
 
-def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path) -> dict[str, Mapping]:
-    """Map a trace's pcs, per phase (``boot``, ``app``), with the probe kernel in *kernel_dir*."""
+def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path
+              ) -> tuple[dict[str, Mapping], dict[str, tuple[str | None, str]]]:
+    """Map a trace's pcs with the probe kernel in *kernel_dir*: the mappings of ``boot``, ``user`` (the
+    init's set-up and the app: everything after the kernel started the init) and ``app`` (after the
+    app's exec), and where each function was first entered from (:func:`tailor.trace.entries`)."""
     try:
         symbols = kmap.parse_system_map((kernel_dir / "System.map").read_text())
     except OSError as e:
@@ -319,10 +341,10 @@ def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path) -> dict[str,
     index = kmap.nm_index(kernel_dir / "build", cache=kernel_dir / "symbols.json")
     kb = kmap.Kbuild(srctree)
     out = {}
-    for phase in ("boot", "app"):
-        functions = kmap.functions_of((pc for pc, p in pcs.items() if p == phase), symbols)
-        out[phase] = map_functions(functions, index, kb.gates)
-    return out
+    for name, phases in (("boot", ("boot",)), ("user", trace.USER_PHASES), ("app", ("app",))):
+        functions = kmap.functions_of((pc for pc, p in pcs.items() if p in phases), symbols)
+        out[name] = map_functions(functions, index, kb.gates)
+    return out, trace.entries(pcs, symbols.function)
 
 
 def _reason_for(opt: str, mapping: Mapping) -> str:
@@ -339,10 +361,20 @@ def _reason_for(opt: str, mapping: Mapping) -> str:
     return "traced: " + "; ".join(parts)
 
 
-def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> dict:
-    """Discover *recipe*'s options; write ``out/discover/<app>/`` and return the summary."""
+DEFAULT_BUDGET = 40
+"""Trial kernels minimisation may try at most, unless ``--budget`` says otherwise."""
+
+
+def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_BUDGET,
+             jobs: int | None = None) -> dict:
+    """Discover *recipe*'s options; write ``out/discover/<app>/`` and return the summary.
+
+    With *minimise_set* (the default) the passing set is then reduced by :func:`~tailor.minimise.ddmin`,
+    most suspicious class first, within *budget* trial kernels (None: no cap)."""
     if recipe.variant:
         raise TailorError(f"discover: {recipe.id} is a variant; discover {recipe.name} itself")
+    if budget is not None and budget < 0:
+        raise TailorError(f"discover {recipe.name}: --budget {budget}: give a number of trial kernels, 0 or more")
     run = _Run(recipe, jobs)
     run.say(f"base {'+'.join(recipe.kernel.base) or '(none)'}: {len(run.base_on)} options on; "
             f"probe fragment: {len(probe.options())} app-facing options")
@@ -355,7 +387,7 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
     image = rootfs.image_path(recipe)
     if not image.is_file():
         rootfs.build(recipe)
-    run.say(f"phase 1/4 probe kernel {probe_kernel['identity'][:16]} and image ready "
+    run.say(f"phase 1/5 probe kernel {probe_kernel['identity'][:16]} and image ready "
             f"({time.monotonic() - t:.1f} s)")
 
     # 2. trace
@@ -365,40 +397,43 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
     if tr.error:
         raise TailorError(f"discover {run.app}: the boot test fails even on the probe kernel ({tr.error}); "
                           f"see {display_path(run.dir / 'probe-boot' / 'console.log')}")
-    run.say(f"phase 2/4 traced the boot test in {tr.seconds:.1f} s: {tr.lines} trace lines "
+    counts = {p: sum(1 for v in tr.pcs.values() if v == p) for p in trace.PHASES}
+    run.say(f"phase 2/5 traced the boot test in {tr.seconds:.1f} s: {tr.lines} trace lines "
             f"({tr.bytes_read / 1e6:.1f} MB), {len(tr.pcs)} kernel pcs "
-            f"({sum(1 for p in tr.pcs.values() if p == 'boot')} boot, "
-            f"{sum(1 for p in tr.pcs.values() if p == 'app')} app)" + (" [capped]" if tr.truncated else ""))
+            f"({', '.join(f'{n} {p}' for p, n in counts.items())})" + (" [capped]" if tr.truncated else ""))
     trace_s = tr.seconds
 
-    # 3. map
+    # 3. map, and classify each candidate by what the trace shows
     t = time.monotonic()
     traced_null = not null_cache(probe_kernel["identity"]).is_file()
     common = null_functions(recipe, probe_kernel, run.srctree)
     run.boots += 1 if traced_null else 0
-    maps = map_trace(tr.pcs, probe_kdir, run.srctree)
-    app_map = maps["app"]
-    evidence = Mapping(functions=app_map.functions, by_option=beyond(app_map.by_option, common),
-                       syscalls=app_map.syscalls, unmapped=app_map.unmapped)
+    maps, entered = map_trace(tr.pcs, probe_kdir, run.srctree)
+    user = maps["user"]
+    evidence = Mapping(functions=user.functions, by_option=beyond(user.by_option, common),
+                       syscalls=user.syscalls, unmapped=user.unmapped)
     with run.tree.lock:
         cands, skipped = candidates(evidence.by_option, probe_on, run.base_on, lambda o: _has_prompt(run.tree, o))
-    for opt in sorted(set(app_map.by_option) - set(evidence.by_option)):
+    for opt in sorted(set(user.by_option) - set(evidence.by_option)):
         if opt not in run.base_on and opt in probe_on:
             skipped[opt] = "only code the null app ran too (process hooks, the init's own mounts)"
-    all_calls = sorted(set(maps["boot"].syscalls) | set(app_map.syscalls))
+    classes = {o: classify(evidence.by_option[o], entered, common) for o in cands}
+    all_calls = sorted(set(maps["boot"].syscalls) | set(user.syscalls))
     write_json(run.dir / "syscalls.json", {
         "format": FORMAT, "app": run.app, "probe_kernel": probe_kernel["identity"],
-        "app_phase": app_map.syscalls, "boot_phase": maps["boot"].syscalls, "all": all_calls,
+        "app_phase": user.syscalls, "app_exec": maps["app"].syscalls, "boot_phase": maps["boot"].syscalls,
+        "all": all_calls,
     })
     map_s = time.monotonic() - t
-    run.say(f"phase 3/4 mapped {len(app_map.functions)} app-phase functions ({app_map.unmapped} unmapped or "
-            f"ambiguous) in {map_s:.1f} s: {len(app_map.syscalls)} system calls, {len(cands)} candidate "
-            f"options: {', '.join(cands) or 'none'}")
+    run.say(f"phase 3/5 mapped {len(user.functions)} functions run after the init started ({user.unmapped} "
+            f"unmapped or ambiguous) in {map_s:.1f} s: {len(user.syscalls)} system calls, {len(cands)} candidate "
+            f"options: " + (", ".join(f"{o} ({classes[o].cls})" for o in cands) or "none"))
 
     # 4. verify (and add back by bisection when the candidates are not enough)
-    reasons: dict[str, dict] = {o: {"from": "trace", "why": _reason_for(o, evidence)} for o in cands}
-    memo = Memo(lambda opts: run.trial(opts, why))
+    reasons: dict[str, dict] = {o: {"from": "trace", "class": classes[o].cls,
+                                    "why": f"{classes[o].why}; {_reason_for(o, evidence)}"} for o in cands}
     why = "candidates from the trace"
+    memo = Memo(lambda opts: run.trial(opts, why))
     chosen = list(cands)
     if not memo(chosen):
         rest = [o for o in probe.options() if o not in chosen and o not in run.base_on]
@@ -409,24 +444,48 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
             raise TailorError(f"discover {run.app}: even all probe options fail the boot test as a trial kernel; "
                               f"see {display_path(run.dir / 'trials.json')}")
         for o in added:
-            reasons[o] = {"from": "bisection", "why": "the boot test fails without it (found by bisection)"}
+            reasons[o] = {"from": "bisection", "class": "bisection",
+                          "why": "the boot test fails without it (found by bisection)"}
         chosen += added
+    run.say(f"phase 4/5 {len(chosen)} options pass the boot test")
+
+    # 5. minimise: drop options by class, most suspicious first, until none can go (ddmin)
     dropped: list[str] = []
-    if minimise_set:
+    by_deps: list[str] = []
+    untried: list[str] = []
+    minimise_trials = 0
+    if minimise_set and chosen:
         why = "minimise"
-        chosen, dropped = minimise(chosen, memo)
-        for o in dropped:
+        groups = minimise_groups({o: reasons[o]["class"] for o in chosen})
+        run.say(f"minimising {len(chosen)} options by delta debugging, groups " +
+                ", ".join(f"{reasons[g[0]]['class']} ({len(g)})" for g in groups) +
+                ("" if budget is None else f", within {budget} trial kernels"))
+        out = ddmin(groups, memo, budget=budget)
+        minimise_trials = out.trials
+        chosen, untried = out.kept, out.untried
+        final = run.resolve(chosen)
+        dropped, by_deps = split_kept_by_deps(out.dropped, final.enabled())
+        for o in out.dropped:
             reasons.pop(o, None)
-        for o in chosen:
+        for o in out.needed:
             reasons[o]["why"] += "; the boot test fails without it (minimise)"
+        for o in untried:
+            reasons[o]["why"] += "; not tried without it (the minimisation budget ran out)"
+        run.say(f"phase 5/5 minimised in {out.trials} trials: kept {len(chosen)}, dropped {len(dropped)}"
+                + (f", {len(by_deps)} back through dependencies of kept options ({', '.join(by_deps)})"
+                   if by_deps else "")
+                + ("" if out.complete else f"; budget spent, left untried: {', '.join(untried)}"))
+    else:
+        run.say("phase 5/5 minimisation skipped (--no-minimise)" if chosen else "phase 5/5 nothing to minimise")
     final = run.resolve(chosen)
     for o in final.added:
         if o not in reasons:
             needers = [c for c in chosen if _depends_on(run.tree, c, o)]
-            reasons[o] = {"from": "deps", "why": f"needed by {', '.join(needers) or 'the options above'} "
-                                                  f"(resolve: deps)"}
-    passing = next(t for t in run.trials if t["result"] == "pass" and set(t["options"]) == set(chosen))
-    options = [{"option": o, "from": reasons[o]["from"], "why": reasons[o]["why"]}
+            reasons[o] = {"from": "deps", "class": "deps",
+                          "why": f"needed by {', '.join(needers) or 'the options above'} (resolve: deps)"
+                                 + (" (minimise dropped it; the dependencies bring it back)" if o in by_deps else "")}
+    passing = next(t for t in run.trials if t["result"] == "pass" and t["identity"] == final.identity)
+    options = [{"option": o, "from": reasons[o]["from"], "class": reasons[o]["class"], "why": reasons[o]["why"]}
                for o in chosen + [a for a in final.added if a not in chosen]]
     summary = {
         "format": FORMAT,
@@ -438,12 +497,16 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
         "bzImage": passing.get("bzImage"),
         "options": options,
         "not_taken": [{"option": o, "why": w} for o, w in sorted(skipped.items())],
+        "minimised": bool(minimise_set),
         "dropped_by_minimise": dropped,
+        "kept_by_deps": by_deps,
+        "untried": untried,
+        "minimise_trials": minimise_trials,
+        "budget": budget,
         "syscalls": len(all_calls),
         "trace": {"seconds": round(trace_s, 1), "lines": tr.lines, "bytes": tr.bytes_read,
-                  "pcs_boot": sum(1 for p in tr.pcs.values() if p == "boot"),
-                  "pcs_app": sum(1 for p in tr.pcs.values() if p == "app"), "capped": tr.truncated,
-                  "functions_app": len(app_map.functions), "unmapped_app": app_map.unmapped,
+                  "pcs_boot": counts["boot"], "pcs_setup": counts["setup"], "pcs_app": counts["app"],
+                  "capped": tr.truncated, "functions_app": len(user.functions), "unmapped_app": user.unmapped,
                   "map_seconds": round(map_s, 1)},
         "builds": run.builds,
         "boots": run.boots,
@@ -455,12 +518,14 @@ def discover(recipe, *, minimise_set: bool = False, jobs: int | None = None) -> 
         "functions": {phase: m.functions for phase, m in maps.items()},
         "by_option": {phase: m.by_option for phase, m in maps.items()},
         "evidence": evidence.by_option,
+        "classes": {o: {"class": e.cls, "why": e.why} for o, e in classes.items()},
+        "entered": {f: list(entered[f]) for o in cands for f in evidence.by_option[o] if f in entered},
     })
     write_json(run.dir / "trials.json", {"format": FORMAT, "app": run.app, "trials": run.trials})
     write_json(run.dir / "discover.json", summary)
 
     write_atomic(options_path(run.app), render("discover-options.yaml.j2", s=summary))
-    run.say(f"phase 4/4 {len(options)} options ({len(chosen)} asked, {len(final.added)} by deps) pass the boot "
+    run.say(f"{len(options)} options ({len(chosen)} asked, {len(final.added)} by deps) pass the boot "
             f"test on kernel {final.identity[:16]}: {', '.join(o['option'] for o in options) or 'none'}")
     run.say(f"total {summary['seconds']} s: {run.builds} kernel builds, {run.boots} boots, "
             f"{len(run.trials)} trials; {display_path(options_path(run.app))}")
@@ -564,8 +629,8 @@ def write_table(recipes, readme: Path | None = None) -> None:
 # doit
 
 
-def discover_action(recipe, minimise_set: bool = False) -> None:
-    discover(recipe, minimise_set=minimise_set)
+def discover_action(recipe) -> None:
+    discover(recipe)
 
 
 def tasks(recipes, action):

@@ -7,8 +7,11 @@ block of guest code. :func:`run` boots a recipe on the probe kernel through
 that trace written into a FIFO, and :class:`TraceFilter` keeps only what
 matters as the stream is written: each kernel pc once, with the phase in
 which it was first seen. ``boot`` lasts until the console shows ``Run /init
-as init process``; everything after is ``app`` (the init script, the app and
-the probe). A guest that panics and runs garbage makes the stream grow by
+as init process``; ``setup`` is the generated init's own work (mounts, the
+network, the recipe's setup steps and services) until it prints ``tailor-init:
+exec``; everything after is ``app`` (the app, the probe and the exercise).
+The pcs keep the order in which they were first seen, so the function run
+just before a function was first entered is known (:func:`entries`). A guest that panics and runs garbage makes the stream grow by
 megabytes a second: the filter only counts those bytes, and stops recording
 new pcs after :data:`MAX_PCS`.
 
@@ -28,9 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tailor import boot
+from tailor.console import EXEC_RE
 from tailor.qemu import ramfs_cmdline
 from tailor.errors import TailorError
 from tailor.kmap import KERNEL_TEXT_START
+
+PHASES = ("boot", "setup", "app")
+"""The phases of a traced boot, in order."""
+USER_PHASES = ("setup", "app")
+"""The phases after the kernel started the init."""
 
 MAX_PCS = 2_000_000
 """Unique kernel pcs recorded at most (a real boot has tens of thousands)."""
@@ -53,8 +62,8 @@ def trace_cmdline(fmt: str) -> str:
 class TraceFilter:
     """Keeps each kernel pc of a translate_block stream once, with the phase it was first seen in.
 
-    Feed it bytes with :meth:`feed` (any chunking) and call :meth:`user_space` when the guest
-    starts its init; ``pcs`` maps each pc to ``"boot"`` or ``"app"``.
+    Feed it bytes with :meth:`feed` (any chunking) and call :meth:`enter` when the guest reaches
+    the next phase; ``pcs`` maps each pc to one of :data:`PHASES`, in the order first seen.
     """
 
     lo: int = KERNEL_TEXT_START
@@ -66,8 +75,10 @@ class TraceFilter:
     truncated: bool = False
     _rest: bytes = b""
 
-    def user_space(self) -> None:
-        self.phase = "app"
+    def enter(self, phase: str) -> None:
+        """Count what is seen from now on in *phase* (never back to an earlier phase)."""
+        if PHASES.index(phase) > PHASES.index(self.phase):
+            self.phase = phase
 
     def feed(self, chunk: bytes) -> None:
         self.bytes_read += len(chunk)
@@ -140,11 +151,11 @@ class FifoReader(threading.Thread):
                 return
             self.filt.feed(chunk)
 
-    def user_space(self) -> None:
-        """Mark the start of user space: what the FIFO already holds was written before, so it is boot."""
+    def enter(self, phase: str) -> None:
+        """Mark the start of *phase*: what the FIFO already holds was written before, so it is the last phase's."""
         with self.lock:
             self._drain()
-            self.filt.user_space()
+            self.filt.enter(phase)
 
     def stop(self) -> None:
         self._halt.set()
@@ -155,7 +166,8 @@ class FifoReader(threading.Thread):
 
 @dataclass
 class Trace:
-    """What a traced boot recorded: kernel pcs by phase, stream size, and the boot test's result."""
+    """What a traced boot recorded: kernel pcs by phase (in the order first seen), stream size, and the
+    boot test's result."""
 
     pcs: dict[int, str]
     bytes_read: int
@@ -182,7 +194,9 @@ def run(recipe, kernel: Path, image: Path, outdir: Path) -> Trace:
 
         def on_line(line: str) -> None:
             if INIT_MARK in line:
-                reader.user_space()
+                reader.enter("setup")
+            elif EXEC_RE.search(line):
+                reader.enter("app")
 
         start = time.monotonic()
         result, error = None, ""
@@ -197,3 +211,24 @@ def run(recipe, kernel: Path, image: Path, outdir: Path) -> Trace:
         seconds = time.monotonic() - start
     return Trace(pcs=dict(filt.pcs), bytes_read=filt.bytes_read, lines=filt.lines, truncated=filt.truncated,
                  seconds=seconds, result=result, error=error)
+
+
+def entries(pcs: dict[int, str], function) -> dict[str, tuple[str | None, str]]:
+    """``{function: (function run just before it was first entered, phase)}`` over *pcs* in the order
+    first seen; *function* maps a pc to its function (None outside the text).
+
+    TCG translates a block when it first runs, so the block translated just before a function's first
+    block is usually its caller's (or, after a return, a sibling callee's): an approximation of where
+    the function was first called from, good enough to tell code entered from another subsystem's
+    paths from code of the option's own.
+    """
+    out: dict[str, tuple[str | None, str]] = {}
+    prev = None
+    for pc, phase in pcs.items():
+        fn = function(pc)
+        if fn is None:
+            continue
+        if fn not in out:
+            out[fn] = (prev, phase)
+        prev = fn
+    return out

@@ -2,7 +2,6 @@
 trace filter, the bisection and minimisation with fake oracles, writing the recipe, and the probe
 fragment against the real Kconfig tree."""
 
-import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -143,13 +142,23 @@ def test_trace_filter_keeps_unique_kernel_pcs_by_phase():
               b"translate_block tb:0x7f04, pc:0xffffffff81000010, tb_code:0x7f05\n")
     for i in range(0, len(stream), 7):  # any chunking
         f.feed(stream[i:i + 7])
-    f.user_space()
+    f.enter("setup")
     f.feed(b"123@1.5:translate_block tb:0x1, pc:0xffffffff81000010, tb_code:0x2\n"   # seen at boot already
            b"translate_block tb:0x1, pc:0x401000, tb_code:0x2\n"                     # user space
-           b"translate_block tb:0x1, pc:0xffffffff81000020, tb_code:0x2")            # no newline yet
+           b"translate_block tb:0x1, pc:0xffffffff81000030, tb_code:0x2\n")
+    f.enter("app")
+    f.enter("setup")  # never back to an earlier phase
+    f.feed(b"translate_block tb:0x1, pc:0xffffffff81000020, tb_code:0x2")            # no newline yet
     f.finish()
-    assert f.pcs == {0xffffffff81000000: "boot", 0xffffffff81000010: "boot", 0xffffffff81000020: "app"}
-    assert f.lines == 6 and f.count("app") == 1 and not f.truncated
+    assert f.pcs == {0xffffffff81000000: "boot", 0xffffffff81000010: "boot", 0xffffffff81000030: "setup",
+                     0xffffffff81000020: "app"}
+    assert f.lines == 7 and f.count("app") == 1 and f.count("setup") == 1 and not f.truncated
+    # the order first seen is kept: which function ran just before each was first entered
+    from tailor.trace import entries
+    names = {0xffffffff81000000: "start_kernel", 0xffffffff81000010: "do_mount",
+             0xffffffff81000030: "sk_alloc", 0xffffffff81000020: "cgroup_sk_alloc"}
+    assert entries(f.pcs, names.get) == {"start_kernel": (None, "boot"), "do_mount": ("start_kernel", "boot"),
+                                         "sk_alloc": ("do_mount", "setup"), "cgroup_sk_alloc": ("sk_alloc", "app")}
 
 
 def test_trace_filter_caps():
@@ -158,48 +167,13 @@ def test_trace_filter_caps():
     assert len(f.pcs) == 2 and f.truncated and f.bytes_read > 0
 
 
-class FakeOracle:
-    """Passes when every option of *needed* is in the set (and counts its calls)."""
-
-    def __init__(self, needed):
-        self.needed = set(needed)
-        self.calls = 0
-
-    def __call__(self, options):
-        self.calls += 1
-        return self.needed <= set(options)
-
-
-@pytest.mark.parametrize("needed", [["r3"], ["r0"], ["r31"], ["r5", "r20"], []])
-def test_add_back_finds_the_missing_options(needed):
-    rest = [f"r{i}" for i in range(32)]
-    oracle = FakeOracle(set(needed) | {"c1"})
-    added = discover.add_back(["c1", "c2"], rest, discover.Memo(oracle))
-    assert added == [r for r in rest if r in needed]
-    assert oracle.calls <= 2 + len(needed) * (math.ceil(math.log2(32)) + 1)
-
-
-def test_add_back_gives_up_when_even_everything_fails():
-    assert discover.add_back(["c1"], ["r1", "r2"], FakeOracle({"zz"})) is None
-
-
-def test_minimise_keeps_what_the_oracle_needs():
-    kept, dropped = discover.minimise(["a", "b", "c", "d"], FakeOracle({"b", "d"}))
-    assert kept == ["b", "d"] and dropped == ["a", "c"]
-
-
-def test_memo_calls_each_set_once():
-    oracle = FakeOracle({"a"})
-    memo = discover.Memo(oracle)
-    assert memo(["a", "b"]) and memo(["b", "a"]) and not memo([])
-    assert oracle.calls == 2
-
-
 SUMMARY = {"format": discover.FORMAT, "app": "newapp", "recipe": "recipes/newapp.yaml", "base": ["lupine-base"],
            "probe_kernel": "p" * 64, "kernel": "k" * 64, "trials": 1, "options": [
-               {"option": "NET", "from": "trace", "why": "traced: system calls socket, bind"},
-               {"option": "NETDEVICES", "from": "deps", "why": "needed by VIRTIO_NET (resolve: deps)"}],
-           "not_taken": [], "dropped_by_minimise": [], "syscalls": 40, "builds": 1, "boots": 2, "seconds": 9.5}
+               {"option": "NET", "from": "trace", "class": "syscall", "why": "traced: system calls socket, bind"},
+               {"option": "NETDEVICES", "from": "deps", "class": "deps", "why": "needed by VIRTIO_NET (resolve: deps)"}],
+           "not_taken": [], "minimised": True, "dropped_by_minimise": ["EPOLL"], "kept_by_deps": ["NETDEVICES"],
+           "untried": [], "minimise_trials": 3, "budget": 40, "syscalls": 40, "builds": 1, "boots": 2,
+           "seconds": 9.5}
 
 
 def test_write_recipe_adds_options_with_reasons(tmp_path):
@@ -228,7 +202,10 @@ def test_options_yaml_renders_as_yaml():
 
     data = yaml.safe_load(render("discover-options.yaml.j2", s=SUMMARY))
     assert [o["option"] for o in data["options"]] == ["NET", "NETDEVICES"]
+    assert [o["class"] for o in data["options"]] == ["syscall", "deps"]
     assert all(o["why"] for o in data["options"]) and data["not_taken"] == []
+    assert data["dropped_by_minimise"] == ["EPOLL"] and data["kept_by_deps"] == ["NETDEVICES"]
+    assert data["minimise_trials"] == 3 and data["budget"] == 40
 
 
 def test_probe_fragment_resolves_on_lupine_base(ktree):
@@ -294,7 +271,7 @@ def test_fifo_reader_filters_a_real_fifo(tmp_path):
     with open(fifo, "wb") as w:  # as qemu does: open for writing, write lines, close
         w.write(b"translate_block tb:0x1, pc:0xffffffff81000000, tb_code:0x2\n" * 1000)
         w.flush()
-        reader.user_space()
+        reader.enter("app")
         w.write(b"translate_block tb:0x1, pc:0xffffffff81000040, tb_code:0x2\n")
     reader.stop()
     assert not reader.is_alive()
