@@ -6,7 +6,8 @@ in a :func:`tailor.qemu.session`, feeds the serial console to a
 waits for the kernel's ``Run /init as init process`` line and for the
 recipe's ready pattern (:func:`~tailor.console.assess`), then checks the app
 the way the recipe's probe says (redis, http, tcp, memcached, command,
-console or none; :mod:`tailor.probes`). It writes ``console.log`` and
+console or none; :mod:`tailor.probes`) and runs the recipe's
+``test.exercise`` commands against it (:func:`tailor.probes.run_exercise`). It writes ``console.log`` and
 ``result.json`` to the output directory and raises a one-line
 :class:`TailorError` when the test fails.
 
@@ -87,7 +88,15 @@ def decide(recipe: Recipe, vm: VM, port: int | None, timeout: float) -> tuple[Ve
             why = (f"no answer from guest port {probe.port} within the {round(timeout, 1):g} s test timeout "
                    f"(last error: {e.last})")
         return fail(ProbeFailed, f"{probe.type} probe: {why}"), why
-    return Verdict("pass"), f"{detail} (guest port {probe.port} via 127.0.0.1:{port})"
+    detail = f"{detail} (guest port {probe.port} via 127.0.0.1:{port})"
+    if recipe.test.exercise:
+        try:
+            detail += "; " + probes.run_exercise(recipe.test.exercise, port, abort=lambda: vm.check(no_output_s=None))
+        except (QemuExited, KernelPanicked) as e:
+            return fail(type(e), f"during the exercise: {e}"), str(e)
+        except ProbeFailed as e:
+            return fail(ProbeFailed, str(e)), str(e)
+    return Verdict("pass"), detail
 
 
 def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str | None = None,

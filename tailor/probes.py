@@ -239,6 +239,36 @@ def probe_command(run: tuple[str, ...] | list[str], port: int, deadline: float, 
     return retry(attempt, deadline, abort)
 
 
+def run_exercise(steps, port: int, *, host: str = "127.0.0.1", abort: Abort | None = None) -> str:
+    """Run a recipe's ``test.exercise`` *steps* (:class:`~tailor.recipe.Exercise`) once each, in order, against
+    *host*:*port* (``{host}``/``{port}`` in their argv). A step passes when it ends within its timeout with its
+    expected status and, with ``expect``, output matching it. Raises :class:`~tailor.errors.ProbeFailed` naming
+    the first step that does not (or whatever *abort* raises: it is checked after every step)."""
+    names = []
+    for i, step in enumerate(steps, 1):
+        argv = [a.replace("{host}", host).replace("{port}", str(port)) for a in step.run]
+        shown = " ".join(argv)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        if shutil.which(argv[0]) is None:
+            raise ProbeFailed(f"exercise step {i}: {argv[0]} not found on this host; install it "
+                              f"(./setup.sh installs the exercise clients)")
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
+                                  timeout=step.timeout)
+        except subprocess.TimeoutExpired:
+            raise ProbeFailed(f"exercise step {i} ({shown}) did not end within {step.timeout} s") from None
+        out = (proc.stdout + proc.stderr).strip()
+        last = (out.splitlines() or ["no output"])[-1][:160]
+        if abort is not None and (why := abort()):
+            raise ProbeFailed(f"exercise step {i} ({shown}): {why}")
+        if proc.returncode != step.status:
+            raise ProbeFailed(f"exercise step {i} ({shown}) exited {proc.returncode}, expected {step.status}: {last}")
+        if step.expect is not None and not re.search(step.expect, proc.stdout + proc.stderr, re.M):
+            raise ProbeFailed(f"exercise step {i} ({shown}): output does not match {step.expect!r}: {last}")
+        names.append(argv[0])
+    return f"{len(names)} exercise step{'s' if len(names) != 1 else ''} passed ({', '.join(names)})"
+
+
 PROBES: dict[str, Callable] = {
     "redis": lambda p, port, deadline, abort: probe_redis(port, deadline, abort=abort),
     "http": lambda p, port, deadline, abort: probe_http(port, deadline, path=p.path, status=p.status,

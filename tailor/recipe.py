@@ -251,9 +251,20 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class Exercise:
+    """One ``test.exercise`` step: a host command run once against the app after the probe passed."""
+
+    run: tuple[str, ...]
+    timeout: int = 60
+    status: int = 0
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
 class TestSpec:
     ready: str = ""
     probe: Probe = field(default_factory=Probe)
+    exercise: tuple[Exercise, ...] = ()
     memory: int = 256
     timeout: int = 180
 
@@ -625,11 +636,38 @@ def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
             raise c.err(pkp + ("expect",), f"not a valid regular expression ({e})") from None
     if ptype == "console" and expect is None:
         raise c.err(pkp, "a console probe needs `expect` (what the console must show)")
+    exercise = _exercise(c, raw.get("exercise", default("test.exercise")), kp + ("exercise",), ptype)
     memory = c.integer(raw.get("memory", default("test.memory")), kp + ("memory",), lo=16, hi=65536, what="MiB of guest memory")
     timeout = c.integer(raw.get("timeout", default("test.timeout")), kp + ("timeout",), lo=1, hi=24 * 3600, what="seconds")
     return TestSpec(ready=ready, probe=Probe(type=ptype, port=port, path=path, status=status,
                                              body=body, expect=expect, run=run),
-                    memory=memory, timeout=timeout)
+                    exercise=exercise, memory=memory, timeout=timeout)
+
+
+def _exercise(c: _Checker, items, keypath, probe_type: str) -> tuple[Exercise, ...]:
+    if not isinstance(items, list):
+        raise c.err(keypath, f"expected a list of {{run, timeout, status, expect}}, got {_type_name(items)}")
+    if items and probe_type not in NETWORK_PROBES:
+        raise c.err(keypath, f"an exercise runs against the probe's forwarded port; a {probe_type} probe has none "
+                             f"(use a network probe: {', '.join(NETWORK_PROBES)})")
+    out = []
+    for i, raw in enumerate(items):
+        kp = keypath + (i,)
+        raw = c.mapping(raw, kp, children("test.exercise[]"), required=required("test.exercise[]"))
+        run = _argv(c, raw["run"], kp + ("run",))
+        timeout = c.integer(raw.get("timeout", default("test.exercise[].timeout")), kp + ("timeout",), lo=1, hi=3600,
+                            what="seconds")
+        status = c.integer(raw.get("status", default("test.exercise[].status")), kp + ("status",), lo=0, hi=255,
+                           what="an exit status")
+        expect = raw.get("expect")
+        if expect is not None:
+            expect = c.string(expect, kp + ("expect",), what="a regular expression")
+            try:
+                re.compile(expect)
+            except re.error as e:
+                raise c.err(kp + ("expect",), f"not a valid regular expression ({e})") from None
+        out.append(Exercise(run=run, timeout=timeout, status=status, expect=expect))
+    return tuple(out)
 
 
 def general_variant(recipe: Recipe) -> Recipe:

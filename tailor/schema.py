@@ -119,6 +119,13 @@ KEYS: tuple[Key, ...] = (
         "regular expression the console (or a command probe's output) must show"),
     Key("test.probe.run", "list of strings", NO_DEFAULT,
         "command probe: host command, {host} and {port} replaced by the forwarded address"),
+    Key("test.exercise", "list of mappings", [],
+        "host commands run against the app after the probe passes (list of {run, timeout, status, expect})"),
+    Key("test.exercise[].run", "list of strings", NO_DEFAULT,
+        "host command, {host} and {port} replaced by the probe's forwarded address", required=True),
+    Key("test.exercise[].timeout", "number", 60, "seconds it may take"),
+    Key("test.exercise[].status", "number", 0, "the exit status it must end with"),
+    Key("test.exercise[].expect", "string", NO_DEFAULT, "regular expression its output must show"),
     Key("test.memory", "number", 256, "guest memory in MiB"),
     Key("test.timeout", "number", 180, "seconds the whole boot test may take"),
 )

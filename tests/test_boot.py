@@ -880,3 +880,54 @@ def test_a_full_ext2_root_is_named_in_the_failure(tmp_path):
     assert full_root_hint(r, "ready\n") == ""
     cpio = _replace(r, rootfs=_replace(r.rootfs, format="cpio"))
     assert full_root_hint(cpio, full) == ""  # an initramfs has no size to raise
+
+
+# --------------------------------------------------------------------------
+# test.exercise: host commands run once each after the probe passed
+
+
+def _steps(*specs):
+    from tailor.recipe import Exercise
+
+    return tuple(Exercise(run=tuple(run), **kw) for run, kw in specs)
+
+
+def test_exercise_substitutes_the_address_and_checks_status_and_output():
+    steps = _steps((["sh", "-c", "echo served {host}:{port}"], {"expect": r"served 127\.0\.0\.1:4242"}),
+                   (["sh", "-c", "exit 3"], {"status": 3}))
+    assert probes.run_exercise(steps, 4242) == "2 exercise steps passed (sh, sh)"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ((["sh", "-c", "echo oops; exit 1"], {}), "exercise step 1 (sh -c echo oops; exit 1) exited 1, expected 0: oops"),
+    ((["sh", "-c", "echo fine"], {"expect": "PONG"}), "exercise step 1 (sh -c echo fine): output does not match 'PONG': fine"),
+    ((["sleep", "5"], {"timeout": 1}), "exercise step 1 (sleep 5) did not end within 1 s"),
+    ((["no-such-client-xyz"], {}), "exercise step 1: no-such-client-xyz not found on this host; install it"),
+])
+def test_exercise_names_the_step_that_fails(spec, message):
+    with pytest.raises(ProbeFailed) as e:
+        probes.run_exercise(_steps(spec), 4242)
+    assert str(e.value).startswith(message)
+
+
+def test_exercise_stops_when_the_vm_is_gone():
+    calls = []
+
+    def abort():
+        calls.append(1)
+        return "qemu exited" if len(calls) == 2 else None
+
+    with pytest.raises(ProbeFailed, match=r"^exercise step 2 \(true\): qemu exited$"):
+        probes.run_exercise(_steps((["true"], {}), (["true"], {}), (["false"], {})), 1, abort=abort)
+    assert len(calls) == 2  # the third step never ran
+
+
+def test_exercise_keys_parse_with_defaults():
+    text = ("app: {command: redis-server, network: true}\n"
+            "test:\n  probe: {type: redis, port: 6379}\n  exercise:\n"
+            "    - run: [redis-benchmark, -p, '{port}', -q]\n    - {run: [redis-cli, BGSAVE], timeout: 5, "
+            "status: 0, expect: started}\n")
+    ex = parse(text, Path("x.yaml")).test.exercise
+    assert [e.run[0] for e in ex] == ["redis-benchmark", "redis-cli"]
+    assert (ex[0].timeout, ex[0].status, ex[0].expect) == (60, 0, None)
+    assert (ex[1].timeout, ex[1].expect) == (5, "started")
