@@ -8,7 +8,7 @@
 
 import sys
 
-from tailor import (baseline, boot, catalogue, config, discover, kernel, measure, release, report, rootfs,
+from tailor import (baseline, boot, catalogue, config, discover, fits, kernel, measure, release, report, rootfs,
                     source, tasks)
 from tailor.image import build as image_build
 from tailor.recipe import with_variants
@@ -75,6 +75,11 @@ def task_explain():
 def task_discover():
     """discover an app's kernel options: trace it on the probe kernel, map the code to options, verify"""
     yield from discover.tasks(RECIPES, tasks.action)
+
+
+def task_fits():
+    """check an app's discovered kernel options against every baseline .config (reads only; builds nothing)"""
+    yield from fits.tasks(RECIPES, tasks.action)
 
 
 def task_release():

@@ -9,8 +9,11 @@ Commands::
     explain APP SYMBOL          why SYMBOL has its value in APP's config
     pin-source [PACKAGE[=VER]]  pin a linux-source version from Debian's archive (default: newest)
     pin-image APP               resolve APP's rootfs.image now and record its digest in images.lock
-    discover APP [--write]      discover APP's kernel options (like doit discover:APP)
+    discover APP [--write] [--no-minimise] [--budget N]
+                                discover APP's kernel options, minimised (like doit discover:APP)
     derive-probe REFERENCE      derive base_configs/probe.config from a reference .config
+    fits APP --config PATH [--from-recipe]
+                                does that .config have what APP needs? (exit 0 fits, 3 does not, 1 error)
 """
 
 from __future__ import annotations
@@ -102,10 +105,11 @@ def _pin_image(args) -> int:
 
 
 def _discover(args) -> int:
-    from tailor.discover import discover, write_recipe
+    from tailor.discover import DEFAULT_BUDGET, discover, write_recipe
 
     recipe = _recipe(args.app)
-    summary = discover(recipe, minimise_set=args.minimise, jobs=args.jobs)
+    budget = DEFAULT_BUDGET if args.budget is None else args.budget
+    summary = discover(recipe, minimise_set=not args.no_minimise, budget=budget, jobs=args.jobs)
     if args.write:
         path = write_recipe(recipe, summary)
         print(f"wrote {len(summary['options'])} options with their reasons to {display_path(path)}")
@@ -124,6 +128,22 @@ def _derive_probe(args) -> int:
     path = probe.write_fragment(opts, Path(args.reference))
     print(f"wrote {len(opts)} app-facing options to base_configs/{path.name}")
     return 0
+
+
+def _fits(args) -> int:
+    from pathlib import Path
+
+    from tailor import fits
+
+    if args.from_recipe:
+        needs = fits.from_recipe(_recipe(args.app))
+    else:  # the discovery record is by recipe name; a recipe file is loaded only to learn its name
+        needs = fits.needs(_recipe(args.app).name if args.app.endswith((".yaml", ".yml")) else args.app)
+    missing = fits.check(needs, fits.read_config(Path(args.config)))
+    if not needs.options:
+        print(f"tailor: {needs.origin}: no options to check", file=sys.stderr)
+    print(fits.format_report(needs.app, display_path(args.config), missing))
+    return fits.EXIT_DOES_NOT_FIT if missing else 0
 
 
 APP_HELP = "a recipe name, or a recipe file"
@@ -157,11 +177,23 @@ def main(argv: list[str] | None = None) -> int:
     command("pin-image", _pin_image, "resolve an app's rootfs.image now and record its digest in images.lock")
     p = command("discover", _discover, "discover an app's kernel options (trace, map, verify by boot test)")
     p.add_argument("--write", action="store_true", help="add the options to the recipe, reasons as comments")
-    p.add_argument("--minimise", action="store_true", help="then drop every option the boot test does not need")
+    p.add_argument("--no-minimise", action="store_true",
+                   help="keep the set the trace found (default: then drop, by delta debugging, every option the "
+                        "boot test and its exercise do not need)")
+    p.add_argument("--budget", type=int, default=None, metavar="N",
+                   help="minimise with at most N trial kernels and list what was left untried (default 40)")
     p.add_argument("--jobs", type=int, default=None, help="make -j for the kernel builds (default: cores)")
     p = command("derive-probe", _derive_probe, "derive base_configs/probe.config from a reference config", app=False)
     p.add_argument("reference", help="a full .config to take the app-facing options from (Firecracker's)")
     p.add_argument("--recipe", default="hello", help="whose base fragments to compare with (default hello)")
+    p = command("fits", _fits, "check a kernel .config against what an app needs (its discovery record)")
+    p.description = ("Does a kernel .config have every option APP needs, set to y? The needs are APP's "
+                     "discovery record (out/discover/APP/, from doit discover:APP) or, with --from-recipe, "
+                     "the recipe's own kernel.options. One line per missing option says what needs it.")
+    p.epilog = "exit status: 0 the app fits, 3 it does not (options missing), 1 an error, 2 wrong arguments"
+    p.add_argument("--config", required=True, metavar="PATH", help="the kernel .config to check")
+    p.add_argument("--from-recipe", action="store_true",
+                   help="check the recipe's kernel.options (set to y) instead of the discovery record")
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

@@ -13,6 +13,7 @@ The stages and tools ask here instead of joining ``out_dir() / "..."`` themselve
 ``out/report/``                        :func:`report_dir`: the rendered report
 ``out/catalogue/``                     :func:`catalogue_dir`: the catalogue's repeated boots (``timing.json``)
 ``out/discover/<app>/``                :func:`discover_dir`: a discovery's output
+``out/fits/<app>.json``                :func:`fits_path`: an app's needs against every baseline config
 ``out/cache/<name>/``                  :func:`cache_dir`: downloads and build caches; :func:`cache_root`
 ``out/src/``                           :func:`src_root`: unpacked kernel sources
 ``out/discover/probe/<key[:16]>/``     :func:`probe_kernel_dir`: a discovery probe kernel's config
@@ -103,6 +104,11 @@ def catalogue_dir() -> Path:
 
 def discover_dir(app: str) -> Path:
     return out_dir() / "discover" / app
+
+
+def fits_path(app: str) -> Path:
+    """``doit fits:<app>``'s result: the app's needs against every baseline's .config."""
+    return out_dir() / "fits" / f"{app}.json"
 
 
 def probe_kernel_dir(identity: str) -> Path:

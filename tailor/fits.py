@@ -1,0 +1,244 @@
+"""Pre-flight check: does a kernel .config have what an app needs?
+
+Before running a workload on a kernel you did not tailor (Kata's guest kernel,
+Firecracker's, a distribution's), ask whether it fits::
+
+    python -m tailor fits redis --config /path/to/.config
+    python -m tailor fits redis --config /path/to/.config --from-recipe
+    doit fits:redis        # against every baseline built in out/baseline/<name>/.config
+
+**What an app needs** comes from its discovery record, ``out/discover/<app>/``
+(``doit discover:<app>``): every option of ``discover.json``'s ``options`` with
+its ``from`` (``trace``, ``deps``, ``bisection``) and ``why``; ``trace.json``'s
+``evidence`` (option -> functions the app ran under it; else ``by_option.app``)
+names the system calls (``__x64_sys_NAME`` -> ``NAME``) and other functions
+behind each option. Without ``trace.json`` the ``why`` is all there is. With
+``--from-recipe`` the needs are the recipe's own ``kernel.options`` set to
+``y``, each with its comment in the recipe as the reason (before any discovery).
+
+**Fitting** means every needed option is ``=y``; ``=m`` does not count (the
+microVMs here boot without modules); ``# CONFIG_X is not set`` and an absent
+line are "not set". One line per missing option says what needs it (system
+calls first, then functions); the last says ``<app> fits <config>`` or ``<app>
+does not fit <config>: N options missing``. Only options *on top of* the
+recipe's base are checked (what discovery and ``kernel.options`` record), not
+the base fragments themselves.
+
+``python -m tailor fits`` exits 0 when it fits, 3 when it does not, 1 on an
+error (one line). ``doit fits:<app>`` prints the report per baseline (one not
+built is named with the command that builds it), writes ``out/fits/<app>.json``
+and succeeds either way; without a discovery record it checks the recipe's
+options and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tailor import paths
+from tailor.errors import TailorError
+from tailor.util import config_values, display_path, write_json
+
+FORMAT = "tailor-fits/1"
+EXIT_DOES_NOT_FIT = 3
+SYSCALL_PREFIX = "__x64_sys_"  # as tailor.discover (not imported: it pulls in the whole build pipeline)
+MODULE = "is a module (=m); microVMs here boot without modules"
+SHOW_CALLS, SHOW_FUNCTIONS = 6, 4
+
+
+@dataclass(frozen=True)
+class Need:
+    """One option an app needs; *source*: ``trace``, ``deps``, ``bisection`` or ``recipe``; *cls*: the
+    record's ``class`` of the option, if any."""
+
+    option: str
+    source: str
+    why: str
+    syscalls: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+    cls: str | None = None
+
+
+@dataclass(frozen=True)
+class Needs:
+    """An app's needs; *origin*: where they were read; *syscalls*: the app phase's (syscalls.json)."""
+
+    app: str
+    origin: str
+    options: tuple[Need, ...]
+    syscalls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A needed option that is not ``=y``; *state*: ``not set``, :data:`MODULE` or ``is =VALUE``."""
+
+    option: str
+    state: str
+    needed_by: str
+
+
+def _read(path: Path, app: str):
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise TailorError(f"{display_path(path)}: cannot read ({e.strerror})") from None
+    except ValueError as e:
+        raise TailorError(f"{display_path(path)}: not valid JSON ({e}); run `doit discover:{app}` again") from None
+
+
+def _expect(value, kind: type, path: Path, key: str, what: str):
+    if not isinstance(value, kind):
+        got = "nothing" if value is None else type(value).__name__
+        raise TailorError(f"{display_path(path)}: {key}: expected {what}, got {got}; "
+                          f"the discovery record is damaged, run its `doit discover` again")
+    return value
+
+
+def _lists(value, path: Path, key: str) -> dict[str, list[str]]:
+    """An ``{option: [function, ...]}`` mapping of trace.json, checked."""
+    _expect(value, dict, path, key, "a mapping of option to functions")
+    for opt, fns in value.items():
+        _expect(fns, list, path, f"{key}.{opt}", "a list of function names")
+        for i, fn in enumerate(fns):
+            _expect(fn, str, path, f"{key}.{opt}[{i}]", "a function name")
+    return value
+
+
+def _split(functions: list[str], counts: dict[str, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(system calls, other functions): calls by name, functions by pcs run (most first)."""
+    calls = sorted({f[len(SYSCALL_PREFIX):] for f in functions if f.startswith(SYSCALL_PREFIX)})
+    others = sorted({f for f in functions if not f.startswith(SYSCALL_PREFIX)}, key=lambda f: (-counts.get(f, 0), f))
+    return tuple(calls), tuple(others)
+
+
+def needs(app: str) -> Needs:
+    """What *app* needs, from its discovery record in ``out/discover/<app>/``."""
+    d = paths.discover_dir(app)
+    record = d / "discover.json"
+    if not record.is_file():
+        raise TailorError(f"{display_path(record)}: no discovery record of {app}; run `doit discover:{app}` first "
+                          f"(or check the recipe's own kernel.options with --from-recipe)")
+    summary = _expect(_read(record, app), dict, record, "(top)", "a JSON object")
+    entries = _expect(summary.get("options"), list, record, "options", "a list of {option, from, why}")
+    evidence, by_app, counts, calls = {}, {}, {}, []
+    trace, sc = d / "trace.json", d / "syscalls.json"
+    if trace.is_file():  # optional: without it, each option's why is all there is
+        t = _expect(_read(trace, app), dict, trace, "(top)", "a JSON object")
+        evidence = _lists(t.get("evidence", {}), trace, "evidence")
+        by_option = _expect(t.get("by_option", {}), dict, trace, "by_option", "a mapping of phase to options")
+        by_app = _lists(by_option.get("app", {}), trace, "by_option.app")
+        counts = t.get("functions", {}).get("app", {}) if isinstance(t.get("functions"), dict) else {}
+        counts = {f: n for f, n in counts.items() if isinstance(n, int)} if isinstance(counts, dict) else {}
+    if sc.is_file():
+        calls = _expect(_expect(_read(sc, app), dict, sc, "(top)", "a JSON object").get("app_phase", []),
+                        list, sc, "app_phase", "a list of system calls")
+    out = []
+    for i, e in enumerate(entries):
+        at = f"options[{i}]"
+        _expect(e, dict, record, at, "an object {option, from, why}")
+        name = _expect(e.get("option"), str, record, f"{at}.option", "an option name").removeprefix("CONFIG_")
+        why = _expect(e.get("why", ""), str, record, f"{at}.why", "a reason")
+        source = _expect(e.get("from", "?"), str, record, f"{at}.from", "trace, deps or bisection")
+        syscalls, functions = _split(evidence.get(name) or by_app.get(name) or [], counts)
+        cls = e.get("class")
+        out.append(Need(name, source, why, syscalls, functions, cls if isinstance(cls, str) else None))
+    return Needs(app, display_path(d), tuple(out), tuple(str(c) for c in calls))
+
+
+def from_recipe(recipe) -> Needs:
+    """What *recipe* asks for itself: its ``kernel.options`` set to ``y``, each with its comment as the reason."""
+    lines = dict(recipe.kernel.option_lines)
+    text = recipe.path.read_text().splitlines() if recipe.path.is_file() else []
+    out = []
+    for name, value in recipe.kernel.options:
+        n = lines.get(name, 0)
+        note = text[n - 1].split(" #", 1)[1].strip() if 0 < n <= len(text) and " #" in text[n - 1] else ""
+        if value == "y":
+            out.append(Need(name, "recipe", "recipe kernel.options" + (f" ({note})" if note else "")))
+    return Needs(recipe.name, f"{display_path(recipe.path)} kernel.options", tuple(out))
+
+
+def read_config(path: Path) -> str:
+    """A .config's text; a one-line error when it cannot be read or is no kernel config."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        raise TailorError(f"{display_path(path)}: cannot read ({e.strerror})") from None
+    if not any(ln.startswith(("CONFIG_", "# CONFIG_")) for ln in text.splitlines()):
+        raise TailorError(f"{display_path(path)}: no CONFIG_ lines; not a kernel .config")
+    return text
+
+
+def _some(names: tuple[str, ...], at_most: int) -> str:
+    return ", ".join(names[:at_most]) + (f" (+{len(names) - at_most} more)" if len(names) > at_most else "")
+
+
+def needed_by(need: Need) -> str:
+    """What needs *need*: its system calls and functions when the trace named them, else its reason."""
+    parts = []
+    if need.syscalls:
+        parts.append(f"system call{'s' if len(need.syscalls) > 1 else ''} {_some(need.syscalls, SHOW_CALLS)}")
+    if need.functions:
+        parts.append(f"function{'s' if len(need.functions) > 1 else ''} {_some(need.functions, SHOW_FUNCTIONS)}")
+    return "needed by " + "; ".join(parts) if parts else (need.why or f"found by {need.source}")
+
+
+def check(needs: Needs, config_text: str) -> list[Missing]:
+    """Every needed option that is not ``=y`` in *config_text*, in the order of the needs."""
+    values = config_values(config_text)
+    out = []
+    for need in needs.options:
+        value = values.get(f"CONFIG_{need.option}")
+        if value != "y":
+            state = "not set" if value is None else MODULE if value == "m" else f"is ={value}"
+            out.append(Missing(need.option, state, needed_by(need)))
+    return out
+
+
+def format_report(app: str, config_label: str, missing: list[Missing]) -> str:
+    """One line per missing option and a verdict line."""
+    lines = [f"{app}: CONFIG_{m.option} {m.state}: {m.needed_by}" for m in missing]
+    n = len(missing)
+    verdict = f"does not fit {config_label}: {n} option{'s' if n > 1 else ''} missing" if n else f"fits {config_label}"
+    return "\n".join(lines + [f"{app} {verdict}"])
+
+
+def against_baselines(recipe) -> dict:
+    """Check *recipe*'s needs against every baseline's .config; print the report, write ``out/fits/<app>.json``."""
+    from tailor import baseline
+
+    app, lines, results = recipe.name, [], {}
+    recorded = (paths.discover_dir(app) / "discover.json").is_file()
+    need = needs(app) if recorded else from_recipe(recipe)
+    if not recorded:
+        lines.append(f"{app}: no discovery record (doit discover:{app}); checking {need.origin} instead")
+    for name in baseline.BASELINES:
+        config = baseline.baseline_dir(name) / ".config"
+        entry = {"config": display_path(config), "built": config.is_file()}
+        if not config.is_file():
+            how = (f"doit baseline:{name}" if baseline.available(name)
+                   else f"{baseline.input_path(name).name} not found beside the project")
+            lines.append(f"{app}: baseline {name} not built ({how})")
+        else:
+            missing = check(need, read_config(config))
+            lines.append(format_report(app, f"the {name} baseline ({display_path(config)})", missing))
+            entry.update(fits=not missing, missing=[asdict(m) for m in missing])
+        results[name] = entry
+    print("\n".join(lines), flush=True)
+    data = {"format": FORMAT, "app": app, "needs_from": need.origin, "needs": [asdict(n) for n in need.options],
+            "baselines": results}
+    write_json(paths.fits_path(app), data)
+    return data
+
+
+def tasks(recipes, action):
+    """doit tasks ``fits:<app>`` (reads configs only; builds nothing)."""
+    for r in recipes:
+        yield {"basename": "fits", "name": r.name,
+               "doc": f"check {r.name}'s discovery record against every baseline .config built "
+                      f"(firecracker, kata, microvm)",
+               "actions": [action(against_baselines, r)], "targets": [str(paths.fits_path(r.name))],
+               "uptodate": [False], "verbosity": 2}
