@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from tailor import boot, kernel, kmap, paths, probe, qemu, rootfs, source, trace
+from tailor import boot, kernel, kmap, linemap, paths, probe, qemu, rootfs, source, trace
 from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps
 from tailor import config as cfg
 from tailor.catalogue import LUPINE_NAMES, LUPINE_OPTIONS, README
@@ -62,7 +62,7 @@ from tailor.util import (code_digest, display_path, enabled_symbols, makedirs, r
 
 FORMAT = "tailor-discover/1"
 SYSCALL_PREFIX = "__x64_sys_"
-DISCOVER_CODE = ("discover", "probe", "trace", "kmap", "minimise")
+DISCOVER_CODE = ("discover", "probe", "trace", "kmap", "minimise", "linemap", "ifdef")
 """The modules whose code discovers (a change of theirs invalidates discover tasks; kernels and boot
 tests are keyed by their own stages)."""
 
@@ -329,11 +329,22 @@ def _has_prompt(tree, name: str) -> bool:
     return bool(sym and any(node.prompt for node in sym.nodes))
 
 
-def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path
-              ) -> tuple[dict[str, Mapping], dict[str, tuple[str | None, str]]]:
-    """Map a trace's pcs with the probe kernel in *kernel_dir*: the mappings of ``boot``, ``user`` (the
-    init's set-up and the app: everything after the kernel started the init) and ``app`` (after the
-    app's exec), and where each function was first entered from (:func:`tailor.trace.entries`)."""
+@dataclass
+class TraceMap:
+    """What a trace maps to: ``maps`` for ``boot``, ``user`` (the init's set-up and the app: everything after
+    the kernel started the init) and ``app`` (after the app's exec); where each function was first entered
+    from (:func:`tailor.trace.entries`); and ``lines``: option -> functions, from the ``#if`` conditions
+    around the source lines of the pcs run after the init started in functions the null app did not run."""
+
+    maps: dict[str, Mapping]
+    entered: dict[str, tuple[str | None, str]]
+    lines: dict[str, list[str]] = field(default_factory=dict)
+    lines_seconds: float = 0.0
+
+
+def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path, common: set[str] = frozenset()) -> TraceMap:
+    """Map a trace's pcs with the probe kernel in *kernel_dir* (objects, and lines when its vmlinux has line
+    tables); *common* are the null app's functions, whose lines are not looked up."""
     try:
         symbols = kmap.parse_system_map((kernel_dir / "System.map").read_text())
     except OSError as e:
@@ -344,7 +355,11 @@ def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path
     for name, phases in (("boot", ("boot",)), ("user", trace.USER_PHASES), ("app", ("app",))):
         functions = kmap.functions_of((pc for pc, p in pcs.items() if p in phases), symbols)
         out[name] = map_functions(functions, index, kb.gates)
-    return out, trace.entries(pcs, symbols.function)
+    t = time.monotonic()
+    own = [pc for pc, p in pcs.items() if p in trace.USER_PHASES and symbols.function(pc) not in common]
+    lines = linemap.source_lines(kernel_dir / "vmlinux", own) if own else {}
+    by_line = linemap.options_by_function(lines, symbols.function, srctree)
+    return TraceMap(out, trace.entries(pcs, symbols.function), by_line, time.monotonic() - t)
 
 
 def _reason_for(opt: str, mapping: Mapping) -> str:
@@ -408,9 +423,12 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
     traced_null = not null_cache(probe_kernel["identity"]).is_file()
     common = null_functions(recipe, probe_kernel, run.srctree)
     run.boots += 1 if traced_null else 0
-    maps, entered = map_trace(tr.pcs, probe_kdir, run.srctree)
+    tm = map_trace(tr.pcs, probe_kdir, run.srctree, common)
+    maps, entered = tm.maps, tm.entered
     user = maps["user"]
-    evidence = Mapping(functions=user.functions, by_option=beyond(user.by_option, common),
+    by_object = beyond(user.by_option, common)
+    by_line = {o: fns for o, fns in tm.lines.items() if o not in by_object}
+    evidence = Mapping(functions=user.functions, by_option={**by_object, **by_line},
                        syscalls=user.syscalls, unmapped=user.unmapped)
     with run.tree.lock:
         cands, skipped = candidates(evidence.by_option, probe_on, run.base_on, lambda o: _has_prompt(run.tree, o))
@@ -418,6 +436,9 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         if opt not in run.base_on and opt in probe_on:
             skipped[opt] = "only code the null app ran too (process hooks, the init's own mounts)"
     classes = {o: classify(evidence.by_option[o], entered, common) for o in cands}
+    found = {"objects": sorted(o for o in cands if o in by_object),
+             "lines": sorted(o for o in cands if o in tm.lines),
+             "lines_only": sorted(o for o in cands if o in by_line)}
     all_calls = sorted(set(maps["boot"].syscalls) | set(user.syscalls))
     write_json(run.dir / "syscalls.json", {
         "format": FORMAT, "app": run.app, "probe_kernel": probe_kernel["identity"],
@@ -431,7 +452,9 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
 
     # 4. verify (and add back by bisection when the candidates are not enough)
     reasons: dict[str, dict] = {o: {"from": "trace", "class": classes[o].cls,
-                                    "why": f"{classes[o].why}; {_reason_for(o, evidence)}"} for o in cands}
+                                    "why": f"{classes[o].why}; {_reason_for(o, evidence)}"
+                                           + ("; found only by the #if conditions around the lines it ran"
+                                              if o in by_line else "")} for o in cands}
     why = "candidates from the trace"
     memo = Memo(lambda opts: run.trial(opts, why))
     chosen = list(cands)
@@ -504,10 +527,11 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         "minimise_trials": minimise_trials,
         "budget": budget,
         "syscalls": len(all_calls),
+        "mapping": {k: v for k, v in found.items()},
         "trace": {"seconds": round(trace_s, 1), "lines": tr.lines, "bytes": tr.bytes_read,
                   "pcs_boot": counts["boot"], "pcs_setup": counts["setup"], "pcs_app": counts["app"],
                   "capped": tr.truncated, "functions_app": len(user.functions), "unmapped_app": user.unmapped,
-                  "map_seconds": round(map_s, 1)},
+                  "map_seconds": round(map_s, 1), "lines_seconds": round(tm.lines_seconds, 1)},
         "builds": run.builds,
         "boots": run.boots,
         "trials": len(run.trials),
@@ -518,6 +542,7 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         "functions": {phase: m.functions for phase, m in maps.items()},
         "by_option": {phase: m.by_option for phase, m in maps.items()},
         "evidence": evidence.by_option,
+        "by_line": tm.lines,
         "classes": {o: {"class": e.cls, "why": e.why} for o, e in classes.items()},
         "entered": {f: list(entered[f]) for o in cands for f in evidence.by_option[o] if f in entered},
     })

@@ -10,7 +10,9 @@ and that :data:`APP_FACING` counts as app-facing. The fragment is committed,
 so a clone without that reference config still builds the same probe kernel.
 
 The probe kernel's config is the recipe's base fragments plus the probe
-fragment, resolved by tailor's engine with ``resolve: deps``; like every
+fragment plus :data:`LINE_TABLES` (DWARF line tables, so that discovery can map
+a traced pc to its source line and the ``#if`` conditions around it:
+:mod:`tailor.linemap`), resolved by tailor's engine with ``resolve: deps``; like every
 kernel it is keyed by its config identity, so it is built once per kernel
 source (and base) and shared by every discovery.
 """
@@ -29,6 +31,11 @@ from tailor.templates import render
 from tailor.util import enabled_symbols, makedirs, write_atomic
 
 PROBE_FRAGMENT = BASE_CONFIGS_DIR / "probe.config"
+
+LINE_TABLES = (("DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT", "y"), ("DEBUG_INFO_REDUCED", "y"))
+"""Debug information for the probe kernel only: reduced (no type information), which keeps the line tables
+that ``addr2line`` needs and adds no code (on lupine-base + probe it turns on nothing but DEBUG_INFO*
+and the pahole feature flags)."""
 
 APP_FACING: tuple[tuple[str, tuple[str, ...] | None, tuple[str, ...]], ...] = (
     # (Kconfig file or directory, the options taken from it (None: all), options left out)
@@ -126,7 +133,8 @@ probe_dir = paths.probe_kernel_dir
 
 def config(recipe, srctree: Path, source_id: str):
     """Resolve the probe kernel of *recipe*'s base: base fragments + probe.config with ``resolve: deps``."""
-    layers = cfg.layers(recipe)[:-1] + [parse_fragment(PROBE_FRAGMENT, label="base_configs/probe.config")]
+    layers = cfg.layers(recipe)[:-1] + [parse_fragment(PROBE_FRAGMENT, label="base_configs/probe.config"),
+                                        [Assign(name, value, "probe line tables") for name, value in LINE_TABLES]]
     return resolve(load_tree(srctree), layers, "deps", source_id=source_id)
 
 

@@ -1,0 +1,114 @@
+"""Line-level mapping: traced pcs -> source lines (DWARF, via ``addr2line``) -> the ``#if`` options around them.
+
+Object-level mapping (:mod:`tailor.kmap`) sees an option only when it gates a
+whole object file. Code under ``#ifdef CONFIG_X`` inside an object that is
+always built (``kernel/fork.c``, a header's inline function) is invisible to
+it. The probe kernel is built with line tables (``DEBUG_INFO_REDUCED``:
+:data:`tailor.probe.LINE_TABLES`), so each traced pc has a file and line, and
+:mod:`tailor.ifdef` gives the options that the preprocessor conditions around
+that line require.
+
+:func:`source_lines`
+    ``addr2line -a -i`` over the pcs in one batch: each pc's line, and the lines
+    of the inlined calls it sits in (an inline function's ``#ifdef`` counts
+    where it was inlined).
+:func:`options_by_function`
+    ``{option: [functions]}``: the options required around the lines of each
+    function's traced pcs, as :func:`tailor.discover.map_functions` gives for objects.
+
+Paths in the line tables are relative to the source tree (kbuild runs with
+``-ffile-prefix-map``); lines outside the tree (compiler built-ins) are skipped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable, Iterable
+
+from tailor import ifdef
+from tailor.errors import TailorError
+
+ADDR2LINE = "addr2line"
+
+
+def parse_addr2line(text: str) -> dict[int, list[tuple[str, int]]]:
+    """Parse ``addr2line -a -i`` output: an ``0x...`` line per address, then its ``file:line`` lines
+    (innermost first; ``??:0`` and ``(discriminator N)`` suffixes are dropped)."""
+    out: dict[int, list[tuple[str, int]]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("0x"):
+            try:
+                current = int(line, 16)
+            except ValueError:
+                current = None
+                continue
+            out.setdefault(current, [])
+            continue
+        if current is None or ":" not in line:
+            continue
+        path, _, rest = line.rpartition(":")
+        number = rest.split(" ", 1)[0]
+        if path.startswith("??") or not number.isdigit() or number == "0":
+            continue
+        out[current].append((path, int(number)))
+    return out
+
+
+def source_lines(vmlinux: Path, pcs: Iterable[int], timeout: float = 600) -> dict[int, list[tuple[str, int]]]:
+    """Each pc's source lines in *vmlinux* (its own, then the inlined calls around it), by one ``addr2line``."""
+    pcs = sorted(set(pcs))
+    if not pcs:
+        return {}
+    if shutil.which(ADDR2LINE) is None:
+        raise TailorError(f"{ADDR2LINE} not found; install binutils (./setup.sh installs build-essential)")
+    try:
+        proc = subprocess.run([ADDR2LINE, "-a", "-i", "-e", str(vmlinux)], input="".join(f"{pc:#x}\n" for pc in pcs),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise TailorError(f"{ADDR2LINE} on {vmlinux} took over {timeout:.0f} s for {len(pcs)} pcs") from None
+    if proc.returncode != 0:
+        raise TailorError(f"{ADDR2LINE} on {vmlinux} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return parse_addr2line(proc.stdout)
+
+
+def _tree_path(srctree: Path, name: str) -> Path | None:
+    name = name.removeprefix("./")
+    path = Path(name) if name.startswith("/") else srctree / name
+    try:
+        path.resolve().relative_to(srctree.resolve())
+    except ValueError:
+        return None
+    return path if path.is_file() else None
+
+
+def required_at(srctree: Path, lines: list[tuple[str, int]]) -> set[str]:
+    """The options the ``#if`` conditions around *lines* (one pc's line and its inline chain) require."""
+    need: set[str] = set()
+    for name, number in lines:
+        path = _tree_path(srctree, name)
+        if path is None:
+            continue
+        try:
+            required, _, _ = ifdef.options_for_line(path, number)
+        except OSError:
+            continue
+        need |= required
+    return need
+
+
+def options_by_function(lines: dict[int, list[tuple[str, int]]], function: Callable[[int], str | None],
+                        srctree: Path) -> dict[str, list[str]]:
+    """``{option: [functions]}``: for each pc of *lines*, the options required around its lines, credited to
+    the function it is in (*function* maps a pc to its name)."""
+    by_option: dict[str, set[str]] = {}
+    for pc, where in lines.items():
+        fn = function(pc)
+        if fn is None:
+            continue
+        for opt in required_at(srctree, where):
+            by_option.setdefault(opt, set()).add(fn)
+    return {opt: sorted(fns) for opt, fns in sorted(by_option.items())}
