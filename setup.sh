@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(
-  qemu-system-x86 busybox-static
+  qemu-system-x86 qemu-utils busybox-static  # qemu-utils: qemu-img, the copy-on-write layer of `tailor run`
   build-essential bc flex bison libelf-dev libssl-dev dwarves
   e2fsprogs cpio ccache xz-utils patch lintian
   python3 python3-venv ca-certificates

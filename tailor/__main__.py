@@ -9,6 +9,8 @@ Commands::
     explain APP SYMBOL          why SYMBOL has its value in APP's config
     pin-source [PACKAGE[=VER]]  pin a linux-source version from Debian's archive (default: newest)
     pin-image APP               resolve APP's rootfs.image now and record its digest in images.lock
+    run APP [-p [ADDR:]HOST:GUEST] [-m MiB] [--kernel general] [--name N] [--detach] [--keep PATH]
+                                boot APP's built VM for use; ps, stop NAME, logs NAME for detached VMs
     discover APP [--write] [--no-minimise] [--budget N]
                                 discover APP's kernel options, minimised (like doit discover:APP)
     derive-probe REFERENCE      derive base_configs/probe.config from a reference .config
@@ -146,6 +148,39 @@ def _fits(args) -> int:
     return fits.EXIT_DOES_NOT_FIT if missing else 0
 
 
+def _run(args) -> int:
+    from tailor import run
+
+    forwards = [run.parse_forward(spec) for spec in args.publish]
+    p = run.plan(_recipe(args.app), name=args.name, memory=args.memory, forwards=forwards,
+                 general=args.kernel == "general", keep=args.keep)
+    return run.start(p, detach=args.detach)
+
+
+def _ps(args) -> int:
+    from tailor import run
+
+    vms = run.list_vms()
+    print(run.ps_table(vms) if vms else "no VMs (python -m tailor run <app> --detach starts one)")
+    return 0
+
+
+def _stop(args) -> int:
+    from tailor import run
+
+    for name in args.names:
+        was = run.stop(name)
+        print(f"tailor: {name} {'stopped' if was else 'had already ended; cleaned up'}")
+    return 0
+
+
+def _logs(args) -> int:
+    from tailor import run
+
+    sys.stdout.write(run.logs(args.name))
+    return 0
+
+
 APP_HELP = "a recipe name, or a recipe file"
 
 
@@ -194,6 +229,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, metavar="PATH", help="the kernel .config to check")
     p.add_argument("--from-recipe", action="store_true",
                    help="check the recipe's kernel.options (set to y) instead of the discovery record")
+    p = command("run", _run, "boot an app's built VM for use (foreground, or --detach)")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[ADDR:]HOST:GUEST",
+                   help="forward a host TCP port to the guest (repeatable; ADDR defaults to 127.0.0.1)")
+    p.add_argument("-m", "--memory", type=int, default=None, metavar="MiB", help="guest memory (default: test.memory)")
+    p.add_argument("--kernel", choices=("own", "general"), default="own",
+                   help="the app's own kernel (default) or the shared general kernel")
+    p.add_argument("--name", default=None, help="the VM's name for ps/stop/logs (default: the app's name)")
+    p.add_argument("-d", "--detach", action="store_true", help="keep running in the background; console in a log")
+    p.add_argument("--keep", default=None, metavar="PATH",
+                   help="keep this run's copy-on-write disk layer (qcow2 over the built ext2 image) at PATH")
+    command("ps", _ps, "list the VMs started with run", app=False)
+    p = command("stop", _stop, "stop VMs started with run --detach (QMP quit, then signals) and clean up", app=False)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p = command("logs", _logs, "print the console of a VM started with run", app=False)
+    p.add_argument("name", metavar="NAME")
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

@@ -125,8 +125,9 @@ def option_value(value: object) -> str:
 
 
 def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, memory: int,
-                 cmdline_extra: str, accel: str, hostfwd: list[tuple[int, int]] | None,
-                 network: bool, *, name: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+                 cmdline_extra: str, accel: str, hostfwd: list[tuple] | None,
+                 network: bool, *, name: str | None = None, extra: tuple[str, ...] = (),
+                 serial: str = "stdio", disk_format: str = "raw") -> list[str]:
     """The qemu argv that boots *kernel* with root *image* on a microvm machine.
 
     *fmt* is ``cpio`` (the image is the initramfs, init is ``/init``) or
@@ -137,8 +138,12 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
     ``restrict=on`` (the guest cannot reach the host or the outside) is
     attached as ``virtio-net-device``; each ``(host_port, guest_port)`` of
     *hostfwd* forwards ``127.0.0.1:host_port`` to the guest's TCP port, which
-    ``restrict=on`` still allows. *name* becomes ``-name`` (a marker to find
+    ``restrict=on`` still allows (an ``(address, host_port, guest_port)`` item
+    listens on that host address instead). *name* becomes ``-name`` (a marker to find
     the process by); *extra* arguments go before ``-append`` (e.g. qemu's ``-d``/``-D`` for a trace).
+    *serial* is the console's chardev (``stdio``, or ``file:PATH`` for a VM that runs detached).
+    An ext2 root whose *disk_format* is ``qcow2`` (a copy-on-write layer over the image, which
+    :mod:`tailor.run` makes) is opened as it is, without ``snapshot=on``.
     Paths and names inside option lists are escaped (:func:`option_value`), so any path works.
     """
     if fmt not in ("cpio", "ext2"):
@@ -152,19 +157,21 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
     cmd += ["-m", str(int(memory)), "-smp", "1"]
     if name:
         cmd += ["-name", option_value(name)]
-    cmd += ["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"]
+    cmd += ["-nodefaults", "-no-user-config", "-display", "none", "-serial", serial, "-no-reboot"]
     cmd += ["-kernel", str(kernel)]
     if fmt == "cpio":
         cmd += ["-initrd", str(image)]
         root_args = "rdinit=/init"
     else:
-        cmd += ["-drive", f"id=root,file={option_value(image)},format=raw,if=none,snapshot=on",
+        snapshot = ",snapshot=on" if disk_format == "raw" else ""
+        cmd += ["-drive", f"id=root,file={option_value(image)},format={disk_format},if=none{snapshot}",
                 "-device", "virtio-blk-device,drive=root"]
         root_args = "root=/dev/vda rw init=/init"
     if network:
         netdev = "user,id=n0,restrict=on"
-        for host_port, guest_port in hostfwd or ():
-            netdev += f",hostfwd=tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}"
+        for fwd in hostfwd or ():
+            addr, host_port, guest_port = fwd if len(fwd) == 3 else ("127.0.0.1", *fwd)
+            netdev += f",hostfwd=tcp:{option_value(addr)}:{int(host_port)}-:{int(guest_port)}"
         cmd += ["-netdev", netdev, "-device", "virtio-net-device,netdev=n0"]
     cmd += [str(a) for a in extra]
     append = f"{BASE_CMDLINE} {root_args}"

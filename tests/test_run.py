@@ -1,0 +1,182 @@
+"""tailor run / ps / stop / logs: the fast parts against fakes (forwards, plans, the QMP client, stopping a
+process that ignores quit), and slow tests with the real redis VM (foreground, detached, the disk layer)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tailor import paths, run
+from tailor.errors import TailorError
+from tailor.recipe import find
+from tailor.util import write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    return tmp_path / "out"
+
+
+@pytest.mark.parametrize("spec, fwd", [("6379:6379", run.Forward("127.0.0.1", 6379, 6379)),
+                                       ("0.0.0.0:8080:80", run.Forward("0.0.0.0", 8080, 80))])
+def test_parse_forward(spec, fwd):
+    assert run.parse_forward(spec) == fwd
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("6379", "-p 6379: expected HOST:GUEST or ADDR:HOST:GUEST"),
+    ("localhost:1:2", "-p localhost:1:2: 'localhost' is not an IPv4 address"),
+    ("1.2.3:1:2", "-p 1.2.3:1:2: '1.2.3' is not an IPv4 address"),
+    ("0:80", "-p 0:80: '0' is not a TCP port (1-65535)"),
+    ("80:x", "-p 80:x: 'x' is not a TCP port"),
+])
+def test_parse_forward_errors_are_one_line(spec, message):
+    with pytest.raises(TailorError) as e:
+        run.parse_forward(spec)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def fake_built(out: Path, app="redis", fmt="ext2"):
+    """A kernel pointer and root image where the pipeline puts them (contents do not matter to plan())."""
+    kdir = out / "kernel" / app
+    kdir.mkdir(parents=True)
+    for f in ("bzImage", "vmlinux"):
+        (kdir / f).write_bytes(b"x")
+    (kdir / "config").write_text("CONFIG_PVH=y\n")
+    write_json(paths.kernel_pointer(app), {"dir": str(kdir), "bzImage": str(kdir / "bzImage"),
+                                           "vmlinux": str(kdir / "vmlinux")})
+    image = paths.rootfs_image(app, fmt)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"\0" * 4096)
+    return image
+
+
+def test_plan_names_what_is_missing_and_what_is_taken(out):
+    redis = find("redis")
+    with pytest.raises(TailorError, match=r"^redis: its kernel is not built; run `doit build:redis` first$"):
+        run.plan(redis)
+    with pytest.raises(TailorError, match=r"^redis@general: its kernel is not built; run `doit build:redis@general`"):
+        run.plan(redis, general=True)
+    fake_built(out)
+    p = run.plan(redis, forwards=[run.parse_forward("16379:6379")], memory=96)
+    assert (p.name, p.memory, p.root, p.layer) == ("redis", 96, "ext2", str(out / "run" / "redis" / "root.qcow2"))
+    assert p.kernel.endswith("vmlinux")  # PVH in the config: the ELF is booted, as in the boot test
+    with socket.socket() as s:  # a port in use is named
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        with pytest.raises(TailorError, match=rf"^-p 127.0.0.1:{taken}->6379: host port 127.0.0.1:{taken} is in use"):
+            run.plan(redis, forwards=[run.Forward("127.0.0.1", taken, 6379)])
+    with pytest.raises(TailorError, match="is given twice"):
+        run.plan(redis, forwards=[run.parse_forward("16379:6379"), run.parse_forward("16379:80")])
+    with pytest.raises(TailorError, match=r"^--name 'a b'"):
+        run.plan(redis, name="a b")
+    with pytest.raises(TailorError, match="app.network is false"):
+        fake_built(out, app="hello", fmt="cpio")
+        run.plan(find("hello"), forwards=[run.parse_forward("16380:80")])
+
+
+def test_the_qemu_command_boots_the_layer_and_has_a_qmp_socket(out):
+    fake_built(out)
+    p = run.plan(find("redis"), forwards=[run.parse_forward("0.0.0.0:16379:6379")])
+    p.accel = "tcg"
+    cmd = run.command(p, detach=True)
+    joined = " ".join(cmd)
+    assert f"file={p.layer},format=qcow2,if=none " in joined + " " and "snapshot=on" not in joined
+    assert "hostfwd=tcp:0.0.0.0:16379-:6379" in joined and "-daemonize" in cmd
+    assert cmd[cmd.index("-serial") + 1] == f"file:{out / 'run' / 'redis' / 'console.log'}"
+    assert cmd[cmd.index("-qmp") + 1] == f"unix:{out / 'run' / 'redis' / 'qmp.sock'},server=on,wait=off"
+    assert cmd[cmd.index("-name") + 1] == "tailor-run-redis"
+
+
+def test_make_layer_writes_never_reach_the_image(tmp_path):
+    image = tmp_path / "root.ext2"
+    image.write_bytes(b"A" * 65536)
+    layer = tmp_path / "layer.qcow2"
+    run.make_layer(image, layer)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x42 0 4096", str(layer)], check=True,
+                   capture_output=True)
+    read = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x42 0 4096", str(layer)], capture_output=True,
+                          text=True)
+    assert "Pattern verification failed" not in read.stdout + read.stderr and read.returncode == 0
+    assert image.read_bytes() == b"A" * 65536
+
+
+class FakeQMP(threading.Thread):
+    """A QMP server on a unix socket that answers qmp_capabilities and records what it was asked."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.srv = socket.socket(socket.AF_UNIX)
+        self.srv.bind(str(path))
+        self.srv.listen()
+        self.asked = []
+
+    def run(self):
+        conn, _ = self.srv.accept()
+        f = conn.makefile("rwb")
+        f.write(b'{"QMP": {"version": {}, "capabilities": []}}\n')
+        f.flush()
+        for line in f:
+            cmd = json.loads(line)["execute"]
+            self.asked.append(cmd)
+            f.write(b'{"event": "SOMETHING"}\n{"return": {}}\n')
+            f.flush()
+            if cmd == "quit":
+                break
+        conn.close()
+
+
+def test_qmp_client_negotiates_and_skips_events(tmp_path):
+    srv = FakeQMP(tmp_path / "q.sock")
+    srv.start()
+    assert run.qmp(tmp_path / "q.sock", "stop") == {"return": {}}
+    srv.join(5)
+    assert srv.asked == ["qmp_capabilities", "stop"]
+
+
+def test_stop_escalates_to_signals_and_cleans_up(out, monkeypatch):
+    monkeypatch.setattr(run, "QUIT_WAIT_S", 0.5)
+    d = run.vm_dir("stubborn")
+    d.mkdir(parents=True)
+    # a process that ignores SIGTERM and carries the VM's name marker, as qemu's -name does
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                             "signal.SIG_IGN); time.sleep(60)", "-name", "tailor-run-stubborn"])
+    layer = out / "layer.qcow2"
+    layer.write_bytes(b"x")
+    rec = {"format": run.FORMAT, "name": "stubborn", "app": "redis", "pid": proc.pid, "layer": str(layer),
+           "keep": False, "forwards": [{"addr": "127.0.0.1", "host": 16379, "guest": 6379}], "memory": 64,
+           "started": time.time() - 75, "variant": "specific"}
+    write_json(d / "run.json", rec)
+    vms = run.list_vms()
+    assert [v["running"] for v in vms] == [True]
+    table = run.ps_table(vms, now=rec["started"] + 75)
+    assert table.splitlines()[1].split() == ["stubborn", "redis", str(proc.pid), "127.0.0.1:16379->6379", "64",
+                                             "MiB", "1m15s"]
+    assert run.stop("stubborn") is True
+    assert proc.wait(5) == -signal.SIGKILL  # quit found no socket, SIGTERM was ignored
+    assert not d.exists() and not layer.exists()
+    with pytest.raises(TailorError, match=r"^no VM named 'stubborn'"):
+        run.stop("stubborn")
+
+
+def test_a_dead_vm_is_listed_as_exited_and_its_name_reused(out):
+    fake_built(out)
+    d = run.vm_dir("redis")
+    d.mkdir(parents=True)
+    write_json(d / "run.json", {"format": run.FORMAT, "name": "redis", "app": "redis", "pid": 2 ** 22 - 1,
+                                "layer": "", "keep": False, "forwards": [], "memory": 64, "started": 0,
+                                "variant": "specific"})
+    assert "exited" in run.ps_table(run.list_vms())
+    run.plan(find("redis"))  # the stale state is cleaned, the name is free again
+    assert not d.exists()
