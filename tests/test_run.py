@@ -180,3 +180,122 @@ def test_a_dead_vm_is_listed_as_exited_and_its_name_reused(out):
     assert "exited" in run.ps_table(run.list_vms())
     run.plan(find("redis"))  # the stale state is cleaned, the name is free again
     assert not d.exists()
+
+
+# --------------------------------------------------------------------------
+# The real redis VM (slow): built once in a project copy that shares kernels with the project's out/
+
+
+@pytest.fixture(scope="module")
+def built_redis(tmp_path_factory, linux_tree):
+    from conftest import project_copy, run_doit
+
+    project = project_copy(tmp_path_factory.mktemp("run") / "tailor")
+    proc = run_doit(project, "build:redis")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    return project
+
+
+def tailor(project, *args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "TAILOR_OUT"}
+    return subprocess.run([sys.executable, "-m", "tailor", *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def no_qemu(name):
+    return subprocess.run(["pgrep", "-f", f"tailor-run-{name}"], capture_output=True).returncode == 1
+
+
+def redis_ping(port, deadline_s=60):
+    from tailor.probes import probe_redis
+
+    return probe_redis(port, time.monotonic() + deadline_s)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_foreground_run_answers_and_stops_on_ctrl_c(built_redis):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "TAILOR_OUT"}
+    proc = subprocess.Popen([sys.executable, "-m", "tailor", "run", "redis", "-p", f"{port}:6379", "--name", "fg"],
+                            cwd=built_redis, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            seen.append(line)
+            if "Ready to accept connections" in line or not line:
+                break
+        assert any("Ready to accept connections" in ln for ln in seen), "".join(seen)
+        assert "PING" in redis_ping(port)
+        assert (built_redis / "out/run/fg/run.json").is_file()
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "tailor: fg stopped" in rest
+    assert no_qemu("fg") and not (built_redis / "out/run/fg").exists()
+
+
+@pytest.mark.slow
+def test_detached_run_ps_logs_stop_and_the_image_stays_as_built(built_redis, tmp_path):
+    import hashlib
+
+    image = built_redis / "out/rootfs/redis/rootfs.ext2"
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
+    port = free_port()
+    keep = tmp_path / "kept.qcow2"
+    proc = tailor(built_redis, "run", "redis", "-p", f"{port}:6379", "--name", "bg", "--detach", "--keep", str(keep))
+    assert proc.returncode == 0, proc.stderr
+    assert "running detached" in proc.stderr
+    try:
+        redis_ping(port)
+        # the app writes to its disk: SAVE puts dump.rdb on the root
+        from tailor.probes import resp_command, resp_reply
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            f = s.makefile("rb")
+            s.sendall(resp_command(b"SET", b"k", b"v" * 4096) + resp_command(b"SAVE"))
+            assert resp_reply(f) == b"OK" and resp_reply(f) == b"OK"
+        ps = tailor(built_redis, "ps")
+        row = next(ln for ln in ps.stdout.splitlines() if ln.startswith("bg "))
+        assert f"127.0.0.1:{port}->6379" in row and "256 MiB" in row and "exited" not in row
+        logs = tailor(built_redis, "logs", "bg")
+        assert "Ready to accept connections" in logs.stdout and "DB saved on disk" in logs.stdout
+        taken = tailor(built_redis, "run", "redis", "--name", "bg", "--detach")
+        assert taken.returncode == 1 and "a VM named bg is running" in taken.stderr
+    finally:
+        stop = tailor(built_redis, "stop", "bg")
+    assert stop.returncode == 0 and "bg stopped" in stop.stdout
+    assert no_qemu("bg") and not (built_redis / "out/run/bg").exists()
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before  # the built image stays as built
+    assert keep.stat().st_size > 0  # the writes went to the kept layer
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(keep)], capture_output=True, text=True)
+    assert json.loads(info.stdout)["backing-filename"] == str(image.resolve())
+
+
+@pytest.mark.slow
+def test_four_detached_vms_answer_load_and_stop_clean(built_redis):
+    names = [f"load{i}" for i in range(4)]
+    ports = {}
+    try:
+        for n in names:
+            ports[n] = free_port()
+            proc = tailor(built_redis, "run", "redis", "-p", f"{ports[n]}:6379", "--name", n, "--detach", "-m", "128")
+            assert proc.returncode == 0, proc.stderr
+        for n in names:
+            bench = subprocess.run(["redis-benchmark", "-p", str(ports[n]), "-q", "-n", "2000", "-t", "set,get"],
+                                   capture_output=True, text=True, timeout=300)
+            assert bench.returncode == 0 and "GET: " in bench.stdout, bench.stdout + bench.stderr
+    finally:
+        stop = tailor(built_redis, "stop", *ports)
+    assert stop.returncode == 0
+    for n in names:
+        assert no_qemu(n) and not (built_redis / "out/run" / n).exists()
+    assert not list((built_redis / "out/run").glob("*"))
