@@ -48,8 +48,11 @@ _PC = re.compile(rb"pc:0x([0-9a-fA-F]+)")
 INIT_MARK = "Run /init as init process"
 
 
-TRACE_CMDLINE = "nokaslr"
-"""Kernel arguments of every traced boot: System.map's addresses are the running kernel's."""
+TRACE_CMDLINE = "nokaslr tailor.trace"
+"""Kernel arguments of every traced boot: System.map's addresses are the running kernel's, and the generated
+init pauses for 0.3 s after printing ``tailor-init: exec`` (templates/init.sh.j2), so that the console line
+reaches the host and the trace is marked ``app`` before the app runs (qemu flushes each trace line as it is
+written; the console line is what lags)."""
 
 
 def trace_cmdline(fmt: str) -> str:

@@ -292,5 +292,5 @@ def test_a_traced_initramfs_unpacks_into_ramfs_and_an_ext2_root_mounts_as_itself
     empty ramfs as / (the app's init missing), so it is only added for cpio."""
     from tailor.trace import trace_cmdline
 
-    assert trace_cmdline("cpio").split() == ["nokaslr", "rootfstype=ramfs"]
-    assert trace_cmdline("ext2").split() == ["nokaslr"]
+    assert trace_cmdline("cpio").split() == ["nokaslr", "tailor.trace", "rootfstype=ramfs"]
+    assert trace_cmdline("ext2").split() == ["nokaslr", "tailor.trace"]

@@ -399,3 +399,15 @@ def test_ext2_image_has_inodes_for_the_files_an_app_creates(tmp_path, pkg_tree):
     head = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True).stdout
     free = int(re.search(r"^Free inodes:\s+(\d+)", head, re.M).group(1))
     assert free >= 64 * rootfs.SPARE_INODES_PER_MIB - 11  # ext2 reserves inodes 1-10 (and 11 is lost+found)
+
+
+def test_init_pauses_before_the_exec_only_on_a_traced_boot(tmp_path):
+    """Discovery marks the app's start in the trace from the console's exec line: a traced boot (kernel
+    argument tailor.trace) pauses between that line and the exec; the tail run here (no such argument) does not."""
+    script = rootfs.init_script(make_recipe(tmp_path, "app: {command: x}\n", "p"), "/x")
+    lines = script.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith('echo "tailor-init: exec "'))
+    assert '*" tailor.trace "*) $bb usleep 300000;;' in lines[at + 1] and lines[at + 2].startswith("exec ")
+    proc = subprocess.run(["sh", "-c", "bb=; " + lines[at + 1].replace("$bb usleep 300000", "echo paused")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "paused" not in proc.stdout
