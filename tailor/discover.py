@@ -447,8 +447,10 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
     })
     map_s = time.monotonic() - t
     run.say(f"phase 3/5 mapped {len(user.functions)} functions run after the init started ({user.unmapped} "
-            f"unmapped or ambiguous) in {map_s:.1f} s: {len(user.syscalls)} system calls, {len(cands)} candidate "
-            f"options: " + (", ".join(f"{o} ({classes[o].cls})" for o in cands) or "none"))
+            f"unmapped or ambiguous) in {map_s:.1f} s ({tm.lines_seconds:.1f} s of it source lines): "
+            f"{len(user.syscalls)} system calls, {len(cands)} candidate options ({len(found['objects'])} by objects, "
+            f"{len(found['lines'])} by #if lines, {len(found['lines_only'])} only by lines): "
+            + (", ".join(f"{o} ({classes[o].cls})" for o in cands) or "none"))
 
     # 4. verify (and add back by bisection when the candidates are not enough)
     reasons: dict[str, dict] = {o: {"from": "trace", "class": classes[o].cls,
