@@ -358,7 +358,7 @@ def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path, common: set[
     t = time.monotonic()
     own = [pc for pc, p in pcs.items() if p in trace.USER_PHASES and symbols.function(pc) not in common]
     lines = linemap.source_lines(kernel_dir / "vmlinux", own) if own else {}
-    by_line = linemap.options_by_function(lines, symbols.function, srctree)
+    by_line = linemap.options_by_function(lines, symbols.function, srctree, kernel_dir / "build")
     return TraceMap(out, trace.entries(pcs, symbols.function), by_line, time.monotonic() - t)
 
 

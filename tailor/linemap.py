@@ -17,11 +17,14 @@ that line require.
     function's traced pcs, as :func:`tailor.discover.map_functions` gives for objects.
 
 Paths in the line tables are relative to the source tree (kbuild runs with
-``-ffile-prefix-map``); lines outside the tree (compiler built-ins) are skipped.
+``-ffile-prefix-map``) or, as ``addr2line`` joins them with the compilation
+directory, under the kernel's build directory; lines outside the tree
+(compiler built-ins) are skipped.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -75,9 +78,23 @@ def source_lines(vmlinux: Path, pcs: Iterable[int], timeout: float = 600) -> dic
     return parse_addr2line(proc.stdout)
 
 
-def _tree_path(srctree: Path, name: str) -> Path | None:
+def _tree_path(srctree: Path, name: str, objdir: Path | None = None) -> Path | None:
+    """The source file *name* (as the line tables spell it) in *srctree*: relative names are the tree's;
+    absolute ones under the build directory *objdir* (the compilation directory kbuild ran in) are
+    taken relative to it; anything else is outside the tree (None)."""
     name = name.removeprefix("./")
-    path = Path(name) if name.startswith("/") else srctree / name
+    path = Path(name)
+    if path.is_absolute():
+        for root in filter(None, (objdir, srctree)):
+            try:
+                path = srctree / Path(os.path.normpath(path)).relative_to(Path(root).resolve())
+                break
+            except ValueError:
+                continue
+        else:
+            return None
+    else:
+        path = srctree / path
     try:
         path.resolve().relative_to(srctree.resolve())
     except ValueError:
@@ -85,11 +102,11 @@ def _tree_path(srctree: Path, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def required_at(srctree: Path, lines: list[tuple[str, int]]) -> set[str]:
+def required_at(srctree: Path, lines: list[tuple[str, int]], objdir: Path | None = None) -> set[str]:
     """The options the ``#if`` conditions around *lines* (one pc's line and its inline chain) require."""
     need: set[str] = set()
     for name, number in lines:
-        path = _tree_path(srctree, name)
+        path = _tree_path(srctree, name, objdir)
         if path is None:
             continue
         try:
@@ -101,14 +118,15 @@ def required_at(srctree: Path, lines: list[tuple[str, int]]) -> set[str]:
 
 
 def options_by_function(lines: dict[int, list[tuple[str, int]]], function: Callable[[int], str | None],
-                        srctree: Path) -> dict[str, list[str]]:
+                        srctree: Path, objdir: Path | None = None) -> dict[str, list[str]]:
     """``{option: [functions]}``: for each pc of *lines*, the options required around its lines, credited to
-    the function it is in (*function* maps a pc to its name)."""
+    the function it is in (*function* maps a pc to its name); *objdir* is the kernel's build directory, which
+    absolute names in the line tables may start with."""
     by_option: dict[str, set[str]] = {}
     for pc, where in lines.items():
         fn = function(pc)
         if fn is None:
             continue
-        for opt in required_at(srctree, where):
+        for opt in required_at(srctree, where, objdir):
             by_option.setdefault(opt, set()).add(fn)
     return {opt: sorted(fns) for opt, fns in sorted(by_option.items())}

@@ -83,3 +83,13 @@ def test_source_lines_reads_a_real_binarys_line_tables(tmp_path):
     f = next(int(line.split()[0], 16) for line in nm.splitlines() if line.endswith(" T f"))
     lines = linemap.source_lines(tmp_path / "prog", [f])
     assert lines[f] and lines[f][0][0].endswith("prog.c") and lines[f][0][1] in (1, 2)
+
+
+def test_absolute_names_under_the_build_directory_are_the_trees(tmp_path):
+    """addr2line joins the line tables' relative names with the compilation directory (kbuild's O=)."""
+    tree = tmp_path / "tree"
+    (tree / "net" / "core").mkdir(parents=True)
+    (tree / "net" / "core" / "sock.c").write_text(SOCK_C)
+    objdir = tmp_path / "kernel" / "build"
+    lines = {1: [(f"{objdir}/net/core/sock.c", 5)], 2: [(f"{tmp_path}/elsewhere/sock.c", 5)]}
+    assert linemap.options_by_function(lines, {1: "sk_alloc", 2: "x"}.get, tree, objdir) == {"CGROUPS": ["sk_alloc"]}
