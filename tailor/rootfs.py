@@ -12,7 +12,8 @@ Steps, each a plain function:
    entrypoint, its ELF shared-library closure resolved inside the extracted
    tree, the recipe's ``files`` and busybox; otherwise the whole tree. Then
    the overlays (``rootfs/common``, ``rootfs/<app>``) and ``/init``, rendered
-   from ``templates/init.sh.j2`` with every recipe value shell-quoted.
+   from ``templates/init.sh.j2`` with every recipe value shell-quoted; a network
+   recipe also gets ``/.tailor/reseed`` (:func:`reseed_helper`, for snapshot restores).
 3. :func:`pack_cpio` / :func:`pack_ext2` write the image: same inputs, same
    bytes (sorted entries, times clamped to SOURCE_DATE_EPOCH, owner 0:0,
    fixed UUID and hash seed).
@@ -62,6 +63,14 @@ no package depends on it and apt's closure never has it)."""
 ALWAYS_THERE = ("/bin/busybox", STAGE_SHELL)
 """Programs every staged image has, whatever its packages."""
 PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+RESEED_SOURCE = ROOTFS_DIR / "_tailor" / "reseed.c"
+"""The snapshot entropy helper every network image gets (a recipe name cannot start with ``_``, so no
+recipe's default overlay is rootfs/_tailor)."""
+RESEED_GUEST = "/.tailor/reseed"
+RESEED_FLAGS = ("-nostdlib", "-static", "-ffreestanding", "-fno-stack-protector", "-Os", "-fno-pie", "-no-pie",
+                "-fno-asynchronous-unwind-tables", "-fno-tree-loop-distribute-patterns", "-fno-ident",
+                "-Wall", "-Wl,--build-id=none", "-s")
+"""No libc, no build id, no symbols, no unwind tables: the same source and gcc give the same bytes."""
 SKELETON_DIRS = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "tmp": 0o1777, "run": 0o755,
                  "root": 0o700, "etc": 0o755, "var": 0o755, "var/tmp": 0o1777}
 
@@ -412,12 +421,33 @@ def run_build_step(step, stage_dir: Path, origin: str) -> None:
         raise TailorError(f"{origin}: {' '.join(step.run)} failed with status {proc.returncode}: {tail[0]}")
 
 
+def reseed_helper() -> Path:
+    """The compiled :data:`RESEED_SOURCE`, cached in ``out/cache/reseed`` under a digest of the source,
+    the gcc version line and :data:`RESEED_FLAGS` (compiled once, not at every rootfs build)."""
+    origin = display_path(RESEED_SOURCE)
+    try:
+        gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"))
+    except OSError:
+        raise TailorError(f"{origin}: gcc not found; a network recipe's rootfs compiles this helper with it") from None
+    key = sha256_text("\0".join([sha256_file(RESEED_SOURCE), gcc.stdout.partition("\n")[0], *RESEED_FLAGS]))
+    binary = paths.cache_dir("reseed") / f"reseed-{key[:16]}"
+    if not binary.is_file():
+        with atomic_path(binary, mode=0o755) as tmp:
+            proc = subprocess.run(["gcc", *RESEED_FLAGS, "-o", str(tmp), str(RESEED_SOURCE)], capture_output=True,
+                                  text=True, env=dict(os.environ, LC_ALL="C"))
+            if proc.returncode != 0:
+                lines = proc.stderr.strip().splitlines() or [f"status {proc.returncode}"]
+                first = next((ln for ln in lines if "error" in ln), lines[-1])
+                raise TailorError(f"{origin}: gcc cannot compile it: {first.strip()}")
+    return binary
+
+
 def init_script(recipe: Recipe, command_path: str) -> str:
     """The app-as-init script for *recipe* (every recipe value shell-quoted by the template)."""
     app = recipe.app
     return render(INIT_TEMPLATE, name=recipe.name, command=command_path, args=list(app.args),
                   env=list(app.env), workdir=app.workdir, network=app.network, user=app.user,
-                  setup=list(app.setup), services=list(app.services),
+                  setup=list(app.setup), services=list(app.services), reseed=RESEED_GUEST,
                   address=GUEST_ADDRESS, gateway=GUEST_GATEWAY, path=":".join(PATH_DIRS))
 
 
@@ -502,6 +532,13 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
     if recipe.app.workdir != "/" and not workdir.is_dir():
         raise TailorError(f"{origin}: app.workdir {recipe.app.workdir!r} is not a directory in the rootfs; "
                           f"create it with an overlay or fix the path")
+    if recipe.app.network:  # a restored snapshot's fresh entropy comes in through it (templates/init.sh.j2)
+        helper = dest / RESEED_GUEST.lstrip("/")
+        if helper.parent.is_symlink() or helper.is_symlink():
+            raise TailorError(f"{origin}: {RESEED_GUEST} is a symlink in the image; tailor will not write through it")
+        os.chmod(makedirs(helper.parent), 0o755)
+        shutil.copyfile(reseed_helper(), helper)
+        os.chmod(helper, 0o755)
     init = dest / "init"
     if init.exists() or init.is_symlink():
         init.unlink()
@@ -655,6 +692,7 @@ def build(recipe: Recipe) -> dict:
         "image": oci.image_summary(img) if img is not None else None,
         "argv": [info["command"]] + list(recipe.app.args),
         "source_date_epoch": epoch,
+        "reseed": RESEED_GUEST if recipe.app.network else None,
     }
     write_json(manifest_path(recipe.name), manifest)
     print(f"[rootfs:{recipe.name}] {image.name}: {manifest['size'] / 1e6:.2f} MB, {files} files, "
@@ -710,7 +748,8 @@ def _image_task(recipe: Recipe) -> list[str]:
 
 
 def tasks(recipes, action):
-    """doit tasks ``rootfs:<app>``: rebuilt only when the recipe's rootfs/app sections, overlays or init template change."""
+    """doit tasks ``rootfs:<app>``: rebuilt only when the recipe's rootfs/app sections, overlays, init template or
+    (network recipes) the reseed helper's source change."""
     from doit.tools import config_changed
 
     for r in recipes:
@@ -720,6 +759,7 @@ def tasks(recipes, action):
                    f"({', '.join(r.rootfs.packages) or 'no packages'}; app as init)",
             "actions": [action(build, r)],
             "file_dep": _overlay_files(r) + [str(TEMPLATES_DIR / INIT_TEMPLATE)]
+                        + ([str(RESEED_SOURCE)] if r.app.network else [])
                         + [str(p) for step in r.rootfs.build for p in sorted((ROOTFS_DIR / step.cwd).rglob("*"))
                            if p.is_file()],
             "targets": [str(image_path(r)), str(manifest_path(r.name))],

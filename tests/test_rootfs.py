@@ -401,13 +401,165 @@ def test_ext2_image_has_inodes_for_the_files_an_app_creates(tmp_path, pkg_tree):
     assert free >= 64 * rootfs.SPARE_INODES_PER_MIB - 11  # ext2 reserves inodes 1-10 (and 11 is lost+found)
 
 
-def test_init_pauses_before_the_exec_only_on_a_traced_boot(tmp_path):
+def _read_cmdline(script: str, tmp_path, cmdline: str) -> str:
+    """The init's line that reads the kernel command line (once, with a shell builtin), reading *cmdline*."""
+    line = next(ln for ln in script.splitlines() if ln.startswith("read -r tailor_cmdline </proc/cmdline"))
+    fake = tmp_path / "cmdline"
+    fake.write_text(cmdline + "\n")
+    return line.replace("/proc/cmdline", str(fake))
+
+
+@pytest.mark.parametrize("cmdline, paused", [("console=ttyS0 nokaslr tailor.trace", True),
+                                             ("tailor.trace", True), ("console=ttyS0 quiet", False),
+                                             ("tailor.traced=1", False)])
+def test_init_pauses_before_the_exec_only_on_a_traced_boot(tmp_path, cmdline, paused):
     """Discovery marks the app's start in the trace from the console's exec line: a traced boot (kernel
-    argument tailor.trace) pauses between that line and the exec; the tail run here (no such argument) does not."""
+    argument tailor.trace) pauses between that line and the exec, any other does not."""
     script = rootfs.init_script(make_recipe(tmp_path, "app: {command: x}\n", "p"), "/x")
     lines = script.splitlines()
     at = next(i for i, ln in enumerate(lines) if ln.startswith('echo "tailor-init: exec "'))
     assert '*" tailor.trace "*) $bb usleep 300000;;' in lines[at + 1] and lines[at + 2].startswith("exec ")
-    proc = subprocess.run(["sh", "-c", "bb=; " + lines[at + 1].replace("$bb usleep 300000", "echo paused")],
+    code = _read_cmdline(script, tmp_path, cmdline) + "\n" + lines[at + 1].replace("$bb usleep 300000", "echo paused")
+    proc = subprocess.run(["sh", "-c", "bb=; " + code], capture_output=True, text=True)
+    assert proc.returncode == 0 and ("paused" in proc.stdout) == paused
+
+
+# --------------------------------------------------------------------------
+# The snapshot reseed helper (rootfs/_tailor/reseed.c) and its init lines
+
+
+@pytest.fixture
+def helper(tmp_path, monkeypatch):
+    """The compiled reseed helper, cached in a scratch out/."""
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    return rootfs.reseed_helper()
+
+
+def test_reseed_helper_is_a_small_static_deterministic_executable(tmp_path, monkeypatch, helper):
+    head = helper.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and head[4] == 2  # ELF64
+    assert int.from_bytes(head[16:18], "little") == 2 and int.from_bytes(head[18:20], "little") == 62  # EXEC, x86-64
+    info = elf.read_dynamic(helper)
+    assert info.interp is None and info.needed == ()  # no PT_INTERP, no DT_NEEDED: static, no libc
+    assert helper.stat().st_size < 16 * 1024 and os.access(helper, os.X_OK)
+    # a second compile, in another out/, gives the same bytes
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out2"))
+    again = rootfs.reseed_helper()
+    assert again != helper and again.name == helper.name and again.read_bytes() == helper.read_bytes()
+    # cached: a second call does not compile again
+    again.write_bytes(b"cached")
+    assert rootfs.reseed_helper().read_bytes() == b"cached"
+
+
+def test_reseed_helper_compile_error_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    bad = tmp_path / "reseed.c"
+    bad.write_text("int start(void) { return nope; }\n")
+    monkeypatch.setattr(rootfs, "RESEED_SOURCE", bad)
+    with pytest.raises(TailorError) as e:
+        rootfs.reseed_helper()
+    assert str(e.value).startswith(f"{bad}: gcc cannot compile it: ") and "nope" in str(e.value)
+    assert "\n" not in str(e.value) and not list((tmp_path / "out/cache/reseed").iterdir())
+
+
+def test_only_a_network_image_gets_the_helper(tmp_path, monkeypatch, pkg_tree, helper):
+    net = make_recipe(tmp_path, "rootfs: {overlay: []}\napp: {command: ls, network: true}\n", "net")
+    rootfs.stage(net, pkg_tree, tmp_path / "net")
+    staged = tmp_path / "net" / rootfs.RESEED_GUEST.lstrip("/")
+    assert staged.read_bytes() == helper.read_bytes() and staged.stat().st_mode & 0o7777 == 0o755
+    assert staged.parent.stat().st_mode & 0o7777 == 0o755
+    plain = make_recipe(tmp_path, "rootfs: {overlay: []}\napp: {command: ls}\n", "plain")
+    rootfs.stage(plain, pkg_tree, tmp_path / "plain")
+    assert not (tmp_path / "plain/.tailor").exists()
+    # a change of the helper's source rebuilds a network recipe's image
+    deps = {r.name: next(rootfs.tasks([r], lambda f, *a: (f, a)))["file_dep"] for r in (net, plain)}
+    assert str(rootfs.RESEED_SOURCE) in deps["net"] and str(rootfs.RESEED_SOURCE) not in deps["plain"]
+
+
+def _reseed_block(script: str) -> list[str]:
+    """The init's lines that start the reseed helper: from the command line's read to the exec echo."""
+    lines = script.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith('echo "tailor-init: exec "'))
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("tailor_arg=$tailor_cmdline") and i < at), at)
+    return lines[start:at]
+
+
+def test_init_starts_the_reseed_helper_only_for_network_recipes(tmp_path):
+    net = rootfs.init_script(make_recipe(tmp_path, "app: {command: x, network: true}\n", "n"), "/x")
+    plain = rootfs.init_script(make_recipe(tmp_path, "app: {command: x}\n", "p"), "/x")
+    block = _reseed_block(net)
+    assert block and "tailor.reseed=" in block[0] + block[1] and block[-1] == "esac"
+    assert any('/.tailor/reseed "$tailor_arg" &' in ln for ln in block)
+    assert "reseed" not in plain and _reseed_block(plain) == []
+
+
+@pytest.mark.parametrize("cmdline, port", [
+    ("console=ttyS0 tailor.reseed=4242 quiet", "4242"),
+    ("tailor.reseed=7", "7"),
+    ("quiet tailor.reseed=65535", "65535"),
+    ("console=ttyS0 quiet", None),
+    ("tailor.reseed=42x", None),
+    ("tailor.reseed=", None),
+    ("notailor.reseed=5 tailor.reseedx=5", None),
+    ("", None),
+])
+def test_init_reseed_lines_read_the_port_from_the_command_line(tmp_path, cmdline, port):
+    """The init's lines under sh with a fake kernel command line and ``echo`` for the helper."""
+    net = rootfs.init_script(make_recipe(tmp_path, "app: {command: x, network: true}\n", "n"), "/x")
+    block = "\n".join(_reseed_block(net)).replace("/.tailor/reseed", "echo helper")
+    proc = subprocess.run(["sh", "-c", "bb=; " + _read_cmdline(net, tmp_path, cmdline) + "\n" + block + "\nwait"],
                           capture_output=True, text=True)
-    assert proc.returncode == 0 and "paused" not in proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    want = {f"helper {port}", f"tailor-init: reseed helper on port {port}"} if port else set()
+    assert set(proc.stdout.splitlines()) == want
+
+
+def _ask(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send *data* to the helper on *port*, close the sending side, return its whole reply."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(64):
+            reply += chunk
+    return reply
+
+
+def test_reseed_helper_serves_clients_in_a_loop(helper):
+    """The helper run on the host as a normal process: with CAP_SYS_ADMIN the host's crng is fed and
+    reseeded; without it both ioctls fail with EPERM (1). A client's error never ends the loop."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caps = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("CapEff:"))
+    admin = os.geteuid() == 0 and int(caps.split()[1], 16) >> 21 & 1  # CAP_SYS_ADMIN
+    want = b"reseeded\n" if admin else b"error 1\n"
+    proc = subprocess.Popen([str(helper), str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()  # a client that sends nothing
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.05)
+        assert _ask(port, os.urandom(32)) == want
+        assert _ask(port, b"tiny") == b"short\n"
+        assert _ask(port, os.urandom(32)) == want  # the second client is served too
+        assert _ask(port, os.urandom(64)) == want
+        assert _ask(port, os.urandom(200)) == want  # read 64, the rest dropped
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_reseed_helper_refuses_a_bad_port(helper):
+    for args in ([], ["0"], ["65536"], ["80x"]):
+        proc = subprocess.run([str(helper)] + args, capture_output=True, text=True, timeout=10)
+        assert proc.returncode == 1 and "usage: reseed PORT" in proc.stderr
