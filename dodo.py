@@ -9,7 +9,7 @@
 import sys
 
 from tailor import (baseline, boot, catalogue, config, discover, fits, kernel, measure, release, report, rootfs,
-                    source, tasks)
+                    snapshot, source, tasks)
 from tailor.image import build as image_build
 from tailor.recipe import with_variants
 
@@ -80,6 +80,11 @@ def task_discover():
 def task_fits():
     """check an app's discovered kernel options against every baseline .config (reads only; builds nothing)"""
     yield from fits.tasks(RECIPES, tasks.action)
+
+
+def task_snapshot():
+    """boot an app, wait until it is ready and save the VM (python -m tailor run <app> --from-snapshot)"""
+    yield from snapshot.tasks(RECIPES, tasks.action)
 
 
 def task_release():

@@ -10,6 +10,7 @@ Commands::
     pin-source [PACKAGE[=VER]]  pin a linux-source version from Debian's archive (default: newest)
     pin-image APP               resolve APP's rootfs.image now and record its digest in images.lock
     run APP [-p [ADDR:]HOST:GUEST] [-m MiB] [--kernel general] [--name N] [--detach] [--keep PATH]
+            [--from-snapshot]
                                 boot APP's built VM for use; ps, stop NAME, logs NAME for detached VMs
     discover APP [--write] [--no-minimise] [--budget N]
                                 discover APP's kernel options, minimised (like doit discover:APP)
@@ -153,7 +154,7 @@ def _run(args) -> int:
 
     forwards = [run.parse_forward(spec) for spec in args.publish]
     p = run.plan(_recipe(args.app), name=args.name, memory=args.memory, forwards=forwards,
-                 general=args.kernel == "general", keep=args.keep)
+                 general=args.kernel == "general", keep=args.keep, from_snapshot=args.from_snapshot)
     return run.start(p, detach=args.detach)
 
 
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-d", "--detach", action="store_true", help="keep running in the background; console in a log")
     p.add_argument("--keep", default=None, metavar="PATH",
                    help="keep this run's copy-on-write disk layer (qcow2 over the built ext2 image) at PATH")
+    p.add_argument("--from-snapshot", action="store_true",
+                   help="start from the snapshot taken once the app was ready (doit snapshot:<app>) instead of booting")
     command("ps", _ps, "list the VMs started with run", app=False)
     p = command("stop", _stop, "stop VMs started with run --detach (QMP quit, then signals) and clean up", app=False)
     p.add_argument("names", nargs="+", metavar="NAME")

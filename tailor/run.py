@@ -137,6 +137,10 @@ class Plan:
     pid: int = 0
     started: float = 0.0
     detached: bool = False
+    snapshot: bool = False
+    """restored from ``out/snapshot/<app>/`` (:mod:`tailor.snapshot`) instead of booted"""
+    reseed_port: int = 0
+    """the host port forwarded to the guest's reseed helper, when restored"""
     format: str = FORMAT
     qemu: list[str] = field(default_factory=list)
 
@@ -151,8 +155,9 @@ class Plan:
 
 
 def plan(recipe, *, name: str | None = None, memory: int | None = None, forwards: list[Forward] = (),
-         general: bool = False, keep: str | None = None) -> Plan:
-    """Check that *recipe*'s VM can start as asked (built, name free, ports free) and say how."""
+         general: bool = False, keep: str | None = None, from_snapshot: bool = False) -> Plan:
+    """Check that *recipe*'s VM can start as asked (built, name free, ports free, the snapshot fits) and
+    say how."""
     from tailor.recipe import general_variant
 
     r = general_variant(recipe) if general else recipe
@@ -188,10 +193,25 @@ def plan(recipe, *, name: str | None = None, memory: int | None = None, forwards
         layer = str(Path(keep).resolve()) if keep else str(vm_dir(name) / "root.qcow2")
         if keep and Path(keep).exists():
             raise TailorError(f"--keep {keep}: the file exists; name a new file for this run's disk layer")
-    return Plan(name=name, app=recipe.name, variant=r.variant or "specific", kernel=str(kernel), image=str(image),
-                root=recipe.rootfs.format, memory=memory or recipe.test.memory, forwards=list(forwards),
-                cmdline=recipe.kernel.cmdline, ready=recipe.test.ready, timeout=recipe.test.timeout,
-                network=bool(recipe.app.network), layer=layer, keep=bool(keep))
+    p = Plan(name=name, app=recipe.name, variant=r.variant or "specific", kernel=str(kernel), image=str(image),
+             root=recipe.rootfs.format, memory=memory or recipe.test.memory, forwards=list(forwards),
+             cmdline=recipe.kernel.cmdline, ready=recipe.test.ready, timeout=recipe.test.timeout,
+             network=bool(recipe.app.network), layer=layer, keep=bool(keep))
+    if from_snapshot:
+        from tailor import snapshot
+
+        rec = snapshot.check(recipe, p)
+        p.snapshot, p.cmdline = True, rec["cmdline"]
+        p.reseed_port = _free_port()
+        p.forwards.append(Forward("127.0.0.1", p.reseed_port, rec["reseed_port"]))
+        p.accel = rec["accel"]
+    return p
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_layer(image: Path, layer: Path) -> None:
@@ -226,18 +246,33 @@ def command(p: Plan, *, detach: bool) -> list[str]:
 def start(p: Plan, *, detach: bool, accel: str | None = None, out=sys.stderr) -> int:
     """Start the VM of *p*: in the foreground until it ends or Ctrl-C (returns 0, or 130 when interrupted),
     or detached until it is ready (returns 0). Raises a one-line TailorError when it cannot start."""
-    p.accel = detect_accel(accel)
+    p.accel = p.accel if p.snapshot else detect_accel(accel)
     p.detached = detach
     remove(p.dir)
     p.dir.mkdir(parents=True)
     try:
-        if p.layer:
-            make_layer(Path(p.image), Path(p.layer))
-        p.qemu = command(p, detach=detach)
-        ports = ", ".join(str(f) for f in p.forwards) or "no ports forwarded"
+        recipe = None
+        if p.snapshot:
+            from tailor import snapshot
+            from tailor.recipe import find
+
+            recipe = find(p.app)
+            if p.layer:
+                snapshot.copy_disk(recipe, Path(p.layer))
+            p.qemu = command(p, detach=detach) + snapshot.restore_args(recipe)
+            if snapshot.machine_args(p.qemu) != snapshot.check(recipe, p)["machine"]:
+                raise TailorError(f"the snapshot of {p.app} was taken with other machine arguments; take it again "
+                                  f"(doit snapshot:{p.app})")
+        else:
+            if p.layer:
+                make_layer(Path(p.image), Path(p.layer))
+            p.qemu = command(p, detach=detach)
+        ports = ", ".join(str(f) for f in p.forwards if f.host != p.reseed_port) or "no ports forwarded"
         if detach:
+            t0 = time.monotonic()
             _start_detached(p)
-            print(f"tailor: {p.name} ({p.app}) running detached, pid {p.pid}, {ports}, {p.memory} MiB; "
+            how = f"restored from its snapshot and reseeded in {time.monotonic() - t0:.2f} s, " if p.snapshot else ""
+            print(f"tailor: {p.name} ({p.app}) running detached, {how}pid {p.pid}, {ports}, {p.memory} MiB; "
                   f"python -m tailor logs {p.name} / stop {p.name}", file=out)
             return 0
         print(f"tailor: starting {p.name} ({p.app}, {p.accel}), {ports}, {p.memory} MiB; Ctrl-C stops it", file=out)
@@ -263,6 +298,10 @@ def _foreground(p: Plan, out) -> int:
                 with VM(p.qemu, ConsoleState(ready=p.ready, on_line=echo)) as vm:
                     p.pid, p.started = vm.proc.pid, time.time()
                     write_json(p.dir / "run.json", p.record())
+                    if p.snapshot:
+                        _restored(p)
+                        print(f"tailor: {p.name} restored from its snapshot and reseeded in "
+                              f"{time.monotonic() - vm.t0:.2f} s", file=out, flush=True)
                     try:
                         while vm.proc.poll() is None:
                             check_interrupt()
@@ -300,6 +339,9 @@ def _start_detached(p: Plan) -> None:
         raise TailorError(f"{p.name}: qemu wrote no pid file") from None
     p.started = time.time()
     write_json(p.dir / "run.json", p.record())
+    if p.snapshot:
+        _restored(p)
+        return
     con = ConsoleState(ready=p.ready)
     deadline, done, rest = time.monotonic() + p.timeout, 0, b""
     while True:
@@ -318,6 +360,14 @@ def _start_detached(p: Plan) -> None:
             _tail(con)
             raise TailorError(f"{p.name}: not ready within {p.timeout} s (test.timeout); stopped it")
         time.sleep(0.1)
+
+
+def _restored(p: Plan) -> None:
+    """Wait until the restored VM runs, then reseed its random pool from the host."""
+    from tailor import snapshot
+
+    snapshot.wait_running(p.dir / "qmp.sock")
+    snapshot.reseed(p.reseed_port)
 
 
 def _read_from(path: Path, offset: int) -> bytes:
@@ -457,8 +507,9 @@ def _cleanup(rec: dict) -> None:
         remove(vm_dir(name))
 
 
-def qmp(sock: Path, cmd: str, timeout: float = 5.0) -> dict:
-    """Send one QMP command to the socket *sock* and return its answer (events are skipped)."""
+def qmp(sock: Path, cmd: str, arguments: dict | None = None, timeout: float = 5.0) -> dict:
+    """Send one QMP command (with *arguments*) to the socket *sock* and return its answer (events are
+    skipped); an ``error`` answer is raised as a TailorError."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(sock))
@@ -474,8 +525,8 @@ def qmp(sock: Path, cmd: str, timeout: float = 5.0) -> dict:
                     return msg
 
         answer()  # the greeting
-        for c in ("qmp_capabilities", cmd):
-            f.write(json.dumps({"execute": c}).encode() + b"\n")
+        for c, args in (("qmp_capabilities", None), (cmd, arguments)):
+            f.write(json.dumps({"execute": c, **({"arguments": args} if args else {})}).encode() + b"\n")
             f.flush()
             try:
                 reply = answer()
@@ -483,4 +534,6 @@ def qmp(sock: Path, cmd: str, timeout: float = 5.0) -> dict:
                 if c == "quit":
                     return {"return": {}}
                 raise
+            if "error" in reply:
+                raise TailorError(f"QMP {c}: {reply['error'].get('desc', reply['error'])}")
         return reply

@@ -1,0 +1,287 @@
+"""Snapshots: boot an app once, save the VM when it is ready, and start from that point instead of booting.
+
+:func:`take` (``doit snapshot:<app>``) boots the app's built VM as ``tailor
+run`` does (its own copy-on-write layer over the built image), waits for the
+recipe's ready pattern and probe (not its exercise: the saved app should be
+fresh), pauses it over QMP (``stop``) and saves its state with ``migrate`` to
+``exec:cat > state``. ``out/snapshot/<app>/`` then holds ``state`` (the
+migration stream; zero pages are not written), ``disk.qcow2`` (the layer the
+VM wrote, backed by the built image) and ``snapshot.json`` (:data:`FORMAT`):
+the kernel identity, the root image's sha256, the qemu version and the
+normalised machine arguments (:func:`machine_args`), the memory size and
+accelerator, the checksums of both files, and the times to ready and to save.
+It is written to a ``.partial`` directory and renamed into place.
+
+:func:`check` is what ``tailor run <app> --from-snapshot`` asks first: a
+snapshot is tied to the qemu that made it (microvm does not migrate across
+qemu versions), to the kernel, the root image, the memory size and the machine
+arguments; anything else, or a file whose checksum differs, is refused in one
+line that says to take it again.
+
+**Fresh randomness.** A restored VM would repeat the snapshot's random state:
+after a restore Linux 6.1 reseeds its crng only on its own schedule (every
+minute once the first minutes of uptime are over). The snapshot's boot passes
+``tailor.reseed=PORT`` on the kernel command line, so the generated init starts
+a small helper (``/.tailor/reseed``, a freestanding program compiled into every
+network app's image) that takes bytes on that guest port, adds them with
+``RNDADDENTROPY`` and forces a reseed with ``RNDRESEEDCRNG``. After every
+restore :func:`reseed` sends it 64 fresh bytes from the host's ``os.urandom``
+through a forward of its own, before the run is reported ready.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from tailor import boot, paths
+from tailor.errors import TailorError
+from tailor.qemu import QEMU, VM, CtrlC, free_port
+from tailor.util import display_path, out_dir, read_json, remove, sha256_file, write_json
+
+FORMAT = "tailor-snapshot/1"
+RESEED_PORT = 61999
+"""The guest TCP port of the reseed helper (``tailor.reseed=`` on the snapshot's kernel command line)."""
+RESEED_BYTES = 64
+MIGRATE_TIMEOUT_S = 120.0
+
+
+def snapshot_dir(app: str) -> Path:
+    """``out/snapshot/<app>/``."""
+    return out_dir() / "snapshot" / app
+
+
+def qemu_version() -> str:
+    """The first line of ``qemu-system-x86_64 --version``."""
+    try:
+        out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except FileNotFoundError:
+        raise TailorError(f"{QEMU} not found; run ./setup.sh") from None
+    return (out.strip().splitlines() or ["unknown"])[0]
+
+
+_VARIABLE = {"-name", "-qmp", "-serial", "-pidfile", "-incoming"}
+
+
+def machine_args(cmd: list[str]) -> list[str]:
+    """*cmd* without what may differ between the snapshot and a restore: the qemu binary, its name, QMP,
+    console and pid file, ``-daemonize``, ``-incoming``, the host side of port forwards, and the file
+    names of the kernel and the disk (their identities are checked on their own)."""
+    out, i = [], 1
+    while i < len(cmd):
+        a = cmd[i]
+        if a in _VARIABLE:
+            i += 2
+            continue
+        if a == "-daemonize":
+            i += 1
+            continue
+        if a == "-kernel":
+            out += [a, "KERNEL"]
+            i += 2
+            continue
+        if a == "-netdev":
+            out += [a, ",".join(p for p in cmd[i + 1].split(",") if not p.startswith("hostfwd="))]
+            i += 2
+            continue
+        if a == "-drive":
+            out += [a, ",".join("file=ROOT" if p.startswith("file=") else p for p in cmd[i + 1].split(","))]
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _qmp_wait(sock: Path, done, timeout: float, what: str) -> dict:
+    from tailor.run import qmp
+
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = qmp(sock, what)["return"]
+        if done(reply):
+            return reply
+        if time.monotonic() > deadline:
+            raise TailorError(f"QMP {what}: still {reply.get('status')} after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def take(recipe, *, general: bool = False, settle_s: float = 0.0) -> dict:
+    """Boot *recipe*'s built VM, wait until it is ready (and *settle_s* more), save it into
+    ``out/snapshot/<app>/`` and return the record."""
+    from tailor import run
+    from tailor.run import qmp
+
+    if not recipe.app.network:
+        raise TailorError(f"{recipe.name}: a snapshot needs app.network: true (the host reseeds the restored "
+                          f"VM's random pool over the network)")
+    final = snapshot_dir(recipe.name)
+    tmp = final.with_name(final.name + ".partial")
+    remove(tmp)
+    tmp.mkdir(parents=True)
+    probe = recipe.test.probe
+    forwards = [run.Forward("127.0.0.1", free_port(), probe.port)] if probe.port else []
+    p = run.plan(recipe, name=f"snapshot-{recipe.name}", forwards=forwards, general=general,
+                 keep=str(tmp / "disk.qcow2"))
+    p.cmdline = " ".join(filter(None, (p.cmdline, f"tailor.reseed={RESEED_PORT}")))
+    fresh = replace(recipe, test=replace(recipe.test, exercise=()))
+    try:
+        from tailor.qemu import detect_accel
+
+        p.accel = detect_accel()
+        remove(p.dir)
+        p.dir.mkdir(parents=True)
+        run.make_layer(Path(p.image), Path(p.layer))
+        cmd = run.command(p, detach=False)
+        sock = p.dir / "qmp.sock"
+        with CtrlC(), VM(cmd, boot.new_console(fresh)) as vm:
+            verdict, detail = boot.decide(fresh, vm, forwards[0].host if forwards else None, recipe.test.timeout)
+            if verdict.state != "pass":
+                raise TailorError(f"snapshot of {recipe.name}: the boot test failed: {verdict.reason}")
+            if not any(f"reseed helper on port {RESEED_PORT}" in line for _, line in vm.console.lines):
+                raise TailorError(f"snapshot of {recipe.name}: the init did not start the reseed helper; rebuild "
+                                  f"the root image (doit rootfs:{recipe.name})")
+            ready_s = time.monotonic() - vm.t0
+            time.sleep(settle_s)
+            t = time.monotonic()
+            qmp(sock, "stop")
+            state = tmp / "state"
+            qmp(sock, "migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
+            status = _qmp_wait(sock, lambda r: r.get("status") in ("completed", "failed", "cancelled"),
+                               MIGRATE_TIMEOUT_S, "query-migrate")
+            if status["status"] != "completed":
+                raise TailorError(f"snapshot of {recipe.name}: saving the VM {status['status']}: "
+                                  f"{status.get('error-desc', '')}".rstrip(": "))
+            save_s = time.monotonic() - t
+            run._quit(sock, vm.proc.pid)
+        record = {
+            "format": FORMAT, "app": recipe.name, "variant": p.variant,
+            "kernel_identity": _kernel_identity(recipe, general),
+            "rootfs_sha256": sha256_file(p.image), "root": p.root,
+            "qemu_version": qemu_version(), "machine": machine_args(cmd), "cmdline": p.cmdline,
+            "memory": p.memory, "accel": p.accel, "reseed_port": RESEED_PORT,
+            "time_to_ready_s": round(ready_s, 3), "save_s": round(save_s, 3), "probe": detail,
+            "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+                      for name in ("state", "disk.qcow2")},
+        }
+        write_json(tmp / "snapshot.json", record)
+        remove(final)
+        os.replace(tmp, final)
+    finally:
+        remove(tmp)
+        remove(p.dir)
+    return record
+
+
+def _kernel_identity(recipe, general: bool) -> str:
+    from tailor.recipe import general_variant
+
+    r = general_variant(recipe) if general else recipe
+    return read_json(paths.kernel_pointer(r.id)).get("kernel_identity", "")
+
+
+def check(recipe, plan) -> dict:
+    """The snapshot of *recipe*, checked against what *plan* would run; a one-line TailorError when it
+    does not fit or is damaged."""
+    d = snapshot_dir(recipe.name)
+    path = d / "snapshot.json"
+    if not path.is_file():
+        raise TailorError(f"{recipe.name} has no snapshot; take one with `doit snapshot:{recipe.name}`")
+    try:
+        rec = read_json(path)
+    except TailorError:
+        rec = None
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        raise TailorError(f"{display_path(path)}: not a {FORMAT} record; take the snapshot again "
+                          f"(doit snapshot:{recipe.name})")
+    again = f"take it again (doit snapshot:{recipe.name})"
+    wanted = "general" if plan.variant == "general" else "specific"
+    if rec.get("variant") != wanted:
+        raise TailorError(f"the snapshot of {recipe.name} is of its {rec.get('variant')} kernel, not the {wanted} one")
+    if rec.get("qemu_version") != qemu_version():
+        raise TailorError(f"the snapshot of {recipe.name} was made by {rec.get('qemu_version')!r}, this is "
+                          f"{qemu_version()!r}: a snapshot is tied to the qemu that made it; {again}")
+    if rec.get("kernel_identity") != _kernel_identity(recipe, plan.variant == "general"):
+        raise TailorError(f"the snapshot of {recipe.name} was taken on another kernel than the one built now; {again}")
+    if rec.get("rootfs_sha256") != sha256_file(plan.image):
+        raise TailorError(f"the snapshot of {recipe.name} was taken with another root image than "
+                          f"{display_path(plan.image)}; {again}")
+    if plan.memory != rec.get("memory"):
+        raise TailorError(f"the snapshot of {recipe.name} has {rec.get('memory')} MiB of memory; restore it "
+                          f"with that (-m {rec.get('memory')}) or {again}")
+    for name, want in (rec.get("files") or {}).items():
+        f = d / name
+        if not f.is_file() or f.stat().st_size != want.get("bytes") or sha256_file(f) != want.get("sha256"):
+            raise TailorError(f"{display_path(f)} is damaged (size or sha256 differs from snapshot.json); {again}")
+    return rec
+
+
+def restore_args(recipe) -> list[str]:
+    """The qemu arguments that load the snapshot's state."""
+    return ["-incoming", f"exec:cat {shlex.quote(str(snapshot_dir(recipe.name) / 'state'))}"]
+
+
+def copy_disk(recipe, layer: Path) -> None:
+    """This run's own copy of the snapshot's disk layer (the snapshot stays as taken)."""
+    layer.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(snapshot_dir(recipe.name) / "disk.qcow2", layer)
+
+
+def wait_running(sock: Path, timeout: float = 60.0) -> None:
+    """Until the restored VM runs (qemu starts it once the incoming state is loaded)."""
+    _qmp_wait(sock, lambda r: r.get("status") == "running", timeout, "query-status")
+
+
+def reseed(port: int, timeout: float = 30.0) -> None:
+    """Send fresh host randomness to the guest's reseed helper through 127.0.0.1:*port*; raise unless it
+    answers ``reseeded``."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(os.urandom(RESEED_BYTES))
+                answer = s.makefile("rb").readline().decode(errors="replace").strip()
+            if answer == "reseeded":
+                return
+            last = answer or "no answer"
+        except OSError as e:
+            last = e.strerror or str(e)
+        time.sleep(0.1)
+    raise TailorError(f"the restored VM's random pool was not reseeded ({last})")
+
+
+def take_action(recipe) -> None:
+    rec = take(recipe)
+    files = rec["files"]
+    print(f"[snapshot:{recipe.name}] ready after {rec['time_to_ready_s']} s, saved in {rec['save_s']} s: state "
+          f"{files['state']['bytes'] / 1e6:.1f} MB, disk layer {files['disk.qcow2']['bytes'] / 1e6:.1f} MB "
+          f"({display_path(snapshot_dir(recipe.name))}; python -m tailor run {recipe.name} --from-snapshot)")
+
+
+def tasks(recipes, action):
+    """doit tasks ``snapshot:<app>`` for the network apps (not part of ``build``)."""
+    from doit.tools import config_changed
+
+    from tailor.util import code_digest
+
+    for r in recipes:
+        if not r.app.network:
+            continue
+        yield {
+            "basename": "snapshot", "name": r.name,
+            "doc": f"boot {r.name}, wait until it is ready and save the VM for run --from-snapshot",
+            "actions": [action(take_action, r)],
+            "task_dep": [f"build:{r.name}"],
+            "file_dep": [str(paths.kernel_pointer(r.id)), str(paths.rootfs_image(r.name, r.rootfs.format))],
+            "targets": [str(snapshot_dir(r.name) / "snapshot.json")],
+            "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
+                                         "code": code_digest("snapshot", "run", "qemu", "boot", "probes")})],
+            "verbosity": 2,
+        }

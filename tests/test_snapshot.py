@@ -1,0 +1,97 @@
+"""Snapshots: the machine arguments a restore must share with the snapshot, and the one-line refusals of a
+snapshot that does not fit (fakes); the real redis snapshot and restore are slow tests in test_run.py."""
+
+import json
+
+import pytest
+
+from tailor import paths, run, snapshot
+from tailor.errors import TailorError
+from tailor.recipe import find
+from tailor.util import sha256_file, write_json
+
+from test_run import fake_built, out  # noqa: F401  (the fixture)
+
+
+def test_machine_args_drop_only_what_may_differ():
+    cmd = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-m", "256", "-name", "tailor-run-a",
+           "-serial", "file:/x/console.log", "-kernel", "/k1/vmlinux",
+           "-drive", "id=root,file=/x/root.qcow2,format=qcow2,if=none",
+           "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:6379,hostfwd=tcp:127.0.0.1:4001-:61999",
+           "-qmp", "unix:/x/qmp.sock,server=on,wait=off", "-daemonize", "-pidfile", "/x/pid",
+           "-incoming", "exec:cat /s/state", "-append", "console=ttyS0 tailor.reseed=61999"]
+    other = list(cmd)
+    other[other.index("-kernel") + 1] = "/elsewhere/vmlinux"
+    other[other.index("-netdev") + 1] = "user,id=n0,restrict=on,hostfwd=tcp:0.0.0.0:80-:6379"
+    assert snapshot.machine_args(cmd) == snapshot.machine_args(other) == [
+        "-M", "microvm,acpi=off", "-m", "256", "-kernel", "KERNEL", "-drive", "id=root,file=ROOT,format=qcow2,if=none",
+        "-netdev", "user,id=n0,restrict=on", "-append", "console=ttyS0 tailor.reseed=61999"]
+    other[other.index("-m") + 1] = "128"
+    assert snapshot.machine_args(other) != snapshot.machine_args(cmd)
+
+
+def fake_snapshot(out, redis, **changes):
+    image = paths.rootfs_image("redis", "ext2")
+    d = snapshot.snapshot_dir("redis")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "state").write_bytes(b"S" * 1000)
+    (d / "disk.qcow2").write_bytes(b"D" * 100)
+    pointer = json.loads(paths.kernel_pointer("redis").read_text())
+    rec = {"format": snapshot.FORMAT, "app": "redis", "variant": "specific",
+           "kernel_identity": pointer.get("kernel_identity", ""), "rootfs_sha256": sha256_file(image),
+           "qemu_version": "QEMU emulator version 7.2.22", "memory": redis.test.memory, "machine": [],
+           "cmdline": "tailor.reseed=61999", "reseed_port": 61999, "accel": "tcg",
+           "files": {n: {"sha256": sha256_file(d / n), "bytes": (d / n).stat().st_size} for n in ("state", "disk.qcow2")}}
+    rec.update(changes)
+    write_json(d / "snapshot.json", rec)
+    return d
+
+
+@pytest.fixture
+def fits(out, monkeypatch):  # noqa: F811
+    fake_built(out)
+    monkeypatch.setattr(snapshot, "qemu_version", lambda: "QEMU emulator version 7.2.22")
+    return find("redis")
+
+
+def test_a_snapshot_that_fits_is_planned_with_its_reseed_forward(fits, out):  # noqa: F811
+    fake_snapshot(out, fits)
+    p = run.plan(fits, forwards=[run.parse_forward("16379:6379")], from_snapshot=True)
+    assert p.snapshot and p.cmdline == "tailor.reseed=61999" and p.accel == "tcg"
+    assert [f.guest for f in p.forwards] == [6379, 61999] and p.forwards[1].host == p.reseed_port
+    assert snapshot.restore_args(fits)[0] == "-incoming"
+    assert snapshot.restore_args(fits)[1] == f"exec:cat {snapshot.snapshot_dir('redis') / 'state'}"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"qemu_version": "QEMU emulator version 9.0.0"}, "was made by 'QEMU emulator version 9.0.0', this is"),
+    ({"kernel_identity": "0" * 64}, "was taken on another kernel than the one built now"),
+    ({"rootfs_sha256": "0" * 64}, "was taken with another root image than "),
+    ({"memory": 64}, "has 64 MiB of memory; restore it with that (-m 64)"),
+    ({"variant": "general"}, "is of its general kernel, not the specific one"),
+    ({"format": "tailor-snapshot/0"}, "snapshot.json: not a tailor-snapshot/1 record"),
+])
+def test_a_snapshot_that_does_not_fit_is_refused_in_one_line(fits, out, change, message):  # noqa: F811
+    fake_snapshot(out, fits, **change)
+    with pytest.raises(TailorError) as e:
+        run.plan(fits, from_snapshot=True)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_damaged_or_missing_snapshot_is_refused(fits, out):  # noqa: F811
+    with pytest.raises(TailorError, match=r"^redis has no snapshot; take one with `doit snapshot:redis`$"):
+        run.plan(fits, from_snapshot=True)
+    d = fake_snapshot(out, fits)
+    with open(d / "state", "r+b") as f:  # truncated
+        f.truncate(500)
+    with pytest.raises(TailorError, match=r"snapshot/redis/state is damaged .*take it again \(doit snapshot:redis\)"):
+        run.plan(fits, from_snapshot=True)
+    d = fake_snapshot(out, fits)
+    (d / "disk.qcow2").write_bytes(b"X" * 100)  # same size, other bytes
+    with pytest.raises(TailorError, match=r"disk.qcow2 is damaged"):
+        run.plan(fits, from_snapshot=True)
+
+
+def test_snapshot_needs_a_network_app(fits):
+    with pytest.raises(TailorError, match="a snapshot needs app.network: true"):
+        snapshot.take(find("hello"))
