@@ -349,7 +349,7 @@ def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path, common: set[
         symbols = kmap.parse_system_map((kernel_dir / "System.map").read_text())
     except OSError as e:
         raise TailorError(f"{kernel_dir / 'System.map'}: cannot read ({e.strerror}); rebuild the probe kernel") from None
-    index = kmap.nm_index(kernel_dir / "build", cache=kernel_dir / "symbols.json")
+    index = kmap.nm_index(kernel_dir / "build", cache=kernel_dir / "symbols-2.json")  # 2: weak stubs apart
     kb = kmap.Kbuild(srctree)
     out = {}
     for name, phases in (("boot", ("boot",)), ("user", trace.USER_PHASES), ("app", ("app",))):

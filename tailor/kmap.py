@@ -118,8 +118,12 @@ def object_files(objdir: Path) -> list[str]:
     return sorted(out)
 
 
-def parse_nm(text: str, index: dict[str, list[str]]) -> None:
-    """Add ``nm -A --defined-only`` output lines (``path:addr type name``) to *index* (text symbols only)."""
+def parse_nm(text: str, index: dict[str, list[str]], weak: dict[str, list[str]] | None = None) -> None:
+    """Add ``nm -A --defined-only`` output lines (``path:addr type name``) to *index* (text symbols only).
+
+    With *weak*, weak definitions (``W``/``w``) go there instead: the linker keeps a strong definition
+    over them (kernel/sys_ni.c defines a weak ``__x64_sys_*`` stub for every conditional system call),
+    so they count only for symbols with no strong one (:func:`merge_weak`)."""
     for line in text.splitlines():
         path, sep, rest = line.partition(":")
         if not sep:
@@ -127,9 +131,16 @@ def parse_nm(text: str, index: dict[str, list[str]]) -> None:
         parts = rest.split()
         if len(parts) != 3 or parts[1] not in _TEXT_TYPES:
             continue
-        objs = index.setdefault(parts[2], [])
+        target = weak if weak is not None and parts[1] in "Ww" else index
+        objs = target.setdefault(parts[2], [])
         if not objs or objs[-1] != path:
             objs.append(path)
+
+
+def merge_weak(index: dict[str, list[str]], weak: dict[str, list[str]]) -> None:
+    """Give the symbols of *weak* that have no strong definition in *index* their weak definers."""
+    for name, objs in weak.items():
+        index.setdefault(name, objs)
 
 
 def nm_index(objdir: Path, cache: Path | None = None, batch: int = 400) -> dict[str, list[str]]:
@@ -146,13 +157,15 @@ def nm_index(objdir: Path, cache: Path | None = None, batch: int = 400) -> dict[
     if not objs:
         raise TailorError(f"{objdir}: no object files; the kernel's build tree is needed for mapping")
     index: dict[str, list[str]] = {}
+    weak: dict[str, list[str]] = {}
     for i in range(0, len(objs), batch):
         try:
             proc = subprocess.run(["nm", "-A", "--defined-only", *objs[i:i + batch]], cwd=objdir,
                                   capture_output=True, text=True, errors="replace")
         except OSError as e:
             raise TailorError(f"cannot run nm ({e.strerror}); install binutils (./setup.sh does)") from None
-        parse_nm(proc.stdout, index)
+        parse_nm(proc.stdout, index, weak)
+    merge_weak(index, weak)
     if cache is not None:
         write_atomic(cache, json.dumps(index, sort_keys=True))
     return index

@@ -96,6 +96,17 @@ def test_parse_nm_keeps_text_symbols():
                      "show": ["fs/proc/base.o", "fs/sysfs/file.o"]}
 
 
+def test_weak_system_call_stubs_give_way_to_the_real_entry():
+    """kernel/sys_ni.c defines a weak __x64_sys_* for every conditional system call: the strong definition
+    is the one linked, so the entry maps to its subsystem's object (it was ambiguous, and so unmapped)."""
+    index, weak = {}, {}
+    kmap.parse_nm("kernel/sys_ni.o:0000000000000000 W __x64_sys_epoll_wait\n"
+                  "kernel/sys_ni.o:0000000000000010 W __x64_sys_io_uring_setup\n"
+                  "fs/eventpoll.o:0000000000000000 T __x64_sys_epoll_wait\n", index, weak)
+    kmap.merge_weak(index, weak)
+    assert index == {"__x64_sys_epoll_wait": ["fs/eventpoll.o"], "__x64_sys_io_uring_setup": ["kernel/sys_ni.o"]}
+
+
 def test_nm_index_over_real_objects(tmp_path):
     if not shutil.which("gcc"):
         pytest.skip("gcc not installed")
