@@ -133,8 +133,10 @@ CLASSES = ("setup", "hook", "reached", "bisection", "syscall")
 """The classes of candidate options, most suspicious first (the order minimisation drops them in):
 
 ``setup``     all its code first ran in the init's own set-up, before the app's exec;
-``hook``      its code was entered only from functions the null app ran too (paths every process
-              takes: fork, exec, exit, memory mapping): it ran as a hook of another subsystem;
+``hook``      its code was entered only through calls that compile to an empty stub without it (a
+              header's ``#else static inline`` stand-in), or only from functions the null app ran too
+              (paths every process takes: fork, exec, exit, memory mapping): it ran as a hook of
+              another subsystem;
 ``reached``   code reached from the app's own work (entered from code the null app never ran);
 ``bisection`` not traced: the boot test failed without it when the traced set was tried;
 ``syscall``   it gates a system call entry that the app executed after its exec.
@@ -154,11 +156,14 @@ def _names(items, n: int = 4) -> str:
     return ", ".join(items[:n]) + (f" (+{len(items) - n})" if len(items) > n else "")
 
 
-def classify(functions: list[str], entered: dict[str, tuple[str | None, str]], common: set[str]) -> Evidence:
+def classify(functions: list[str], entered: dict[str, tuple[str | None, str]], common: set[str],
+             stubs: dict[str, list[str]] | None = None) -> Evidence:
     """Classify an option from its evidence: *functions* (its code that ran after the init started and the
     null app did not run), *entered* (:func:`tailor.trace.entries`: each function's predecessor in the trace
-    and the phase it first ran in) and *common* (the null app's functions)."""
+    and the phase it first ran in), *common* (the null app's functions) and *stubs* (:func:`tailor.linemap.stubs`:
+    header functions that compile to a stand-in when an option is off)."""
     own = set(functions)
+    stubs = stubs or {}
     first = {f: entered.get(f, (None, "app")) for f in functions}
     calls = [f[len(SYSCALL_PREFIX):] for f in functions if f.startswith(SYSCALL_PREFIX) and first[f][1] == "app"]
     if calls:
@@ -166,7 +171,12 @@ def classify(functions: list[str], entered: dict[str, tuple[str | None, str]], c
     if all(phase == "setup" for _, phase in first.values()):
         return Evidence("setup", f"only the init's set-up ran its code, before the app's exec: "
                                  f"{_names(sorted(functions))}")
-    callers = sorted({prev for prev, _ in first.values() if prev is not None and prev not in own})
+    entries = {f: prev for f, (prev, _) in first.items() if prev is not None and prev not in own}
+    callers = sorted(set(entries.values()))
+    stubbed = sorted(f for f in entries if f in stubs)
+    if entries and len(stubbed) == len(entries):
+        return Evidence("hook", f"entered only through calls that compile to a stub without it "
+                                f"({_names(f'{f} from {entries[f]}' for f in stubbed)})")
     if callers and all(c in common for c in callers):
         return Evidence("hook", f"entered only from paths every process runs ({_names(callers)}): "
                                 f"{_names(sorted(functions))}")
@@ -340,6 +350,7 @@ class TraceMap:
     entered: dict[str, tuple[str | None, str]]
     lines: dict[str, list[str]] = field(default_factory=dict)
     lines_seconds: float = 0.0
+    stubs: dict[str, list[str]] = field(default_factory=dict)
 
 
 def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path, common: set[str] = frozenset()) -> TraceMap:
@@ -359,7 +370,8 @@ def map_trace(pcs: dict[int, str], kernel_dir: Path, srctree: Path, common: set[
     own = [pc for pc, p in pcs.items() if p in trace.USER_PHASES and symbols.function(pc) not in common]
     lines = linemap.source_lines(kernel_dir / "vmlinux", own) if own else {}
     by_line = linemap.options_by_function(lines, symbols.function, srctree, kernel_dir / "build")
-    return TraceMap(out, trace.entries(pcs, symbols.function), by_line, time.monotonic() - t)
+    stubs = linemap.stubs(srctree, cache=kernel_dir / "stubs.json")
+    return TraceMap(out, trace.entries(pcs, symbols.function), by_line, time.monotonic() - t, stubs)
 
 
 def _reason_for(opt: str, mapping: Mapping) -> str:
@@ -435,7 +447,7 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
     for opt in sorted(set(user.by_option) - set(evidence.by_option)):
         if opt not in run.base_on and opt in probe_on:
             skipped[opt] = "only code the null app ran too (process hooks, the init's own mounts)"
-    classes = {o: classify(evidence.by_option[o], entered, common) for o in cands}
+    classes = {o: classify(evidence.by_option[o], entered, common, tm.stubs) for o in cands}
     found = {"objects": sorted(o for o in cands if o in by_object),
              "lines": sorted(o for o in cands if o in tm.lines),
              "lines_only": sorted(o for o in cands if o in by_line)}

@@ -24,7 +24,9 @@ directory, under the kernel's build directory; lines outside the tree
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -130,3 +132,47 @@ def options_by_function(lines: dict[int, list[tuple[str, int]]], function: Calla
         for opt in required_at(srctree, where, objdir):
             by_option.setdefault(opt, set()).add(fn)
     return {opt: sorted(fns) for opt, fns in sorted(by_option.items())}
+
+
+_STUB = re.compile(r"^static\s+(?:__always_inline|inline)\b[^(=;]*?\b([A-Za-z_]\w*)\s*\(")
+"""A ``static inline`` function definition starting on one line: its name is the word before the first ``(``."""
+STUB_DIRS = ("include", "arch/x86/include")
+
+
+def stubs(srctree: Path, cache: Path | None = None) -> dict[str, list[str]]:
+    """``{function: [options]}``: the header functions that have a ``static inline`` stand-in compiled only
+    when one of those options is off (``#ifdef CONFIG_X ... #else static inline void f(void) {} #endif``).
+
+    A call to such a function compiles to the stub, usually nothing, in a kernel without the option: code
+    entered only through such calls runs as a hook of its caller's subsystem. The header trees of
+    :data:`STUB_DIRS` are scanned once; with *cache* the result is kept there."""
+    if cache is not None and cache.is_file():
+        try:
+            return json.loads(cache.read_text())
+        except (OSError, ValueError):
+            pass
+    out: dict[str, set[str]] = {}
+    for top in STUB_DIRS:
+        for header in sorted((srctree / top).rglob("*.h")):
+            try:
+                text = header.read_text(errors="replace")
+            except OSError:
+                continue
+            if "static inline" not in text and "static __always_inline" not in text:
+                continue
+            conds = None
+            for number, line in enumerate(text.splitlines(), 1):
+                if not line.startswith("static"):
+                    continue
+                m = _STUB.match(line)
+                if m is None:
+                    continue
+                conds = conds or ifdef.conditions(text)
+                off = ifdef.forbidden_options(conds.at(number))
+                if off:
+                    out.setdefault(m.group(1), set()).update(off)
+    result = {name: sorted(opts) for name, opts in sorted(out.items())}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result, sort_keys=True))
+    return result

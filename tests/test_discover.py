@@ -2,6 +2,7 @@
 trace filter, the bisection and minimisation with fake oracles, writing the recipe, and the probe
 fragment against the real Kconfig tree."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -305,3 +306,39 @@ def test_a_traced_initramfs_unpacks_into_ramfs_and_an_ext2_root_mounts_as_itself
 
     assert trace_cmdline("cpio").split() == ["nokaslr", "tailor.trace", "rootfstype=ramfs"]
     assert trace_cmdline("ext2").split() == ["nokaslr", "tailor.trace"]
+
+
+def test_classify_on_a_recorded_trace():
+    """The evidence of redis's traced boot test on the probe kernel (tests/data/discover/redis-evidence.json:
+    each option's functions, where each was first entered from and in which phase, the null app's functions
+    among those callers, the header stubs): the classes follow from the trace alone."""
+    data = json.loads((Path(__file__).parent / "data" / "discover" / "redis-evidence.json").read_text())
+    entered = {f: tuple(v) for f, v in data["entered"].items()}
+    got = {o: discover.classify(fns, entered, set(data["common"]), data["stubs"]).cls
+           for o, fns in data["evidence"].items()}
+    assert got == data["classes"]  # the recorded run's classes, reproduced
+    # what the trace shows, in words: redis's own system calls ...
+    assert {o for o, c in got.items() if c == "syscall"} >= {"EPOLL", "FUTEX", "NET", "POSIX_TIMERS", "ADVISE_SYSCALLS"}
+    # ... hooks that compile to stubs without their option (LSM, socket cgroup data, userfaultfd on madvise)
+    assert {"SECURITY", "SOCK_CGROUP_DATA", "USERFAULTFD"} <= {o for o, c in got.items() if c == "hook"}
+    # ... code only the init's set-up ran (its `ip` commands: netlink attributes, AF_UNIX, multicast joins)
+    assert {"UNIX", "NLATTR", "IP_MULTICAST"} <= {o for o, c in got.items() if c == "setup"}
+    # ... and the network card and TCP, reached from the app's work
+    assert got["VIRTIO_NET"] == got["INET"] == "reached"
+    order = discover.minimise_groups({o: got[o] for o in ("UNIX", "SECURITY", "INET", "EPOLL")})
+    assert order == [["UNIX"], ["SECURITY"], ["INET"], ["EPOLL"]]
+
+
+def test_classify_rules_on_small_cases():
+    common = {"do_exit"}
+    entered = {"__x64_sys_epoll_wait": ("entry_SYSCALL_64", "app"), "do_epoll_wait": ("__x64_sys_epoll_wait", "app"),
+               "taskstats_exit": ("do_exit", "app"), "unix_create": ("__sock_create", "setup"),
+               "cgroup_sk_alloc": ("sk_alloc", "app"), "start_xmit": ("dev_hard_start_xmit", "app")}
+    assert discover.classify(["__x64_sys_epoll_wait", "do_epoll_wait"], entered, common).cls == "syscall"
+    assert discover.classify(["taskstats_exit"], entered, common).cls == "hook"
+    assert discover.classify(["unix_create"], entered, common).cls == "setup"
+    assert discover.classify(["cgroup_sk_alloc"], entered, common, {"cgroup_sk_alloc": ["SOCK_CGROUP_DATA"]}).cls == "hook"
+    assert discover.classify(["cgroup_sk_alloc"], entered, common).cls == "reached"
+    assert discover.classify(["start_xmit"], entered, common).cls == "reached"
+    # a system call entry first run by the init's set-up is not the app's
+    assert discover.classify(["__x64_sys_socket"], {"__x64_sys_socket": ("x", "setup")}, common).cls == "setup"
