@@ -10,7 +10,8 @@ Commands::
     pin-source [PACKAGE[=VER]]  pin a linux-source version from Debian's archive (default: newest)
     pin-image APP               resolve APP's rootfs.image now and record its digest in images.lock
     run APP [-p [ADDR:]HOST:GUEST] [-m MiB] [--kernel general] [--name N] [--detach] [--keep PATH]
-            [--from-snapshot]
+            [--from-snapshot [--no-reseed]]
+    snapshot APP [--settle S]   save APP's ready VM for run --from-snapshot (like doit snapshot:APP)
                                 boot APP's built VM for use; ps, stop NAME, logs NAME for detached VMs
     discover APP [--write] [--no-minimise] [--budget N]
                                 discover APP's kernel options, minimised (like doit discover:APP)
@@ -155,7 +156,16 @@ def _run(args) -> int:
     forwards = [run.parse_forward(spec) for spec in args.publish]
     p = run.plan(_recipe(args.app), name=args.name, memory=args.memory, forwards=forwards,
                  general=args.kernel == "general", keep=args.keep, from_snapshot=args.from_snapshot)
+    p.reseed = not args.no_reseed
     return run.start(p, detach=args.detach)
+
+
+def _snapshot(args) -> int:
+    from tailor import snapshot
+
+    recipe = _recipe(args.app)
+    snapshot.take_action(recipe, settle_s=args.settle)
+    return 0
 
 
 def _ps(args) -> int:
@@ -242,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep this run's copy-on-write disk layer (qcow2 over the built ext2 image) at PATH")
     p.add_argument("--from-snapshot", action="store_true",
                    help="start from the snapshot taken once the app was ready (doit snapshot:<app>) instead of booting")
+    p.add_argument("--no-reseed", action="store_true",
+                   help="restore without reseeding the guest's random pool (shows why the reseed exists: "
+                        "restores then repeat the snapshot's random bytes)")
+    p = command("snapshot", _snapshot, "boot an app, wait until it is ready and save the VM (like doit snapshot:APP)")
+    p.add_argument("--settle", type=float, default=0.0, metavar="S",
+                   help="let the app run S seconds more before saving it (default 0)")
     command("ps", _ps, "list the VMs started with run", app=False)
     p = command("stop", _stop, "stop VMs started with run --detach (QMP quit, then signals) and clean up", app=False)
     p.add_argument("names", nargs="+", metavar="NAME")

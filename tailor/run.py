@@ -141,6 +141,8 @@ class Plan:
     """restored from ``out/snapshot/<app>/`` (:mod:`tailor.snapshot`) instead of booted"""
     reseed_port: int = 0
     """the host port forwarded to the guest's reseed helper, when restored"""
+    reseed: bool = True
+    """reseed a restored guest's random pool (off only to show what happens without)"""
     format: str = FORMAT
     qemu: list[str] = field(default_factory=list)
 
@@ -367,7 +369,8 @@ def _restored(p: Plan) -> None:
     from tailor import snapshot
 
     snapshot.wait_running(p.dir / "qmp.sock")
-    snapshot.reseed(p.reseed_port)
+    if p.reseed:
+        snapshot.reseed(p.reseed_port)
 
 
 def _read_from(path: Path, offset: int) -> bytes:

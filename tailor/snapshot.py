@@ -234,8 +234,17 @@ def copy_disk(recipe, layer: Path) -> None:
 
 
 def wait_running(sock: Path, timeout: float = 60.0) -> None:
-    """Until the restored VM runs (qemu starts it once the incoming state is loaded)."""
-    _qmp_wait(sock, lambda r: r.get("status") == "running", timeout, "query-status")
+    """Until the restored VM runs: qemu loads the incoming state and keeps the snapshot's paused state,
+    so once it is loaded (``paused``) the VM is continued (``cont``)."""
+    from tailor.run import qmp
+
+    status = _qmp_wait(sock, lambda r: r.get("status") in ("paused", "running", "postmigrate", "internal-error",
+                                                           "shutdown"), timeout, "query-status")["status"]
+    if status == "paused":
+        qmp(sock, "cont")
+        status = _qmp_wait(sock, lambda r: r.get("status") != "paused", timeout, "query-status")["status"]
+    if status != "running":
+        raise TailorError(f"the restored VM is {status}, not running")
 
 
 def reseed(port: int, timeout: float = 30.0) -> None:
@@ -257,8 +266,8 @@ def reseed(port: int, timeout: float = 30.0) -> None:
     raise TailorError(f"the restored VM's random pool was not reseeded ({last})")
 
 
-def take_action(recipe) -> None:
-    rec = take(recipe)
+def take_action(recipe, settle_s: float = 0.0) -> None:
+    rec = take(recipe, settle_s=settle_s)
     files = rec["files"]
     print(f"[snapshot:{recipe.name}] ready after {rec['time_to_ready_s']} s, saved in {rec['save_s']} s: state "
           f"{files['state']['bytes'] / 1e6:.1f} MB, disk layer {files['disk.qcow2']['bytes'] / 1e6:.1f} MB "

@@ -152,6 +152,9 @@ def test_stop_escalates_to_signals_and_cleans_up(out, monkeypatch):
     # a process that ignores SIGTERM and carries the VM's name marker, as qemu's -name does
     proc = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
                              "signal.SIG_IGN); time.sleep(60)", "-name", "tailor-run-stubborn"])
+    deadline = time.monotonic() + 10  # Popen may return before the child's exec shows in /proc
+    while b"tailor-run-stubborn" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     layer = out / "layer.qcow2"
     layer.write_bytes(b"x")
     rec = {"format": run.FORMAT, "name": "stubborn", "app": "redis", "pid": proc.pid, "layer": str(layer),
@@ -299,3 +302,91 @@ def test_four_detached_vms_answer_load_and_stop_clean(built_redis):
     for n in names:
         assert no_qemu(n) and not (built_redis / "out/run" / n).exists()
     assert not list((built_redis / "out/run").glob("*"))
+
+
+@pytest.mark.slow
+def test_snapshot_restore_passes_the_probe_and_refuses_a_changed_root(built_redis):
+    snap = tailor(built_redis, "snapshot", "redis", timeout=600)
+    assert snap.returncode == 0, snap.stderr
+    rec = json.loads((built_redis / "out/snapshot/redis/snapshot.json").read_text())
+    assert rec["format"] == "tailor-snapshot/1" and rec["files"]["state"]["bytes"] > 1_000_000
+    port = free_port()
+    proc = tailor(built_redis, "run", "redis", "-p", f"{port}:6379", "--from-snapshot", "--detach", "--name", "snap")
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert "restored from its snapshot and reseeded" in proc.stderr
+        assert "PING" in redis_ping(port, 30)  # a forward given at restore time serves new connections
+    finally:
+        tailor(built_redis, "stop", "snap")
+    assert no_qemu("snap")
+    # a truncated state file is refused in one line, and nothing is left behind
+    state = built_redis / "out/snapshot/redis/state"
+    saved = state.read_bytes()
+    state.write_bytes(saved[: len(saved) // 2])
+    bad = tailor(built_redis, "run", "redis", "--from-snapshot", "--detach", "--name", "snap")
+    assert bad.returncode == 1 and "state is damaged" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (built_redis / "out/run/snap").exists()
+    state.write_bytes(saved)
+    # a snapshot from another root image is refused
+    image = built_redis / "out/rootfs/redis/rootfs.ext2"
+    original = image.read_bytes()
+    image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        bad = tailor(built_redis, "run", "redis", "--from-snapshot", "--detach", "--name", "snap")
+        assert bad.returncode == 1 and "was taken with another root image" in bad.stderr
+    finally:
+        image.write_bytes(original)
+
+
+RANDWEB = """\
+# busybox httpd whose CGI prints 16 bytes of /dev/urandom: what a restored VM reads first
+description: random bytes over HTTP (the snapshot randomness test)
+kernel:
+  base: [lupine-base]
+  options: {NET: y, INET: y, NETDEVICES: y, NET_CORE: y, VIRTIO_NET: y, EPOLL: y, FUTEX: y, PROC_FS: y,
+            PROC_SYSCTL: y}
+rootfs: {overlay: [randweb]}
+app:
+  command: /bin/busybox
+  args: [httpd, -f, -p, "80", -h, /www]
+  network: true
+test:
+  probe: {type: http, port: 80, path: /cgi-bin/rand, status: 200}
+  memory: 128
+"""
+RAND_CGI = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\n/bin/busybox od -An -tx1 -N16 /dev/urandom\n"
+
+
+@pytest.mark.slow
+def test_restores_read_fresh_randomness_only_with_the_reseed(built_redis):
+    """A snapshot taken after 130 s of uptime (the kernel then reseeds once a minute); two restores read 16 bytes
+    of /dev/urandom first thing: different with the reseed, identical without it (so the reseed does it)."""
+    import urllib.request
+
+    (built_redis / "recipes/randweb.yaml").write_text(RANDWEB)
+    cgi = built_redis / "rootfs/randweb/www/cgi-bin/rand"
+    cgi.parent.mkdir(parents=True)
+    cgi.write_text(RAND_CGI)
+    cgi.chmod(0o755)
+    from conftest import run_doit
+    proc = run_doit(built_redis, "build:randweb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    snap = tailor(built_redis, "snapshot", "randweb", "--settle", "130", timeout=900)
+    assert snap.returncode == 0, snap.stderr
+
+    def first_read(reseed: bool) -> str:
+        port = free_port()
+        args = ["run", "randweb", "-p", f"{port}:80", "--from-snapshot", "--detach", "--name", "rnd"]
+        started = tailor(built_redis, *args + ([] if reseed else ["--no-reseed"]))
+        try:
+            assert started.returncode == 0, started.stderr
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/cgi-bin/rand", timeout=30) as r:
+                return r.read().decode().strip()
+        finally:
+            tailor(built_redis, "stop", "rnd")
+
+    with_reseed = [first_read(True), first_read(True)]
+    without = [first_read(False), first_read(False)]
+    assert all(len(x.split()) == 16 for x in with_reseed + without)
+    assert with_reseed[0] != with_reseed[1]
+    assert without[0] == without[1]
