@@ -265,7 +265,7 @@ def test_detached_run_ps_logs_stop_and_the_image_stays_as_built(built_redis, tmp
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             f = s.makefile("rb")
             s.sendall(resp_command(b"SET", b"k", b"v" * 4096) + resp_command(b"SAVE"))
-            assert resp_reply(f) == b"OK" and resp_reply(f) == b"OK"
+            assert resp_reply(f) == b"+OK" and resp_reply(f) == b"+OK"
         ps = tailor(built_redis, "ps")
         row = next(ln for ln in ps.stdout.splitlines() if ln.startswith("bg "))
         assert f"127.0.0.1:{port}->6379" in row and "256 MiB" in row and "exited" not in row
