@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                         "restores then repeat the snapshot's random bytes)")
     p = command("snapshot", _snapshot, "boot an app, wait until it is ready and save the VM (like doit snapshot:APP)")
     p.add_argument("--settle", type=float, default=0.0, metavar="S",
-                   help="let the app run S seconds more before saving it (default 0)")
+                   help="let the app run S seconds more, then probe it again, before saving it (default 0)")
     command("ps", _ps, "list the VMs started with run", app=False)
     p = command("stop", _stop, "stop VMs started with run --detach (QMP quit, then signals) and clean up", app=False)
     p.add_argument("names", nargs="+", metavar="NAME")

@@ -3,7 +3,8 @@
 :func:`take` (``doit snapshot:<app>``) boots the app's built VM as ``tailor
 run`` does (its own copy-on-write layer over the built image), waits for the
 recipe's ready pattern and probe (not its exercise: the saved app should be
-fresh), pauses it over QMP (``stop``) and saves its state with ``migrate`` to
+fresh), optionally lets it run *settle_s* seconds more and probes it again,
+pauses it over QMP (``stop``) and saves its state with ``migrate`` to
 ``exec:cat > state``. ``out/snapshot/<app>/`` then holds ``state`` (the
 migration stream; zero pages are not written), ``disk.qcow2`` (the layer the
 VM wrote, backed by the built image) and ``snapshot.json`` (:data:`FORMAT`):
@@ -26,7 +27,11 @@ a small helper (``/.tailor/reseed``, a freestanding program compiled into every
 network app's image) that takes bytes on that guest port, adds them with
 ``RNDADDENTROPY`` and forces a reseed with ``RNDRESEEDCRNG``. After every
 restore :func:`reseed` sends it 64 fresh bytes from the host's ``os.urandom``
-through a forward of its own, before the run is reported ready.
+through a forward of its own, before the run is reported ready. (Linux reseeds
+lazily, at the first read after the interval: a snapshot saved while a reseed
+is due would reseed, differently, at each restore's first read. The probe after
+the settle time reads the app's randomness, so a due reseed happens before the
+save.)
 """
 
 from __future__ import annotations
@@ -148,7 +153,13 @@ def take(recipe, *, general: bool = False, settle_s: float = 0.0) -> dict:
                 raise TailorError(f"snapshot of {recipe.name}: the init did not start the reseed helper; rebuild "
                                   f"the root image (doit rootfs:{recipe.name})")
             ready_s = time.monotonic() - vm.t0
-            time.sleep(settle_s)
+            if settle_s > 0:  # let it run, then probe it again: the app still answers, and the work of that
+                time.sleep(settle_s)  # last request (a random read makes a due crng reseed happen) is saved
+                if forwards:
+                    from tailor import probes
+
+                    probes.run_probe(probe, forwards[0].host, time.monotonic() + recipe.test.timeout,
+                                     abort=lambda: vm.check(no_output_s=None))
             t = time.monotonic()
             qmp(sock, "stop")
             state = tmp / "state"
