@@ -114,7 +114,7 @@ def _qmp_wait(sock: Path, done, timeout: float, what: str) -> dict:
             return reply
         if time.monotonic() > deadline:
             raise TailorError(f"QMP {what}: still {reply.get('status')} after {timeout:.0f} s")
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def take(recipe, *, general: bool = False, settle_s: float = 0.0) -> dict:
@@ -273,7 +273,7 @@ def reseed(port: int, timeout: float = 30.0) -> None:
             last = answer or "no answer"
         except OSError as e:
             last = e.strerror or str(e)
-        time.sleep(0.1)
+        time.sleep(0.02)
     raise TailorError(f"the restored VM's random pool was not reseeded ({last})")
 
 
