@@ -501,7 +501,7 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         minimise_trials = out.trials
         chosen, untried = out.kept, out.untried
         final = run.resolve(chosen)
-        dropped, by_deps = split_kept_by_deps(out.dropped, final.enabled())
+        dropped, by_deps = split_kept_by_deps(out.dropped, enabled_symbols(final.config))
         for o in out.dropped:
             reasons.pop(o, None)
         for o in out.needed:
