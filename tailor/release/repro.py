@@ -57,6 +57,9 @@ def _prepare_copy(dest: Path, ref, snapshot: Path) -> None:
     short = source.stamp_path(ref).parent
     makedirs(out / "src")
     proc = subprocess.run(["cp", "-al", str(short), str(out / "src" / short.name)], capture_output=True, text=True)
+    if proc.returncode != 0:  # another file system (a tmpfs /tmp): hard links cannot cross it, so copy
+        shutil.rmtree(out / "src" / short.name, ignore_errors=True)
+        proc = subprocess.run(["cp", "-a", str(short), str(out / "src" / short.name)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise TailorError(f"cannot link the kernel source into {dest}: {proc.stderr.strip()[:200]}")
     makedirs(paths.cache_root())
