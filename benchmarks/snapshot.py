@@ -79,7 +79,8 @@ def measure(apps: list[str], runs: int) -> dict:
             "ratio": round(med["restore"] / med["cold"], 3),
             "save_s": rec["save_s"], "snapshot_time_to_ready_s": rec["time_to_ready_s"],
             "state_bytes": rec["files"]["state"]["bytes"], "state_on_disk": on_disk(d / "state"),
-            "disk_bytes": rec["files"]["disk.qcow2"]["bytes"], "disk_on_disk": on_disk(d / "disk.qcow2"),
+            "disk_bytes": rec["files"].get("disk.qcow2", {}).get("bytes", 0),
+            "disk_on_disk": on_disk(d / "disk.qcow2") if (d / "disk.qcow2").is_file() else 0,
             "rss_mib": {k: round(statistics.median(v), 1) for k, v in rss.items()},
             "memory_mib": rec["memory"], "accel": rec["accel"], "qemu": rec["qemu_version"],
         }
@@ -87,7 +88,7 @@ def measure(apps: list[str], runs: int) -> dict:
 
 
 def main() -> int:
-    from tailor.bench import bench_path
+    from tailor.bench import bench_path, conditions
     from tailor.errors import TailorError
     from tailor.util import write_json
 
@@ -100,7 +101,8 @@ def main() -> int:
     except TailorError as e:
         print(f"tailor: error: {e}", file=sys.stderr)
         return 1
-    write_json(bench_path("snapshot"), {"format": "tailor-bench-snapshot/1", "apps": result})
+    write_json(bench_path("snapshot"), {"format": "tailor-bench-snapshot/1", "kind": "snapshot", "apps": result,
+                                        "conditions": conditions()})
     for app, r in result.items():
         print(f"{app}: cold boot to ready {r['cold_s']['median']:.2f} s ({r['cold_s']['min']:.2f}-"
               f"{r['cold_s']['max']:.2f}), restore to ready {r['restore_s']['median']:.2f} s "

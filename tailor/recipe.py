@@ -269,6 +269,12 @@ class TestSpec:
     timeout: int = 180
 
 
+@dataclass(frozen=True)
+class ReleaseSpec:
+    snapshot: bool = False
+    """ship ``out/snapshot/<app>/`` in the release (it ties the release to one qemu version)"""
+
+
 GENERAL_BASE = ("lupine-base", "lupine-general")
 """The general variant's kernel: the same for every recipe, so all general variants share one build."""
 
@@ -291,6 +297,7 @@ class Recipe:
     app: AppSpec
     test: TestSpec
     general: bool = True
+    release: ReleaseSpec = field(default_factory=ReleaseSpec)
     variant: str = ""
     digests: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -705,10 +712,21 @@ def parse(text: str, path: Path) -> Recipe:
     app = _app(c, data.get("app"), image=rootfs.image is not None)
     test = _test(c, data.get("test"), app)
     general = c.boolean(data.get("general", default("general")), ("general",))
+    release = _release(c, data.get("release"), app)
     digests = {"kernel": model_digest(kernel), "rootfs": model_digest(rootfs), "app": model_digest(app),
-               "test": model_digest(test)}
+               "test": model_digest(test), "release": model_digest(release)}
     return Recipe(name=name, path=path, description=description, kernel=kernel, rootfs=rootfs,
-                  app=app, test=test, general=general, digests=digests)
+                  app=app, test=test, general=general, release=release, digests=digests)
+
+
+def _release(c: _Checker, raw, app: AppSpec) -> ReleaseSpec:
+    kp = ("release",)
+    raw = c.mapping(raw, kp, children("release"))
+    snapshot = c.boolean(raw.get("snapshot", default("release.snapshot")), kp + ("snapshot",))
+    if snapshot and not app.network:
+        raise c.err(kp + ("snapshot",), "a snapshot needs app.network: true (a restored VM's random pool is "
+                                         "reseeded over the network); set it or remove release.snapshot")
+    return ReleaseSpec(snapshot=snapshot)
 
 
 def load(path: str | Path) -> Recipe:

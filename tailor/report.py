@@ -33,7 +33,7 @@ from tailor.paths import report_dir
 from tailor.templates import render
 from tailor.util import read_json, write_atomic
 
-KINDS = ("size", "boot", "initcalls", "memory", "throughput", "pipeline")
+KINDS = ("size", "boot", "initcalls", "memory", "throughput", "snapshot", "pipeline")
 BASELINE_ORDER = ("microvm", "firecracker", "kata")
 """The baselines' columns, in this order, in every table that has data for them (kata beside firecracker)."""
 TARGET_BASELINES = ("firecracker", "kata")
@@ -46,6 +46,7 @@ BENCH_HINT = {
     "initcalls": "doit bench:initcalls (or python benchmarks/initcalls.py)",
     "memory": "doit bench:memory (or python benchmarks/memory.py)",
     "throughput": "doit bench:throughput (or python benchmarks/throughput.py)",
+    "snapshot": "doit snapshot:<app>, then python benchmarks/snapshot.py",
     "pipeline": "python benchmarks/pipeline.py (outside doit)",
 }
 
@@ -501,6 +502,31 @@ def pipeline_section(data: dict | None) -> Section:
                    [ch] if ch else [], [], notes, True)
 
 
+def snapshot_section(data: dict | None) -> Section:
+    intro = ("Starting an app from the snapshot `doit snapshot:<app>` took once it was ready (`tailor run "
+             "--from-snapshot`: qemu loads the saved VM, the host reseeds the guest's random pool) against "
+             "booting it (`tailor run`), each until the recipe's probe answers through a forwarded port; "
+             "interleaved runs in one benchmark run. Size on disk counts the blocks the files use.")
+    if not data or not data.get("apps"):
+        return _not_measured("snapshot", "Start from a snapshot", intro)
+    rows, items = [], []
+    for app in sorted(data["apps"], key=_app_rank):
+        r = data["apps"][app]
+        c, t = r["cold_s"], r["restore_s"]
+        rows.append([app, f"{fmt_s(c['median'])} ({fmt_s(c['min'])}–{fmt_s(c['max'])})",
+                     f"{fmt_s(t['median'])} ({fmt_s(t['min'])}–{fmt_s(t['max'])})", fmt_ratio(r["ratio"]),
+                     fmt_s(r["save_s"]), fmt_mb(r["state_on_disk"] + r["disk_on_disk"]),
+                     f"{fmt_num(r['rss_mib']['cold'])} / {fmt_num(r['rss_mib']['restore'])} MiB",
+                     f"{r['memory_mib']} MiB, {r['accel']}, {r['runs']} runs"])
+        items += [(f"{app} cold boot", c["median"], fmt_s(c["median"]), "baseline"),
+                  (f"{app} from snapshot", t["median"], fmt_s(t["median"]), "specific")]
+    missing = [f"{a}: prints and exits, nothing to resume once ready" for a in ("hello",) if a not in data["apps"]]
+    ch = chart("time to ready: cold boot and restore", "s", items)
+    return Section("snapshot", "Start from a snapshot", intro,
+                   ["app", "cold boot to ready", "restore to ready", "restore/cold", "save", "snapshot on disk",
+                    "qemu RSS cold / restored", "guest"], rows, [ch] if ch else [], missing, [], True)
+
+
 # --------------------------------------------------------------------------
 # Targets
 
@@ -657,7 +683,7 @@ def sections(results: dict[str, dict]) -> list[Section]:
     return (size_sections(results.get("size")) + [boot_section(results.get("boot")),
             initcalls_section(results.get("initcalls")), memory_section(results.get("memory")),
             memory_breakdown_section(results.get("memory")), throughput_section(results.get("throughput")),
-            pipeline_section(results.get("pipeline"))])
+            snapshot_section(results.get("snapshot")), pipeline_section(results.get("pipeline"))])
 
 
 def conditions_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:

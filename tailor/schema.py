@@ -64,6 +64,7 @@ KEYS: tuple[Key, ...] = (
     Key("app", "mapping", NO_DEFAULT, "app section", required=True),
     Key("test", "mapping", NO_DEFAULT, "test section"),
     Key("general", "boolean", True, "also boot-test the app on the shared general kernel (default true)"),
+    Key("release", "mapping", NO_DEFAULT, "release section"),
     Key("kernel.source", "debian or mapping", "debian", "debian, or a mapping with url+sha256 or path+sha256"),
     Key("kernel.source.url", "string", NO_DEFAULT, "https URL of a kernel tarball"),
     Key("kernel.source.path", "string", NO_DEFAULT, "local kernel tarball"),
@@ -128,6 +129,9 @@ KEYS: tuple[Key, ...] = (
     Key("test.exercise[].expect", "string", NO_DEFAULT, "regular expression its output must show"),
     Key("test.memory", "number", 256, "guest memory in MiB"),
     Key("test.timeout", "number", 180, "seconds the whole boot test may take"),
+    Key("release.snapshot", "boolean", False,
+        "add the app's ready snapshot (doit snapshot:<app>) to its release; it then needs the qemu that took it "
+        "(default false)"),
 )
 """Every recipe key, in the order the README lists them. The validator takes each mapping's allowed
 keys, their hints and the defaults from here; the README's key reference is generated from it

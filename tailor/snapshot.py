@@ -50,11 +50,15 @@ from tailor.errors import TailorError
 from tailor.qemu import QEMU, VM, CtrlC, free_port
 from tailor.util import display_path, out_dir, read_json, remove, sha256_file, write_json
 
-FORMAT = "tailor-snapshot/1"
+FORMAT = "tailor-snapshot/2"
 RESEED_PORT = 61999
 """The guest TCP port of the reseed helper (``tailor.reseed=`` on the snapshot's kernel command line)."""
 RESEED_BYTES = 64
 MIGRATE_TIMEOUT_S = 120.0
+AUTOSTART = ("-global", "migration.store-global-state=off")
+"""Given to the saving qemu and to every restore: the state is saved without the paused run state of the
+VM it came from, so a qemu loading it starts the guest as soon as it is loaded (no ``cont`` needed, which
+lets a release restore the VM with one qemu command and no QMP client)."""
 
 
 def snapshot_dir(app: str) -> Path:
@@ -143,7 +147,7 @@ def take(recipe, *, general: bool = False, settle_s: float = 0.0) -> dict:
         remove(p.dir)
         p.dir.mkdir(parents=True)
         run.make_layer(Path(p.image), Path(p.layer))
-        cmd = run.command(p, detach=False)
+        cmd = run.command(p, detach=False) + list(AUTOSTART)
         sock = p.dir / "qmp.sock"
         with CtrlC(), VM(cmd, boot.new_console(fresh)) as vm:
             verdict, detail = boot.decide(fresh, vm, forwards[0].host if forwards else None, recipe.test.timeout)
@@ -179,7 +183,7 @@ def take(recipe, *, general: bool = False, settle_s: float = 0.0) -> dict:
             "memory": p.memory, "accel": p.accel, "reseed_port": RESEED_PORT,
             "time_to_ready_s": round(ready_s, 3), "save_s": round(save_s, 3), "probe": detail,
             "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-                      for name in ("state", "disk.qcow2")},
+                      for name in ("state", "disk.qcow2") if (tmp / name).is_file()},  # a cpio root has no disk
         }
         write_json(tmp / "snapshot.json", record)
         remove(final)
@@ -235,7 +239,7 @@ def check(recipe, plan) -> dict:
 
 def restore_args(recipe) -> list[str]:
     """The qemu arguments that load the snapshot's state."""
-    return ["-incoming", f"exec:cat {shlex.quote(str(snapshot_dir(recipe.name) / 'state'))}"]
+    return [*AUTOSTART, "-incoming", f"exec:cat {shlex.quote(str(snapshot_dir(recipe.name) / 'state'))}"]
 
 
 def copy_disk(recipe, layer: Path) -> None:
@@ -245,8 +249,8 @@ def copy_disk(recipe, layer: Path) -> None:
 
 
 def wait_running(sock: Path, timeout: float = 60.0) -> None:
-    """Until the restored VM runs: qemu loads the incoming state and keeps the snapshot's paused state,
-    so once it is loaded (``paused``) the VM is continued (``cont``)."""
+    """Until the restored VM runs: qemu starts it once the state is loaded (:data:`AUTOSTART`); a state
+    saved with its paused run state (or a qemu that keeps it paused) is continued (``cont``)."""
     from tailor.run import qmp
 
     status = _qmp_wait(sock, lambda r: r.get("status") in ("paused", "running", "postmigrate", "internal-error",
@@ -280,8 +284,9 @@ def reseed(port: int, timeout: float = 30.0) -> None:
 def take_action(recipe, settle_s: float = 0.0) -> None:
     rec = take(recipe, settle_s=settle_s)
     files = rec["files"]
+    disk = files.get("disk.qcow2", {}).get("bytes", 0)
     print(f"[snapshot:{recipe.name}] ready after {rec['time_to_ready_s']} s, saved in {rec['save_s']} s: state "
-          f"{files['state']['bytes'] / 1e6:.1f} MB, disk layer {files['disk.qcow2']['bytes'] / 1e6:.1f} MB "
+          f"{files['state']['bytes'] / 1e6:.1f} MB, disk layer {disk / 1e6:.1f} MB "
           f"({display_path(snapshot_dir(recipe.name))}; python -m tailor run {recipe.name} --from-snapshot)")
 
 

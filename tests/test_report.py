@@ -71,6 +71,12 @@ def fixture_results() -> dict[str, dict]:
         "throughput": {"kind": "throughput", "conditions": CONDITIONS,
                        "params": {"redis-benchmark": measure.REDIS_BENCH, "ab": measure.HTTP_BENCH},
                        "results": tput_rows},
+        "snapshot": {"kind": "snapshot", "conditions": CONDITIONS, "format": "tailor-bench-snapshot/1", "apps": {
+            "redis": {"runs": 5, "cold_s": {"median": 1.2, "min": 1.1, "max": 1.4},
+                      "restore_s": {"median": 0.3, "min": 0.25, "max": 0.35}, "ratio": 0.25, "save_s": 0.21,
+                      "snapshot_time_to_ready_s": 0.97, "state_bytes": 31_800_000, "state_on_disk": 31_800_000,
+                      "disk_bytes": 393_216, "disk_on_disk": 200_000, "rss_mib": {"cold": 112.0, "restore": 70.0},
+                      "memory_mib": 256, "accel": "tcg", "qemu": "QEMU emulator version 7.2.22"}}},
         "pipeline": {"kind": "pipeline", "conditions": CONDITIONS, "app": "redis",
                      "noop": {"doit_s": _spread(0.31, 0.33, 0.30), "kbuild_s": _spread(6.1, 6.0, 6.3),
                               "doit_was_noop": True, "doit_cmd": "doit build:redis",
@@ -302,7 +308,7 @@ def test_report_renders_every_metric(bench, tmp_path):
     md = paths["md"].read_text()
     assert paths["html"] == tmp_path / "out" / "report" / "index.html"
     for title in ("Kernel image size", "Attack surface: system calls", "Boot time", "Memory footprint",
-                  "Throughput", "The pipeline itself", "Targets", "Conditions"):
+                  "Throughput", "Start from a snapshot", "The pipeline itself", "Targets", "Conditions"):
         assert f">{title}</h2>" in html
         assert f"## {title}" in md
     assert html.count("<svg") >= 6
@@ -313,13 +319,16 @@ def test_report_renders_every_metric(bench, tmp_path):
     assert "QEMU emulator version 7.2" in md and "TCG" in md
     assert "| lupine-base (hello) | hello | 1.27 MB | 0.12x | 1.01 MB | 0.10x |" in md
     assert "**MISSED**" in md
+    snap = md.split("## Start from a snapshot")[1].split("## ")[0]
+    assert "| redis | 1.200 s (1.100 s–1.400 s) | 0.300 s (0.250 s–0.350 s) | 0.25x | 0.210 s | 32.00 MB |" in snap
+    assert "hello: prints and exits" in snap
 
 
 def test_report_without_measurements_says_not_measured(tmp_path, monkeypatch):
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     paths = report.build()
     md = paths["md"].read_text()
-    assert md.count("not measured: run") == 8
+    assert md.count("not measured: run") == 9
     assert "<svg" not in paths["html"].read_text()
 
 

@@ -2,6 +2,7 @@
 snapshot that does not fit (fakes); the real redis snapshot and restore are slow tests in test_run.py."""
 
 import json
+import shlex
 
 import pytest
 
@@ -59,8 +60,9 @@ def test_a_snapshot_that_fits_is_planned_with_its_reseed_forward(fits, out):  # 
     p = run.plan(fits, forwards=[run.parse_forward("16379:6379")], from_snapshot=True)
     assert p.snapshot and p.cmdline == "tailor.reseed=61999" and p.accel == "tcg"
     assert [f.guest for f in p.forwards] == [6379, 61999] and p.forwards[1].host == p.reseed_port
-    assert snapshot.restore_args(fits)[0] == "-incoming"
-    assert snapshot.restore_args(fits)[1] == f"exec:cat {snapshot.snapshot_dir('redis') / 'state'}"
+    args = snapshot.restore_args(fits)
+    assert args[:2] == list(snapshot.AUTOSTART)  # the restored guest runs as soon as it is loaded
+    assert args[2:] == ["-incoming", f"exec:cat {snapshot.snapshot_dir('redis') / 'state'}"]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -69,7 +71,7 @@ def test_a_snapshot_that_fits_is_planned_with_its_reseed_forward(fits, out):  # 
     ({"rootfs_sha256": "0" * 64}, "was taken with another root image than "),
     ({"memory": 64}, "has 64 MiB of memory; restore it with that (-m 64)"),
     ({"variant": "general"}, "is of its general kernel, not the specific one"),
-    ({"format": "tailor-snapshot/0"}, "snapshot.json: not a tailor-snapshot/1 record"),
+    ({"format": "tailor-snapshot/0"}, "snapshot.json: not a tailor-snapshot/2 record"),
 ])
 def test_a_snapshot_that_does_not_fit_is_refused_in_one_line(fits, out, change, message):  # noqa: F811
     fake_snapshot(out, fits, **change)
@@ -95,3 +97,56 @@ def test_a_damaged_or_missing_snapshot_is_refused(fits, out):  # noqa: F811
 def test_snapshot_needs_a_network_app(fits):
     with pytest.raises(TailorError, match="a snapshot needs app.network: true"):
         snapshot.take(find("hello"))
+
+
+MACHINE = ["-M", "microvm,acpi=off", "-m", "256", "-kernel", "KERNEL",
+           "-drive", "id=root,file=ROOT,format=qcow2,if=none", "-device", "virtio-blk-device,drive=root",
+           "-netdev", "user,id=n0,restrict=on", "-append", "console=ttyS0 root=/dev/vda tailor.reseed=61999",
+           *snapshot.AUTOSTART]
+
+
+def test_the_release_restore_command_is_the_snapshots_machine_with_this_runs_files():
+    from tailor.release import restore_command
+
+    text = restore_command({"machine": MACHINE, "reseed_port": 61999}, kernel="vmlinux", state="snapshot/state",
+                           guest_port=6379)
+    argv = shlex.split(text.replace("$layer", "L").replace("${port}", "P").replace("${reseed_port}", "R"))
+    assert argv[argv.index("-kernel") + 1] == "vmlinux"
+    assert argv[argv.index("-drive") + 1] == "id=root,file=L,format=qcow2,if=none"
+    assert argv[argv.index("-netdev") + 1] == ("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:P-:6379,"
+                                               "hostfwd=tcp:127.0.0.1:R-:61999")
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 root=/dev/vda tailor.reseed=61999"
+    assert argv[-2:] == ["-incoming", "exec:cat snapshot/state"]
+    # what tailor run checks: the same machine as the snapshot's, once the per-run values are set aside
+    assert snapshot.machine_args(argv) == MACHINE
+
+
+@pytest.mark.parametrize("rel, in_app, expected", [
+    ("redis/snapshot/state", False, True), ("redis/snapshot/restore.sh", False, True),
+    ("redis/manifest.json", False, False), ("snapshot/manifest.json", False, False),  # an app named snapshot
+    ("redis/oci/blobs/sha256/ab", False, False), ("snapshot/state", True, True), ("manifest.json", True, False),
+    ("oci/snapshot/x", True, False),
+])
+def test_which_release_files_belong_to_the_snapshot(rel, in_app, expected):
+    from tailor.release import is_snapshot_file
+
+    assert is_snapshot_file(rel, in_app=in_app) is expected
+
+
+def test_two_builds_may_differ_in_their_snapshots_only(tmp_path):
+    from tailor.release import measurement_only
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, state, fast in ((a, b"1", 0.3), (b, b"2", 0.4)):
+        (root / "redis/snapshot").mkdir(parents=True)
+        (root / "redis/snapshot/state").write_bytes(state)
+        manifest = {"app": "redis", "boot_test": {"time_to_ready_s": fast},
+                    "snapshot": {"files": {"state": {"sha256": state.hex()}}}}
+        (root / "redis/manifest.json").write_text(json.dumps(manifest))
+        (root / "SHA256SUMS").write_text(f"{'0' * 64}  redis/bzImage\n{state.hex() * 32}  redis/snapshot/state\n")
+    for path in ("redis/snapshot/state", "redis/manifest.json", "SHA256SUMS"):
+        assert measurement_only(a, b, {"kind": "differs", "path": path})
+    (b / "SHA256SUMS").write_text(f"{'1' * 64}  redis/bzImage\n")
+    assert not measurement_only(a, b, {"kind": "differs", "path": "SHA256SUMS"})
+    (b / "redis/manifest.json").write_text(json.dumps({"app": "other", "boot_test": {}, "snapshot": {}}))
+    assert not measurement_only(a, b, {"kind": "differs", "path": "redis/manifest.json"})

@@ -21,6 +21,9 @@ and boot result) and then :func:`release_app` writes
 * ``firecracker.json`` (:func:`firecracker_config`): a VM config for
   ``firecracker --no-api --config-file firecracker.json`` run from the
   app's release directory;
+* ``snapshot/`` with ``release.snapshot: true`` in the recipe (:mod:`~tailor.release.snapshot`):
+  the VM saved once the app was ready (``doit snapshot:<app>``), its disk layer
+  and ``restore.sh``, which starts it from there with the qemu that took it;
 * ``manifest.json``: the recipe and its hash, the kernel source and its
   sha256, the resolved config's identity, the toolchain versions,
   SOURCE_DATE_EPOCH, every other file's sha256 and size, the boot-test
@@ -29,8 +32,8 @@ and boot result) and then :func:`release_app` writes
 ``out/release/<version>/SHA256SUMS`` lists every file of every app released
 under that version (:func:`write_sums`); ``sha256sum -c SHA256SUMS`` passes.
 
-Everything but the boot test's measurement (``manifest.json``'s
-``boot_test``: how long one boot took, on one machine) is a function of the
+Everything but what one run captured (``manifest.json``'s ``boot_test``:
+how long one boot took, on one machine; the snapshot and its section) is a function of the
 inputs: :func:`verify_reproducible` builds an app twice from scratch, in two
 different directories and at two different times, and compares the two
 release trees byte for byte (:func:`compare_trees`).
@@ -43,7 +46,7 @@ directory is built beside its final place and renamed into it.
 
 Modules, in the order a release is made: :mod:`~tailor.release.names`
 (version, paths, maintainer, templates), :mod:`~tailor.release.deb`,
-:mod:`~tailor.release.oci`, :mod:`~tailor.release.firecracker`,
+:mod:`~tailor.release.oci`, :mod:`~tailor.release.firecracker`, :mod:`~tailor.release.snapshot`,
 :mod:`~tailor.release.treediff` (SHA256SUMS, tree comparison) and
 :mod:`~tailor.release.repro` (:func:`verify_reproducible`); this module
 holds :func:`release_app`, the manifest and the release tasks, and re-exports
@@ -70,16 +73,18 @@ from tailor import kernel as kernel_stage
 from tailor.errors import TailorError
 from tailor.epoch import source_date_epoch
 from tailor.qemu import kernel_file
+from tailor.snapshot import snapshot_dir
 from tailor.release.deb import build_deb, deb_file_name, deb_package_name, install_deb, kernel_release
 from tailor.release.firecracker import (FIRECRACKER_BOOT_ARGS, FIRECRACKER_MAC, FIRECRACKER_TAP,
                                         check_firecracker_config, firecracker_config)
-from tailor.release.names import (DEFAULT_MAINTAINER, MEASURED_KEY, RELEASE_FORMAT, SUMS_NAME, TEMPLATE_DIR,
+from tailor.release.names import (DEFAULT_MAINTAINER, MEASURED_KEY, MEASURED_KEYS, RELEASE_FORMAT, SUMS_NAME, TEMPLATE_DIR,
                                   VERSION_RE, app_release_dir, check_version, maintainer, manifest_path,
                                   release_version, render, template_files)
 from tailor.release.oci import (OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, URUNC_KERNEL, URUNC_ROOTFS, config_has,
                                 deterministic_tar, oci_layout, urunc_annotations, urunc_hypervisor, verify_oci)
 from tailor.release.repro import (COPY_IGNORE, REPRO_BUILDS, copy_project, measurement_only, tree_digest,
                                   verify_reproducible, verify_tasks)
+from tailor.release.snapshot import SNAPSHOT_DIR, add_snapshot, is_snapshot_file, restore_command
 from tailor.release.treediff import (check_sums, compare_trees, describe_difference, file_sums, first_difference,
                                      first_difference_bytes, walk_files, write_sums)
 from tailor.rootfs import PATH_DIRS, normalise
@@ -89,7 +94,8 @@ from tailor.util import (PROJECT, code_digest, count_enabled, display_path, file
 
 __all__ = [  # the public names of the whole package, importable from tailor.release
     "COPY_IGNORE", "DEFAULT_MAINTAINER", "FIRECRACKER_BOOT_ARGS", "FIRECRACKER_MAC", "FIRECRACKER_TAP",
-    "KERNEL_FILES", "MEASURED_KEY", "OCI_CONFIG", "OCI_LAYER", "OCI_MANIFEST", "RELEASE_FORMAT", "REPRO_BUILDS",
+    "KERNEL_FILES", "MEASURED_KEY", "MEASURED_KEYS", "SNAPSHOT_DIR", "add_snapshot", "is_snapshot_file",
+    "restore_command", "OCI_CONFIG", "OCI_LAYER", "OCI_MANIFEST", "RELEASE_FORMAT", "REPRO_BUILDS",
     "SUMS_NAME", "TEMPLATE_DIR", "URUNC_KERNEL", "URUNC_ROOTFS", "VERSION_RE", "app_release_dir", "build_deb",
     "check_firecracker_config", "check_sums", "check_version", "compare_trees", "config_has", "copy_project",
     "deb_file_name", "deb_package_name", "describe_difference", "deterministic_tar", "file_sums",
@@ -217,11 +223,17 @@ def release_app(recipe, version: str | None = None) -> dict:
                                 cmdline_extra=recipe.kernel.cmdline)
         check_firecracker_config(json.loads(fc))
         write_atomic(tmp / "firecracker.json", fc)
+        snapshot = None
+        if recipe.release.snapshot:
+            snapshot = add_snapshot(recipe, tmp, image=image, kernel_name=kernel_file(pointer)[0].name,
+                                    version=version)
         normalise(tmp, epoch)
         artefacts = [{"path": rel, "sha256": digest, "size": (tmp / rel).stat().st_size}
-                     for rel, digest in file_sums(tmp)]
+                     for rel, digest in file_sums(tmp) if not is_snapshot_file(rel, in_app=True)]
         manifest = _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, rootfs_manifest,
                              result, artefacts, deb.name, oci, hypervisor, maint, kernel_meta["toolchain"])
+        if snapshot:
+            manifest["snapshot"] = snapshot
         write_json(tmp / "manifest.json", manifest)
         os.utime(tmp / "manifest.json", (epoch, epoch))
         os.utime(tmp, (epoch, epoch))
@@ -313,13 +325,20 @@ def tasks(recipes, action):
             "actions": [action(release_app, r, version)],
             "file_dep": [str(kernel_stage.app_pointer(r.name)), str(rootfs.image_path(r)),
                          str(rootfs.manifest_path(r.name)), str(paths.boot_result(r.name)), str(r.path)]
-                        + [str(p) for p in template_files()],
+                        + [str(p) for p in template_files()]
+                        + ([str(snapshot_record(r.name))] if r.release.snapshot else []),
+            "task_dep": [f"snapshot:{r.name}"] if r.release.snapshot else [],
             "targets": [str(manifest_path(r.name, version))],
             "uptodate": [config_changed({"version": version, "format": RELEASE_FORMAT, "code": code_digest("release"),
                                          "epoch": source_date_epoch(),
                                          "maintainer": os.environ.get("TAILOR_DEB_MAINTAINER", "")})],
             "verbosity": 2,
         }
+
+
+def snapshot_record(app: str) -> Path:
+    """The snapshot record a release with ``release.snapshot: true`` depends on."""
+    return snapshot_dir(app) / "snapshot.json"
 
 
 def _refuse(message: str) -> None:

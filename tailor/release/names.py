@@ -31,7 +31,11 @@ SUMS_NAME = "SHA256SUMS"
 """The checksum file of a release version (``sha256sum -c`` format)."""
 
 MEASURED_KEY = "boot_test"
-"""The one section of manifest.json that is a measurement rather than a function of the inputs."""
+"""The section of manifest.json that is the boot test's measurement rather than a function of the inputs."""
+
+MEASURED_KEYS = (MEASURED_KEY, "snapshot")
+"""Every section of manifest.json that one run captured (the boot test's times, the ready snapshot's
+record): left out of the bit-for-bit comparison of two builds."""
 
 
 def release_version() -> str:

@@ -20,8 +20,9 @@ from tailor import recipe as recipe_mod
 from tailor import paths, source
 from tailor.errors import TailorError
 from tailor.epoch import source_date_epoch
-from tailor.release.names import MEASURED_KEY, SUMS_NAME, check_version, release_version
+from tailor.release.names import MEASURED_KEYS, SUMS_NAME, check_version, release_version
 from tailor.release.treediff import compare_trees, describe_difference, walk_files
+from tailor.release.snapshot import is_snapshot_file
 from tailor.util import PROJECT, display_path, makedirs, remove, sha256_file, sha256_text, write_json
 
 REPRO_BUILDS = (("first", True), ("second-build", False))
@@ -116,22 +117,27 @@ def _build_copy(dest: Path, app: str, version: str, epoch: int, use_ccache: bool
 
 
 def measurement_only(a_root: Path, b_root: Path, diff: dict) -> bool:
-    """True when *diff* is only the boot test's measurement: a manifest.json equal without its
-    ``boot_test`` section, or a SHA256SUMS equal but for the manifests' lines."""
+    """True when *diff* is only what one run captured: a manifest.json equal without its
+    :data:`~tailor.release.names.MEASURED_KEYS` sections, a file of an app's ready snapshot
+    (:func:`~tailor.release.snapshot.is_snapshot_file`), or a SHA256SUMS equal but for the lines of those."""
     path = diff["path"]
     if diff["kind"] != "differs":
         return False
+    if is_snapshot_file(path):
+        return True
     if path.endswith("/manifest.json") or path == "manifest.json":
         try:
             ma, mb = (json.loads((r / path).read_text()) for r in (a_root, b_root))
         except (OSError, ValueError):
             return False
-        ma.pop(MEASURED_KEY, None)
-        mb.pop(MEASURED_KEY, None)
+        for key in MEASURED_KEYS:
+            ma.pop(key, None)
+            mb.pop(key, None)
         return ma == mb
     if path.endswith(SUMS_NAME):
         def rest(r: Path) -> list[str]:
-            return [ln for ln in (r / path).read_text().splitlines() if not ln.endswith("manifest.json")]
+            return [ln for ln in (r / path).read_text().splitlines()
+                    if not ln.endswith("manifest.json") and not is_snapshot_file(ln.partition("  ")[2])]
         return rest(a_root) == rest(b_root)
     return False
 
