@@ -22,7 +22,9 @@ the KVM attempt's failure in ``kvm_failure``).
 
 from __future__ import annotations
 
+import bisect
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -37,7 +39,7 @@ from tailor.errors import KernelPanicked, ProbeFailed, QemuError, QemuExited, Ta
 from tailor.qemu import QEMU, VM, CtrlC, boot_method, detect_accel, free_port, kernel_file, qemu_command, session
 from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
 from tailor.records import save_boot_result
-from tailor.util import code_digest, makedirs, read_json, remove, write_atomic
+from tailor.util import code_digest, display_path, makedirs, read_json, remove, write_atomic
 
 __all__ = ["run", "boot_app", "tasks", "boot_dir", "result_path"]
 
@@ -171,7 +173,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
         write_atomic(outdir / "console.log", con.text())
     passed = att is not None and att.verdict.state == "pass"
     if not passed:
-        reason += full_root_hint(recipe, con.text())
+        reason += full_root_hint(recipe, con.text()) + slim_hint(recipe, con.text())
     result = {
         "app": recipe.name,
         "variant": recipe.variant or "specific",
@@ -208,6 +210,42 @@ def full_root_hint(recipe: Recipe, console: str) -> str:
         return ""
     return (f" (the console says 'No space left on device': the ext2 root is full; give recipe "
             f"{recipe.name} a rootfs.size_mib with room for what the app writes)")
+
+
+def slim_hint(recipe: Recipe, console: str) -> str:
+    """What to add to a failed boot test's reason when the root is slim: how many of the source's files
+    slim dropped, a path the console names that slim dropped, and the fix."""
+    path = paths.rootfs_slim(recipe.name)
+    if not recipe.rootfs.slim or not path.is_file():
+        return ""
+    try:
+        rec = read_json(path)
+        gone, gone_dirs = list(rec["dropped"]), list(rec["dropped_dirs"])
+    except (TailorError, KeyError, TypeError):
+        return ""
+    if not gone:
+        return ""
+    named = ""
+    gone_set = set(gone) | set(gone_dirs)
+    for m in reversed(list(_CONSOLE_PATH.finditer(console))):
+        p = m.group(1).rstrip("/.:") or "/"
+        if p in gone_set or _under(gone_dirs, p):
+            named = f"the console names {p}, which slim dropped; "
+            break
+    source = "image's" if rec.get("source") == "image" else "packages'"
+    return (f" (rootfs.slim dropped {len(gone)} of the {source} files: {named}set rootfs.slim: false in "
+            f"{display_path(recipe.path)} to keep them, or list what the app needs in rootfs.files; "
+            f"{display_path(path)} lists them)")
+
+
+_CONSOLE_PATH = re.compile(r"(?<![\w.~-])(/(?:[A-Za-z0-9._+@-]+/?)+)")
+"""An absolute path as a program prints it in an error (``'/www'``, ``/usr/lib/x.so:``)."""
+
+
+def _under(dirs: list[str], p: str) -> bool:
+    """True when *p* is inside one of the sorted directories *dirs*."""
+    i = bisect.bisect_right(dirs, p)
+    return i > 0 and p.startswith(dirs[i - 1] + "/")
 
 
 def _round(t: float | None) -> float | None:

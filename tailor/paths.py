@@ -72,6 +72,11 @@ def rootfs_manifest(app: str) -> Path:
     return rootfs_dir(app) / "rootfs.json"
 
 
+def rootfs_slim(app: str) -> Path:
+    """What a slim root left out of its source (``rootfs.slim: true``): :func:`tailor.rootfs.dropped`."""
+    return rootfs_dir(app) / "slim.json"
+
+
 def boot_dir(app: str) -> Path:
     return out_dir() / "boot" / app
 

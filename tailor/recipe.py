@@ -513,7 +513,7 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
     fmt = raw.get("format", default("rootfs.format"))
     if fmt not in ("cpio", "ext2"):
         raise c.err(kp + ("format",), f"{fmt!r} is not an image format; use `cpio` or `ext2`")
-    slim = c.boolean(raw.get("slim", default("rootfs.slim")), kp + ("slim",))
+    slim = c.boolean(raw.get("slim", default("rootfs.slim", image=image is not None)), kp + ("slim",))
     size = raw.get("size_mib")
     if size is not None:
         size = c.integer(size, kp + ("size_mib",), lo=1, hi=1 << 20, what="a size in MiB")

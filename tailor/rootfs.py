@@ -483,6 +483,7 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
             if step.run[0] not in ALWAYS_THERE:
                 helpers.append(find_command(tree, step.run[0], f"{origin}: app.{key}.{i}.run", what))
     remove(dest)
+    dropped_paths = ([], [])
     if recipe.rootfs.slim:
         dest.mkdir(parents=True)
         keep = {"/bin/busybox", *helpers} | ({command} if command else set())
@@ -500,6 +501,7 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         keep.update(files)
         for p in sorted(keep):
             copy_in(tree, dest, p)
+        dropped_paths = dropped(tree, dest)
     else:
         shutil.copytree(tree, dest, symlinks=True)
     for d, mode in SKELETON_DIRS.items():
@@ -544,7 +546,41 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         init.unlink()
     init.write_text(init_script(recipe, command), encoding="utf-8")  # args and env as UTF-8, whatever the locale
     os.chmod(init, 0o755)
-    return {"command": command}
+    return {"command": command, "dropped": dropped_paths}
+
+
+def dropped(tree: Path, dest: Path) -> tuple[list[str], list[str]]:
+    """What a slim *dest* left out of *tree*, as sorted in-tree paths: every file and symlink, and the
+    directories it has none of (the topmost only)."""
+    files, dirs = [], []
+    for root, subdirs, names in os.walk(tree):
+        rel = Path(root).relative_to(tree)
+        for name in names + [d for d in subdirs if (Path(root) / d).is_symlink()]:
+            if not os.path.lexists(dest / rel / name):
+                files.append(_in_tree(rel / name))
+        for d in subdirs:
+            if not (Path(root) / d).is_symlink() and not os.path.lexists(dest / rel / d) \
+                    and os.path.lexists(dest / rel):
+                dirs.append(_in_tree(rel / d))
+    return sorted(files), sorted(dirs)
+
+
+def _in_tree(rel: Path) -> str:
+    return "/" + rel.as_posix().removeprefix("./")
+
+
+SLIM_FORMAT = "tailor-slim/1"
+
+
+def write_slim_record(recipe: Recipe, dropped_paths: tuple[list[str], list[str]], kept: int) -> None:
+    """``out/rootfs/<app>/slim.json``: what slim dropped (removed when the root is not slim)."""
+    path = paths.rootfs_slim(recipe.name)
+    if not recipe.rootfs.slim:
+        remove(path)
+        return
+    write_json(path, {"format": SLIM_FORMAT, "app": recipe.name,
+                      "source": "image" if recipe.rootfs.image else "packages",
+                      "kept": kept, "dropped": dropped_paths[0], "dropped_dirs": dropped_paths[1]})
 
 
 # --------------------------------------------------------------------------
@@ -667,6 +703,7 @@ def build(recipe: Recipe) -> dict:
             recipe = replace(recipe, app=oci.app_from_config(recipe.app, recipe.app.given, img.config, full, where))
         staged = work / "image"
         info = stage(recipe, full, staged)
+        write_slim_record(recipe, info["dropped"], sum(1 for p in staged.rglob("*") if not p.is_dir()))
         normalise(staged, epoch, owners=img is not None)
         image = image_path(recipe)
         for other in ("cpio", "ext2"):
@@ -686,6 +723,7 @@ def build(recipe: Recipe) -> dict:
         "size": image.stat().st_size,
         "sha256": sha256_file(image),
         "slim": recipe.rootfs.slim,
+        "slim_dropped": len(info["dropped"][0]),
         "files": files,
         "command": info["command"],
         "packages": [{"name": n, "version": v, "arch": a} for n, v, a in closure],

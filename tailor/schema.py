@@ -30,6 +30,8 @@ class Key:
     default: Any
     doc: str
     required: bool = False
+    image_default: Any = None
+    """the default instead of :attr:`default` in a recipe with ``rootfs.image`` (None: the same)"""
 
     @property
     def name(self) -> str:
@@ -83,7 +85,9 @@ KEYS: tuple[Key, ...] = (
     Key("rootfs.files", "list of strings", [], "extra in-tree paths kept when slim"),
     Key("rootfs.overlay", "list of strings", NO_DEFAULT, "directories under rootfs/ copied over the tree"),
     Key("rootfs.format", "cpio or ext2", "ext2", "ext2 (virtio-blk root, the default) or cpio (initramfs)"),
-    Key("rootfs.slim", "boolean", True, "keep only what the app needs (default true)"),
+    Key("rootfs.slim", "boolean", True,
+        "keep only the entrypoint, its ELF closure, the setup's programs and rootfs.files; an image runs as it "
+        "is unless this says otherwise", image_default=False),
     Key("rootfs.size_mib", "number", NO_DEFAULT, "ext2 image size in MiB (default: computed)"),
     Key("rootfs.users", "list of strings", [], "system users (and groups) added to /etc/passwd for the app and its services"),
     Key("rootfs.build", "list of mappings", [], "host commands run while staging: list of {run, cwd}"),
@@ -154,9 +158,11 @@ def required(parent: str) -> tuple[str, ...]:
     return tuple(k.name for k in KEYS if k.parent == parent and k.required)
 
 
-def default(path: str) -> Any:
-    """The default of the key at *path* (a fresh copy of a list or mapping)."""
-    value = KEY[path].default
+def default(path: str, *, image: bool = False) -> Any:
+    """The default of the key at *path* (a fresh copy of a list or mapping); *image*: in a recipe whose
+    root comes from ``rootfs.image``."""
+    key = KEY[path]
+    value = key.image_default if image and key.image_default is not None else key.default
     return type(value)(value) if isinstance(value, (list, dict)) else value
 
 
@@ -167,6 +173,8 @@ def key_reference() -> str:
             return "required unless `rootfs.image`" if k.path in IMAGE_MAKES_OPTIONAL else "required"
         if k.default is NO_DEFAULT:
             return "-"
+        if k.image_default is not None:
+            return f"`{json.dumps(k.default)}` (`{json.dumps(k.image_default)}` with `rootfs.image`)"
         return "`" + json.dumps(k.default) + "`"
 
     rows = ["| key | type | default | what |", "| --- | --- | --- | --- |"]

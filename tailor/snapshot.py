@@ -22,7 +22,8 @@ line that says to take it again.
 **Fresh randomness.** A restored VM would repeat the snapshot's random state:
 after a restore Linux 6.1 reseeds its crng only on its own schedule (every
 minute once the first minutes of uptime are over). The snapshot's boot passes
-``tailor.reseed=PORT`` on the kernel command line, so the generated init starts
+``tailor_reseed=PORT`` on the kernel command line (Linux passes it to init as an
+environment variable, so a kernel without ``PROC_FS`` works too), so the generated init starts
 a small helper (``/.tailor/reseed``, a freestanding program compiled into every
 network app's image) that takes bytes on that guest port, adds them with
 ``RNDADDENTROPY`` and forces a reseed with ``RNDRESEEDCRNG``. After every
@@ -52,7 +53,7 @@ from tailor.util import display_path, out_dir, read_json, remove, sha256_file, w
 
 FORMAT = "tailor-snapshot/2"
 RESEED_PORT = 61999
-"""The guest TCP port of the reseed helper (``tailor.reseed=`` on the snapshot's kernel command line)."""
+"""The guest TCP port of the reseed helper (``tailor_reseed=`` on the snapshot's kernel command line)."""
 RESEED_BYTES = 64
 MIGRATE_TIMEOUT_S = 120.0
 AUTOSTART = ("-global", "migration.store-global-state=off")
@@ -138,7 +139,7 @@ def take(recipe, *, general: bool = False, settle_s: float = 0.0) -> dict:
     forwards = [run.Forward("127.0.0.1", free_port(), probe.port)] if probe.port else []
     p = run.plan(recipe, name=f"snapshot-{recipe.name}", forwards=forwards, general=general,
                  keep=str(tmp / "disk.qcow2"))
-    p.cmdline = " ".join(filter(None, (p.cmdline, f"tailor.reseed={RESEED_PORT}")))
+    p.cmdline = " ".join(filter(None, (p.cmdline, f"tailor_reseed={RESEED_PORT}")))
     fresh = replace(recipe, test=replace(recipe.test, exercise=()))
     try:
         from tailor.qemu import detect_accel

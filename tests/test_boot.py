@@ -24,11 +24,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tailor import boot, console, probes, qemu  # noqa: E402
+from tailor import boot, console, paths, probes, qemu  # noqa: E402
 from tailor.console import ConsoleState, assess, split_lines  # noqa: E402
 from tailor.errors import ProbeFailed, QemuError  # noqa: E402
 from tailor.errors import TailorError  # noqa: E402
 from tailor.recipe import parse  # noqa: E402
+from tailor.util import write_json  # noqa: E402
 
 from conftest import project_copy, run_doit  # noqa: E402
 
@@ -563,6 +564,11 @@ case "$FAKE_QEMU_MODE" in
     printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\n'
     printf 'Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n'
     exit 0 ;;
+  nowww)
+    printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\n'
+    printf "httpd: can't change directory to '/www': No such file or directory\r\n"
+    printf 'Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n'
+    exit 0 ;;
   silent) exec sleep 30 ;;
   error) echo "qemu-system-x86_64: -kernel /x: could not load kernel" >&2; exit 1 ;;
   slow) printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\n'; exec sleep 30 ;;
@@ -635,6 +641,34 @@ def test_run_failure_writes_result_then_raises(tmp_path, fake_qemu, monkeypatch,
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["pass"] is False and result["reason"].startswith("init exited before ready")
     assert "Attempted to kill init" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dropped, dirs, named", [
+    (["/www/index.html", "/www/about.html", "/usr/share/doc/x"], ["/www", "/usr/share/doc"], True),
+    (["/usr/share/doc/x"], ["/usr/share/doc"], False),
+])
+def test_a_failing_slim_root_names_what_slim_dropped_and_the_fix(tmp_path, fake_qemu, monkeypatch, dropped, dirs,
+                                                                named):
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "nowww")
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "o"))
+    recipe = make_recipe("app: {command: /bin/busybox}\nrootfs: {slim: true}\ntest: {ready: never, timeout: 20}\n",
+                         tmp_path)
+    write_json(paths.rootfs_slim(recipe.name), {"format": "tailor-slim/1", "app": recipe.name, "source": "image",
+                                                "kept": 10, "dropped": dropped, "dropped_dirs": dirs})
+    with pytest.raises(TailorError) as info:
+        boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("boot test of t failed: init exited before ready")
+    assert f"(rootfs.slim dropped {len(dropped)} of the image's files: " in message
+    assert ("the console names /www, which slim dropped; " in message) is named
+    assert "set rootfs.slim: false in " in message and "slim.json lists them)" in message
+    # not slim: no word about it, whatever an old record says
+    plain = make_recipe("app: {command: /bin/busybox}\nrootfs: {slim: false}\ntest: {ready: never, timeout: 20}\n",
+                        tmp_path)
+    with pytest.raises(TailorError) as info:
+        boot.run(plain, kernel, image, tmp_path / "out", accel="tcg")
+    assert "slim" not in str(info.value)
 
 
 def test_run_timeout_kills_vm(tmp_path, fake_qemu, monkeypatch):

@@ -52,6 +52,10 @@ def test_stage_slim_keeps_closure_files_and_init(tmp_path, pkg_tree):
     assert (dest / "usr/bin/ls").is_file() and (dest / "bin/busybox").is_file()
     assert (dest / "etc/app.conf").read_text() == "port 1\n"
     assert not (dest / "usr/share/doc").exists()  # slim: only what the app needs
+    files, dirs = info["dropped"]  # and it says what it left out
+    assert "/usr/share/doc/x/README" in files and dirs == ["/usr/share"]  # the topmost directory left out
+    assert not any(f == "/usr/bin/ls" or f == "/etc/app.conf" for f in files)
+    assert all(not (dest / f[1:]).exists() for f in files)
     for lib in elf.read_dynamic("/usr/bin/ls").needed:
         assert list(dest.rglob(lib)), f"{lib} missing from the slim tree"
     assert os.readlink(dest / "bin/sh") == "busybox"
@@ -80,8 +84,16 @@ def test_a_sh_script_app_needs_no_shell_package(tmp_path, pkg_tree):
 
 def test_stage_full_keeps_everything(tmp_path, pkg_tree):
     r = make_recipe(tmp_path, "rootfs: {slim: false, overlay: []}\napp: {command: /usr/bin/ls}\n")
-    rootfs.stage(r, pkg_tree, tmp_path / "image")
+    info = rootfs.stage(r, pkg_tree, tmp_path / "image")
     assert (tmp_path / "image/usr/share/doc/x/README").exists()
+    assert info["dropped"] == ([], [])
+
+
+def test_an_image_recipe_keeps_the_whole_image_unless_it_says_slim(tmp_path):
+    image = make_recipe(tmp_path, "rootfs: {image: 'oci:out/images/x:1'}\n", "i")
+    packages = make_recipe(tmp_path, "rootfs: {packages: [hello]}\napp: {command: hello}\n", "p")
+    slim_image = make_recipe(tmp_path, "rootfs: {image: 'oci:out/images/x:1', slim: true}\n", "s")
+    assert (image.rootfs.slim, packages.rootfs.slim, slim_image.rootfs.slim) == (False, True, True)
 
 
 def test_missing_command_is_named(tmp_path, pkg_tree):
@@ -480,7 +492,7 @@ def _reseed_block(script: str) -> list[str]:
     """The init's lines that start the reseed helper: from the command line's read to the exec echo."""
     lines = script.splitlines()
     at = next(i for i, ln in enumerate(lines) if ln.startswith('echo "tailor-init: exec "'))
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("tailor_arg=$tailor_cmdline") and i < at), at)
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("case ${tailor_reseed") and i < at), at)
     return lines[start:at]
 
 
@@ -488,30 +500,26 @@ def test_init_starts_the_reseed_helper_only_for_network_recipes(tmp_path):
     net = rootfs.init_script(make_recipe(tmp_path, "app: {command: x, network: true}\n", "n"), "/x")
     plain = rootfs.init_script(make_recipe(tmp_path, "app: {command: x}\n", "p"), "/x")
     block = _reseed_block(net)
-    assert block and "tailor.reseed=" in block[0] + block[1] and block[-1] == "esac"
-    assert any('/.tailor/reseed "$tailor_arg" &' in ln for ln in block)
+    assert block and block[-1] == "unset tailor_reseed"  # the app does not inherit it
+    assert any('/.tailor/reseed "$tailor_reseed" &' in ln for ln in block)
     assert "reseed" not in plain and _reseed_block(plain) == []
 
 
-@pytest.mark.parametrize("cmdline, port", [
-    ("console=ttyS0 tailor.reseed=4242 quiet", "4242"),
-    ("tailor.reseed=7", "7"),
-    ("quiet tailor.reseed=65535", "65535"),
-    ("console=ttyS0 quiet", None),
-    ("tailor.reseed=42x", None),
-    ("tailor.reseed=", None),
-    ("notailor.reseed=5 tailor.reseedx=5", None),
-    ("", None),
+@pytest.mark.parametrize("value, port", [
+    ("4242", "4242"), ("7", "7"), ("65535", "65535"), (None, None), ("42x", None), ("", None), ("-5", None),
+    ("4 2", None),
 ])
-def test_init_reseed_lines_read_the_port_from_the_command_line(tmp_path, cmdline, port):
-    """The init's lines under sh with a fake kernel command line and ``echo`` for the helper."""
+def test_init_reseed_lines_take_the_port_from_the_kernel_given_environment(tmp_path, value, port):
+    """The init's lines under sh with ``tailor_reseed`` set as the kernel sets it (an unknown ``name=value``
+    of the command line becomes init's environment) and ``echo`` for the helper."""
     net = rootfs.init_script(make_recipe(tmp_path, "app: {command: x, network: true}\n", "n"), "/x")
     block = "\n".join(_reseed_block(net)).replace("/.tailor/reseed", "echo helper")
-    proc = subprocess.run(["sh", "-c", "bb=; " + _read_cmdline(net, tmp_path, cmdline) + "\n" + block + "\nwait"],
-                          capture_output=True, text=True)
+    env = {"PATH": os.environ["PATH"]} | ({"tailor_reseed": value} if value is not None else {})
+    proc = subprocess.run(["sh", "-c", block + '\nwait; echo "left: ${tailor_reseed-unset}"'],
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     want = {f"helper {port}", f"tailor-init: reseed helper on port {port}"} if port else set()
-    assert set(proc.stdout.splitlines()) == want
+    assert set(proc.stdout.splitlines()) == want | {"left: unset"}
 
 
 def _ask(port: int, data: bytes, timeout: float = 10) -> bytes:

@@ -20,13 +20,13 @@ def test_machine_args_drop_only_what_may_differ():
            "-drive", "id=root,file=/x/root.qcow2,format=qcow2,if=none",
            "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:6379,hostfwd=tcp:127.0.0.1:4001-:61999",
            "-qmp", "unix:/x/qmp.sock,server=on,wait=off", "-daemonize", "-pidfile", "/x/pid",
-           "-incoming", "exec:cat /s/state", "-append", "console=ttyS0 tailor.reseed=61999"]
+           "-incoming", "exec:cat /s/state", "-append", "console=ttyS0 tailor_reseed=61999"]
     other = list(cmd)
     other[other.index("-kernel") + 1] = "/elsewhere/vmlinux"
     other[other.index("-netdev") + 1] = "user,id=n0,restrict=on,hostfwd=tcp:0.0.0.0:80-:6379"
     assert snapshot.machine_args(cmd) == snapshot.machine_args(other) == [
         "-M", "microvm,acpi=off", "-m", "256", "-kernel", "KERNEL", "-drive", "id=root,file=ROOT,format=qcow2,if=none",
-        "-netdev", "user,id=n0,restrict=on", "-append", "console=ttyS0 tailor.reseed=61999"]
+        "-netdev", "user,id=n0,restrict=on", "-append", "console=ttyS0 tailor_reseed=61999"]
     other[other.index("-m") + 1] = "128"
     assert snapshot.machine_args(other) != snapshot.machine_args(cmd)
 
@@ -41,7 +41,7 @@ def fake_snapshot(out, redis, **changes):
     rec = {"format": snapshot.FORMAT, "app": "redis", "variant": "specific",
            "kernel_identity": pointer.get("kernel_identity", ""), "rootfs_sha256": sha256_file(image),
            "qemu_version": "QEMU emulator version 7.2.22", "memory": redis.test.memory, "machine": [],
-           "cmdline": "tailor.reseed=61999", "reseed_port": 61999, "accel": "tcg",
+           "cmdline": "tailor_reseed=61999", "reseed_port": 61999, "accel": "tcg",
            "files": {n: {"sha256": sha256_file(d / n), "bytes": (d / n).stat().st_size} for n in ("state", "disk.qcow2")}}
     rec.update(changes)
     write_json(d / "snapshot.json", rec)
@@ -58,7 +58,7 @@ def fits(out, monkeypatch):  # noqa: F811
 def test_a_snapshot_that_fits_is_planned_with_its_reseed_forward(fits, out):  # noqa: F811
     fake_snapshot(out, fits)
     p = run.plan(fits, forwards=[run.parse_forward("16379:6379")], from_snapshot=True)
-    assert p.snapshot and p.cmdline == "tailor.reseed=61999" and p.accel == "tcg"
+    assert p.snapshot and p.cmdline == "tailor_reseed=61999" and p.accel == "tcg"
     assert [f.guest for f in p.forwards] == [6379, 61999] and p.forwards[1].host == p.reseed_port
     args = snapshot.restore_args(fits)
     assert args[:2] == list(snapshot.AUTOSTART)  # the restored guest runs as soon as it is loaded
@@ -101,7 +101,7 @@ def test_snapshot_needs_a_network_app(fits):
 
 MACHINE = ["-M", "microvm,acpi=off", "-m", "256", "-kernel", "KERNEL",
            "-drive", "id=root,file=ROOT,format=qcow2,if=none", "-device", "virtio-blk-device,drive=root",
-           "-netdev", "user,id=n0,restrict=on", "-append", "console=ttyS0 root=/dev/vda tailor.reseed=61999",
+           "-netdev", "user,id=n0,restrict=on", "-append", "console=ttyS0 root=/dev/vda tailor_reseed=61999",
            *snapshot.AUTOSTART]
 
 
@@ -115,7 +115,7 @@ def test_the_release_restore_command_is_the_snapshots_machine_with_this_runs_fil
     assert argv[argv.index("-drive") + 1] == "id=root,file=L,format=qcow2,if=none"
     assert argv[argv.index("-netdev") + 1] == ("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:P-:6379,"
                                                "hostfwd=tcp:127.0.0.1:R-:61999")
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 root=/dev/vda tailor.reseed=61999"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 root=/dev/vda tailor_reseed=61999"
     assert argv[-2:] == ["-incoming", "exec:cat snapshot/state"]
     # what tailor run checks: the same machine as the snapshot's, once the per-run values are set aside
     assert snapshot.machine_args(argv) == MACHINE

@@ -1,7 +1,7 @@
 /* reseed: the guest end of tailor's snapshot entropy push.
  *
  * A VM restored from a snapshot repeats the snapshot's crng output until the next reseed. The
- * init starts this helper (kernel argument tailor.reseed=PORT) before it execs the app; after a
+ * init starts this helper (kernel argument tailor_reseed=PORT) before it execs the app; after a
  * restore the host connects to 0.0.0.0:PORT through a hostfwd and sends 16..64 random bytes.
  * The helper credits them to the input pool (RNDADDENTROPY), forces a crng reseed
  * (RNDRESEEDCRNG) and answers "reseeded\n", or "error N\n" (N: the errno of the failing call),
