@@ -275,6 +275,10 @@ class ReleaseSpec:
     """ship ``out/snapshot/<app>/`` in the release (it ties the release to one qemu version)"""
 
 
+NETWORK_BASE = ("net",)
+"""Added to the default ``kernel.base`` of a recipe with ``app.network: true`` (IPv4, Unix sockets,
+virtio-net): without it the default base has no network stack at all."""
+
 GENERAL_BASE = ("lupine-base", "lupine-general")
 """The general variant's kernel: the same for every recipe, so all general variants share one build."""
 
@@ -710,6 +714,8 @@ def parse(text: str, path: Path) -> Recipe:
     kernel = _kernel(c, data.get("kernel"), path.parent)
     rootfs = _rootfs(c, data.get("rootfs"), name)
     app = _app(c, data.get("app"), image=rootfs.image is not None)
+    if app.network and not (isinstance(data.get("kernel"), dict) and "base" in data["kernel"]):
+        kernel = replace(kernel, base=kernel.base + NETWORK_BASE)  # a serving app on the default base
     test = _test(c, data.get("test"), app)
     general = c.boolean(data.get("general", default("general")), ("general",))
     release = _release(c, data.get("release"), app)

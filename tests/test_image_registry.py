@@ -14,6 +14,7 @@ image with skopeo.
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -293,3 +294,87 @@ def test_image_user_env_and_workdir_reach_the_app_on_the_general_kernel(project,
     init = subprocess.run(["debugfs", "-R", "cat /init", str(project / "out/rootfs/redis-user/rootfs.ext2")],
                           capture_output=True).stdout.decode()
     assert "su -p -s /bin/sh redis -c" in init and "export REDIS_IMAGE=with-user" in init and "cd /tmp" in init
+
+
+def httpd_image(dest: Path) -> None:
+    """An OCI layout at *dest* (tag ``1``) that is not made by tailor: one layer with a static busybox and
+    ``/www/index.html``, Entrypoint ``busybox httpd -f -p 8080 -h /www`` (a page the app serves from the image)."""
+    import hashlib
+    import io
+    import tarfile
+
+    def blob(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (dest / "blobs/sha256" / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    (dest / "blobs/sha256").mkdir(parents=True)
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode in (("bin", None, 0o755), ("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755),
+                                 ("www", None, 0o755), ("www/index.html", HOLDOUT_PAGE.encode(), 0o644)):
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = mode, 1700000000
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    layer_desc = blob(layer.getvalue())
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
+              "config": {"Entrypoint": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]}}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           **blob(json.dumps(config, sort_keys=True).encode())},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer_desc}]}
+    desc = blob(json.dumps(manifest, sort_keys=True).encode())
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", **desc,
+        "annotations": {"org.opencontainers.image.ref.name": "1"}}]}))
+
+
+HOLDOUT_PAGE = "<h1>served from the image's own /www</h1>\n"
+
+
+def test_an_image_runs_as_it_is_and_a_slim_one_says_what_it_dropped(project, registry, tmp_path):
+    """A busybox httpd image serving /www, named by digest with nothing else but app.network: the whole
+    image is kept, the VM serves the page; the same image with rootfs.slim: true fails, and its one-line
+    error names /www and the fix."""
+    sys.path.insert(0, str(ROOT))
+    from tailor import image
+
+    httpd_image(tmp_path / "httpd")
+    push(tmp_path / "httpd", "1", f"{registry}/tailor/httpd:1")
+    ref = f"docker://{registry}/tailor/httpd:1"
+    pinned = f"{ref}@{image.resolve(image.parse_reference(ref), 'test')}"
+    (project / "recipes/holdout.yaml").write_text(f"rootfs:\n  image: {pinned}\napp:\n  network: true\n")
+    proc = run_doit(project, "build:holdout")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert json.loads((project / "out/rootfs/holdout/rootfs.json").read_text())["slim"] is False
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "TAILOR_OUT"}
+    run = [sys.executable, "-m", "tailor", "run", "holdout", "-p", f"{port}:8080", "--detach", "--name", "holdout"]
+    started = subprocess.run(run, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr
+        deadline, body = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and body != HOLDOUT_PAGE:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert body == HOLDOUT_PAGE
+    finally:
+        subprocess.run([sys.executable, "-m", "tailor", "stop", "holdout"], cwd=project, env=env, timeout=120)
+    (project / "recipes/holdout-slim.yaml").write_text(
+        f"rootfs:\n  image: {pinned}\n  slim: true\napp:\n  network: true\n"
+        f"test:\n  probe: {{type: http, port: 8080}}\n  timeout: 60\ngeneral: false\n")
+    proc = run_doit(project, "build:holdout-slim")
+    assert proc.returncode != 0
+    [line] = [ln for ln in proc.stderr.splitlines() if "boot test of holdout-slim failed" in ln]
+    assert re.search(r"\(rootfs\.slim dropped \d+ of the image's files: the console names /www, which slim dropped; "
+                     r"set rootfs\.slim: false in recipes/holdout-slim\.yaml", line), line
+    dropped = json.loads((project / "out/rootfs/holdout-slim/slim.json").read_text())
+    assert "/www/index.html" in dropped["dropped"] and "/www" in dropped["dropped_dirs"]
