@@ -114,5 +114,5 @@ def task_report():
 
 
 def task_catalogue():
-    """the whole catalogue and its README table"""
+    """the whole catalogue and its table in docs/catalogue.md"""
     yield from catalogue.tasks(RECIPES, tasks.action)

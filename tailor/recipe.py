@@ -10,7 +10,7 @@ keys, their docs and defaults come from the schema table in
 Over 400 lines as one module on purpose: the YAML reader, the model and its
 validator change together whenever a key is added.
 
-Example (the README documents every key)::
+Example (docs/recipes.md documents every key)::
 
     description: redis-server as init
     kernel:
