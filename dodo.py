@@ -9,7 +9,7 @@
 import sys
 
 from tailor import (baseline, boot, catalogue, config, discover, fits, kernel, measure, release, report, rootfs,
-                    snapshot, source, tasks)
+                    slim, snapshot, source, tasks)
 from tailor.image import build as image_build
 from tailor.recipe import with_variants
 
@@ -85,6 +85,11 @@ def task_fits():
 def task_snapshot():
     """boot an app, wait until it is ready and save the VM (python -m tailor run <app> --from-snapshot)"""
     yield from snapshot.tasks(RECIPES, tasks.action)
+
+
+def task_slim():
+    """trace which files an app uses and verify a root of only those (rootfs.slim: traced)"""
+    yield from slim.tasks(RECIPES, tasks.action)
 
 
 def task_release():

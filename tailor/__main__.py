@@ -12,6 +12,8 @@ Commands::
     run APP [-p [ADDR:]HOST:GUEST] [-m MiB] [--kernel general] [--name N] [--detach] [--keep PATH]
             [--from-snapshot [--no-reseed]]
     snapshot APP [--settle S]   save APP's ready VM for run --from-snapshot (like doit snapshot:APP)
+    slim APP [--write] [--budget N]
+                                trace the files APP uses, verify a root of only those (like doit slim:APP)
                                 boot APP's built VM for use; ps, stop NAME, logs NAME for detached VMs
     discover APP [--write] [--no-minimise] [--budget N]
                                 discover APP's kernel options, minimised (like doit discover:APP)
@@ -168,6 +170,13 @@ def _snapshot(args) -> int:
     return 0
 
 
+def _slim(args) -> int:
+    from tailor import slim
+
+    slim.make(_recipe(args.app), budget=args.budget, write=args.write)
+    return 0
+
+
 def _ps(args) -> int:
     from tailor import run
 
@@ -258,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     p = command("snapshot", _snapshot, "boot an app, wait until it is ready and save the VM (like doit snapshot:APP)")
     p.add_argument("--settle", type=float, default=0.0, metavar="S",
                    help="let the app run S seconds more, then probe it again, before saving it (default 0)")
+    p = command("slim", _slim, "trace which files an app uses in its boot test and verify a root of only those "
+                               "(like doit slim:APP)")
+    p.add_argument("--write", action="store_true",
+                   help="also write the kept files into the recipe as rootfs.files with slim: true")
+    p.add_argument("--budget", type=int, default=12, metavar="N",
+                   help="trial images the add-back may build when the traced list alone fails (default 12)")
     command("ps", _ps, "list the VMs started with run", app=False)
     p = command("stop", _stop, "stop VMs started with run --detach (QMP quit, then signals) and clean up", app=False)
     p.add_argument("names", nargs="+", metavar="NAME")

@@ -72,6 +72,16 @@ def rootfs_manifest(app: str) -> Path:
     return rootfs_dir(app) / "rootfs.json"
 
 
+def slim_dir(app: str) -> Path:
+    """``out/slim/<app>/``: the traced slim of :mod:`tailor.slim` (its whole image, trials, kept list)."""
+    return out_dir() / "slim" / app
+
+
+def slim_kept(app: str) -> Path:
+    """The kept list of a ``rootfs.slim: traced`` root: what the app used, with a reason per path."""
+    return slim_dir(app) / "kept.json"
+
+
 def rootfs_slim(app: str) -> Path:
     """What a slim root left out of its source (``rootfs.slim: true``): :func:`tailor.rootfs.dropped`."""
     return rootfs_dir(app) / "slim.json"

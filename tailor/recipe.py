@@ -203,7 +203,9 @@ class RootfsSpec:
     files: tuple[str, ...] = ()
     overlay: tuple[str, ...] = ()
     format: str = "ext2"
-    slim: bool = True
+    slim: bool | str = True
+    """True (the entrypoint, its closure and ``files``), False (the whole tree) or ``"traced"`` (also what
+    the app used in its boot test, :mod:`tailor.slim`)."""
     size_mib: int | None = None
     users: tuple[str, ...] = ()
     build: tuple[BuildStep, ...] = ()
@@ -517,7 +519,9 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
     fmt = raw.get("format", default("rootfs.format"))
     if fmt not in ("cpio", "ext2"):
         raise c.err(kp + ("format",), f"{fmt!r} is not an image format; use `cpio` or `ext2`")
-    slim = c.boolean(raw.get("slim", default("rootfs.slim", image=image is not None)), kp + ("slim",))
+    slim = raw.get("slim", default("rootfs.slim", image=image is not None))
+    if slim != "traced" and not isinstance(slim, bool):
+        raise c.err(kp + ("slim",), f"expected true, false or traced, got {_type_name(slim)} {slim!r}")
     size = raw.get("size_mib")
     if size is not None:
         size = c.integer(size, kp + ("size_mib",), lo=1, hi=1 << 20, what="a size in MiB")

@@ -42,7 +42,7 @@ from tailor.errors import TailorError
 from tailor.epoch import source_date_epoch
 from tailor.recipe import ROOTFS_DIR, Recipe
 from tailor.templates import TEMPLATES_DIR, render
-from tailor.util import (PROJECT, atomic_path, code_digest, display_path, file_lock, makedirs, remove,
+from tailor.util import (PROJECT, atomic_path, code_digest, display_path, file_lock, makedirs, read_json, remove,
                          sha256_file, sha256_text, write_json)
 
 INIT_TEMPLATE = "init.sh.j2"
@@ -280,6 +280,35 @@ def copy_in(tree: Path, stage: Path, path: str, depth: int = 0) -> None:
             shutil.copy2(src, dst, follow_symlinks=False)
 
 
+def make_dir_in(tree: Path, stage: Path, path: str) -> None:
+    """Create in-tree directory *path* of *tree* in *stage* with its parents (modes as in *tree*), without
+    its content; a symlink on the way is recreated with its target, as :func:`copy_in` does."""
+    cur = ""
+    for part in [p for p in path.split("/") if p]:
+        cur += "/" + part
+        src, dst = tree / cur.lstrip("/"), stage / cur.lstrip("/")
+        if src.is_symlink():
+            copy_in(tree, stage, path)
+            return
+        if not dst.exists():
+            dst.mkdir()
+            os.chmod(dst, stat.S_IMODE(src.stat().st_mode))
+
+
+def load_traced(recipe: Recipe) -> list[dict]:
+    """The kept list ``doit slim:<app>`` wrote for a ``rootfs.slim: traced`` recipe (:mod:`tailor.slim`)."""
+    path = paths.slim_kept(recipe.name)
+    if not path.is_file():
+        raise TailorError(f"{display_path(recipe.path)}: rootfs.slim: traced needs the list of what the app used; "
+                          f"run `doit slim:{recipe.name}` (or build with `doit build:{recipe.name}`)")
+    try:
+        rec = read_json(path)
+        entries = [e for e in rec["paths"] if isinstance(e.get("path"), str) and e["path"].startswith("/")]
+    except (TailorError, KeyError, TypeError, AttributeError):
+        raise TailorError(f"{display_path(path)}: not a kept list; run `doit slim:{recipe.name}` again") from None
+    return entries
+
+
 def expand_files(tree: Path, patterns: tuple[str, ...], origin: str) -> list[str]:
     """The in-tree absolute paths the glob *patterns* match in *tree* (a dangling symlink named exactly
     counts); a pattern that matches nothing is a TailorError naming *origin*."""
@@ -466,8 +495,9 @@ def normalise(stage: Path, epoch: int, owners: bool = False) -> None:
     os.utime(stage, (epoch, epoch))
 
 
-def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
-    """Build the image tree of *recipe* in *dest* from the extracted packages in *tree*."""
+def stage(recipe: Recipe, tree: Path, dest: Path, *, traced: list[dict] | None = None) -> dict:
+    """Build the image tree of *recipe* in *dest* from the extracted packages in *tree* (*traced*: the
+    kept list of a ``slim: traced`` root instead of :func:`load_traced`'s)."""
     origin = display_path(recipe.path)
     what = "image" if recipe.rootfs.image else "packages"
     built = bool(recipe.rootfs.build or recipe.rootfs.overlay) and not recipe.rootfs.image
@@ -493,6 +523,13 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         if recipe.rootfs.image:  # the image's own users and name service files win over rootfs/common's
             patterns += tuple(f for f in IMAGE_ETC if (tree / f[1:]).is_file() and not (tree / f[1:]).is_symlink())
         files = expand_files(tree, patterns, f"{origin}: rootfs.files")
+        traced_dirs = []
+        if recipe.rootfs.slim == "traced":
+            for entry in traced if traced is not None else load_traced(recipe):
+                host = tree / entry["path"].lstrip("/")
+                if not os.path.lexists(host):
+                    continue  # made by the app while it ran: it makes it again
+                (traced_dirs if host.is_dir() and not host.is_symlink() else files).append(entry["path"])
         programs = sorted(keep) + elf_files(tree, files)
         try:
             keep.update(library_closure(tree, programs))
@@ -501,6 +538,8 @@ def stage(recipe: Recipe, tree: Path, dest: Path) -> dict:
         keep.update(files)
         for p in sorted(keep):
             copy_in(tree, dest, p)
+        for d in traced_dirs:  # listed or entered by the app: the directory, not all it holds
+            make_dir_in(tree, dest, d)
         dropped_paths = dropped(tree, dest)
     else:
         shutil.copytree(tree, dest, symlinks=True)
@@ -572,9 +611,10 @@ def _in_tree(rel: Path) -> str:
 SLIM_FORMAT = "tailor-slim/1"
 
 
-def write_slim_record(recipe: Recipe, dropped_paths: tuple[list[str], list[str]], kept: int) -> None:
-    """``out/rootfs/<app>/slim.json``: what slim dropped (removed when the root is not slim)."""
-    path = paths.rootfs_slim(recipe.name)
+def write_slim_record(recipe: Recipe, dropped_paths: tuple[list[str], list[str]], kept: int,
+                      path: Path | None = None) -> None:
+    """*path* (default ``out/rootfs/<app>/slim.json``): what slim dropped (removed when the root is not slim)."""
+    path = path or paths.rootfs_slim(recipe.name)
     if not recipe.rootfs.slim:
         remove(path)
         return
@@ -673,14 +713,18 @@ def _clamp_ext2_times(stage_dir: Path, image: Path, epoch: int, name: str) -> No
                           f"{(errors or proc.stderr.strip().splitlines() or ['?'])[0]}")
 
 
-def build(recipe: Recipe) -> dict:
-    """The rootfs stage for one recipe: packages -> staged tree -> image; returns the manifest."""
+def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None = None) -> dict:
+    """The rootfs stage for one recipe: packages -> staged tree -> image; returns the manifest.
+
+    *into* writes the image, its manifest and its slim record into that directory instead of
+    ``out/rootfs/<app>/``: :mod:`tailor.slim` builds its whole and trial images there. *traced* is the kept
+    list of a ``slim: traced`` root (default: the one ``doit slim:<app>`` wrote)."""
     origin = display_path(recipe.path)
     img = None
     if recipe.rootfs.image:
 
         img = oci.obtain(recipe.rootfs.image, origin)
-    rdir = makedirs(rootfs_dir(recipe.name))
+    rdir = makedirs(into or rootfs_dir(recipe.name))
     epoch = source_date_epoch()
     packages = sorted(set(recipe.rootfs.packages) | set(ALWAYS_PACKAGES))
     closure = apt_closure(packages, f"{origin}: rootfs.packages")
@@ -702,10 +746,11 @@ def build(recipe: Recipe) -> dict:
             where = f"{origin}: rootfs.image: {recipe.rootfs.image}"
             recipe = replace(recipe, app=oci.app_from_config(recipe.app, recipe.app.given, img.config, full, where))
         staged = work / "image"
-        info = stage(recipe, full, staged)
-        write_slim_record(recipe, info["dropped"], sum(1 for p in staged.rglob("*") if not p.is_dir()))
+        info = stage(recipe, full, staged, traced=traced)
+        write_slim_record(recipe, info["dropped"], sum(1 for p in staged.rglob("*") if not p.is_dir()),
+                          rdir / "slim.json" if into else None)
         normalise(staged, epoch, owners=img is not None)
-        image = image_path(recipe)
+        image = rdir / f"rootfs.{recipe.rootfs.format}"
         for other in ("cpio", "ext2"):
             if other != recipe.rootfs.format:
                 remove(rdir / f"rootfs.{other}")
@@ -732,7 +777,7 @@ def build(recipe: Recipe) -> dict:
         "source_date_epoch": epoch,
         "reseed": RESEED_GUEST if recipe.app.network else None,
     }
-    write_json(manifest_path(recipe.name), manifest)
+    write_json(rdir / "rootfs.json", manifest)
     print(f"[rootfs:{recipe.name}] {image.name}: {manifest['size'] / 1e6:.2f} MB, {files} files, "
           f"{len(closure)} packages", file=sys.stderr)
     return manifest
@@ -799,12 +844,13 @@ def tasks(recipes, action):
             "file_dep": _overlay_files(r) + [str(TEMPLATES_DIR / INIT_TEMPLATE)]
                         + ([str(RESEED_SOURCE)] if r.app.network else [])
                         + [str(p) for step in r.rootfs.build for p in sorted((ROOTFS_DIR / step.cwd).rglob("*"))
-                           if p.is_file()],
+                           if p.is_file()]
+                        + ([str(paths.slim_kept(r.name))] if r.rootfs.slim == "traced" else []),
             "targets": [str(image_path(r)), str(manifest_path(r.name))],
             "clean": [(remove, [rootfs_dir(r.name)])],
             "uptodate": [config_changed({"rootfs": r.digests["rootfs"], "app": r.digests["app"],
                                          "code": code_digest(*ROOTFS_CODE), "listing": overlay_listing(r),
                                          **_image_pin(r)})],
-            "task_dep": _image_task(r),
+            "task_dep": _image_task(r) + ([f"slim:{r.name}"] if r.rootfs.slim == "traced" else []),
             "verbosity": 2,
         }

@@ -310,7 +310,7 @@ def _foreground(p: Plan, out) -> int:
                             time.sleep(0.1)
                     except KeyboardInterrupt:
                         interrupted = True
-                        _quit(p.dir / "qmp.sock", vm.proc.pid)
+                        quit_vm(p.dir / "qmp.sock", vm.proc.pid)
                     con = vm.console
             except QemuError as e:
                 raise TailorError(f"{p.name}: {e}") from None
@@ -454,7 +454,7 @@ def stop(name: str) -> bool:
     rec = _record(name)
     running = alive(rec)
     if running:
-        _quit(vm_dir(name) / "qmp.sock", rec["pid"], check=lambda: alive(rec))
+        quit_vm(vm_dir(name) / "qmp.sock", rec["pid"], check=lambda: alive(rec))
     _cleanup(rec)
     return running
 
@@ -468,7 +468,7 @@ def logs(name: str) -> str:
         return ""
 
 
-def _quit(sock: Path, pid: int, check=None) -> None:
+def quit_vm(sock: Path, pid: int, check=None) -> None:
     """QMP ``quit``; then SIGTERM and SIGKILL to *pid* while it still runs (*check*: is it still ours)."""
     check = check or (lambda: _pid_runs(pid))
     try:

@@ -86,9 +86,10 @@ KEYS: tuple[Key, ...] = (
     Key("rootfs.files", "list of strings", [], "extra in-tree paths kept when slim"),
     Key("rootfs.overlay", "list of strings", NO_DEFAULT, "directories under rootfs/ copied over the tree"),
     Key("rootfs.format", "cpio or ext2", "ext2", "ext2 (virtio-blk root, the default) or cpio (initramfs)"),
-    Key("rootfs.slim", "boolean", True,
-        "keep only the entrypoint, its ELF closure, the setup's programs and rootfs.files; an image runs as it "
-        "is unless this says otherwise", image_default=False),
+    Key("rootfs.slim", "true, false or traced", True,
+        "true: keep only the entrypoint, its ELF closure, the setup's programs and rootfs.files; false: the whole "
+        "tree (an image runs as it is); traced: also every file the app used in its boot test (doit slim:<app>)",
+        image_default=False),
     Key("rootfs.size_mib", "number", NO_DEFAULT, "ext2 image size in MiB (default: computed)"),
     Key("rootfs.users", "list of strings", [], "system users (and groups) added to /etc/passwd for the app and its services"),
     Key("rootfs.build", "list of mappings", [], "host commands run while staging: list of {run, cwd}"),

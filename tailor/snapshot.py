@@ -175,7 +175,7 @@ def take(recipe, *, general: bool = False, settle_s: float = 0.0) -> dict:
                 raise TailorError(f"snapshot of {recipe.name}: saving the VM {status['status']}: "
                                   f"{status.get('error-desc', '')}".rstrip(": "))
             save_s = time.monotonic() - t
-            run._quit(sock, vm.proc.pid)
+            run.quit_vm(sock, vm.proc.pid)
         record = {
             "format": FORMAT, "app": recipe.name, "variant": p.variant,
             "kernel_identity": _kernel_identity(recipe, general),

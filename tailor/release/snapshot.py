@@ -28,13 +28,12 @@ from types import SimpleNamespace
 from tailor import snapshot as snap
 from tailor.errors import TailorError
 from tailor.qemu import QEMU
+from tailor.run import QEMU_IMG
 from tailor.release.names import render
 from tailor.util import sha256_file, write_atomic, write_json
 
 SNAPSHOT_DIR = "snapshot"
 """The directory of an app's release that holds its snapshot."""
-
-QEMU_IMG = "qemu-img"
 
 
 def restore_command(rec: dict, *, kernel: str, state: str, guest_port: int | None) -> str:
