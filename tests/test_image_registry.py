@@ -378,3 +378,14 @@ def test_an_image_runs_as_it_is_and_a_slim_one_says_what_it_dropped(project, reg
                      r"set rootfs\.slim: false in recipes/holdout-slim\.yaml", line), line
     dropped = json.loads((project / "out/rootfs/holdout-slim/slim.json").read_text())
     assert "/www/index.html" in dropped["dropped"] and "/www" in dropped["dropped_dirs"]
+    # slim: traced keeps what the app used in its boot test: the page the probe fetched
+    (project / "recipes/holdout-traced.yaml").write_text(
+        f"rootfs:\n  image: {pinned}\n  slim: traced\napp:\n  network: true\n"
+        f"test:\n  probe: {{type: http, port: 8080, body: served from the image}}\n  timeout: 60\ngeneral: false\n")
+    proc = run_doit(project, "build:holdout-traced")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    kept = json.loads((project / "out/slim/holdout-traced/kept.json").read_text())
+    why = {e["path"]: e["why"] for e in kept["paths"]}
+    assert why.get("/www/index.html") == "read" and why.get("/bin/busybox") == "read", why
+    assert kept["trials"] >= 1 and kept["slim"]["files"] < kept["whole"]["files"]
+    assert json.loads((project / "out/boot/holdout-traced/result.json").read_text())["pass"] is True
