@@ -15,7 +15,7 @@ packages=(
   skopeo           # rootfs.image: fetches docker:// images and converts docker-archive: files to OCI layouts
   docker-registry  # tests/test_image_registry.py serves images from a plain-HTTP registry on 127.0.0.1
   distcc redis-server  # building on many machines: helpers and the shared ccache (tests run them on loopback)
-  redis-tools apache2-utils libmemcached-tools  # test.exercise clients: redis-benchmark, ab, memcslap/memcstat
+  redis-tools apache2-utils libmemcached-tools curl  # test.exercise clients: redis-benchmark, ab, memcslap/memcstat, curl
   gcc-11  # tests/test_farm.py: a helper with another gcc, which tailor must refuse
 )
 

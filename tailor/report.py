@@ -33,7 +33,7 @@ from tailor.paths import report_dir
 from tailor.templates import render
 from tailor.util import read_json, write_atomic
 
-KINDS = ("size", "boot", "initcalls", "memory", "throughput", "snapshot", "pipeline")
+KINDS = ("size", "boot", "initcalls", "memory", "throughput", "snapshot", "slim", "pipeline")
 BASELINE_ORDER = ("microvm", "firecracker", "kata")
 """The baselines' columns, in this order, in every table that has data for them (kata beside firecracker)."""
 TARGET_BASELINES = ("firecracker", "kata")
@@ -47,6 +47,7 @@ BENCH_HINT = {
     "memory": "doit bench:memory (or python benchmarks/memory.py)",
     "throughput": "doit bench:throughput (or python benchmarks/throughput.py)",
     "snapshot": "doit snapshot:<app>, then python benchmarks/snapshot.py",
+    "slim": "python benchmarks/slim.py",
     "pipeline": "python benchmarks/pipeline.py (outside doit)",
 }
 
@@ -527,6 +528,40 @@ def snapshot_section(data: dict | None) -> Section:
                     "qemu RSS cold / restored", "guest"], rows, [ch] if ch else [], missing, [], True)
 
 
+def _slim_cell(x: dict) -> str:
+    size = f"{fmt_mb(x['bytes'])} ({fmt_mb(x.get('content_bytes'))} in {x['files']} files)"
+    if not x["pass"]:
+        return f"{size}: fails its boot test"
+    mem = f", min {x['min_memory_mib']} MiB" if x.get("min_memory_mib") else ""
+    return f"{size}, ready {fmt_s(x['ready_s'])}{mem}"
+
+
+def slim_section(data: dict | None) -> Section:
+    intro = ("Each app's root built three ways on its own kernel: `rootfs.slim: false` (the whole tree of the "
+             "packages or the image), `true` (the entrypoint, its ELF closure and `rootfs.files`) and `traced` "
+             "(what the app used in one boot test of the whole tree, `doit slim:<app>`). Size is the image file "
+             "(an ext2 image has room for what the app writes) and, in brackets, the bytes of the files in it; "
+             "ready is the median time to ready of the boot test; min is the smallest guest memory that passes it.")
+    if not data or not data.get("apps"):
+        return _not_measured("slim", "Root filesystem: whole, slim, traced", intro)
+    rows, items = [], []
+    for app in sorted(data["apps"], key=_app_rank):
+        r = data["apps"][app]
+        v = r["variants"]
+        rows.append([app, f"{r['source']}, {r['format']}", _slim_cell(v["whole"]), _slim_cell(v["slim"]),
+                     _slim_cell(v["traced"]),
+                     f"{fmt_ratio(ratio(v['whole']['bytes'], v['traced']['bytes']))} "
+                     f"({fmt_ratio(ratio(v['whole'].get('content_bytes'), v['traced'].get('content_bytes')))})",
+                     f"{fmt_ratio(ratio(v['traced']['bytes'], v['slim']['bytes']))} "
+                     f"({fmt_ratio(ratio(v['traced'].get('content_bytes'), v['slim'].get('content_bytes')))})"])
+        items += [(f"{app} whole", v["whole"]["bytes"] / 1e6, fmt_mb(v["whole"]["bytes"]), "baseline"),
+                  (f"{app} traced", v["traced"]["bytes"] / 1e6, fmt_mb(v["traced"]["bytes"]), "specific")]
+    ch = chart("root image size: whole and traced", "MB", items)
+    return Section("slim", "Root filesystem: whole, slim, traced", intro,
+                   ["app", "source", "whole", "slim", "traced", "whole/traced", "traced/slim"], rows,
+                   [ch] if ch else [], [], [], True)
+
+
 # --------------------------------------------------------------------------
 # Targets
 
@@ -683,7 +718,8 @@ def sections(results: dict[str, dict]) -> list[Section]:
     return (size_sections(results.get("size")) + [boot_section(results.get("boot")),
             initcalls_section(results.get("initcalls")), memory_section(results.get("memory")),
             memory_breakdown_section(results.get("memory")), throughput_section(results.get("throughput")),
-            snapshot_section(results.get("snapshot")), pipeline_section(results.get("pipeline"))])
+            snapshot_section(results.get("snapshot")), slim_section(results.get("slim")),
+            pipeline_section(results.get("pipeline"))])
 
 
 def conditions_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:

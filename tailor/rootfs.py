@@ -759,6 +759,7 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
         else:
             pack_ext2(staged, image, epoch, recipe.name, recipe.rootfs.size_mib, origin)
         files = sum(1 for _ in staged.rglob("*"))
+        content = sum(p.lstat().st_size for p in staged.rglob("*") if p.is_file() and not p.is_symlink())
     finally:
         remove(work)
     manifest = {
@@ -770,6 +771,7 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
         "slim": recipe.rootfs.slim,
         "slim_dropped": len(info["dropped"][0]),
         "files": files,
+        "content_bytes": content,
         "command": info["command"],
         "packages": [{"name": n, "version": v, "arch": a} for n, v, a in closure],
         "image": oci.image_summary(img) if img is not None else None,

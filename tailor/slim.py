@@ -194,6 +194,7 @@ def trace(recipe: Recipe, work: Path) -> tuple[list[dict], dict]:
         remove(flat)
         remove(layer)
     return kept, {"probe": detail, "whole_bytes": manifest["size"], "whole_files": manifest["files"],
+                  "whole_content": manifest["content_bytes"],
                   "writeback_s": WRITEBACK_FAST_S if fast else WRITEBACK_DEFAULT_S}
 
 
@@ -261,14 +262,16 @@ def make(recipe: Recipe, *, budget: int = DEFAULT_BUDGET, write: bool = False) -
     final = trials.last
     record = {
         "format": FORMAT, "app": recipe.name, "paths": kept, "added_back": len(added), "trials": trials.count,
-        "whole": {"bytes": seen["whole_bytes"], "files": seen["whole_files"]},
-        "slim": {"bytes": final["manifest"]["size"], "files": final["manifest"]["files"]},
+        "whole": {"bytes": seen["whole_bytes"], "files": seen["whole_files"], "content_bytes": seen["whole_content"]},
+        "slim": {"bytes": final["manifest"]["size"], "files": final["manifest"]["files"],
+                 "content_bytes": final["manifest"]["content_bytes"]},
         "probe": seen["probe"], "writeback_s": seen["writeback_s"], "seconds": round(time.monotonic() - t0, 1),
     }
     write_json(paths.slim_kept(recipe.name), record)
     remove(work / "try")
     print(f"[slim:{recipe.name}] {len(kept)} paths kept ({len(added)} added back), {trials.count} trial image(s): "
-          f"{record['slim']['bytes'] / 1e6:.2f} MB against {record['whole']['bytes'] / 1e6:.2f} MB whole; "
+          f"{record['slim']['content_bytes'] / 1e6:.1f} MB of files against {record['whole']['content_bytes'] / 1e6:.1f} "
+          f"MB whole (images {record['slim']['bytes'] / 1e6:.1f} and {record['whole']['bytes'] / 1e6:.1f} MB); "
           f"{display_path(paths.slim_kept(recipe.name))}", file=sys.stderr)
     if write:
         write_files(recipe, kept)

@@ -77,6 +77,16 @@ def fixture_results() -> dict[str, dict]:
                       "snapshot_time_to_ready_s": 0.97, "state_bytes": 31_800_000, "state_on_disk": 31_800_000,
                       "disk_bytes": 393_216, "disk_on_disk": 200_000, "rss_mib": {"cold": 112.0, "restore": 70.0},
                       "memory_mib": 256, "accel": "tcg", "qemu": "QEMU emulator version 7.2.22"}}},
+        "slim": {"kind": "slim", "conditions": CONDITIONS, "format": "tailor-bench-slim/1", "apps": {
+            "pyweb-image": {"format": "ext2", "source": "image", "traced_paths": 90, "added_back": 0,
+                            "memory_asked_mib": 256, "runs": 3, "variants": {
+                                "whole": {"bytes": 80_000_000, "content_bytes": 60_000_000, "files": 2000, "pass": True, "reason": "",
+                                          "ready_s": 1.5, "min_memory_mib": 60},
+                                "slim": {"bytes": 20_000_000, "content_bytes": 10_000_000, "files": 40, "pass": False,
+                                         "reason": "boot test of pyweb-image failed", "ready_s": None,
+                                         "min_memory_mib": None},
+                                "traced": {"bytes": 16_000_000, "content_bytes": 6_000_000, "files": 120, "pass": True, "reason": "",
+                                           "ready_s": 1.2, "min_memory_mib": 40}}}}},
         "pipeline": {"kind": "pipeline", "conditions": CONDITIONS, "app": "redis",
                      "noop": {"doit_s": _spread(0.31, 0.33, 0.30), "kbuild_s": _spread(6.1, 6.0, 6.3),
                               "doit_was_noop": True, "doit_cmd": "doit build:redis",
@@ -308,7 +318,8 @@ def test_report_renders_every_metric(bench, tmp_path):
     md = paths["md"].read_text()
     assert paths["html"] == tmp_path / "out" / "report" / "index.html"
     for title in ("Kernel image size", "Attack surface: system calls", "Boot time", "Memory footprint",
-                  "Throughput", "Start from a snapshot", "The pipeline itself", "Targets", "Conditions"):
+                  "Throughput", "Start from a snapshot", "Root filesystem: whole, slim, traced", "The pipeline itself", "Targets",
+                  "Conditions"):
         assert f">{title}</h2>" in html
         assert f"## {title}" in md
     assert html.count("<svg") >= 6
@@ -322,13 +333,17 @@ def test_report_renders_every_metric(bench, tmp_path):
     snap = md.split("## Start from a snapshot")[1].split("## ")[0]
     assert "| redis | 1.200 s (1.100 s–1.400 s) | 0.300 s (0.250 s–0.350 s) | 0.25x | 0.210 s | 32.00 MB |" in snap
     assert "hello: prints and exits" in snap
+    roots = md.split("## Root filesystem: whole, slim, traced")[1].split("## ")[0]
+    assert "| pyweb-image | image, ext2 | 80.00 MB (60.00 MB in 2000 files), ready 1.500 s, min 60 MiB | 20.00 MB " \
+           "(10.00 MB in 40 files): fails its boot test | 16.00 MB (6.00 MB in 120 files), ready 1.200 s, min 40 MiB " \
+           "| 5.00x (10.00x) | 0.80x (0.60x) |" in roots, roots
 
 
 def test_report_without_measurements_says_not_measured(tmp_path, monkeypatch):
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     paths = report.build()
     md = paths["md"].read_text()
-    assert md.count("not measured: run") == 9
+    assert md.count("not measured: run") == 10
     assert "<svg" not in paths["html"].read_text()
 
 

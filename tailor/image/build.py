@@ -42,10 +42,12 @@ class ImageSpec:
     env: tuple[tuple[str, str], ...] = ()
     workdir: str = "/"
     user: str = ""
+    overlay: tuple[str, ...] = ()
+    """Directories under ``rootfs/`` copied over the tree (the app's own files: scripts, pages)."""
     architecture: str = "amd64"
 
 
-_SPEC_KEYS = ("tag", "packages", "keep", "entrypoint", "cmd", "env", "workdir", "user")
+_SPEC_KEYS = ("tag", "packages", "keep", "entrypoint", "cmd", "env", "workdir", "user", "overlay")
 
 
 def load_spec(path: Path) -> ImageSpec:
@@ -75,9 +77,13 @@ def load_spec(path: Path) -> ImageSpec:
         raise TailorError(f"{where}: tag: {tag!r} is not a valid tag")
     if not strings("packages"):
         raise TailorError(f"{where}: packages: list the Debian packages the image is made of")
+    for name in strings("overlay"):
+        if name.startswith("/") or ".." in Path(name).parts or not (rootfs.ROOTFS_DIR / name).is_dir():
+            raise TailorError(f"{where}: overlay: {name!r} is not a directory under rootfs/")
     return ImageSpec(name=path.stem, path=path, tag=tag, packages=strings("packages"), keep=strings("keep"),
                      entrypoint=strings("entrypoint"), cmd=strings("cmd"), env=tuple(sorted(env.items())),
-                     workdir=str(data.get("workdir", "/")), user=str(data.get("user", "")))
+                     workdir=str(data.get("workdir", "/")), user=str(data.get("user", "")),
+                     overlay=strings("overlay"))
 
 
 def _layer_from_tree(tree: Path, dest: Path, epoch: int) -> None:
@@ -172,6 +178,8 @@ def build_from_packages(spec: ImageSpec, layout: Path) -> str:
                 rootfs.copy_in(full, tree, p)
             if spec.user:  # the user the image runs as must exist in it
                 rootfs.add_users(tree, (spec.user.split(":")[0],))
+        for name in spec.overlay:
+            rootfs.apply_overlay(tree, rootfs.ROOTFS_DIR / name, f"{where}: overlay")
         rootfs.normalise(tree, epoch)
         layer = work / "layer.tar"
         _layer_from_tree(tree, layer, epoch)
@@ -200,11 +208,16 @@ def spec_files() -> list[Path]:
 def tasks(action):
     """doit tasks ``image:<name>``: the images of ``images/*.yaml``, built from Debian packages."""
     for path in spec_files():
+        try:
+            overlay = [str(f) for name in load_spec(path).overlay
+                       for f in sorted((rootfs.ROOTFS_DIR / name).rglob("*")) if f.is_file()]
+        except TailorError:
+            overlay = []  # the action says what is wrong
         yield {
             "basename": "image", "name": path.stem,
             "doc": f"build the OCI image of images/{path.name} from Debian packages into out/images/{path.stem}",
             "actions": [action(build_local, path.stem)],
-            "file_dep": [str(path)],
+            "file_dep": [str(path)] + overlay,
             "targets": [str(paths.image_dir(path.stem) / "index.json")],
             "clean": [(remove, [paths.image_dir(path.stem)])],
             "uptodate": [config_changed({"version": "1"})],
