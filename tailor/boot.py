@@ -173,7 +173,8 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
         write_atomic(outdir / "console.log", con.text())
     passed = att is not None and att.verdict.state == "pass"
     if not passed:
-        reason += full_root_hint(recipe, con.text()) + slim_hint(recipe, con.text())
+        reason += full_root_hint(recipe, con.text()) + slim_hint(recipe, con.text(),
+                                                                 att.verdict.cause if att else None)
     result = {
         "app": recipe.name,
         "variant": recipe.variant or "specific",
@@ -212,9 +213,10 @@ def full_root_hint(recipe: Recipe, console: str) -> str:
             f"{recipe.name} a rootfs.size_mib with room for what the app writes)")
 
 
-def slim_hint(recipe: Recipe, console: str) -> str:
-    """What to add to a failed boot test's reason when the root is slim: how many of the source's files
-    slim dropped, a path the console names that slim dropped, and the fix."""
+def slim_hint(recipe: Recipe, console: str, cause: type | None = None) -> str:
+    """What to add to a failed boot test's reason when the root is slim and the app exited, the kernel
+    panicked or the probe failed (*cause*), or the console names a path slim dropped: how many of the
+    source's files slim dropped, that path, and the fix."""
     path = paths.rootfs_slim(recipe.name)
     if not recipe.rootfs.slim or not path.is_file():
         return ""
@@ -232,6 +234,8 @@ def slim_hint(recipe: Recipe, console: str) -> str:
         if p in gone_set or _under(gone_dirs, p):
             named = f"the console names {p}, which slim dropped; "
             break
+    if not named and cause not in (QemuExited, KernelPanicked, ProbeFailed):
+        return ""  # a timeout, no output: nothing says the files are missing
     source = "image's" if rec.get("source") == "image" else "packages'"
     return (f" (rootfs.slim dropped {len(gone)} of the {source} files: {named}set rootfs.slim: false in "
             f"{display_path(recipe.path)} to keep them, or list what the app needs in rootfs.files; "

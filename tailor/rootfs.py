@@ -747,8 +747,7 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
             recipe = replace(recipe, app=oci.app_from_config(recipe.app, recipe.app.given, img.config, full, where))
         staged = work / "image"
         info = stage(recipe, full, staged, traced=traced)
-        write_slim_record(recipe, info["dropped"], sum(1 for p in staged.rglob("*") if not p.is_dir()),
-                          rdir / "slim.json" if into else None)
+        kept_files = sum(1 for p in staged.rglob("*") if not p.is_dir())
         normalise(staged, epoch, owners=img is not None)
         image = rdir / f"rootfs.{recipe.rootfs.format}"
         for other in ("cpio", "ext2"):
@@ -780,6 +779,7 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
         "reseed": RESEED_GUEST if recipe.app.network else None,
     }
     write_json(rdir / "rootfs.json", manifest)
+    write_slim_record(recipe, info["dropped"], kept_files, rdir / "slim.json")  # after the image: nothing half-made
     print(f"[rootfs:{recipe.name}] {image.name}: {manifest['size'] / 1e6:.2f} MB, {files} files, "
           f"{len(closure)} packages", file=sys.stderr)
     return manifest

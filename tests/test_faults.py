@@ -394,7 +394,7 @@ def test_sigkill_during_rootfs_then_rerun_is_identical(tmp_path):
     assert rerun.wait(600) == 0, rerun.stderr.read().decode()
     assert digest(rdir / "rootfs.cpio") == want_image
     assert digest(rdir / "rootfs.json") == want_manifest
-    assert sorted(p.name for p in rdir.iterdir()) == ["rootfs.cpio", "rootfs.json"]
+    assert sorted(p.name for p in rdir.iterdir()) == ["rootfs.cpio", "rootfs.json", "slim.json"]
 
 
 # ---------------------------------------------------------------------------

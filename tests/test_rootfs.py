@@ -415,10 +415,19 @@ def test_ext2_image_has_inodes_for_the_files_an_app_creates(tmp_path, pkg_tree):
 
 def _read_cmdline(script: str, tmp_path, cmdline: str) -> str:
     """The init's line that reads the kernel command line (once, with a shell builtin), reading *cmdline*."""
-    line = next(ln for ln in script.splitlines() if ln.startswith("read -r tailor_cmdline </proc/cmdline"))
+    line = next(ln for ln in script.splitlines() if ln.startswith("read -r tailor_cmdline 2>/dev/null </proc/cmdline"))
     fake = tmp_path / "cmdline"
     fake.write_text(cmdline + "\n")
     return line.replace("/proc/cmdline", str(fake))
+
+
+def test_the_command_line_read_is_quiet_without_proc(tmp_path):
+    """A kernel without PROC_FS has no /proc/cmdline: the init's read of it prints nothing on the console."""
+    net = rootfs.init_script(make_recipe(tmp_path, "app: {command: x}\n", "q"), "/x")
+    line = next(ln for ln in net.splitlines() if ln.startswith("read -r tailor_cmdline"))
+    proc = subprocess.run(["busybox", "sh", "-c", line.replace("/proc/cmdline", str(tmp_path / "none")) +
+                           '\necho "[$tailor_cmdline]"'], capture_output=True, text=True)
+    assert proc.stderr == "" and proc.stdout == "[  ]\n"
 
 
 @pytest.mark.parametrize("cmdline, paused", [("console=ttyS0 nokaslr tailor.trace", True),
