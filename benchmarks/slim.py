@@ -28,6 +28,9 @@ from pathlib import Path
 import _setup  # noqa: F401  (puts the project on sys.path)
 
 VARIANTS = (("whole", False), ("slim", True), ("traced", "traced"))
+MEMORY_TIMEOUT_S = 60
+"""A boot of the memory bisection that is not ready by then counts as failing (a guest short of memory
+can thrash for the whole test timeout)."""
 
 
 def quiet():
@@ -38,7 +41,8 @@ def boot_once(recipe, kernel, image: Path, outdir: Path, memory: int | None = No
     from tailor import boot
     from tailor.errors import TailorError
 
-    r = recipe if memory is None else replace(recipe, test=replace(recipe.test, memory=memory))
+    r = recipe if memory is None else replace(recipe, test=replace(recipe.test, memory=memory,
+                                                                   timeout=min(MEMORY_TIMEOUT_S, recipe.test.timeout)))
     saved, sys.stderr = sys.stderr, quiet()
     try:
         result = boot.run(r, kernel, image, outdir)

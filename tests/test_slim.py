@@ -98,3 +98,20 @@ def test_a_traced_recipe_without_its_list_names_the_command(tmp_path, monkeypatc
     with pytest.raises(TailorError, match=r"rootfs.slim: traced needs the list of what the app used; run "
                                           r"`doit slim:t`"):
         rootfs.load_traced(r)
+
+
+def test_write_puts_the_kept_files_into_the_recipe(tmp_path):
+    path = tmp_path / "app.yaml"
+    path.write_text("# my app\nrootfs:\n  packages: [hello]\n  slim: traced\napp:\n  command: hello\n")
+    r = parse(path.read_text(), path)
+    slim.write_files(r, [{"path": "/usr/bin/hello", "why": "read"}, {"path": "/srv", "why": "listed"},
+                         {"path": "/etc/app conf", "why": "read"}])
+    again = parse(path.read_text(), path)
+    assert again.rootfs.slim is True and again.rootfs.files == ("/usr/bin/hello", "/etc/app conf")
+    assert path.read_text().startswith("# my app\nrootfs:\n")  # the rest of the file as written
+    with pytest.raises(TailorError, match="already has rootfs.files"):
+        slim.write_files(again, [{"path": "/x", "why": "read"}])
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("rootfs: {packages: [hello]}\napp: {command: hello}\n")
+    with pytest.raises(TailorError, match="no block `rootfs:` line"):
+        slim.write_files(parse(flow.read_text(), flow), [{"path": "/x", "why": "read"}])
