@@ -764,7 +764,7 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
     manifest = {
         "app": recipe.name,
         "format": recipe.rootfs.format,
-        "image": image.name,
+        "file": image.name,
         "size": image.stat().st_size,
         "sha256": sha256_file(image),
         "slim": recipe.rootfs.slim,
