@@ -1,6 +1,6 @@
 """Root filesystems kept whole, slim and traced: size, files, time to ready and minimum memory, per app.
 
-    python benchmarks/slim.py [APP ...] [--runs N] [--no-memory]
+    python benchmarks/slim.py [APP ...] [--runs N] [--no-memory | --memory APP,...]
 
 For each app (default: every recipe whose kernel is built and that has a network
 probe or a ready pattern), builds its root three ways into out/bench/slim/<app>/
@@ -12,7 +12,8 @@ the recipe's own format, and on the app's own kernel:
 * the image file's size, the bytes of the files in it and their count;
 * time to ready: the median of N boot tests (interleaved: whole, slim, traced, repeated);
 * minimum memory: the smallest guest memory (MiB) with which the boot test passes
-  (bisection between 8 and the recipe's test.memory), unless --no-memory.
+  (bisection between 8 and the recipe's test.memory; each failing boot may take a minute, so
+  --memory names the apps to bisect, or --no-memory none).
 
 A variant whose boot test fails (slim: true drops what an image's app needs)
 is reported as failing, with the first line of why. Prints the figures with the
@@ -54,7 +55,7 @@ def boot_once(recipe, kernel, image: Path, outdir: Path, memory: int | None = No
         sys.stderr = saved
 
 
-def measure(apps: list[str], runs: int, memory: bool) -> dict:
+def measure(apps: list[str], runs: int, memory: set[str]) -> dict:
     from tailor import paths, rootfs, slim
     from tailor.measure import bisect_min
     from tailor.qemu import kernel_file
@@ -97,7 +98,7 @@ def measure(apps: list[str], runs: int, memory: bool) -> dict:
                    "reason": failed.get(name, ""),
                    "ready_s": round(statistics.median(times[name]), 3) if times[name] else None,
                    "min_memory_mib": None}
-            if memory and row["pass"]:
+            if app in memory and row["pass"]:
                 found, tried = bisect_min(lambda mib: boot_once(r, kernel, image, base / name / "mem", mib)["pass"],
                                           8, r.test.memory)
                 row["min_memory_mib"] = found
@@ -131,9 +132,12 @@ def main() -> int:
     ap.add_argument("apps", nargs="*")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-memory", action="store_true", help="skip the minimum-memory bisection")
+    ap.add_argument("--memory", metavar="APP,...", help="bisect the minimum memory of these apps only")
     args = ap.parse_args()
+    apps = args.apps or default_apps()
+    memory = set() if args.no_memory else set(args.memory.split(",")) if args.memory else set(apps)
     try:
-        result = measure(args.apps or default_apps(), args.runs, not args.no_memory)
+        result = measure(apps, args.runs, memory)
     except TailorError as e:
         print(f"tailor: error: {e}", file=sys.stderr)
         return 1
