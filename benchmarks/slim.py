@@ -57,6 +57,7 @@ def boot_once(recipe, kernel, image: Path, outdir: Path, memory: int | None = No
 
 def measure(apps: list[str], runs: int, memory: set[str]) -> dict:
     from tailor import paths, rootfs, slim
+    from tailor.errors import TailorError
     from tailor.measure import bisect_min
     from tailor.qemu import kernel_file
     from tailor.recipe import find
@@ -73,13 +74,16 @@ def measure(apps: list[str], runs: int, memory: set[str]) -> dict:
         if not paths.slim_kept(app).is_file():
             slim.make(recipe)
         base = makedirs(out_dir() / "bench" / "slim" / app)
-        built = {}
+        built, failed = {}, {}
         for name, value in VARIANTS:
             r = replace(recipe, rootfs=replace(recipe.rootfs, slim=value))
-            manifest = rootfs.build(r, into=base / name)
+            try:
+                manifest = rootfs.build(r, into=base / name)
+            except TailorError as e:  # slim: true without what an image's app needs (its workdir, ...)
+                failed[name] = f"not built: {e}"
+                manifest = {"size": None, "content_bytes": None, "files": None}
             built[name] = (r, base / name / f"rootfs.{r.rootfs.format}", manifest)
         times = {name: [] for name in built}
-        failed = {}
         for i in range(runs):
             for name, (r, image, _) in built.items():
                 if name in failed:
@@ -148,6 +152,9 @@ def main() -> int:
         parts = []
         for name in ("whole", "slim", "traced"):
             x = v[name]
+            if x["bytes"] is None:
+                parts.append(f"{name} not built ({x['reason'][:80]})")
+                continue
             parts.append(f"{name} {x['bytes'] / 1e6:.1f} MB image/{x['content_bytes'] / 1e6:.1f} MB in {x['files']} files, "
                          + (f"ready {x['ready_s']} s, min {x['min_memory_mib']} MiB" if x["pass"] else "FAILS"))
         print(f"{app} ({r['source']}, {r['format']}): " + "; ".join(parts)

@@ -529,6 +529,8 @@ def snapshot_section(data: dict | None) -> Section:
 
 
 def _slim_cell(x: dict) -> str:
+    if x.get("bytes") is None:
+        return "not built: " + (x.get("reason") or "?").removeprefix("not built: ")[:120]
     size = f"{fmt_mb(x['bytes'])} ({fmt_mb(x.get('content_bytes'))} in {x['files']} files)"
     if not x["pass"]:
         return f"{size}: fails its boot test"

@@ -653,3 +653,10 @@ def test_catalogue_timing_boots_round_by_round_and_the_table_shows_medians(tmp_p
     assert "pass (9.0 s)" in row
     with pytest.raises(TailorError, match="runs must be at least 1"):
         catalogue.time_boots([hello], runs=0)
+
+
+def test_a_root_variant_that_could_not_be_built_says_why():
+    cell = report._slim_cell({"bytes": None, "content_bytes": None, "files": None, "pass": False,
+                              "reason": "not built: recipes/x.yaml: app.workdir '/app' is not a directory in the "
+                                        "rootfs", "ready_s": None, "min_memory_mib": None})
+    assert cell == "not built: recipes/x.yaml: app.workdir '/app' is not a directory in the rootfs"
