@@ -37,6 +37,7 @@ depend on a traced boot.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -291,10 +292,10 @@ def write_files(recipe: Recipe, kept: list[dict]) -> None:
         raise TailorError(f"{where}: no block `rootfs:` line to write under; add the files by hand")
     files = [e["path"] for e in kept if e["why"] != "listed"]
     block = ["  slim: true        # written by `python -m tailor slim --write`\n", "  files:\n"]
-    block += [f"    - {_yaml_str(f)}\n" for f in files]
-    rest = [ln for ln in lines[at + 1:]]
-    cleaned = [ln for ln in rest if not ln.lstrip().startswith("slim:") or not ln.startswith("  ")]
-    new = "".join(lines[:at + 1] + block + cleaned)
+    block += [f"    - {json.dumps(f)}\n" for f in files]  # a JSON string is a YAML string
+    # the rootfs block's own slim line goes (only rootfs has a slim key, indented under its section)
+    rest = [ln for ln in lines[at + 1:] if not (ln.startswith("  ") and ln.lstrip().startswith("slim:"))]
+    new = "".join(lines[:at + 1] + block + rest)
     from tailor.recipe import parse
 
     parse(new, Path(recipe.path))  # what is written must still be a valid recipe
@@ -302,12 +303,6 @@ def write_files(recipe: Recipe, kept: list[dict]) -> None:
     tmp.write_text(new)
     os.replace(tmp, recipe.path)
     print(f"[slim:{recipe.name}] {len(files)} paths written to {where} as rootfs.files", file=sys.stderr)
-
-
-def _yaml_str(s: str) -> str:
-    import json
-
-    return json.dumps(s)
 
 
 def slim_action(recipe: Recipe) -> None:
