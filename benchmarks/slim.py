@@ -156,7 +156,8 @@ def main() -> int:
                 parts.append(f"{name} not built ({x['reason'][:80]})")
                 continue
             parts.append(f"{name} {x['bytes'] / 1e6:.1f} MB image/{x['content_bytes'] / 1e6:.1f} MB in {x['files']} files, "
-                         + (f"ready {x['ready_s']} s, min {x['min_memory_mib']} MiB" if x["pass"] else "FAILS"))
+                         + ((f"ready {x['ready_s']} s" + (f", min {x['min_memory_mib']} MiB" if x["min_memory_mib"] else ""))
+                            if x["pass"] else "FAILS"))
         print(f"{app} ({r['source']}, {r['format']}): " + "; ".join(parts)
               + f"; whole/traced {ratio(v['whole']['bytes'], v['traced']['bytes'])} (files' bytes "
                 f"{ratio(v['whole']['content_bytes'], v['traced']['content_bytes'])}), "
