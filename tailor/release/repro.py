@@ -193,6 +193,9 @@ def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
         dest = base / name
         _prepare_copy(dest, ref, snapshot)
         builds.append(_build_copy(dest, app, version, epoch, use_ccache, f"{len(builds) + 1}/2"))
+        # The copy's kernel source tree (a copy, not links, across file systems) is 1.4 GB and no
+        # longer needed once the build is done; its kernel, rootfs and release stay for inspection.
+        remove(dest / "out" / "src")
     a, b = (base / name / "out" / "release" / version for name, _ in REPRO_BUILDS)
     diffs = compare_trees(a, b)
     real = sorted((d for d in diffs if not measurement_only(a, b, d)), key=_cause_rank)
