@@ -17,15 +17,13 @@ Unpacked trees live in ``out/src/<id>/tree`` and are never modified: kernels
 are built out of tree, and patches go to a hard-linked copy (GNU patch
 replaces files rather than writing through the links).
 
-Over 400 lines (just) because pinning, fetching, unpacking and patching are the steps of one source's
-life and share :class:`SourceRef` and the lock; Debian's archive (about 180 lines) would split off first.
+apt is reached through :mod:`tailor.debian` (its sandbox rule: apt reads the host's package lists
+and writes none of the host's state).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import json
 import os
 import shutil
@@ -36,7 +34,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tailor import paths
+from tailor import debian, paths
 from tailor.errors import TailorError
 from tailor.recipe import Recipe, Source
 from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, read_json,
@@ -130,77 +128,16 @@ def recipe_ref(recipe: Recipe, lock_path: Path | None = None) -> SourceRef:
 
 
 # --------------------------------------------------------------------------
-# Debian's archive
-
-
-def _apt_options() -> list[str]:
-    # As root, apt hands downloads to the _apt user, who cannot write into out/; the files are
-    # checked against the lock anyway, so download as the caller.
-    return ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
-
-
-def _compare_debian_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 as Debian orders versions *a* and *b* (dpkg's own comparison)."""
-    if a == b:
-        return 0
-    lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b], capture_output=True).returncode == 0
-    return -1 if lt else 1
-
-
-def archive_versions(package: str) -> list[str]:
-    """The versions of *package* that apt can download, newest first (empty if apt knows none)."""
-    try:
-        proc = subprocess.run(["apt-cache", "madison", package], capture_output=True, text=True,
-                              env=dict(os.environ, LC_ALL="C"))
-    except OSError:
-        raise TailorError("apt-cache not found: fetching a Debian kernel source needs apt (Debian 12)") from None
-    versions = set()
-    for line in proc.stdout.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) >= 3 and parts[0] == package and parts[1]:
-            versions.add(parts[1])
-    return sorted(versions, key=functools.cmp_to_key(_compare_debian_versions), reverse=True)
+# Debian's archive (through tailor.debian, the one apt client)
 
 
 def _gone(package: str, version: str) -> TailorError:
-    offered = archive_versions(package)
+    offered = debian.archive_versions(package)
     what = f"it offers {', '.join(offered)}" if offered else "apt knows no version of it"
     return TailorError(
         f"{LOCK_FILE.name} pins {package} {version}, which Debian's archive does not offer ({what}); "
         f"run `apt-get update` if the package lists are old, else re-pin with "
         f"`python -m tailor pin-source {package}` (newest) or `python -m tailor pin-source {package}=VERSION`")
-
-
-def _extract_tarball(deb: Path, package: str, dest: Path) -> str:
-    """Copy ``/usr/src/<package>.tar.xz`` out of the .deb *deb* to *dest*; return its sha256."""
-    member = f"./usr/src/{package}.tar.xz"
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    digest = hashlib.sha256()
-    found = False
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-            for info in tf:
-                if info.name != member or not info.isfile():
-                    continue
-                src = tf.extractfile(info)
-                with open(dest, "wb") as f:
-                    while block := src.read(1 << 20):
-                        digest.update(block)
-                        f.write(block)
-                found = True
-                break
-    except tarfile.TarError as e:
-        raise TailorError(f"{deb.name}: not a readable Debian package ({e})") from None
-    finally:
-        proc.stdout.close()
-        proc.kill()
-        err = proc.stderr.read().decode(errors="replace").strip()
-        proc.wait()
-    if not found:
-        why = f" (dpkg-deb: {err.splitlines()[-1]})" if err else ""
-        raise TailorError(f"{deb.name}: holds no {member[1:]}{why}; it is not a Linux source package")
-    return digest.hexdigest()
 
 
 def download_debian(package: str, version: str, deb_sha256: str | None = None,
@@ -215,29 +152,16 @@ def download_debian(package: str, version: str, deb_sha256: str | None = None,
     try:
         print(f"tailor: downloading {package} {version} from Debian's archive (apt-get download)", flush=True)
         try:
-            proc = subprocess.run(["apt-get", "download", "-q", *_apt_options(), f"{package}={version}"],
-                                  cwd=tmp, capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"),
-                                  stdin=subprocess.DEVNULL)
-        except OSError:
-            raise TailorError("apt-get not found: fetching a Debian kernel source needs apt (Debian 12)") from None
-        debs = sorted(tmp.glob(f"{package}_*.deb"))
-        if proc.returncode != 0 or not debs:
-            errors = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith(("E:", "Err"))]
-            text = " ".join(errors)
-            if "was not found" in text or "Unable to locate" in text or "has no installation candidate" in text \
-                    or "no candidate" in text:
-                raise _gone(package, version)
-            detail = errors[-1] if errors else (proc.stderr.strip().splitlines() or ["no .deb written"])[-1]
-            raise TailorError(f"apt-get download {package}={version} failed ({detail}); check the network "
-                              f"and the apt sources, then rerun")
-        deb = debs[0]
+            deb = debian.fetch_exact(package, version, tmp)
+        except debian.NotInArchive:
+            raise _gone(package, version) from None
         got_deb = sha256_file(deb)
         if deb_sha256 and got_deb != deb_sha256:
             raise TailorError(f"{deb.name}: sha256 is {got_deb}, {LOCK_FILE.name} pins {deb_sha256}; the archive "
                               f"serves another build of {package} {version}: re-pin with "
                               f"`python -m tailor pin-source {package}={version}` if you trust it")
         part = tmp / f"{package}.tar.xz"
-        got = _extract_tarball(deb, package, part)
+        got = debian.extract_member(deb, f"usr/src/{package}.tar.xz", part, "it is not a Linux source package")
         if tarball_sha256 and got != tarball_sha256:
             raise TailorError(f"{deb.name}: its tarball's sha256 is {got}, {LOCK_FILE.name} pins "
                               f"{tarball_sha256}; re-pin with `python -m tailor pin-source {package}={version}` "
@@ -257,7 +181,7 @@ def pin(spec: str, lock_path: Path | None = None) -> dict:
     package, _, version = spec.partition("=")
     if not package:
         raise TailorError(f"pin-source {spec!r}: name a package, e.g. linux-source-6.1 or linux-source-6.1=VERSION")
-    offered = archive_versions(package)
+    offered = debian.archive_versions(package)
     if not offered:
         raise TailorError(f"pin-source: apt knows no version of {package}; check the name, or run "
                           f"`apt-get update` first")
