@@ -2,12 +2,12 @@
 
 Steps, each a plain function:
 
-1. :func:`apt_closure` resolves the packages' dependency closure with apt as
-   if nothing were installed (so the result does not depend on the host);
-   :func:`download` fetches the .debs into ``out/cache/debs`` with
-   ``apt-get download`` (apt verifies them against the signed archive
-   indexes; cached files are checked against the index's SHA256 again);
-   :func:`extract` unpacks them with ``dpkg-deb -x`` (no root needed).
+1. :mod:`tailor.debian` (the one apt client, under its sandbox rule) resolves
+   the packages' dependency closure with apt as if nothing were installed (so
+   the result does not depend on the host), fetches the .debs into
+   ``out/cache/debs`` with ``apt-get download`` (apt verifies them against the
+   signed archive indexes; cached files are checked against the index's SHA256
+   again) and unpacks them with ``dpkg-deb -x`` (no root needed).
 2. :func:`stage` builds the image tree: with ``slim`` (the default) only the
    entrypoint, its ELF shared-library closure resolved inside the extracted
    tree, the recipe's ``files`` and busybox; otherwise the whole tree. Then
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import shutil
 import stat
 import subprocess
@@ -35,18 +34,18 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from tailor import cpio, paths
+from tailor import cpio, debian, paths
 from tailor import image as oci
 from tailor.elf import library_closure, read_dynamic, resolve_in_root
 from tailor.errors import TailorError
 from tailor.epoch import source_date_epoch
 from tailor.recipe import ROOTFS_DIR, Recipe
 from tailor.templates import TEMPLATES_DIR, render
-from tailor.util import (PROJECT, atomic_path, code_digest, display_path, file_lock, makedirs, read_json, remove,
+from tailor.util import (PROJECT, atomic_path, code_digest, display_path, makedirs, read_json, remove,
                          sha256_file, sha256_text, write_json)
 
 INIT_TEMPLATE = "init.sh.j2"
-ROOTFS_CODE = ("rootfs", "cpio", "elf", "epoch", "image", "templates")
+ROOTFS_CODE = ("rootfs", "cpio", "debian", "elf", "epoch", "image", "templates")
 """The modules whose code makes a root image (a change of theirs invalidates rootfs tasks)."""
 
 ALWAYS_PACKAGES = ("busybox-static",)
@@ -82,113 +81,6 @@ manifest_path = paths.rootfs_manifest
 def image_path(recipe: Recipe) -> Path:
     """The root image of *recipe* (``out/rootfs/<app>/rootfs.<format>``)."""
     return paths.rootfs_image(recipe.name, recipe.rootfs.format)
-
-
-def deb_cache() -> Path:
-    return paths.cache_dir("debs")
-
-
-def _apt_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"})
-    return env
-
-
-# --------------------------------------------------------------------------
-# Packages
-
-
-def apt_closure(packages: list[str], origin: str = "rootfs.packages") -> list[tuple[str, str, str]]:
-    """The (name, version, arch) of every package needed to install *packages* on an empty system."""
-    cmd = ["apt-get", "-s", "-q", "-o", "Dir::State::status=/dev/null", "-o", "APT::Install-Recommends=false",
-           "-o", "APT::Install-Suggests=false", "-o", "pkgCacheGen::Essential=none", "install"] + list(packages)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_apt_env(), stdin=subprocess.DEVNULL)
-    except OSError:
-        raise TailorError("apt-get not found; tailor builds root filesystems from Debian packages") from None
-    if proc.returncode != 0:
-        text = proc.stdout + proc.stderr
-        m = re.search(r"Unable to locate package (\S+)", text) or re.search(
-            r"Package '?([^' ]+)'? has no installation candidate", text)
-        if m:
-            raise TailorError(f"{origin}: package {m.group(1)!r} does not exist in the apt sources; "
-                              f"check the name (apt-cache search) or run apt-get update")
-        lines = [ln for ln in text.splitlines() if ln.startswith("E:")] or text.strip().splitlines()[-1:]
-        raise TailorError(f"{origin}: apt cannot resolve {' '.join(packages)}: {lines[0] if lines else '?'}")
-    out = []
-    for line in proc.stdout.splitlines():
-        m = re.match(r"^Inst (\S+) (?:\[\S+\] )?\((\S+) .*\[(\S+)\]\)", line)
-        if m:
-            name = m.group(1).split(":")[0]
-            out.append((name, m.group(2), m.group(3)))
-    if not out:
-        raise TailorError(f"{origin}: apt resolved nothing to install for {' '.join(packages)}")
-    return sorted(out)
-
-
-def _deb_name(name: str, version: str, arch: str) -> str:
-    return f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
-
-
-def _index_sha256(specs: list[str]) -> dict[str, str]:
-    """SHA256 of each ``name=version`` from apt's (signature-verified) package indexes."""
-    proc = subprocess.run(["apt-cache", "show", "--no-all-versions"] + specs, capture_output=True, text=True,
-                          env=_apt_env())
-    out, pkg, ver = {}, None, None
-    for line in proc.stdout.splitlines():
-        if line.startswith("Package: "):
-            pkg = line.split(None, 1)[1]
-        elif line.startswith("Version: "):
-            ver = line.split(None, 1)[1]
-        elif line.startswith("SHA256: ") and pkg and ver:
-            out[f"{pkg}={ver}"] = line.split(None, 1)[1].strip()
-    return out
-
-
-def download(closure: list[tuple[str, str, str]]) -> list[Path]:
-    """Fetch the .debs of *closure* into the cache (apt verifies them); return their paths, in order."""
-    cache = makedirs(deb_cache())
-    debs = [cache / _deb_name(*p) for p in closure]
-    specs = [f"{n}={v}" for n, v, _a in closure]
-    want = _index_sha256(specs)
-    missing = []
-    for (n, v, _a), path in zip(closure, debs):
-        if path.exists() and want.get(f"{n}={v}") and sha256_file(path) != want[f"{n}={v}"]:
-            path.unlink()
-        if not path.exists():
-            missing.append(f"{n}={v}")
-    if missing:
-        with file_lock(cache / ".lock", "the .deb cache"):
-            scratch = Path(makedirs(cache / f".download-{os.getpid()}"))
-            try:
-                print(f"tailor: downloading {len(missing)} package(s) with apt", file=sys.stderr, flush=True)
-                proc = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root"] + missing,
-                                      cwd=scratch, capture_output=True, text=True, env=_apt_env(),
-                                      stdin=subprocess.DEVNULL)
-                if proc.returncode != 0:
-                    err = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("E:")]
-                    raise TailorError(f"apt-get download failed: {(err or ['see apt output'])[0]}")
-                for f in sorted(scratch.iterdir()):
-                    os.replace(f, cache / f.name)
-            finally:
-                remove(scratch)
-    for path in debs:
-        if not path.exists():
-            raise TailorError(f"{path.name}: apt did not download it; run apt-get update and retry")
-    return debs
-
-
-def extract(debs: list[Path], dest: Path) -> None:
-    """Unpack every .deb into *dest* with ``dpkg-deb -x`` (in order; later files win)."""
-    makedirs(dest)
-    for deb in debs:
-        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            if "No space left on device" in proc.stderr:  # not the .deb's fault: say so, in one line
-                raise TailorError(f"{dest}: no space left on device; free some space (e.g. `doit clean`) and rerun")
-            first = (proc.stderr.strip().splitlines() or ["no message"])[0][:200]
-            raise TailorError(f"{deb.name}: dpkg-deb cannot extract it ({first}); "
-                              f"delete it from {deb.parent} and retry")
 
 
 # --------------------------------------------------------------------------
@@ -727,21 +619,21 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
     rdir = makedirs(into or rootfs_dir(recipe.name))
     epoch = source_date_epoch()
     packages = sorted(set(recipe.rootfs.packages) | set(ALWAYS_PACKAGES))
-    closure = apt_closure(packages, f"{origin}: rootfs.packages")
-    debs = download(closure)
+    closure = debian.closure(packages, f"{origin}: rootfs.packages")
+    debs = debian.download(closure)
     work = rdir / "work"
     remove(work)
     try:
         full = work / "packages"
         if img is None:
-            extract(debs, full)
+            debian.extract(debs, full)
         else:
             skipped = oci.unpack(img, full, origin)
             if skipped:
                 print(f"[rootfs:{recipe.name}] note: skipped {len(skipped)} device node(s) of the image "
                       f"({', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}); devtmpfs provides /dev",
                       file=sys.stderr)
-            extract(debs, work / "debs")
+            debian.extract(debs, work / "debs")
             oci.merge_tree(work / "debs", full, f"{origin}: rootfs.packages")
             where = f"{origin}: rootfs.image: {recipe.rootfs.image}"
             recipe = replace(recipe, app=oci.app_from_config(recipe.app, recipe.app.given, img.config, full, where))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tailor import elf, recipe, rootfs
+from tailor import debian, elf, recipe, rootfs
 from tailor.errors import TailorError
 
 
@@ -231,7 +231,7 @@ def test_real_packages_hello_image_byte_identical(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_unknown_package_is_named(tmp_path):
     with pytest.raises(TailorError, match="package 'no-such-package-tailor' does not exist"):
-        rootfs.apt_closure(["no-such-package-tailor"])
+        debian.closure(["no-such-package-tailor"])
 
 
 def run_init(tmp_path, r, programs: dict[str, str], users=("svc",)) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from doit.tools import config_changed
 
-from tailor import paths, rootfs
+from tailor import debian, paths, rootfs
 from tailor.elf import library_closure, resolve_in_root
 from tailor.errors import TailorError
 from tailor.image.reference import IMAGES_DIR, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REF_NAME, TAG_RE
@@ -158,13 +158,13 @@ def build_from_packages(spec: ImageSpec, layout: Path) -> str:
     """
     where = display_path(spec.path)
     epoch = source_date_epoch()
-    closure = rootfs.apt_closure(list(spec.packages), f"{where}: packages")
-    debs = rootfs.download(closure)
+    closure = debian.closure(list(spec.packages), f"{where}: packages")
+    debs = debian.download(closure)
     work = makedirs(layout.parent) / f".{layout.name}.build-{os.getpid()}"
     remove(work)
     try:
         full = work / "full"
-        rootfs.extract(debs, full)
+        debian.extract(debs, full)
         tree = full
         if spec.keep:
             tree = makedirs(work / "slim")
