@@ -18,26 +18,24 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import _setup  # noqa: F401  (puts the project on sys.path)
 
 
 def hand_found(recipe):
     """The recipe's own kernel (bzImage, system calls) when it is built, else None."""
-    from tailor import kernel
+    from tailor import kernel, records
     from tailor.measure import count_syscalls
 
-    try:
-        pointer = json.loads(kernel.app_pointer(recipe.name).read_text())
-    except (OSError, ValueError):
+    if not kernel.app_pointer(recipe.name).is_file():
         return None
-    kdir = Path(pointer["dir"])
+    pointer = records.KernelPointer.load(kernel.app_pointer(recipe.name))
+    kdir = pointer.files.dir
     try:
         calls = count_syscalls((kdir / "System.map").read_text())["real"]
     except OSError:
         return None
-    return {"identity": pointer["identity"], "bzImage": pointer["sizes"]["bzImage"], "syscalls": calls}
+    return {"identity": pointer.identity, "bzImage": pointer.sizes["bzImage"], "syscalls": calls}
 
 
 def row(app: str) -> dict:

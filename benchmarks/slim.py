@@ -56,7 +56,7 @@ def boot_once(recipe, kernel, image: Path, outdir: Path, memory: int | None = No
 
 
 def measure(apps: list[str], runs: int, memory: set[str]) -> dict:
-    from tailor import paths, rootfs, slim
+    from tailor import paths, records, rootfs, slim
     from tailor.errors import TailorError
     from tailor.measure import bisect_min
     from tailor.qemu import kernel_file
@@ -70,7 +70,7 @@ def measure(apps: list[str], runs: int, memory: set[str]) -> dict:
         if not pointer.is_file():
             print(f"[bench:slim] {app}: kernel not built (doit kernel:{app}); skipped", file=sys.stderr)
             continue
-        kernel, _ = kernel_file(read_json(pointer))
+        kernel, _ = kernel_file(records.KernelPointer.load(pointer))
         if not paths.slim_kept(app).is_file():
             slim.make(recipe)
         base = makedirs(out_dir() / "bench" / "slim" / app)
@@ -81,7 +81,7 @@ def measure(apps: list[str], runs: int, memory: set[str]) -> dict:
                 manifest = rootfs.build(r, into=base / name)
             except TailorError as e:  # slim: true without what an image's app needs (its workdir, ...)
                 failed[name] = f"not built: {e}"
-                manifest = {"size": None, "content_bytes": None, "files": None}
+                manifest = None
             built[name] = (r, base / name / f"rootfs.{r.rootfs.format}", manifest)
         times = {name: [] for name in built}
         for i in range(runs):
@@ -97,7 +97,9 @@ def measure(apps: list[str], runs: int, memory: set[str]) -> dict:
                       f"{got['ready_s'] if got['pass'] else 'FAIL ' + got['reason'][:100]}", file=sys.stderr)
         rows = {}
         for name, (r, image, manifest) in built.items():
-            row = {"bytes": manifest["size"], "content_bytes": manifest["content_bytes"], "files": manifest["files"],
+            row = {"bytes": manifest.size if manifest else None,
+                   "content_bytes": manifest.content_bytes if manifest else None,
+                   "files": manifest.files if manifest else None,
                    "pass": name not in failed,
                    "reason": failed.get(name, ""),
                    "ready_s": round(statistics.median(times[name]), 3) if times[name] else None,

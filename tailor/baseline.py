@@ -183,7 +183,7 @@ def build_baseline(name: str, jobs: int | None = None) -> dict:
     write_atomic(bdir / "identity", identity + "\n")
     meta = kernel.build(bdir / ".config", srctree, identity, ref.label, jobs=jobs, label=f"baseline:{name}")
     info = {"name": name, "description": BASELINES[name], "method": method,
-            **kernel.describe(identity, meta), "source": ref.label, **extra}
+            **kernel.describe(meta), "source": ref.label, **extra}
     write_json(meta_path(name), info)
     print(f"[baseline:{name}] kernel {identity[:16]} ({method})", file=sys.stderr)
     return info

@@ -19,12 +19,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from tailor import baseline, paths, qemu
+from tailor import baseline, paths, qemu, records
 from tailor.errors import TailorError
 from tailor.paths import bench_dir, bench_path
 from tailor.recipe import RECIPES_DIR, Recipe, general_variant, load
 from tailor.toolchain import first_line
-from tailor.util import read_json
 
 __all__ = ["REPORT_APPS", "bench_dir", "bench_path", "say", "spread", "conditions", "Variant", "load_apps",
            "baseline_names", "variants", "kernel_label", "result_row"]
@@ -147,11 +146,10 @@ def _pointer_kernel(app_id: str) -> tuple[dict | None, str]:
     path = paths.kernel_pointer(app_id)
     if not path.is_file():
         return None, f"kernel not built; run `doit build:{app_id}`"
-    info = read_json(path)
-    if not Path(info.get("bzImage", "")).is_file():
+    info = records.KernelPointer.load(path)
+    if not info.files.bzimage.is_file():
         return None, f"kernel of {app_id} is gone; run `doit build:{app_id}`"
-    return {"identity": info["identity"], "bzImage": info["bzImage"], "vmlinux": info["vmlinux"],
-            "dir": info["dir"]}, ""
+    return {"identity": info.identity, "bzImage": info.bzimage, "vmlinux": info.vmlinux, "dir": info.dir}, ""
 
 
 def baseline_names() -> list[str]:

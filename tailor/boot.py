@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tailor import paths, probes
+from tailor import paths, probes, records
 from tailor.console import NO_OUTPUT_S, ConsoleState, Verdict, assess, fail, pass_detail
 from tailor.errors import KernelPanicked, ProbeFailed, QemuError, QemuExited, TailorError
 from tailor.qemu import QEMU, VM, CtrlC, boot_method, detect_accel, free_port, kernel_file, qemu_command, session
@@ -279,8 +279,7 @@ result_path = paths.boot_result
 def boot_app(recipe: Recipe, accel: str | None = None) -> dict:
     """Boot-test *recipe* with the kernel its kernel stage recorded (its vmlinux by PVH when it has
     CONFIG_PVH, else its bzImage; :func:`~tailor.qemu.kernel_file`) and its rootfs image."""
-    pointer = read_json(paths.kernel_pointer(recipe.id))
-    kernel, _ = kernel_file(pointer)
+    kernel, _ = kernel_file(records.app_kernel(recipe.id))
     result = run(recipe, kernel, paths.rootfs_image(recipe.name, recipe.rootfs.format),
                  boot_dir(recipe.id), accel=accel)
     entropy = {True: "random pool seeded before the app", False: "app started before the random pool was seeded",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from tailor import baseline, boot, paths, qemu, rootfs
+from tailor import baseline, boot, paths, qemu, records, rootfs
 from tailor.errors import TailorError
 from tailor.image import parse_reference
 from tailor.recipe import Recipe, general_variant, with_variants
@@ -58,11 +58,17 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+def _if_built(record_class, path: Path):
+    """The record at *path* read strictly (a damaged file is a TailorError naming it), or None when the
+    stage that writes it has not run."""
+    return record_class.load(path) if path.is_file() else None
+
+
 def _variant(recipe: Recipe, timing: dict | None = None) -> dict:
-    kernel = _read(paths.kernel_pointer(recipe.id))
-    row = {"bzimage": kernel["sizes"]["bzImage"] if kernel else None,
-           "identity": kernel["identity"][:16] if kernel else None, **_boot(paths.boot_result(recipe.id))}
-    return _timed(row, timing, kernel["identity"] if kernel else None)
+    kernel = _if_built(records.KernelPointer, paths.kernel_pointer(recipe.id))
+    row = {"bzimage": kernel.sizes["bzImage"] if kernel else None,
+           "identity": kernel.identity[:16] if kernel else None, **_boot(paths.boot_result(recipe.id))}
+    return _timed(row, timing, kernel.identity if kernel else None)
 
 
 def _timed(row: dict, timing: dict | None, identity: str | None) -> dict:
@@ -83,9 +89,9 @@ def _columns(r: Recipe, base: dict | None, name: str) -> list[tuple[str, Recipe,
     """The kernels *r* is timed on: (column, recipe, kernel description, extra command line)."""
     out = []
     for column, variant in [("specific", r)] + ([("general", general_variant(r))] if r.general else []):
-        pointer = _read(paths.kernel_pointer(variant.id))
+        pointer = _if_built(records.KernelPointer, paths.kernel_pointer(variant.id))
         if pointer is not None:
-            out.append((column, variant, pointer, ""))
+            out.append((column, variant, pointer.dump(), ""))
     if base is not None:
         out.append((name, r, base, qemu.ramfs_cmdline(r.rootfs.format)))
     return out
@@ -104,11 +110,11 @@ def time_boots(recipes: list[Recipe], runs: int = RUNS, name: str = BASELINE) ->
               file=sys.stderr)
     plan = []
     for r in sorted(recipes, key=lambda r: r.name):
-        manifest = _read(paths.rootfs_manifest(r.name))
+        manifest = _if_built(records.RootfsManifest, paths.rootfs_manifest(r.name))
         if not rootfs.image_path(r).is_file() or manifest is None:
             print(f"[catalogue] {r.name}: skipped, its root image is not built", file=sys.stderr)
             continue
-        plan += [(r, manifest["sha256"], *c) for c in _columns(r, base, name)]
+        plan += [(r, manifest.sha256, *c) for c in _columns(r, base, name)]
     times: dict[tuple[str, str], list[float]] = {}
     failed: dict[tuple[str, str], list[str]] = {}
     for n in range(1, runs + 1):
@@ -134,22 +140,21 @@ def time_boots(recipes: list[Recipe], runs: int = RUNS, name: str = BASELINE) ->
     return data
 
 
-def _timing(recipe: Recipe, data: dict, manifest: dict | None) -> dict:
+def _timing(recipe: Recipe, data: dict, manifest: records.RootfsManifest | None) -> dict:
     """The timing of *recipe*'s app in *data* (timing.json) when its image, as its rootfs *manifest* names
     it now, is still the one timed (else empty)."""
     app = (data.get("apps") or {}).get(recipe.name) or {}
-    return app if manifest and app.get("image") == manifest.get("sha256") else {}
+    return app if manifest and app.get("image") == manifest.sha256 else {}
 
 
 def _boot(path: Path) -> dict:
     """What the boot result at *path* says: pass/FAIL, time to ready, accelerator, boot method and
     whether the random pool was seeded before the app (all None when there is no result)."""
-    result = _read(path)
+    result = _if_built(records.BootResult, path)
     if result is None:
         return {"boot": None, "ready_s": None, "accel": None, "method": None, "entropy": None}
-    return {"boot": "pass" if result.get("pass") else "FAIL", "ready_s": result.get("time_to_ready_s"),
-            "accel": result.get("accel"), "method": result.get("boot_method"),
-            "entropy": result.get("entropy_before_app")}
+    return {"boot": "pass" if result.passed else "FAIL", "ready_s": result.time_to_ready_s,
+            "accel": result.accel, "method": result.boot_method, "entropy": result.entropy_before_app}
 
 
 def baseline_result(recipe: Recipe, name: str = BASELINE) -> Path:
@@ -191,7 +196,7 @@ def rows(recipes: list[Recipe]) -> list[dict]:
     timings = _read(timing_path()) or {}
     base = baseline.load(BASELINE)
     for r in sorted(recipes, key=lambda r: r.name):
-        rootfs = _read(paths.rootfs_manifest(r.name))
+        rootfs = _if_built(records.RootfsManifest, paths.rootfs_manifest(r.name))
         timing = _timing(r, timings, rootfs)
         out.append({
             "app": r.name,
@@ -199,7 +204,7 @@ def rows(recipes: list[Recipe]) -> list[dict]:
             "ours": len(r.kernel.options) if tuple(r.kernel.base) == ("lupine-base",) else None,
             "base": ", ".join(r.kernel.base),
             "lupine": lupine.get(LUPINE_NAMES.get(r.name, r.name)),
-            "rootfs": rootfs["size"] if rootfs else None,
+            "rootfs": rootfs.size if rootfs else None,
             "format": r.rootfs.format,
             "specific": _variant(r, timing.get("specific")),
             "general": _variant(general_variant(r), timing.get("general")) if r.general else None,

@@ -257,11 +257,11 @@ class _Run:
                             label=f"discover:{self.app}")
         self.builds += 0 if had else 1
         record["build_s"] = round(time.monotonic() - t0, 1)
-        record["bzImage"] = meta["sizes"]["bzImage"]
+        record["bzImage"] = meta.sizes["bzImage"]
         t1 = time.monotonic()
         self.boots += 1
         try:
-            boot.run(self.recipe, qemu.kernel_file(kernel.describe(result.identity, meta))[0],
+            boot.run(self.recipe, qemu.kernel_file(kernel.describe(meta))[0],
                      rootfs.image_path(self.recipe), tdir)
             record.update(result="pass", reason="")
         except TailorError as e:

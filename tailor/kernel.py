@@ -38,9 +38,11 @@ from tailor.epoch import source_date_epoch
 from tailor.errors import TailorBug, TailorError
 from tailor.kconfig import config_diff
 from tailor.recipe import with_variants
+from tailor.records import KernelBuild, KernelPointer
 from tailor.toolchain import KERNEL_TOOLS, debian_package, kernel_toolchain
 from tailor.util import (Progress, atomic_path, canonical_json, count_enabled, file_lock, human_size, makedirs,
-                         out_dir, read_json, remove, sha256_text, write_json)
+                         display_path, out_dir, read_json, remove, sha256_text,
+                         write_json)
 
 BUILD_SETTINGS = "2"
 """Version of the build environment (make_env): a kernel built with other settings is rebuilt.
@@ -223,16 +225,19 @@ def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jo
 
 
 def build(config_path: Path, srctree: Path, identity: str, source_label: str = "",
-          jobs: int | None = None, label: str = "kernel") -> dict:
-    """Build the kernel for *config_path* (unless one with this identity exists); return its metadata."""
+          jobs: int | None = None, label: str = "kernel") -> KernelBuild:
+    """Build the kernel for *config_path* (unless one with this identity exists); return its ``kernel.json``."""
     config_text = Path(config_path).read_text()
     key = kernel_identity(identity)
     kdir = kernel_dir(key)
     meta_path = kdir / "kernel.json"
     with file_lock(kernel_root() / f".{key[:16]}.lock", f"kernel build {key[:16]}"):
         if meta_path.exists():
-            meta = read_json(meta_path)
-            if (meta.get("kernel_identity") == key and meta.get("build_settings") == BUILD_SETTINGS
+            try:
+                meta = KernelBuild.load(meta_path)
+            except TailorError:  # written by an older tailor or damaged: finish the build again (incremental)
+                meta = None
+            if (meta is not None and meta.kernel_identity == key and meta.build_settings == BUILD_SETTINGS
                     and all((kdir / a).exists() for a in ARTEFACTS)):
                 print(f"[{label}] reusing kernel {key[:16]} (identical config and toolchain)", file=sys.stderr)
                 return meta
@@ -252,65 +257,58 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
         if compiled == total and compiled > 0:
             _record_estimate(enabled, compiled)
         cmd, _ = make_command(srctree, objdir, ["bzImage"], jobs or os.cpu_count() or 1)
-        meta = {
-            "identity": identity,
-            "kernel_identity": key,
-            "toolchain": toolchain_record(),
-            "make": _make_record(cmd),
-            "build_settings": BUILD_SETTINGS,
-            "source": source_label,
-            "enabled": enabled,
-            "objects_compiled": compiled,
-            "source_date_epoch": source_date_epoch(),
-            "sizes": {name: (kdir / name).stat().st_size for name in ARTEFACTS},
-            "artefacts": {name: name for name in list(ARTEFACTS) + ["config", "build.log"]},
-        }
-        write_json(meta_path, meta)
-    sizes = meta["sizes"]
+        meta = KernelBuild(
+            identity=identity, kernel_identity=key, toolchain=toolchain_record(), make=_make_record(cmd),
+            build_settings=BUILD_SETTINGS, source=source_label, enabled=enabled, objects_compiled=compiled,
+            source_date_epoch=source_date_epoch(), sizes={name: (kdir / name).stat().st_size for name in ARTEFACTS},
+            artefacts={name: name for name in list(ARTEFACTS) + ["config", "build.log"]})
+        meta.save(meta_path)
+    sizes = meta.sizes
     print(f"[{label}] bzImage {human_size(sizes['bzImage'])}, vmlinux {human_size(sizes['vmlinux'])} "
           f"in {kdir}", file=sys.stderr)
     return meta
 
 
-def describe(identity: str, meta: dict) -> dict:
-    """Where the kernel *identity* lives and what it is (the fields every pointer to a kernel carries)."""
-    kdir = kernel_dir(meta.get("kernel_identity") or identity)
+def describe(meta: KernelBuild) -> dict:
+    """Where the kernel of *meta* lives and what it is: the keys every pointer to a kernel carries
+    (:class:`~tailor.records.KernelPointer`'s, without ``app``), for records that embed them."""
+    kdir = kernel_dir(meta.kernel_identity)
     return {
-        "identity": identity,
-        "kernel_identity": meta.get("kernel_identity") or identity,
+        "identity": meta.identity,
+        "kernel_identity": meta.kernel_identity,
         "dir": str(kdir),
         "bzImage": str(kdir / "bzImage"),
         "vmlinux": str(kdir / "vmlinux"),
-        "sizes": meta["sizes"],
-        "enabled": meta["enabled"],
+        "sizes": meta.sizes,
+        "enabled": meta.enabled,
     }
 
 
-def link_app(app: str, identity: str, meta: dict) -> Path:
-    """Write the per-app pointer to the kernel it uses."""
-    return write_json(app_pointer(app), {"app": app, **describe(identity, meta)})
+def link_app(app: str, meta: KernelBuild) -> Path:
+    """Write the per-app pointer (:class:`~tailor.records.KernelPointer`) to the kernel *meta* describes."""
+    path = app_pointer(app)
+    KernelPointer.from_dict({"app": app, **describe(meta)}, display_path(path), with_format=False).save(path)
+    return path
 
 
 def clean_app(app: str) -> None:
     """Remove *app*'s kernel pointer, and its kernel when no other app's pointer names it."""
     pointer = app_pointer(app)
     try:
-        data = read_json(pointer)
-        key = data.get("kernel_identity") or data["identity"]
-    except (TailorError, KeyError, AttributeError):
+        key = KernelPointer.load(pointer).kernel_identity
+    except TailorError:
         return
     pointer.unlink(missing_ok=True)
     for other in pointer.parent.glob("*.json"):
         try:
-            theirs = read_json(other)
-            if (theirs.get("kernel_identity") or theirs.get("identity")) == key:
+            if KernelPointer.load(other).kernel_identity == key:
                 return
         except TailorError:
             continue
     remove(kernel_dir(key))
 
 
-def build_for(recipe) -> dict:
+def build_for(recipe) -> KernelBuild:
     """The kernel stage for one recipe: build (or reuse) the kernel of its resolved config."""
 
     cfg_paths = config.config_paths(recipe.id)
@@ -321,7 +319,7 @@ def build_for(recipe) -> dict:
     ref = source.recipe_ref(recipe)
     srctree = source.prepare(ref)
     meta = build(cfg_paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.id}")
-    link_app(recipe.id, identity, meta)
+    link_app(recipe.id, meta)
     return meta
 
 

@@ -149,4 +149,4 @@ def build(recipe, jobs: int | None = None) -> dict:
           f"(resolve: deps added {len(result.added)})", file=sys.stderr)
     meta = kernel.build(pdir / ".config", srctree, result.identity, ref.label, jobs=jobs,
                         label="discover:probe")
-    return kernel.describe(result.identity, meta)
+    return kernel.describe(meta)

@@ -55,7 +55,8 @@ from typing import Any, Callable, Iterator
 
 from tailor.console import NO_OUTPUT_S, ConsoleState, decode, exit_text, panic_reason, split_lines
 from tailor.errors import (BootFailure, HostPortTaken, KernelPanicked, NoConsoleOutput, QemuError, QemuExited,
-                           TailorError)
+                           TailorBug, TailorError)
+from tailor.records import KernelFiles, KernelPointer
 from tailor.util import enabled_symbols
 
 QEMU = "qemu-system-x86_64"
@@ -196,25 +197,38 @@ compressed bzImage through its setup code and decompressor."""
 ELF_MAGIC = b"\x7fELF"
 
 
-def kernel_file(kernel: dict, method: str | None = None) -> tuple[Path, str]:
+def kernel_files(kernel) -> KernelFiles:
+    """*kernel* as :class:`~tailor.records.KernelFiles`: a :class:`~tailor.records.KernelPointer`, a
+    KernelFiles, or a record that embeds a kernel's description (a baseline's, a discovery probe's:
+    a mapping with ``dir``, ``bzImage`` and ``vmlinux``)."""
+    if isinstance(kernel, KernelFiles):
+        return kernel
+    if isinstance(kernel, KernelPointer):
+        return kernel.files
+    try:
+        return KernelFiles(Path(kernel["dir"]), Path(kernel["bzImage"]), Path(kernel["vmlinux"]))
+    except (KeyError, TypeError):
+        raise TailorBug(f"not a kernel description: {kernel!r}") from None
+
+
+def kernel_file(kernel, method: str | None = None) -> tuple[Path, str]:
     """The file qemu boots for a built *kernel* and the boot method: ``(path, method)``.
 
-    *kernel* is a kernel stage's (or baseline's) record with ``bzImage``,
-    ``vmlinux`` and ``dir`` (whose ``config`` is the kernel's .config).
+    *kernel* is anything :func:`kernel_files` takes (an app's kernel pointer, a baseline's record).
     *method* ``pvh`` or ``bzimage`` forces one; by default a kernel built
     with ``CONFIG_PVH=y`` boots by PVH and any other by its bzImage. Asking
     for ``pvh`` of a kernel without it is a TailorError naming the config.
     """
     if method not in (None,) + BOOT_METHODS:
         raise TailorError(f"boot method {method!r}: expected {' or '.join(BOOT_METHODS)}")
-    config = Path(kernel["dir"]) / "config"
-    pvh = has_pvh(config)
+    files = kernel_files(kernel)
+    pvh = has_pvh(files.config)
     if method == "pvh" and not pvh:
-        raise TailorError(f"{config}: CONFIG_PVH is not set, so qemu cannot boot its vmlinux directly; "
+        raise TailorError(f"{files.config}: CONFIG_PVH is not set, so qemu cannot boot its vmlinux directly; "
                           f"add PVH=y to the kernel or boot the bzImage")
     if method == "pvh" or (method is None and pvh):
-        return Path(kernel["vmlinux"]), "pvh"
-    return Path(kernel["bzImage"]), "bzimage"
+        return files.vmlinux, "pvh"
+    return files.bzimage, "bzimage"
 
 
 def has_pvh(config: str | os.PathLike) -> bool:

@@ -18,6 +18,29 @@ Records:
     setup code), ``crng_init_s`` and ``app_exec_s`` (when ``random: crng init done`` and the init's
     ``tailor-init: exec`` line showed, or null) and ``entropy_before_app`` (true when the random pool
     was seeded before the app was exec'd, false when not, null when the init never exec'd it).
+
+``kernel.json`` (:class:`KernelBuild`, written last by the kernel stage in ``out/kernel/<kernel identity>/``)
+    ``format``, ``identity`` (the config's identity), ``kernel_identity`` (config and toolchain),
+    ``toolchain`` (each tool's version line and Debian package), ``make`` (the make command without the
+    machine's paths), ``build_settings``, ``source`` (the source's label), ``enabled`` (options set),
+    ``objects_compiled``, ``source_date_epoch``, ``sizes`` (bytes of ``bzImage``, ``vmlinux`` and
+    ``System.map``) and ``artefacts`` (artefact name -> file name in the directory).
+
+``out/kernels/<app>.json`` (:class:`KernelPointer`, written by the kernel stage, read by every later stage)
+    ``format``, ``app``, ``identity``, ``kernel_identity``, ``dir`` (the kernel's directory), ``bzImage``
+    and ``vmlinux`` (paths), ``sizes`` and ``enabled`` (as in ``kernel.json``).
+
+``rootfs.json`` (:class:`RootfsManifest`, written by the rootfs stage beside the image)
+    ``format``, ``app``, ``image_format`` (``cpio`` or ``ext2``), ``file`` (the image's name),
+    ``size`` and ``sha256`` of the image, ``slim`` (``true``, ``false`` or ``"traced"``),
+    ``slim_dropped`` (files slim left out), ``files`` and ``content_bytes`` (entries and bytes of
+    regular files in the tree), ``command`` (the app's path in the root), ``argv``, ``packages``
+    (``{"name", "version", "arch"}`` of every Debian package unpacked), ``image`` (the OCI image's
+    summary, or null), ``source_date_epoch`` and ``reseed`` (the reseed helper's path in the root, or
+    null without a network).
+
+Every record class has ``load(path)`` (strict, as above) and ``save(path)`` (checked, written
+atomically with sorted keys); a loader is the only way a later stage reads the file.
 """
 
 from __future__ import annotations
@@ -25,18 +48,62 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
+from tailor import paths
 from tailor.errors import TailorError
 from tailor.util import display_path, read_json, write_json
 
 _OPTIONAL_NUMBER = (int, float, type(None))
 
 
+class Record:
+    """What every record class shares: strict loading from a file, checked saving to one.
+
+    A subclass is a frozen dataclass with ``FORMAT`` (the ``format`` key of its file) and ``KEYS``
+    (file key -> (attribute, accepted types)); ``NESTED`` names the keys every object-valued key must
+    have (e.g. ``sizes`` must have ``bzImage``)."""
+
+    FORMAT: ClassVar[str]
+    KEYS: ClassVar[dict]
+    NESTED: ClassVar[dict] = {}
+
+    @classmethod
+    def from_dict(cls, data, where: str, with_format: bool = True):
+        """The record of *data* (the file's object), checked; *where* names it in errors."""
+        fields = _fields(cls, data, where, with_format)
+        for key, wanted in cls.NESTED.items():
+            value = fields[cls.KEYS[key][0]]
+            missing = [k for k in wanted if k not in value]
+            if missing:
+                raise TailorError(f"{where}: key {key!r} has no {missing[0]!r}; rerun the stage that writes it")
+        return cls(**fields)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Read the record at *path* strictly; a missing file is a TailorError naming it."""
+        return cls.from_dict(read_json(path), display_path(path))
+
+    def dump(self) -> dict:
+        """The file's content: the keys of ``KEYS`` and ``format``."""
+        out = {key: getattr(self, attr) for key, (attr, _) in self.KEYS.items()}
+        out["format"] = self.FORMAT
+        return out
+
+    def save(self, path: str | os.PathLike) -> dict:
+        """Write the record to *path* (atomically, sorted keys); return what was written."""
+        data = self.dump()
+        type(self).from_dict(data, display_path(path))  # a tailor bug when a field holds the wrong type
+        write_json(path, data)
+        return data
+
+
 @dataclass(frozen=True)
-class BootResult:
+class BootResult(Record):
     """One boot test's outcome: ``out/boot/<app>/result.json``."""
 
-    FORMAT = "2"
+    FORMAT: ClassVar[str] = "2"
     """The ``format`` key of the file; change it when a key is added, removed, renamed or changes meaning."""
 
     app: str
@@ -60,7 +127,7 @@ class BootResult:
     app_exec_s: float | None
     entropy_before_app: bool | None
 
-    KEYS = {
+    KEYS: ClassVar[dict] = {
         "app": ("app", str), "variant": ("variant", str), "pass": ("passed", bool), "reason": ("reason", str),
         "accel": ("accel", str), "fallback_from_kvm": ("fallback_from_kvm", bool), "kvm_failure": ("kvm_failure", str),
         "time_to_init_s": ("time_to_init_s", _OPTIONAL_NUMBER), "time_to_ready_s": ("time_to_ready_s", _OPTIONAL_NUMBER),
@@ -71,18 +138,6 @@ class BootResult:
     }
     """File key -> (attribute, accepted types). ``pass`` is a Python keyword, hence ``passed``."""
 
-    @classmethod
-    def from_dict(cls, data, where: str = "result.json") -> "BootResult":
-        """The record of a boot stage's result dict (every key of :data:`KEYS`, no other, no ``format``).
-
-        *where* names the data in errors (a file name)."""
-        return cls(**_fields(cls, data, where, with_format=False))
-
-    def dump(self) -> dict:
-        """The file's content: the keys of :data:`KEYS` and ``format``."""
-        out = {key: getattr(self, attr) for key, (attr, _) in self.KEYS.items()}
-        out["format"] = self.FORMAT
-        return out
 
 
 def _fields(cls, data, where: str, with_format: bool) -> dict:
@@ -123,11 +178,129 @@ def _as_tuple(types) -> tuple:
 
 def load_boot_result(path: str | os.PathLike) -> BootResult:
     """Read ``result.json`` at *path* strictly (see the module docstring)."""
-    return BootResult(**_fields(BootResult, read_json(path), display_path(path), with_format=True))
+    return BootResult.load(path)
 
 
 def save_boot_result(path: str | os.PathLike, result: dict) -> dict:
-    """Check the boot stage's *result* dict, write it with its ``format`` to *path*; return what was written."""
-    data = BootResult.from_dict(result, display_path(path)).dump()
-    write_json(path, data)
-    return data
+    """Check the boot stage's *result* dict (without ``format``), write it with its ``format`` to *path*;
+    return what was written."""
+    return BootResult.from_dict(result, display_path(path), with_format=False).save(path)
+
+
+_SIZES = ("bzImage", "vmlinux")
+
+
+@dataclass(frozen=True)
+class KernelBuild(Record):
+    """What a kernel build made: ``out/kernel/<kernel identity>/kernel.json``."""
+
+    FORMAT: ClassVar[str] = "tailor-kernel/1"
+    identity: str
+    kernel_identity: str
+    toolchain: dict
+    make: list
+    build_settings: str
+    source: str
+    enabled: int
+    objects_compiled: int
+    source_date_epoch: int
+    sizes: dict
+    artefacts: dict
+
+    KEYS: ClassVar[dict] = {
+        "identity": ("identity", str), "kernel_identity": ("kernel_identity", str), "toolchain": ("toolchain", dict),
+        "make": ("make", list), "build_settings": ("build_settings", str), "source": ("source", str),
+        "enabled": ("enabled", int), "objects_compiled": ("objects_compiled", int),
+        "source_date_epoch": ("source_date_epoch", int), "sizes": ("sizes", dict), "artefacts": ("artefacts", dict),
+    }
+    NESTED: ClassVar[dict] = {"sizes": _SIZES}
+
+
+@dataclass(frozen=True)
+class KernelFiles:
+    """The files qemu needs of a built kernel: its directory (with ``config``), bzImage and vmlinux."""
+
+    dir: Path
+    bzimage: Path
+    vmlinux: Path
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config"
+
+
+@dataclass(frozen=True)
+class KernelPointer(Record):
+    """Which kernel an app uses: ``out/kernels/<app>.json``."""
+
+    FORMAT: ClassVar[str] = "tailor-kernel-pointer/1"
+    app: str
+    identity: str
+    kernel_identity: str
+    dir: str
+    bzimage: str
+    vmlinux: str
+    sizes: dict
+    enabled: int
+
+    KEYS: ClassVar[dict] = {
+        "app": ("app", str), "identity": ("identity", str), "kernel_identity": ("kernel_identity", str),
+        "dir": ("dir", str), "bzImage": ("bzimage", str), "vmlinux": ("vmlinux", str), "sizes": ("sizes", dict),
+        "enabled": ("enabled", int),
+    }
+    NESTED: ClassVar[dict] = {"sizes": _SIZES}
+
+    @property
+    def files(self) -> KernelFiles:
+        return KernelFiles(Path(self.dir), Path(self.bzimage), Path(self.vmlinux))
+
+    def build_record(self) -> KernelBuild:
+        """The ``kernel.json`` of the kernel this points to (strict)."""
+        return KernelBuild.load(Path(self.dir) / "kernel.json")
+
+
+@dataclass(frozen=True)
+class RootfsManifest(Record):
+    """What the rootfs stage made: ``out/rootfs/<app>/rootfs.json``."""
+
+    FORMAT: ClassVar[str] = "tailor-rootfs/1"
+    app: str
+    image_format: str
+    file: str
+    size: int
+    sha256: str
+    slim: bool | str
+    slim_dropped: int
+    files: int
+    content_bytes: int
+    command: str
+    argv: list
+    packages: list
+    image: dict | None
+    source_date_epoch: int
+    reseed: str | None
+
+    KEYS: ClassVar[dict] = {
+        "app": ("app", str), "image_format": ("image_format", str), "file": ("file", str), "size": ("size", int),
+        "sha256": ("sha256", str), "slim": ("slim", (bool, str)), "slim_dropped": ("slim_dropped", int),
+        "files": ("files", int), "content_bytes": ("content_bytes", int), "command": ("command", str),
+        "argv": ("argv", list), "packages": ("packages", list), "image": ("image", (dict, type(None))),
+        "source_date_epoch": ("source_date_epoch", int), "reseed": ("reseed", (str, type(None))),
+    }
+
+
+def app_kernel(app: str) -> KernelPointer:
+    """The kernel *app* (a recipe id: ``<name>`` or ``<name>@general``) uses, read strictly from
+    ``out/kernels/<app>.json``; not built yet is a TailorError saying what to run."""
+    path = paths.kernel_pointer(app)
+    if not path.is_file():
+        raise TailorError(f"{app}: its kernel is not built; run `doit kernel:{app}` first")
+    return KernelPointer.load(path)
+
+
+def app_rootfs(app: str) -> RootfsManifest:
+    """The ``rootfs.json`` of recipe *app*, read strictly; not built yet is a TailorError saying what to run."""
+    path = paths.rootfs_manifest(app)
+    if not path.is_file():
+        raise TailorError(f"{app}: its root image is not built; run `doit rootfs:{app}` first")
+    return RootfsManifest.load(path)

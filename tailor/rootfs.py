@@ -40,6 +40,7 @@ from tailor.elf import library_closure, read_dynamic, resolve_in_root
 from tailor.errors import TailorError
 from tailor.epoch import source_date_epoch
 from tailor.recipe import ROOTFS_DIR, Recipe
+from tailor.records import RootfsManifest
 from tailor.templates import TEMPLATES_DIR, render
 from tailor.util import (PROJECT, atomic_path, code_digest, display_path, makedirs, read_json, remove,
                          sha256_file, sha256_text, write_json)
@@ -605,8 +606,8 @@ def _clamp_ext2_times(stage_dir: Path, image: Path, epoch: int, name: str) -> No
                           f"{(errors or proc.stderr.strip().splitlines() or ['?'])[0]}")
 
 
-def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None = None) -> dict:
-    """The rootfs stage for one recipe: packages -> staged tree -> image; returns the manifest.
+def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None = None) -> RootfsManifest:
+    """The rootfs stage for one recipe: packages -> staged tree -> image; returns its ``rootfs.json``.
 
     *into* writes the image, its manifest and its slim record into that directory instead of
     ``out/rootfs/<app>/``: :mod:`tailor.slim` builds its whole and trial images there. *traced* is the kept
@@ -653,26 +654,16 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
         content = sum(p.lstat().st_size for p in staged.rglob("*") if p.is_file() and not p.is_symlink())
     finally:
         remove(work)
-    manifest = {
-        "app": recipe.name,
-        "format": recipe.rootfs.format,
-        "file": image.name,
-        "size": image.stat().st_size,
-        "sha256": sha256_file(image),
-        "slim": recipe.rootfs.slim,
-        "slim_dropped": len(info["dropped"][0]),
-        "files": files,
-        "content_bytes": content,
-        "command": info["command"],
-        "packages": [{"name": n, "version": v, "arch": a} for n, v, a in closure],
-        "image": oci.image_summary(img) if img is not None else None,
-        "argv": [info["command"]] + list(recipe.app.args),
-        "source_date_epoch": epoch,
-        "reseed": RESEED_GUEST if recipe.app.network else None,
-    }
-    write_json(rdir / "rootfs.json", manifest)
+    manifest = RootfsManifest(
+        app=recipe.name, image_format=recipe.rootfs.format, file=image.name, size=image.stat().st_size,
+        sha256=sha256_file(image), slim=recipe.rootfs.slim, slim_dropped=len(info["dropped"][0]), files=files,
+        content_bytes=content, command=info["command"],
+        packages=[{"name": n, "version": v, "arch": a} for n, v, a in closure],
+        image=oci.image_summary(img) if img is not None else None, argv=[info["command"]] + list(recipe.app.args),
+        source_date_epoch=epoch, reseed=RESEED_GUEST if recipe.app.network else None)
+    manifest.save(rdir / "rootfs.json")
     write_slim_record(recipe, info["dropped"], kept_files, rdir / "slim.json")  # after the image: nothing half-made
-    print(f"[rootfs:{recipe.name}] {image.name}: {manifest['size'] / 1e6:.2f} MB, {files} files, "
+    print(f"[rootfs:{recipe.name}] {image.name}: {manifest.size / 1e6:.2f} MB, {files} files, "
           f"{len(closure)} packages", file=sys.stderr)
     return manifest
 

@@ -46,11 +46,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tailor import paths
+from tailor import paths, records
 from tailor.console import ConsoleState, panic_reason, split_lines
 from tailor.errors import QemuError, TailorError
 from tailor.qemu import QEMU, VM, CtrlC, check_interrupt, detect_accel, kernel_file, qemu_command
-from tailor.util import display_path, out_dir, read_json, remove, write_json
+from tailor.util import display_path, out_dir, remove, write_json
 
 FORMAT = "tailor-run/1"
 QEMU_IMG = "qemu-img"
@@ -166,10 +166,9 @@ def plan(recipe, *, name: str | None = None, memory: int | None = None, forwards
     name = name or recipe.name
     if not NAME_RE.match(name):
         raise TailorError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (at most 63)")
-    pointer = paths.kernel_pointer(r.id)
-    if not pointer.is_file():
+    if not paths.kernel_pointer(r.id).is_file():
         raise TailorError(f"{r.id}: its kernel is not built; run `doit build:{r.id}` first")
-    kernel, _ = kernel_file(read_json(pointer))
+    kernel, _ = kernel_file(records.app_kernel(r.id))
     image = paths.rootfs_image(recipe.name, recipe.rootfs.format)
     if not image.is_file() or not kernel.is_file():
         missing = image if not image.is_file() else kernel

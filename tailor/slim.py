@@ -46,7 +46,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tailor import boot, paths, run
+from tailor import boot, paths, records, run
 from tailor import rootfs as rootfs_stage
 from tailor.errors import TailorError
 from tailor.minimise import Memo, add_back
@@ -141,12 +141,9 @@ def kept_list(touched: dict[int, str], names: dict[int, list[str]]) -> list[dict
 
 
 def _kernel(recipe: Recipe) -> tuple[Path, str]:
-    pointer = paths.kernel_pointer(recipe.id)
-    if not pointer.is_file():
-        raise TailorError(f"{recipe.id}: its kernel is not built; run `doit kernel:{recipe.id}` first")
-    p = read_json(pointer)
+    p = records.app_kernel(recipe.id)
     kernel, _ = kernel_file(p)
-    config = Path(p["dir"]) / "config"
+    config = p.files.config
     return kernel, config.read_text() if config.is_file() else ""
 
 
@@ -189,13 +186,13 @@ def trace(recipe: Recipe, work: Path) -> tuple[list[dict], dict]:
     if proc.returncode != 0:
         raise TailorError(f"{QEMU_IMG} convert of the traced layer: {proc.stderr.strip()[-200:]}")
     try:
-        touched = touched_inodes(flat, manifest["source_date_epoch"])
+        touched = touched_inodes(flat, manifest.source_date_epoch)
         kept = kept_list(touched, inode_paths(flat, sorted(touched)))
     finally:
         remove(flat)
         remove(layer)
-    return kept, {"probe": detail, "whole_bytes": manifest["size"], "whole_files": manifest["files"],
-                  "whole_content": manifest["content_bytes"],
+    return kept, {"probe": detail, "whole_bytes": manifest.size, "whole_files": manifest.files,
+                  "whole_content": manifest.content_bytes,
                   "writeback_s": WRITEBACK_FAST_S if fast else WRITEBACK_DEFAULT_S}
 
 
@@ -236,7 +233,7 @@ class Trials:
             result = {"pass": False, "reason": str(e)}
         self.last = {"manifest": manifest, "record": read_json(d / "slim.json"), "result": result}
         print(f"[slim:{self.recipe.name}] trial {self.count}: {len(kept)} paths kept, "
-              f"{manifest['size'] / 1e6:.2f} MB: {'PASS' if result['pass'] else 'FAIL'}", file=sys.stderr)
+              f"{manifest.size / 1e6:.2f} MB: {'PASS' if result['pass'] else 'FAIL'}", file=sys.stderr)
         return bool(result["pass"])
 
 
@@ -264,8 +261,8 @@ def make(recipe: Recipe, *, budget: int = DEFAULT_BUDGET, write: bool = False) -
     record = {
         "format": FORMAT, "app": recipe.name, "paths": kept, "added_back": len(added), "trials": trials.count,
         "whole": {"bytes": seen["whole_bytes"], "files": seen["whole_files"], "content_bytes": seen["whole_content"]},
-        "slim": {"bytes": final["manifest"]["size"], "files": final["manifest"]["files"],
-                 "content_bytes": final["manifest"]["content_bytes"]},
+        "slim": {"bytes": final["manifest"].size, "files": final["manifest"].files,
+                 "content_bytes": final["manifest"].content_bytes},
         "probe": seen["probe"], "writeback_s": seen["writeback_s"], "seconds": round(time.monotonic() - t0, 1),
     }
     write_json(paths.slim_kept(recipe.name), record)

@@ -46,7 +46,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tailor import boot, paths
+from tailor import boot, paths, records
 from tailor.errors import TailorError
 from tailor.qemu import QEMU, VM, CtrlC, free_port
 from tailor.util import display_path, out_dir, read_json, remove, sha256_file, write_json
@@ -199,7 +199,7 @@ def _kernel_identity(recipe, general: bool) -> str:
     from tailor.recipe import general_variant
 
     r = general_variant(recipe) if general else recipe
-    return read_json(paths.kernel_pointer(r.id)).get("kernel_identity", "")
+    return records.app_kernel(r.id).kernel_identity
 
 
 def check(recipe, plan) -> dict:

@@ -572,8 +572,8 @@ def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeyp
     new = dict(old, gcc="gcc (Debian 12.2.0-14+deb12u2) 12.2.0")
     monkeypatch.setattr(kernel, "kernel_toolchain", lambda: old)
     first = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
-    assert first["objects_compiled"] == 40 and first["toolchain"]["gcc"]["version"] == old["gcc"]
-    log = kernel.kernel_dir(first["kernel_identity"]) / "build.log"
+    assert first.objects_compiled == 40 and first.toolchain["gcc"]["version"] == old["gcc"]
+    log = kernel.kernel_dir(first.kernel_identity) / "build.log"
     stamp = log.stat().st_mtime_ns
     capfd.readouterr()
     assert kernel.build(config, tree, IDENTITY, "fake", jobs=2) == first
@@ -581,12 +581,12 @@ def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeyp
 
     monkeypatch.setattr(kernel, "kernel_toolchain", lambda: new)
     second = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
-    assert second["identity"] == first["identity"] == IDENTITY  # the config's identity is unchanged
-    assert second["kernel_identity"] != first["kernel_identity"]
-    assert second["objects_compiled"] == 40 and second["toolchain"]["gcc"]["version"] == new["gcc"]
-    assert kernel.kernel_dir(first["kernel_identity"]).is_dir()  # the old kernel is not overwritten
-    on_disk = json.loads((kernel.kernel_dir(second["kernel_identity"]) / "kernel.json").read_text())
-    assert on_disk["toolchain"] == second["toolchain"]
+    assert second.identity == first.identity == IDENTITY  # the config's identity is unchanged
+    assert second.kernel_identity != first.kernel_identity
+    assert second.objects_compiled == 40 and second.toolchain["gcc"]["version"] == new["gcc"]
+    assert kernel.kernel_dir(first.kernel_identity).is_dir()  # the old kernel is not overwritten
+    on_disk = json.loads((kernel.kernel_dir(second.kernel_identity) / "kernel.json").read_text())
+    assert on_disk["toolchain"] == second.toolchain and on_disk["format"] == "tailor-kernel/1"
     assert on_disk["make"][0] == "make" and "bzImage" in on_disk["make"]
     assert not [a for a in on_disk["make"] if str(tmp_path) in a]  # no machine path in the record
 

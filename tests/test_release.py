@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import fakes
 from conftest import project_copy, run_doit
 
 from tailor import boot, kernel, release, rootfs
@@ -412,16 +413,14 @@ def fake_pipeline(out: Path, tmp: Path, passed: bool = True):
     recipes.mkdir(parents=True, exist_ok=True)
     (recipes / "fakeapp.yaml").write_text(RECIPE)
     recipe = load(recipes / "fakeapp.yaml")
-    files = fake_kernel_files(kernel.kernel_dir(IDENTITY))
-    meta = {"sizes": {n: files[n].stat().st_size for n in ("bzImage", "vmlinux", "System.map")}, "enabled": 2}
-    (kernel.kernel_dir(IDENTITY) / "kernel.json").write_text(json.dumps({**meta, "toolchain": FAKE_TOOLCHAIN}))
-    kernel.link_app("fakeapp", IDENTITY, meta)
+    fake_kernel_files(kernel.kernel_dir(IDENTITY))
+    meta = fakes.kernel_build(kernel.kernel_dir(IDENTITY), IDENTITY, toolchain=FAKE_TOOLCHAIN, enabled=2)
+    kernel.link_app("fakeapp", meta)
     image = rootfs.image_path(recipe)
     image.parent.mkdir(parents=True, exist_ok=True)
     image.write_bytes(b"070701" + b"\0" * 4000)
-    (rootfs.manifest_path("fakeapp")).write_text(json.dumps({
-        "format": "cpio", "command": "/usr/bin/hello", "sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
-        "packages": [{"name": "hello", "version": "2.10-3", "arch": "amd64"}]}))
+    fakes.rootfs_manifest("fakeapp", image, command="/usr/bin/hello",
+                          packages=[{"name": "hello", "version": "2.10-3", "arch": "amd64"}])
     result = boot.result_path("fakeapp")
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps({

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import fakes
 from tailor import measure, report
 from tailor.errors import TailorError
 
@@ -439,9 +440,7 @@ def test_catalogue_table_shows_the_baseline_boot_and_whether_the_pool_was_seeded
     hello = next(r for r in recipe.all_recipes() if r.name == "hello")
     for where, ready, entropy in ((paths.boot_result("hello"), 0.78, True),
                                   (catalogue.baseline_result(hello), 2.1, False)):
-        where.parent.mkdir(parents=True)
-        where.write_text(json.dumps({"pass": True, "time_to_ready_s": ready, "accel": "tcg", "boot_method": "pvh",
-                                     "entropy_before_app": entropy}))
+        fakes.boot_result(where, time_to_ready_s=ready, boot_method="pvh", entropy_before_app=entropy)
     row = next(line for line in catalogue.render_table([hello]).splitlines() if line.startswith("| hello |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[5:] == ["pass (0.8 s)", "not built", "pass (2.1 s)", "yes"]
@@ -604,16 +603,13 @@ def test_pipeline_timing_runs_a_command_and_reports_its_status():
 
 def _fake_built(hello, identity="a" * 64, sha="f" * 64):
     """A kernel pointer, a root image and its manifest for *hello*, as the pipeline records them."""
-    from tailor import paths, rootfs
+    from tailor import rootfs
 
-    pointer = paths.kernel_pointer(hello.id)
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(json.dumps({"identity": identity, "sizes": {"bzImage": 900_000}, "bzImage": "/k/bzImage",
-                                   "vmlinux": "/k/vmlinux", "dir": "/k"}))
+    fakes.kernel_pointer(hello.id, Path("/k"), identity)
     image = rootfs.image_path(hello)
     image.parent.mkdir(parents=True, exist_ok=True)
     image.write_bytes(b"x")
-    paths.rootfs_manifest(hello.name).write_text(json.dumps({"sha256": sha, "size": 1}))
+    fakes.rootfs_manifest(hello.name, image, sha256=sha)
 
 
 def test_catalogue_timing_boots_round_by_round_and_the_table_shows_medians(tmp_path, monkeypatch):
@@ -623,10 +619,8 @@ def test_catalogue_timing_boots_round_by_round_and_the_table_shows_medians(tmp_p
     hello = next(r for r in recipe.all_recipes() if r.name == "hello")
     _fake_built(hello)
     general = recipe.general_variant(hello)
-    paths.kernel_pointer(general.id).write_text(json.dumps({"identity": "c" * 64, "sizes": {"bzImage": 1},
-                                                            "bzImage": "/g/bzImage", "vmlinux": "/g/vmlinux", "dir": "/g"}))
-    paths.boot_result("hello").parent.mkdir(parents=True)
-    paths.boot_result("hello").write_text(json.dumps({"pass": True, "time_to_ready_s": 9.0, "accel": "tcg"}))
+    fakes.kernel_pointer(general.id, Path("/g"), "c" * 64)
+    fakes.boot_result(paths.boot_result("hello"), time_to_ready_s=9.0)
     seen, times = [], iter([0.9, 1.0, 0.5, 1.2, 0.7, 1.1])
 
     def fake_run(r, kernel, image, outdir, cmdline_extra=""):

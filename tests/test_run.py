@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import fakes
 from tailor import paths, run
 from tailor.errors import TailorError
 from tailor.recipe import find
@@ -54,8 +55,7 @@ def fake_built(out: Path, app="redis", fmt="ext2"):
     for f in ("bzImage", "vmlinux"):
         (kdir / f).write_bytes(b"x")
     (kdir / "config").write_text("CONFIG_PVH=y\n")
-    write_json(paths.kernel_pointer(app), {"dir": str(kdir), "bzImage": str(kdir / "bzImage"),
-                                           "vmlinux": str(kdir / "vmlinux")})
+    fakes.kernel_pointer(app, kdir)
     image = paths.rootfs_image(app, fmt)
     image.parent.mkdir(parents=True, exist_ok=True)
     image.write_bytes(b"\0" * 4096)

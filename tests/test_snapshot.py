@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from tailor import paths, run, snapshot
+from tailor import paths, records, run, snapshot
 from tailor.errors import TailorError
 from tailor.recipe import find
 from tailor.util import sha256_file, write_json
@@ -37,9 +37,9 @@ def fake_snapshot(out, redis, **changes):
     d.mkdir(parents=True, exist_ok=True)
     (d / "state").write_bytes(b"S" * 1000)
     (d / "disk.qcow2").write_bytes(b"D" * 100)
-    pointer = json.loads(paths.kernel_pointer("redis").read_text())
+    pointer = records.app_kernel("redis")
     rec = {"format": snapshot.FORMAT, "app": "redis", "variant": "specific",
-           "kernel_identity": pointer.get("kernel_identity", ""), "rootfs_sha256": sha256_file(image),
+           "kernel_identity": pointer.kernel_identity, "rootfs_sha256": sha256_file(image),
            "qemu_version": "QEMU emulator version 7.2.22", "memory": redis.test.memory, "machine": [],
            "cmdline": "tailor_reseed=61999", "reseed_port": 61999, "accel": "tcg",
            "files": {n: {"sha256": sha256_file(d / n), "bytes": (d / n).stat().st_size} for n in ("state", "disk.qcow2")}}

@@ -27,12 +27,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from tailor import boot, config, kernel, paths, qemu, rootfs
+from tailor import boot, config, kernel, qemu, records, rootfs
 from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, variants
 from tailor.errors import TailorError
 from tailor.measure.boot_time import MEASURE_CMDLINE, boot_once
 from tailor.recipe import Recipe
-from tailor.util import atomic_path, makedirs, read_json, system_map_symbols, write_json
+from tailor.util import atomic_path, makedirs, system_map_symbols, write_json
 
 MEMORY_RANGE = (8, 256)
 """Bisection bounds in MiB: the low end is assumed to fail, the high end must pass."""
@@ -298,11 +298,12 @@ def _gzip_variant(v: Variant, cpio_image: Path) -> Variant:
                      kernel=replace(v.recipe.kernel, options=v.recipe.kernel.options + (GZIP_OPTION,)))
     config.configure(recipe)
     kernel.build_for(recipe)
-    info = read_json(paths.kernel_pointer(recipe.id))
+    info = records.app_kernel(recipe.id)
     image = makedirs(bench_dir() / "memory" / v.app) / "rootfs.cpio.gz"
     with atomic_path(image) as tmp, open(cpio_image, "rb") as src, open(tmp, "wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
             while chunk := src.read(1 << 20):
                 gz.write(chunk)
     return replace(v, recipe=recipe, image=image,
-                   kernel={key: info[key] for key in ("identity", "bzImage", "vmlinux", "dir")})
+                   kernel={"identity": info.identity, "bzImage": info.bzimage, "vmlinux": info.vmlinux,
+                           "dir": info.dir})

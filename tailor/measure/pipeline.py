@@ -21,11 +21,11 @@ from typing import Callable
 
 from tailor import config as config_stage
 from tailor import kernel as kernel_stage
-from tailor import paths, source
+from tailor import paths, records, source
 from tailor.bench import bench_path, conditions, load_apps, say, spread
 from tailor.errors import TailorError
 from tailor.recipe import Recipe
-from tailor.util import PROJECT, makedirs, out_dir, read_json, write_atomic, write_json
+from tailor.util import PROJECT, makedirs, out_dir, write_atomic, write_json
 
 NOOP_RUNS = 3
 
@@ -88,8 +88,7 @@ def measure_pipeline(app: str = "redis", runs: int = NOOP_RUNS, clean: bool = Fa
         noop_ok &= rc == 0 and doit_noop_ran_nothing(out)
         doit_s.append(t)
     log(f"no-op doit build:{app}: {statistics.median(doit_s):.3f} s" + ("" if noop_ok else " (NOT a no-op!)"))
-    pointer = read_json(paths.kernel_pointer(app))
-    kdir = Path(pointer["dir"])
+    kdir = records.app_kernel(app).files.dir
     recipe = load_apps((app,))[app]
     if isinstance(recipe, str):
         raise TailorError(f"{app}: {recipe}")

@@ -89,7 +89,7 @@ from tailor.release.treediff import (check_sums, compare_trees, describe_differe
                                      first_difference_bytes, walk_files, write_sums)
 from tailor.rootfs import PATH_DIRS, normalise
 from tailor.toolchain import IMAGE_TOOLS, first_line, versions
-from tailor.util import (PROJECT, code_digest, count_enabled, display_path, file_lock, makedirs, read_json, remove,
+from tailor.util import (PROJECT, code_digest, count_enabled, display_path, file_lock, makedirs, remove,
                          replace_dir, sha256_file, sha256_text, write_atomic, write_json)
 
 __all__ = [  # the public names of the whole package, importable from tailor.release
@@ -126,7 +126,7 @@ def source_commit() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
-def _boot_result(recipe, pointer: dict, image: Path) -> records.BootResult:
+def _boot_result(recipe, pointer: records.KernelPointer, image: Path) -> records.BootResult:
     """The app's boot-test result (read strictly as a :class:`tailor.records.BootResult`), refusing a
     failed, missing or stale one."""
     path = paths.boot_result(recipe.name)
@@ -167,17 +167,14 @@ def release_app(recipe, version: str | None = None) -> dict:
     version = check_version(version or release_version())
     app = recipe.name
     epoch = source_date_epoch()
-    pointer = read_json(kernel_stage.app_pointer(app))
-    identity = pointer["identity"]
-    kdir = Path(pointer["dir"])
-    kernel_meta = read_json(kdir / "kernel.json") if (kdir / "kernel.json").exists() else {}
-    if not isinstance(kernel_meta.get("toolchain"), dict):
-        raise TailorError(f"{display_path(kdir / 'kernel.json')}: no record of the toolchain that built "
-                          f"the kernel; run `doit kernel:{app}` (kernels built before tailor recorded it are rebuilt)")
+    pointer = records.app_kernel(app)
+    identity = pointer.identity
+    kdir = pointer.files.dir
+    kernel_meta = pointer.build_record()
     image = rootfs.image_path(recipe)
     result = _boot_result(recipe, pointer, image)
-    rootfs_manifest = read_json(rootfs.manifest_path(app))
-    if not image.is_file() or sha256_file(image) != rootfs_manifest.get("sha256"):
+    rootfs_manifest = records.app_rootfs(app)
+    if not image.is_file() or sha256_file(image) != rootfs_manifest.sha256:
         raise TailorError(f"{display_path(image)}: does not match {rootfs.manifest_path(app).name}; "
                           f"run `doit rootfs:{app}`")
     config_text = (kdir / "config").read_text()
@@ -190,7 +187,7 @@ def release_app(recipe, version: str | None = None) -> dict:
     maint = maintainer()
     fmt = recipe.rootfs.format
     rootfs_name = f"rootfs.{fmt}"
-    argv = [rootfs_manifest.get("command") or recipe.app.command] + list(recipe.app.args)
+    argv = [rootfs_manifest.command or recipe.app.command] + list(recipe.app.args)
     hypervisor = urunc_hypervisor(config_text)
     root = makedirs(paths.release_dir(version))
     final = app_release_dir(app, version)
@@ -231,7 +228,7 @@ def release_app(recipe, version: str | None = None) -> dict:
         artefacts = [{"path": rel, "sha256": digest, "size": (tmp / rel).stat().st_size}
                      for rel, digest in file_sums(tmp) if not is_snapshot_file(rel, in_app=True)]
         manifest = _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, rootfs_manifest,
-                             result, artefacts, deb.name, oci, hypervisor, maint, kernel_meta["toolchain"])
+                             result, artefacts, deb.name, oci, hypervisor, maint, kernel_meta.toolchain)
         if snapshot:
             manifest["snapshot"] = snapshot
         write_json(tmp / "manifest.json", manifest)
@@ -251,7 +248,7 @@ def release_app(recipe, version: str | None = None) -> dict:
     return manifest
 
 
-def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, rootfs_manifest,
+def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, rootfs_manifest: records.RootfsManifest,
               result: records.BootResult, artefacts, deb_name, oci, hypervisor, maint, kernel_toolchain: dict) -> dict:
     """The release's manifest.json. Its ``toolchain`` names the compiler and binutils that built the
     kernel, copied from ``kernel.json`` (recorded at build time), and the image tools of this host."""
@@ -281,8 +278,8 @@ def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, ro
             "enabled": count_enabled(config_text),
             "cmdline": recipe.kernel.cmdline,
         },
-        "rootfs": {"format": rootfs_manifest.get("format"), "command": rootfs_manifest.get("command"),
-                   "sha256": rootfs_manifest.get("sha256"), "packages": rootfs_manifest.get("packages", [])},
+        "rootfs": {"format": rootfs_manifest.image_format, "command": rootfs_manifest.command,
+                   "sha256": rootfs_manifest.sha256, "packages": rootfs_manifest.packages},
         "toolchain": {**versions(IMAGE_TOOLS), **kernel_toolchain},
         "artefacts": artefacts,
         "deb": {"file": deb_name, "maintainer": maint},
