@@ -50,3 +50,60 @@ def test_the_writer_refuses_a_result_it_does_not_know(tmp_path):
     with pytest.raises(TailorError, match="missing key 'image'"):
         records.save_boot_result(tmp_path / "result.json", {k: v for k, v in RESULT.items() if k != "image"})
     assert not (tmp_path / "result.json").exists()
+
+
+def _written(tmp_path):
+    """One file of every record kind, written through tests/fakes.py as the stages write them."""
+    import fakes
+
+    kdir = tmp_path / "out" / "kernel" / "k"
+    kdir.mkdir(parents=True)
+    return {
+        "kernel.json": (records.KernelBuild, kdir / "kernel.json", fakes.kernel_build(kdir)),
+        "kernels/hello.json": (records.KernelPointer, records.paths.kernel_pointer("hello"),
+                               fakes.kernel_pointer("hello", kdir)),
+        "rootfs.json": (records.RootfsManifest, records.paths.rootfs_manifest("hello"), fakes.rootfs_manifest("hello")),
+        "result.json": (records.BootResult, tmp_path / "result.json", fakes.boot_result(tmp_path / "result.json")),
+    }
+
+
+@pytest.mark.parametrize("kind", ["kernel.json", "kernels/hello.json", "rootfs.json", "result.json"])
+def test_every_record_round_trips_and_a_corrupted_one_is_one_line_naming_file_and_key(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    cls, path, record = _written(tmp_path)[kind]
+    assert cls.load(path) == record
+    good = json.loads(path.read_text())
+    assert good["format"] == cls.FORMAT
+    key = sorted(k for k in good if k != "format")[-1]
+    wrong, wrong_type = ({"not": "a list"}, "dict") if isinstance(good[key], list) else ([1], "list")
+    for change, says in ((lambda d: d.pop(key), f"missing key {key!r}"),
+                         (lambda d: d.update({key: wrong}), f"key {key!r} is {wrong_type}"),
+                         (lambda d: d.update(format="old"), "format 'old'"),
+                         (lambda d: d.update(stray=1), "unknown key 'stray'")):
+        data = dict(good)
+        change(data)
+        path.write_text(json.dumps(data))
+        with pytest.raises(TailorError) as e:
+            cls.load(path)
+        message = str(e.value)
+        assert "\n" not in message and message.startswith(f"{path}: ") and says in message, message
+    path.write_text("{not json")
+    with pytest.raises(TailorError, match=str(path)):
+        cls.load(path)
+
+
+def test_a_kernel_size_record_without_the_bzimage_size_is_refused(tmp_path, monkeypatch):
+    import fakes
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    with pytest.raises(TailorError, match="key 'sizes' has no 'bzImage'"):
+        fakes.kernel_pointer("hello", tmp_path, sizes={"vmlinux": 1})
+    assert not records.paths.kernel_pointer("hello").exists()
+
+
+def test_an_app_whose_stage_has_not_run_is_told_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    with pytest.raises(TailorError, match=r"^hello: its kernel is not built; run `doit kernel:hello` first$"):
+        records.app_kernel("hello")
+    with pytest.raises(TailorError, match=r"^hello: its root image is not built; run `doit rootfs:hello` first$"):
+        records.app_rootfs("hello")
