@@ -89,3 +89,12 @@ def test_no_import_cycle_among_tailor_modules():
     for n in sorted(graph):
         if n not in state:
             visit(n)
+
+
+def test_image_package_does_not_import_the_rootfs_stage():
+    """The rootfs stage uses tailor.image; the image package builds with tailor.debian and tailor.fstree,
+    never with the stage above it (the arrow image -> rootfs ran back up the picture)."""
+    mods = _modules()
+    up = sorted(name for name, path in mods.items() if name.split(".")[0] == "image"
+                and "rootfs" in _top_level_imports(path, name, mods))
+    assert not up, f"imports the rootfs stage: {', '.join(up)}"

@@ -34,7 +34,7 @@ References are parsed in :mod:`~tailor.image.reference`; :func:`obtain` (in
 :mod:`~tailor.image.lockfile`) runs steps 1 and 2 for the rootfs stage.
 Images built from Debian packages (``images/<name>.yaml``, ``doit
 image:<name>``) are :mod:`tailor.image.build`, which is not re-exported here:
-it imports the rootfs stage, which imports the recipe model, which imports
+it imports the recipe model (for ``rootfs/``), which imports
 :mod:`~tailor.image.reference`.
 """
 

@@ -19,11 +19,13 @@ from pathlib import Path
 import yaml
 from doit.tools import config_changed
 
-from tailor import debian, paths, rootfs
+from tailor import debian, paths
 from tailor.elf import library_closure, resolve_in_root
 from tailor.errors import TailorError
+from tailor.fstree import add_users, apply_overlay, copy_in, elf_files, expand_files, normalise
 from tailor.image.reference import IMAGES_DIR, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REF_NAME, TAG_RE
 from tailor.epoch import source_date_epoch
+from tailor.recipe import ROOTFS_DIR
 from tailor.util import display_path, makedirs, remove, replace_dir, write_atomic
 
 
@@ -78,7 +80,7 @@ def load_spec(path: Path) -> ImageSpec:
     if not strings("packages"):
         raise TailorError(f"{where}: packages: list the Debian packages the image is made of")
     for name in strings("overlay"):
-        if name.startswith("/") or ".." in Path(name).parts or not (rootfs.ROOTFS_DIR / name).is_dir():
+        if name.startswith("/") or ".." in Path(name).parts or not (ROOTFS_DIR / name).is_dir():
             raise TailorError(f"{where}: overlay: {name!r} is not a directory under rootfs/")
     return ImageSpec(name=path.stem, path=path, tag=tag, packages=strings("packages"), keep=strings("keep"),
                      entrypoint=strings("entrypoint"), cmd=strings("cmd"), env=tuple(sorted(env.items())),
@@ -152,7 +154,7 @@ def image_config(*, entrypoint=(), cmd=(), env=(), workdir="/", user="", archite
 def build_from_packages(spec: ImageSpec, layout: Path) -> str:
     """Build *spec*'s image into the OCI layout *layout* (tag ``spec.tag``); returns the manifest digest.
 
-    The Debian packages' closure is extracted (as the rootfs stage does); with
+    The Debian packages' closure is extracted (:mod:`tailor.debian`, as for the rootfs stage); with
     ``keep``, only those paths and the ELF closure of the programs among them
     stay, with ``/etc/passwd`` and ``/etc/group``. Same packages, same bytes.
     """
@@ -168,19 +170,19 @@ def build_from_packages(spec: ImageSpec, layout: Path) -> str:
         tree = full
         if spec.keep:
             tree = makedirs(work / "slim")
-            files = rootfs.expand_files(full, spec.keep, f"{where}: keep")
+            files = expand_files(full, spec.keep, f"{where}: keep")
             real = sorted({resolve_in_root(full, f) for f in files})
-            keep = set(files) | set(real) | set(library_closure(full, rootfs.elf_files(full, real)))
+            keep = set(files) | set(real) | set(library_closure(full, elf_files(full, real)))
             for extra in ("/etc/passwd", "/etc/group"):
                 if (full / extra[1:]).is_file():
                     keep.add(extra)
             for p in sorted(keep):
-                rootfs.copy_in(full, tree, p)
+                copy_in(full, tree, p)
             if spec.user:  # the user the image runs as must exist in it
-                rootfs.add_users(tree, (spec.user.split(":")[0],))
+                add_users(tree, (spec.user.split(":")[0],))
         for name in spec.overlay:
-            rootfs.apply_overlay(tree, rootfs.ROOTFS_DIR / name, f"{where}: overlay")
-        rootfs.normalise(tree, epoch)
+            apply_overlay(tree, ROOTFS_DIR / name, f"{where}: overlay")
+        normalise(tree, epoch)
         layer = work / "layer.tar"
         _layer_from_tree(tree, layer, epoch)
         scratch = work / "layout"
@@ -210,7 +212,7 @@ def tasks(action):
     for path in spec_files():
         try:
             overlay = [str(f) for name in load_spec(path).overlay
-                       for f in sorted((rootfs.ROOTFS_DIR / name).rglob("*")) if f.is_file()]
+                       for f in sorted((ROOTFS_DIR / name).rglob("*")) if f.is_file()]
         except TailorError:
             overlay = []  # the action says what is wrong
         yield {
