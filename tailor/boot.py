@@ -36,6 +36,7 @@ from typing import Callable
 from tailor import paths, probes, records
 from tailor.console import NO_OUTPUT_S, ConsoleState, Verdict, assess, fail, pass_detail
 from tailor.errors import KernelPanicked, ProbeFailed, QemuError, QemuExited, TailorError
+from tailor.kinds import Variant
 from tailor.qemu import QEMU, VM, CtrlC, boot_method, detect_accel, free_port, kernel_file, qemu_command, session
 from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
 from tailor.records import save_boot_result
@@ -177,7 +178,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
                                                                  att.verdict.cause if att else None)
     result = {
         "app": recipe.name,
-        "variant": recipe.variant or "specific",
+        "variant": recipe.variant or Variant.SPECIFIC,
         "pass": passed,
         "reason": "" if passed else reason,
         "accel": chosen,
@@ -207,7 +208,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
 def full_root_hint(recipe: Recipe, console: str) -> str:
     """What to add to a failed test's reason when the app ran out of room on its ext2 root (the image is
     sized to its tree plus a quarter; an app that writes at start needs ``rootfs.size_mib``)."""
-    if recipe.rootfs.format != "ext2" or "No space left on device" not in console:
+    if not recipe.rootfs.format.is_disk or "No space left on device" not in console:
         return ""
     return (f" (the console says 'No space left on device': the ext2 root is full; give recipe "
             f"{recipe.name} a rootfs.size_mib with room for what the app writes)")

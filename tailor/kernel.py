@@ -338,6 +338,7 @@ def tasks(recipes, action):
                          str(source.stamp_path(source.recipe_ref(r)))],
             "targets": [str(app_pointer(r.id))],
             "clean": [(clean_app, [r.id])],
-            "uptodate": [config_changed({"build_settings": BUILD_SETTINGS, "toolchain": kernel_toolchain()})],
+            "uptodate": [config_changed({"build_settings": BUILD_SETTINGS, "toolchain": kernel_toolchain(),
+                                         "records": [KernelBuild.FORMAT, KernelPointer.FORMAT]})],
             "verbosity": 2,
         }

@@ -56,6 +56,7 @@ from typing import Any, Callable, Iterator
 from tailor.console import NO_OUTPUT_S, ConsoleState, decode, exit_text, panic_reason, split_lines
 from tailor.errors import (BootFailure, HostPortTaken, KernelPanicked, NoConsoleOutput, QemuError, QemuExited,
                            TailorBug, TailorError)
+from tailor.kinds import Accel, BootMethod, RootFormat, choices
 from tailor.records import KernelFiles, KernelPointer
 from tailor.util import enabled_symbols
 
@@ -78,8 +79,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def detect_accel(force: str | None = None, *, cpuinfo_path: str | os.PathLike = "/proc/cpuinfo",
-                 kvm_path: str | os.PathLike = "/dev/kvm") -> str:
-    """Return ``"kvm"`` or ``"tcg"``.
+                 kvm_path: str | os.PathLike = "/dev/kvm") -> Accel:
+    """Return :attr:`Accel.KVM` or :attr:`Accel.TCG`.
 
     *force* (or else the ``TAILOR_ACCEL`` environment variable) decides when
     set. Otherwise the answer is ``"kvm"`` only when *kvm_path* opens
@@ -90,16 +91,17 @@ def detect_accel(force: str | None = None, *, cpuinfo_path: str | os.PathLike = 
     choice = force or os.environ.get("TAILOR_ACCEL") or ""
     if choice:
         choice = choice.strip().lower()
-        if choice not in ("kvm", "tcg"):
+        try:
+            return Accel(choice)
+        except ValueError:
             src = "accel" if force else "TAILOR_ACCEL"
-            raise TailorError(f"{src}={choice!r} is not an accelerator; use tcg or kvm")
-        return choice
+            raise TailorError(f"{src}={choice!r} is not an accelerator; use tcg or kvm") from None
     try:
         fd = os.open(kvm_path, os.O_RDWR | os.O_CLOEXEC)
     except OSError:
-        return "tcg"
+        return Accel.TCG
     os.close(fd)
-    return "kvm" if has_virt_flags(cpuinfo_path) else "tcg"
+    return Accel.KVM if has_virt_flags(cpuinfo_path) else Accel.TCG
 
 
 def has_virt_flags(cpuinfo_path: str | os.PathLike) -> bool:
@@ -147,27 +149,22 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
     :mod:`tailor.run` makes) is opened as it is, without ``snapshot=on``.
     Paths and names inside option lists are escaped (:func:`option_value`), so any path works.
     """
-    if fmt not in ("cpio", "ext2"):
-        raise ValueError(f"image format {fmt!r}: expected cpio or ext2")
-    if accel not in ("tcg", "kvm"):
-        raise ValueError(f"accelerator {accel!r}: expected tcg or kvm")
+    fmt, accel = RootFormat(fmt), Accel(accel)  # ValueError for anything else
     if hostfwd and not network:
         raise ValueError("port forwarding needs network=True")
     cmd = [QEMU, "-M", MACHINE]
-    cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+    cmd += ["-accel", "kvm", "-cpu", "host"] if accel is Accel.KVM else ["-accel", "tcg", "-cpu", "max"]
     cmd += ["-m", str(int(memory)), "-smp", "1"]
     if name:
         cmd += ["-name", option_value(name)]
     cmd += ["-nodefaults", "-no-user-config", "-display", "none", "-serial", serial, "-no-reboot"]
     cmd += ["-kernel", str(kernel)]
-    if fmt == "cpio":
-        cmd += ["-initrd", str(image)]
-        root_args = "rdinit=/init"
-    else:
+    if fmt.is_disk:
         snapshot = ",snapshot=on" if disk_format == "raw" else ""
         cmd += ["-drive", f"id=root,file={option_value(image)},format={disk_format},if=none{snapshot}",
                 "-device", "virtio-blk-device,drive=root"]
-        root_args = "root=/dev/vda rw init=/init"
+    else:
+        cmd += ["-initrd", str(image)]
     if network:
         netdev = "user,id=n0,restrict=on"
         for fwd in hostfwd or ():
@@ -175,7 +172,7 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
             netdev += f",hostfwd=tcp:{option_value(addr)}:{int(host_port)}-:{int(guest_port)}"
         cmd += ["-netdev", netdev, "-device", "virtio-net-device,netdev=n0"]
     cmd += [str(a) for a in extra]
-    append = f"{BASE_CMDLINE} {root_args}"
+    append = f"{BASE_CMDLINE} {fmt.kernel_args}"
     if cmdline_extra and cmdline_extra.strip():
         append += " " + " ".join(cmdline_extra.split())
     cmd += ["-append", append]
@@ -183,16 +180,12 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
 
 
 def ramfs_cmdline(fmt: str) -> str:
-    """``rootfstype=ramfs`` for a cpio root, else nothing: a kernel with TMPFS unpacks an initramfs into a
-    tmpfs capped at half the memory (postgres's initdb runs out of space there), a base without TMPFS
-    (lupine-base) into an uncapped ramfs; on an ext2 root the option would name the root's own type."""
-    return "rootfstype=ramfs" if fmt == "cpio" else ""
+    """:attr:`~tailor.kinds.RootFormat.ramfs_cmdline` of the format *fmt*."""
+    return RootFormat(fmt).ramfs_cmdline
 
 
-BOOT_METHODS = ("pvh", "bzimage")
-"""How qemu starts a kernel: ``pvh`` loads the uncompressed ELF vmlinux and jumps to its PVH entry
-point (no real-mode setup, no decompressor; Firecracker boots the same way), ``bzimage`` loads the
-compressed bzImage through its setup code and decompressor."""
+BOOT_METHODS = tuple(BootMethod)
+"""How qemu starts a kernel (:class:`~tailor.kinds.BootMethod`)."""
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -219,16 +212,19 @@ def kernel_file(kernel, method: str | None = None) -> tuple[Path, str]:
     with ``CONFIG_PVH=y`` boots by PVH and any other by its bzImage. Asking
     for ``pvh`` of a kernel without it is a TailorError naming the config.
     """
-    if method not in (None,) + BOOT_METHODS:
-        raise TailorError(f"boot method {method!r}: expected {' or '.join(BOOT_METHODS)}")
+    if method is not None:
+        try:
+            method = BootMethod(method)
+        except ValueError:
+            raise TailorError(f"boot method {method!r}: expected {choices(BootMethod)}") from None
     files = kernel_files(kernel)
     pvh = has_pvh(files.config)
-    if method == "pvh" and not pvh:
+    if method is BootMethod.PVH and not pvh:
         raise TailorError(f"{files.config}: CONFIG_PVH is not set, so qemu cannot boot its vmlinux directly; "
                           f"add PVH=y to the kernel or boot the bzImage")
-    if method == "pvh" or (method is None and pvh):
-        return files.vmlinux, "pvh"
-    return files.bzimage, "bzimage"
+    if method is BootMethod.PVH or (method is None and pvh):
+        return files.vmlinux, BootMethod.PVH
+    return files.bzimage, BootMethod.BZIMAGE
 
 
 def has_pvh(config: str | os.PathLike) -> bool:
@@ -239,13 +235,13 @@ def has_pvh(config: str | os.PathLike) -> bool:
         return False
 
 
-def boot_method(kernel: str | os.PathLike) -> str:
+def boot_method(kernel: str | os.PathLike) -> BootMethod:
     """``pvh`` when the file at *kernel* is an ELF (a vmlinux), else ``bzimage``."""
     try:
         with open(kernel, "rb") as f:
-            return "pvh" if f.read(4) == ELF_MAGIC else "bzimage"
+            return BootMethod.PVH if f.read(4) == ELF_MAGIC else BootMethod.BZIMAGE
     except OSError:
-        return "bzimage"
+        return BootMethod.BZIMAGE
 
 
 def free_port() -> int:
@@ -525,7 +521,7 @@ def session(command: Callable[[str, int | None], list[str]], new_console: Callab
     (qemu cannot be started) passes through.
     """
     port = free_port() if guest_port else None
-    kvm_failure, starts = "", 0
+    kvm_failure, starts, accel = "", 0, Accel(accel)
     while True:
         with VM(command(accel, port), new_console()) as vm:
             starts += 1
@@ -539,8 +535,8 @@ def session(command: Callable[[str, int | None], list[str]], new_console: Callab
                 if guest_port and starts < PORT_TRIES and vm.port_taken():
                     port = free_port()
                     continue
-                if accel == "kvm" and vm.console.first_output_s is None:
-                    accel, kvm_failure, starts = "tcg", why, 0
+                if accel is Accel.KVM and vm.console.first_output_s is None:
+                    accel, kvm_failure, starts = Accel.TCG, why, 0
                     continue
                 if error is not None:
                     raise error

@@ -39,6 +39,7 @@ import yaml
 
 from tailor.errors import TailorError
 from tailor.image.reference import parse_reference
+from tailor.kinds import RootFormat, Variant
 from tailor.schema import DEFAULT_SOURCE_PACKAGE, NETWORK_PROBES, PROBES, children, default, required
 from tailor.util import PROJECT, display_path, model_digest
 
@@ -202,13 +203,16 @@ class RootfsSpec:
     """An OCI image reference (:mod:`tailor.image`) whose layers are the tree the packages go over."""
     files: tuple[str, ...] = ()
     overlay: tuple[str, ...] = ()
-    format: str = "ext2"
+    format: RootFormat = RootFormat.EXT2
     slim: bool | str = True
     """True (the entrypoint, its closure and ``files``), False (the whole tree) or ``"traced"`` (also what
     the app used in its boot test, :mod:`tailor.slim`)."""
     size_mib: int | None = None
     users: tuple[str, ...] = ()
     build: tuple[BuildStep, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "format", RootFormat(self.format))  # also after replace(format="cpio")
 
 
 @dataclass(frozen=True)
@@ -516,16 +520,17 @@ def _rootfs(c: _Checker, raw, name: str) -> RootfsSpec:
                                 item=lambda v, k: _safe_relpath(c, v, k))
     else:
         overlay = tuple(d for d in ("common", name) if (ROOTFS_DIR / d).is_dir())
-    fmt = raw.get("format", default("rootfs.format"))
-    if fmt not in ("cpio", "ext2"):
-        raise c.err(kp + ("format",), f"{fmt!r} is not an image format; use `cpio` or `ext2`")
+    try:
+        fmt = RootFormat(raw.get("format", default("rootfs.format")))
+    except (ValueError, TypeError):
+        raise c.err(kp + ("format",), f"{raw.get('format')!r} is not an image format; use `cpio` or `ext2`") from None
     slim = raw.get("slim", default("rootfs.slim", image=image is not None))
     if slim != "traced" and not isinstance(slim, bool):
         raise c.err(kp + ("slim",), f"expected true, false or traced, got {_type_name(slim)} {slim!r}")
     size = raw.get("size_mib")
     if size is not None:
         size = c.integer(size, kp + ("size_mib",), lo=1, hi=1 << 20, what="a size in MiB")
-        if fmt != "ext2":
+        if not fmt.is_disk:
             raise c.err(kp + ("size_mib",), "only an ext2 image has a size; remove it or use format: ext2")
     users = c.string_list(raw.get("users"), kp + ("users",),
                           item=lambda v, k: c.string(v, k, pattern=USER_NAME, what="a user name"))
@@ -691,7 +696,7 @@ def general_variant(recipe: Recipe) -> Recipe:
                         resolve="strict", patches=recipe.kernel.patches, cmdline=recipe.kernel.cmdline)
     digests = dict(recipe.digests)
     digests["kernel"] = model_digest(kernel)
-    return replace(recipe, kernel=kernel, variant="general", digests=digests)
+    return replace(recipe, kernel=kernel, variant=Variant.GENERAL, digests=digests)
 
 
 def with_variants(recipes: list[Recipe]) -> list[Recipe]:

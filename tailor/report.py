@@ -29,6 +29,7 @@ import yaml
 
 from tailor.bench import REPORT_APPS, bench_dir, conditions
 from tailor.errors import TailorError
+from tailor.kinds import RootFormat
 from tailor.paths import report_dir
 from tailor.templates import render
 from tailor.util import read_json, write_atomic
@@ -397,7 +398,7 @@ def memory_breakdown_section(data: dict | None) -> Section:
     for r in sorted(data["results"], key=_row_order):
         if r.get("variant") == "general" or r.get("missing") or "breakdown" not in r:
             continue
-        own = r.get("root", "cpio")
+        own = r.get("root", RootFormat.CPIO)
         mine = alts.get((r["app"], r["variant"]), [])
         own_ready = next((a["own_ready_s"] for a in mine if a.get("own_ready_s") is not None), None)
         entries = [(own, r["min_mib"], r["breakdown"], own_ready)]

@@ -39,6 +39,7 @@ from tailor.errors import TailorError
 from tailor.fstree import (add_users, apply_overlay, copy_in, elf_files, expand_files, has_user, make_dir_in,
                            normalise)
 from tailor.epoch import source_date_epoch
+from tailor.kinds import RootFormat
 from tailor.recipe import ROOTFS_DIR, Recipe
 from tailor.records import RootfsManifest
 from tailor.templates import TEMPLATES_DIR, render
@@ -46,7 +47,7 @@ from tailor.util import (PROJECT, atomic_path, code_digest, display_path, makedi
                          sha256_file, sha256_text, write_json)
 
 INIT_TEMPLATE = "init.sh.j2"
-ROOTFS_CODE = ("rootfs", "cpio", "debian", "elf", "epoch", "fstree", "image", "templates")
+ROOTFS_CODE = ("rootfs", "cpio", "debian", "elf", "epoch", "fstree", "image", "kinds", "records", "templates")
 """The modules whose code makes a root image (a change of theirs invalidates rootfs tasks)."""
 
 ALWAYS_PACKAGES = ("busybox-static",)
@@ -449,13 +450,13 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
         kept_files = sum(1 for p in staged.rglob("*") if not p.is_dir())
         normalise(staged, epoch, owners=img is not None)
         image = rdir / f"rootfs.{recipe.rootfs.format}"
-        for other in ("cpio", "ext2"):
+        for other in RootFormat:
             if other != recipe.rootfs.format:
                 remove(rdir / f"rootfs.{other}")
-        if recipe.rootfs.format == "cpio":
-            pack_cpio(staged, image, epoch, owners=img is not None)
-        else:
+        if recipe.rootfs.format.is_disk:
             pack_ext2(staged, image, epoch, recipe.name, recipe.rootfs.size_mib, origin)
+        else:
+            pack_cpio(staged, image, epoch, owners=img is not None)
         files = sum(1 for _ in staged.rglob("*"))
         content = sum(p.lstat().st_size for p in staged.rglob("*") if p.is_file() and not p.is_symlink())
     finally:

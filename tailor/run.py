@@ -190,7 +190,7 @@ def plan(recipe, *, name: str | None = None, memory: int | None = None, forwards
                               f"(python -m tailor stop {name}) or choose another --name")
         _cleanup(old or {"name": name})
     layer = ""
-    if recipe.rootfs.format == "ext2":
+    if recipe.rootfs.format.is_disk:
         layer = str(Path(keep).resolve()) if keep else str(vm_dir(name) / "root.qcow2")
         if keep and Path(keep).exists():
             raise TailorError(f"--keep {keep}: the file exists; name a new file for this run's disk layer")

@@ -49,6 +49,7 @@ from pathlib import Path
 from tailor import boot, paths, records, run
 from tailor import rootfs as rootfs_stage
 from tailor.errors import TailorError
+from tailor.kinds import RootFormat, Variant
 from tailor.minimise import Memo, add_back
 from tailor.qemu import VM, CtrlC, detect_accel, free_port, kernel_file
 from tailor.run import QEMU_IMG
@@ -150,7 +151,7 @@ def _kernel(recipe: Recipe) -> tuple[Path, str]:
 def trace(recipe: Recipe, work: Path) -> tuple[list[dict], dict]:
     """Boot the whole tree of *recipe* once with its boot test; return the kept list and what the boot showed."""
     kernel, config = _kernel(recipe)
-    whole = replace(recipe, rootfs=replace(recipe.rootfs, slim=False, format="ext2", size_mib=None))
+    whole = replace(recipe, rootfs=replace(recipe.rootfs, slim=False, format=RootFormat.EXT2, size_mib=None))
     print(f"[slim:{recipe.name}] building the whole tree as an ext2 image", file=sys.stderr)
     manifest = rootfs_stage.build(whole, into=work / "whole")
     image = work / "whole" / "rootfs.ext2"
@@ -158,8 +159,8 @@ def trace(recipe: Recipe, work: Path) -> tuple[list[dict], dict]:
     probe = recipe.test.probe
     forwards = [run.Forward("127.0.0.1", free_port(), probe.port)] if probe.port and recipe.app.network else []
     layer = work / "layer.qcow2"
-    p = run.Plan(name=f"slim-{recipe.name}-{os.getpid()}", app=recipe.name, variant="specific", kernel=str(kernel),
-                 image=str(image), root="ext2", memory=recipe.test.memory, forwards=forwards,
+    p = run.Plan(name=f"slim-{recipe.name}-{os.getpid()}", app=recipe.name, variant=Variant.SPECIFIC,
+                 kernel=str(kernel), image=str(image), root=RootFormat.EXT2, memory=recipe.test.memory, forwards=forwards,
                  cmdline=" ".join(filter(None, (recipe.kernel.cmdline, WRITEBACK_ARGS if fast else ""))),
                  ready=recipe.test.ready, timeout=recipe.test.timeout, network=bool(recipe.app.network),
                  layer=str(layer), keep=True)

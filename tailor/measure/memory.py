@@ -30,6 +30,7 @@ from typing import Callable
 from tailor import boot, config, kernel, qemu, records, rootfs
 from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, variants
 from tailor.errors import TailorError
+from tailor.kinds import RootFormat
 from tailor.measure.boot_time import MEASURE_CMDLINE, boot_once
 from tailor.recipe import Recipe
 from tailor.util import atomic_path, makedirs, system_map_symbols, write_json
@@ -38,7 +39,7 @@ MEMORY_RANGE = (8, 256)
 """Bisection bounds in MiB: the low end is assumed to fail, the high end must pass."""
 MEMORY_TIMEOUT_S = 60
 """Timeout of each boot test during the memory bisection (a starved guest may hang)."""
-ALTERNATIVES = ("cpio", "ext2", "cpio.gz")
+ALTERNATIVES = (RootFormat.CPIO, RootFormat.EXT2, "cpio.gz")
 """Root filesystem formats measured beside each app's own (the recipe's ``rootfs.format``) for its specific
 kernel; a baseline gets the other of cpio and ext2 only."""
 GZIP_APPS = ("redis",)
@@ -208,7 +209,7 @@ def _breakdown_of(v: Variant, min_mib: int, accel: str | None, unpacked: int | N
     line = parse_memory_line((outdir / "console.log").read_text(errors="replace"))
     if line is None:
         return {"error": "no 'Memory:' line on the console"}
-    if v.recipe.rootfs.format == "cpio":
+    if not RootFormat(v.recipe.rootfs.format).is_disk:
         archive = v.image.stat().st_size
         if unpacked is None:
             _, unpacked = cpio_data_size(v.image)
@@ -244,7 +245,7 @@ def _alternatives(v: Variant, own_min: int, lo: int, hi: int, accel: str | None,
             continue
         row = {"app": v.app, "variant": v.variant, "root": fmt, "own_root": own, "own_min_mib": own_min}
         try:
-            alt = _gzip_variant(v, in_format("cpio").image) if fmt == "cpio.gz" else in_format(fmt)
+            alt = _gzip_variant(v, in_format(RootFormat.CPIO).image) if fmt == "cpio.gz" else in_format(fmt)
         except TailorError as e:
             row["error"] = f"could not build the {fmt} variant: {str(e).splitlines()[0]}"
             out.append(row)
@@ -257,7 +258,7 @@ def _alternatives(v: Variant, own_min: int, lo: int, hi: int, accel: str | None,
             row["kernel"] = alt.kernel["identity"]
         if found is not None:
             row["breakdown"] = _breakdown_of(alt, found, accel,
-                                             cpio_data_size(in_format("cpio").image)[1] if fmt == "cpio.gz" else None)
+                                             cpio_data_size(in_format(RootFormat.CPIO).image)[1] if fmt == "cpio.gz" else None)
         if own_ready is _UNMEASURED:  # the own root's time to ready, once for all alternatives
             own_ready = _ready_median(v, bench_dir() / "memory" / v.app / f"{v.variant}-ready-{own}", accel)
         row["own_ready_s"] = own_ready
@@ -294,7 +295,7 @@ def _gzip_variant(v: Variant, cpio_image: Path) -> Variant:
     unpack it: the recipe's config plus :data:`GZIP_OPTION` (variant ``rd-gzip``, resolved, verified and
     built like any recipe's kernel). The archive is ``out/bench/memory/<app>/rootfs.cpio.gz`` (gzip -9,
     no name or time in its header)."""
-    recipe = replace(v.recipe, variant="rd-gzip", rootfs=replace(v.recipe.rootfs, format="cpio"),
+    recipe = replace(v.recipe, variant="rd-gzip", rootfs=replace(v.recipe.rootfs, format=RootFormat.CPIO),
                      kernel=replace(v.recipe.kernel, options=v.recipe.kernel.options + (GZIP_OPTION,)))
     config.configure(recipe)
     kernel.build_for(recipe)

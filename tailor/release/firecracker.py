@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from tailor.errors import TailorError
+from tailor.kinds import RootFormat
 from tailor.util import json_bytes
 
 FIRECRACKER_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
@@ -31,12 +32,12 @@ def firecracker_config(*, kernel: str, rootfs: str, rootfs_format: str, memory: 
     (``root=/dev/vda rw init=/init``). With *network*, eth0 is a tap device
     ``tap0`` with a fixed MAC; the guest configures itself as in the boot test.
     """
-    if rootfs_format == "cpio":
-        root_args, initrd, block = "rdinit=/init", rootfs, None
-    elif rootfs_format == "ext2":
-        root_args, initrd, block = "root=/dev/vda rw init=/init", None, rootfs
-    else:
-        raise TailorError(f"rootfs format {rootfs_format!r}: Firecracker boots cpio (initrd) or ext2 (drive)")
+    try:
+        fmt = RootFormat(rootfs_format)
+    except ValueError:
+        raise TailorError(f"rootfs format {rootfs_format!r}: Firecracker boots cpio (initrd) or ext2 (drive)") from None
+    root_args = fmt.kernel_args
+    initrd, block = (None, rootfs) if fmt.is_disk else (rootfs, None)
     boot_args = " ".join(x for x in (FIRECRACKER_BOOT_ARGS, root_args, cmdline_extra.strip()) if x)
     boot_source = {"kernel_image_path": kernel, "boot_args": boot_args}
     if initrd:

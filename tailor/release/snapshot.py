@@ -27,6 +27,7 @@ from types import SimpleNamespace
 
 from tailor import snapshot as snap
 from tailor.errors import TailorError
+from tailor.kinds import RootFormat, Variant
 from tailor.qemu import QEMU
 from tailor.run import QEMU_IMG
 from tailor.release.names import render
@@ -68,12 +69,12 @@ def add_snapshot(recipe, dest: Path, *, image: Path, kernel_name: str, version: 
     app = recipe.name
     if not recipe.release.snapshot:
         raise ValueError(f"{app}: release.snapshot is false")
-    plan = SimpleNamespace(variant="specific", image=str(image), memory=recipe.test.memory)
+    plan = SimpleNamespace(variant=Variant.SPECIFIC, image=str(image), memory=recipe.test.memory)
     try:
         rec = snap.check(recipe, plan)
     except TailorError as e:
         raise TailorError(f"release of {app} (release.snapshot: true): {e}") from None
-    if rec.get("root") != "ext2" or "disk.qcow2" not in rec.get("files", {}):
+    if rec.get("root") != RootFormat.EXT2 or "disk.qcow2" not in rec.get("files", {}):
         raise TailorError(f"release of {app}: release.snapshot needs an ext2 root (rootfs.format: ext2)")
     src = snap.snapshot_dir(app)
     d = dest / SNAPSHOT_DIR
