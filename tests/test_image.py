@@ -429,3 +429,37 @@ def test_an_unreachable_registry_fails_the_build_before_any_kernel_work(tmp_path
         "access)"], proc.stdout + proc.stderr
     assert not (project / "out/config").exists(), proc.stdout
     assert not list((project / "out/rootfs").glob("traefik/rootfs.*"))
+
+
+# --------------------------------------------------------------------------
+# The one deterministic tar writer (tailor.image.layout), as images built from packages use it
+
+
+def test_tree_tar_is_the_same_whoever_writes_it_and_whenever(tmp_path):
+    from tailor.image import layout
+
+    tree = tmp_path / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/app").write_bytes(b"#!/bin/sh\n")
+    os.chmod(tree / "usr/bin/app", 0o755)
+    os.link(tree / "usr/bin/app", tree / "usr/bin/again")
+    os.symlink("usr/bin", tree / "bin")
+    long_dir = tree / ("d" * 120)
+    long_dir.mkdir()
+    (long_dir / "f").write_bytes(b"x")
+    one = layout.tree_tar(tree, tmp_path / "one.tar", 1672531200)
+    os.utime(tree / "usr/bin/app", (2000000000, 2000000000))
+    if os.geteuid() == 0:
+        os.lchown(tree / "bin", 1000, 1000)
+    two = layout.tree_tar(tree, tmp_path / "two.tar", 1672531200)
+    assert one.read_bytes() == two.read_bytes()
+    with tarfile.open(one) as tf:
+        members = tf.getmembers()
+        assert [m.name for m in members] == ["bin", "d" * 120, "d" * 120 + "/f", "usr", "usr/bin", "usr/bin/again",
+                                             "usr/bin/app"]
+        assert all(m.mtime == 1672531200 and (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", "") for m in members)
+        assert all(set(m.pax_headers) <= {"path"} for m in members)  # no pax times; a path only when too long
+        by = {m.name: m for m in members}
+        assert by["bin"].issym() and by["bin"].linkname == "usr/bin"
+        assert by["usr/bin/app"].islnk() and by["usr/bin/app"].linkname == "usr/bin/again"
+        assert by["usr/bin/again"].mode == 0o755 and tf.extractfile(by["usr/bin/again"]).read() == b"#!/bin/sh\n"

@@ -30,6 +30,8 @@ Steps, each a plain function (re-exported here from the module named):
 4. :func:`app_from_config` (:mod:`~tailor.image.appconfig`): Entrypoint + Cmd, Env, WorkingDir and User of
    the image config, each overridden by the recipe's ``app`` key for it.
 
+Blob paths, blob checks, ``index.json`` and the deterministic tar writer are
+:mod:`~tailor.image.layout`'s, shared with the release's OCI layout.
 References are parsed in :mod:`~tailor.image.reference`; :func:`obtain` (in
 :mod:`~tailor.image.lockfile`) runs steps 1 and 2 for the rootfs stage.
 Images built from Debian packages (``images/<name>.yaml``, ``doit
@@ -41,8 +43,9 @@ it imports the recipe model (for ``rootfs/``), which imports
 from __future__ import annotations
 
 from tailor.image.appconfig import app_from_config, image_summary
-from tailor.image.cache import Image, blob_path, cache_dir, cached, fetch, resolve, verify
+from tailor.image.cache import Image, cache_dir, cached, fetch, resolve, verify
 from tailor.image.layers import OPAQUE, WHITEOUT, apply_layer, merge_tree, unpack
+from tailor.image.layout import blob_path
 from tailor.image.lockfile import locked_digest, obtain, pin, pinned_digest, read_lock, record
 from tailor.image.reference import (DIGEST, DOCKER_LIST, DOCKER_MANIFEST, IMAGES_DIR, INDEX_TYPES, LAYER_TYPES,
                                     MANIFEST_TYPES, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, REF_NAME, TAG_RE,

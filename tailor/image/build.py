@@ -7,12 +7,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +21,11 @@ from tailor import debian, paths
 from tailor.elf import library_closure, resolve_in_root
 from tailor.errors import TailorError
 from tailor.fstree import add_users, apply_overlay, copy_in, elf_files, expand_files, normalise
-from tailor.image.reference import IMAGES_DIR, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, REF_NAME, TAG_RE
+from tailor.image.layout import put_blob, put_blob_file, set_tag, tree_tar
+from tailor.image.reference import IMAGES_DIR, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, TAG_RE
 from tailor.epoch import source_date_epoch
 from tailor.recipe import ROOTFS_DIR
-from tailor.util import display_path, makedirs, remove, replace_dir, write_atomic
+from tailor.util import display_path, makedirs, remove, replace_dir
 
 
 @dataclass(frozen=True)
@@ -88,56 +87,16 @@ def load_spec(path: Path) -> ImageSpec:
                      overlay=strings("overlay"))
 
 
-def _layer_from_tree(tree: Path, dest: Path, epoch: int) -> None:
-    """A deterministic uncompressed tar of *tree* (sorted, times clamped, owners as in the tree)."""
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            paths.append(os.path.relpath(os.path.join(dirpath, name), tree))
-    paths.sort(key=lambda p: p.encode())
-    with open(dest, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for rel in paths:
-            info = tf.gettarinfo(str(tree / rel), arcname=rel)
-            info.mtime = min(int(info.mtime), epoch)
-            info.uname = info.gname = ""
-            if info.isreg():
-                with open(tree / rel, "rb") as f:
-                    tf.addfile(info, f)
-            else:
-                tf.addfile(info)
-
-
 def write_layout(layout: Path, tag: str, layers: list[Path], config: dict) -> str:
-    """Write an OCI image layout (uncompressed tar layers) to *layout*; return the manifest digest."""
-    blobs = makedirs(layout / "blobs" / "sha256")
-
-    def put(data: bytes) -> dict:
-        digest = hashlib.sha256(data).hexdigest()
-        if not (blobs / digest).exists():
-            write_atomic(blobs / digest, data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
-    descs = []
-    diff_ids = []
-    for layer in layers:
-        digest = hashlib.sha256(layer.read_bytes()).hexdigest()
-        os.replace(layer, blobs / digest)
-        descs.append({"mediaType": OCI_LAYER, "digest": f"sha256:{digest}",
-                      "size": (blobs / digest).stat().st_size})
-        diff_ids.append(f"sha256:{digest}")
-    config = dict(config, rootfs={"type": "layers", "diff_ids": diff_ids})
-    cdesc = dict(put(json.dumps(config, sort_keys=True).encode()), mediaType=OCI_CONFIG)
+    """Write an image of the uncompressed tar *layers* (files moved into the layout as blobs) and the image
+    *config* (its ``rootfs`` key set here) into the OCI layout *layout*, tagged *tag* (replacing an image
+    of that tag); return the manifest digest. The config and manifest are compact key-sorted JSON."""
+    descs = [dict(put_blob_file(layout, layer), mediaType=OCI_LAYER) for layer in layers]
+    config = dict(config, rootfs={"type": "layers", "diff_ids": [d["digest"] for d in descs]})
+    cdesc = dict(put_blob(layout, json.dumps(config, sort_keys=True).encode()), mediaType=OCI_CONFIG)
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc, "layers": descs}
-    mdesc = dict(put(json.dumps(manifest, sort_keys=True).encode()), mediaType=OCI_MANIFEST,
-                 annotations={REF_NAME: tag})
-    index = {"schemaVersion": 2, "manifests": [mdesc]}
-    if (layout / "index.json").exists():
-        old = json.loads((layout / "index.json").read_text())
-        index["manifests"] = [m for m in old.get("manifests", [])
-                              if (m.get("annotations") or {}).get(REF_NAME) != tag] + [mdesc]
-    write_atomic(layout / "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}, sort_keys=True))
-    write_atomic(layout / "index.json", json.dumps(index, sort_keys=True, indent=2) + "\n")
-    return mdesc["digest"]
+    mdesc = dict(put_blob(layout, json.dumps(manifest, sort_keys=True).encode()), mediaType=OCI_MANIFEST)
+    return set_tag(layout, mdesc, tag)["digest"]
 
 
 def image_config(*, entrypoint=(), cmd=(), env=(), workdir="/", user="", architecture="amd64") -> dict:
@@ -184,7 +143,7 @@ def build_from_packages(spec: ImageSpec, layout: Path) -> str:
             apply_overlay(tree, ROOTFS_DIR / name, f"{where}: overlay")
         normalise(tree, epoch)
         layer = work / "layer.tar"
-        _layer_from_tree(tree, layer, epoch)
+        tree_tar(tree, layer, epoch)
         scratch = work / "layout"
         if layout.exists():
             shutil.copytree(layout, scratch)

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from tailor import paths
 from tailor.errors import TailorError
+from tailor.image.layout import (blob_dir, blob_path, index_manifests, put_blob, read_index, read_json_blob, set_tag,
+                                 tag_of, verify_blob)
 from tailor.image.reference import (DIGEST, INDEX_TYPES, LAYER_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
-                                    REF_NAME, ImageRef, local_image_task)
-from tailor.util import display_path, file_lock, makedirs, remove, write_atomic
+                                    ImageRef, local_image_task)
+from tailor.util import display_path, file_lock, makedirs, remove
 
 
 def _skopeo(args: list[str], ref: ImageRef, origin: str, digest: str | None = None,
@@ -65,52 +67,12 @@ def _skopeo_error(text: str, ref: ImageRef, origin: str, digest: str | None = No
     return TailorError(f"{where}: skopeo failed: {line[:300]}")
 
 
-# --------------------------------------------------------------------------
-# Blobs
-
-
-def blob_path(layout: Path, digest: str) -> Path:
-    return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-
-
-def _verifyblob_path(path: Path, desc: dict, what: str, where: str) -> None:
-    """Check that the blob at *path* has the descriptor's sha256 and size (streamed)."""
-    digest = desc.get("digest", "")
-    if not DIGEST.match(str(digest)):
-        raise TailorError(f"{where}: {what} has digest {digest!r}, not sha256; tailor verifies sha256 only")
-    h, n = hashlib.sha256(), 0
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-                n += len(block)
-    except FileNotFoundError:
-        raise TailorError(f"{where}: {what} {digest[:19]} is missing from the image") from None
-    if "sha256:" + h.hexdigest() != digest:
-        raise TailorError(f"{where}: {what} {digest[:19]} is corrupt (its content has sha256:{h.hexdigest()[:12]}); "
-                          f"the image is damaged, fetch or build it again")
-    if desc.get("size") is not None and desc["size"] != n:
-        raise TailorError(f"{where}: {what} {digest[:19]} has {n} bytes, its descriptor says {desc['size']}")
-
-
-def _read_jsonblob_path(layout: Path, desc: dict, what: str, where: str) -> dict:
-    path = blob_path(layout, desc["digest"]) if DIGEST.match(str(desc.get("digest", ""))) else Path("/nonexistent")
-    _verifyblob_path(path, desc, what, where)
-    try:
-        data = json.loads(path.read_bytes())
-    except ValueError:
-        raise TailorError(f"{where}: {what} {desc['digest'][:19]} is not JSON") from None
-    if not isinstance(data, dict):
-        raise TailorError(f"{where}: {what} {desc['digest'][:19]} is not a JSON object")
-    return data
-
-
 def _platform_manifest(layout: Path, desc: dict, where: str) -> dict:
     """Follow an index to its linux/amd64 manifest descriptor (a manifest's own descriptor is returned as is)."""
     for _ in range(4):
         if desc.get("mediaType") not in INDEX_TYPES:
             return desc
-        index = _read_jsonblob_path(layout, desc, "index", where)
+        index = read_json_blob(layout, desc, "index", where)
         found = [m for m in index.get("manifests", []) if isinstance(m, dict)
                  and (m.get("platform") or {}).get("architecture") == "amd64"
                  and (m.get("platform") or {}).get("os") == "linux"]
@@ -143,13 +105,13 @@ def cache_dir() -> Path:
 def verify(layout: Path, top: dict, ref: ImageRef, digest: str, where: str) -> Image:
     """Check the index/manifest at *top*, the config and every layer in *layout*; return the image."""
     desc = _platform_manifest(layout, top, where)
-    manifest = _read_jsonblob_path(layout, desc, "manifest", where)
+    manifest = read_json_blob(layout, desc, "manifest", where)
     if manifest.get("mediaType", desc.get("mediaType")) not in MANIFEST_TYPES and "layers" not in manifest:
         raise TailorError(f"{where}: {desc['digest'][:19]} is not an image manifest")
     cdesc = manifest.get("config")
     if not isinstance(cdesc, dict):
         raise TailorError(f"{where}: the manifest has no config")
-    config = _read_jsonblob_path(layout, cdesc, "config", where)
+    config = read_json_blob(layout, cdesc, "config", where)
     arch, osname = config.get("architecture"), config.get("os")
     if (osname, arch) != ("linux", "amd64"):
         raise TailorError(f"{where}: the image is {osname}/{arch}; tailor builds amd64/linux microVMs only")
@@ -160,31 +122,22 @@ def verify(layout: Path, top: dict, ref: ImageRef, digest: str, where: str) -> I
         if not isinstance(layer, dict) or layer.get("mediaType") not in LAYER_TYPES:
             kind = layer.get("mediaType") if isinstance(layer, dict) else layer
             raise TailorError(f"{where}: layer {i} has media type {kind!r}; tailor reads tar and tar+gzip layers")
-        path = blob_path(layout, layer["digest"]) if DIGEST.match(str(layer.get("digest", ""))) else Path("/none")
-        _verifyblob_path(path, layer, f"layer {i}", where)
+        verify_blob(layout, layer, f"layer {i}", where)
     return Image(ref=ref, digest=digest, layout=layout, manifest_digest=desc["digest"], manifest=manifest,
                  config_digest=cdesc["digest"], config=config)
 
 
 def _index_entry(layout: Path, name: str | None, where: str, hint: str = "build the image first") -> dict:
     """The descriptor tagged *name* in *layout*'s index.json (the only one when *name* is None)."""
-    index_path = layout / "index.json"
-    try:
-        index = json.loads(index_path.read_text())
-    except FileNotFoundError:
-        raise TailorError(f"{where}: {display_path(layout)} is not an OCI image layout (no index.json); "
-                          f"{hint}") from None
-    except (OSError, ValueError) as e:
-        raise TailorError(f"{where}: {display_path(index_path)} is unreadable ({e})") from None
-    manifests = [m for m in index.get("manifests", []) if isinstance(m, dict)]
+    manifests = [m for m in read_index(layout, where, hint)["manifests"] if isinstance(m, dict)]
     if name is None:
         if len(manifests) != 1:
             raise TailorError(f"{where}: {display_path(layout)} holds {len(manifests)} images; "
                               f"name one with oci:DIR:TAG")
         return manifests[0]
-    found = [m for m in manifests if (m.get("annotations") or {}).get(REF_NAME) == name]
+    found = [m for m in manifests if tag_of(m) == name]
     if not found:
-        tags = sorted((m.get("annotations") or {}).get(REF_NAME, "?") for m in manifests)
+        tags = sorted(tag_of(m) or "?" for m in manifests)
         raise TailorError(f"{where}: no tag {name!r} in {display_path(layout)} (it has {', '.join(tags) or 'none'})")
     return found[0]
 
@@ -218,12 +171,8 @@ def cached(ref: ImageRef, digest: str, origin: str) -> Image | None:
     A cached copy that no longer verifies (a damaged blob) is reported and fetched again."""
     layout = cache_dir()
     where = f"{origin}: rootfs.image: {ref.text}"
-    try:
-        index = json.loads((layout / "index.json").read_text())
-    except (OSError, ValueError):
-        return None
-    for m in index.get("manifests", []) if isinstance(index, dict) else []:
-        if isinstance(m, dict) and (m.get("annotations") or {}).get(REF_NAME) == digest:
+    for m in index_manifests(layout):
+        if tag_of(m) == digest:
             try:
                 return verify(layout, m, ref, digest, where)
             except TailorError as e:
@@ -267,8 +216,7 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
                               f"the registry is not serving what was pinned")
         top = json.loads(raw)
         media = top.get("mediaType") or (OCI_INDEX if "manifests" in top else OCI_MANIFEST)
-        makedirs(scratch / "blobs" / "sha256")
-        write_atomic(blob_path(scratch, digest), raw)
+        put_blob(scratch, raw)
         desc = {"mediaType": media, "digest": digest, "size": len(raw)}
         single = _platform_manifest(scratch, desc, where)  # an index: pick linux/amd64 before copying
         if single["digest"] != digest:  # the platform's manifest, as the registry serves it, checked here too
@@ -276,7 +224,7 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
                             single["digest"]).stdout
             if "sha256:" + hashlib.sha256(child).hexdigest() != single["digest"]:
                 raise TailorError(f"{where}: the registry's manifest {single['digest'][:19]} does not match its digest")
-            write_atomic(blob_path(scratch, single["digest"]), child)
+            put_blob(scratch, child)
         source = f"docker://{ref.location}@{single['digest']}"
         proc = _skopeo(["copy", "-q", "--preserve-digests", source, f"oci:{scratch}:image"], ref, origin,
                        single["digest"], check=False)
@@ -292,11 +240,7 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
     else:
         src = ref.path()
         entry = _index_entry(src, ref.tag, where, _build_hint(ref)) if not ref.digest else None
-        try:
-            entries = json.loads((src / "index.json").read_text()).get("manifests", [])
-        except (OSError, ValueError):
-            entries = []
-        desc = next((m for m in entries if isinstance(m, dict) and m.get("digest") == digest), None)
+        desc = next((m for m in index_manifests(src) if m.get("digest") == digest), None)
         if desc is None:
             now = f" (its tag points at {entry['digest']} now; `python -m tailor pin-image <app>` moves the pin)" \
                 if entry else ""
@@ -311,7 +255,7 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
 
 def _copy_layout(src: Path, dest: Path, desc: dict, where: str) -> None:
     """Copy the blobs of the image *desc* (index, manifest, config, layers) from layout *src* to *dest*."""
-    makedirs(dest / "blobs" / "sha256")
+    makedirs(blob_dir(dest))
     todo = [desc]
     while todo:
         d = todo.pop()
@@ -330,26 +274,12 @@ def _copy_layout(src: Path, dest: Path, desc: dict, where: str) -> None:
 
 
 def _cache_entry(layout: Path, digest: str) -> dict:
-    index = json.loads((layout / "index.json").read_text())
-    return next(m for m in index["manifests"] if m["annotations"][REF_NAME] == digest)
+    return next(m for m in index_manifests(layout) if tag_of(m) == digest)
 
 
 def _store(scratch: Path, layout: Path, top: dict, digest: str, img: Image) -> None:
     """Move the verified blobs of *scratch* into the cache and tag *top* there by its pinned digest."""
-    blobs = makedirs(layout / "blobs" / "sha256")
-    for p in (scratch / "blobs" / "sha256").iterdir():  # verified: they also replace a damaged cached copy
+    blobs = makedirs(blob_dir(layout))
+    for p in blob_dir(scratch).iterdir():  # verified: they also replace a damaged cached copy
         os.replace(p, blobs / p.name)
-    if not (layout / "oci-layout").exists():
-        write_atomic(layout / "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}, sort_keys=True))
-    index = {"schemaVersion": 2, "manifests": []}
-    try:
-        old = json.loads((layout / "index.json").read_text())
-        if isinstance(old, dict) and isinstance(old.get("manifests"), list):
-            index = old
-    except (OSError, ValueError):
-        pass
-    entry = {k: top[k] for k in ("mediaType", "digest", "size") if k in top}
-    entry["annotations"] = {REF_NAME: digest}
-    index["manifests"] = [m for m in index["manifests"] if (m.get("annotations") or {}).get(REF_NAME) != digest]
-    index["manifests"].append(entry)
-    write_atomic(layout / "index.json", json.dumps(index, sort_keys=True, indent=2) + "\n")
+    set_tag(layout, top, digest)

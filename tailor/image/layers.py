@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tailor.elf import resolve_in_root
 from tailor.errors import TailorError
-from tailor.image.cache import Image, blob_path
+from tailor.image.cache import Image
+from tailor.image.layout import blob_path
 from tailor.image.reference import LAYER_TYPES
 from tailor.util import makedirs
 

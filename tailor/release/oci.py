@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
-import io
 import json
 import os
-import re
 import shlex
 import tarfile
 from pathlib import Path
 
 from tailor import __version__
 from tailor.errors import TailorError
+from tailor.image.layout import (LAYOUT_VERSION, blob_dir, deterministic_tar, put_blob, put_blob_file, read_index,
+                                 read_json_blob, verify_blob, write_index)
 from tailor.image.reference import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, REF_NAME
-from tailor.util import atomic_path, enabled_symbols, json_bytes, makedirs, sha256_file, write_atomic, write_json
+from tailor.kinds import RootFormat
+from tailor.util import enabled_symbols, json_bytes, makedirs
 
 URUNC_KERNEL = "/.boot/kernel"
 URUNC_ROOTFS = "/.boot/rootfs"
@@ -38,62 +38,11 @@ def urunc_hypervisor(config_text: str) -> str:
     return "qemu" if config_has(config_text, "PCI") and config_has(config_text, "VIRTIO_PCI") else "firecracker"
 
 
-def deterministic_tar(members: list[tuple[str, str | os.PathLike | bytes, int]], dest: str | os.PathLike,
-                      epoch: int) -> Path:
-    """Write an uncompressed ustar archive of *members* to *dest*, atomically; same inputs, same bytes.
-
-    Each member is ``(path inside the archive, source file or bytes, mode)``.
-    Parent directories are added (mode 0755); entries are sorted by path;
-    every time is *epoch*; owner and group are 0 with empty names.
-    """
-    entries: dict[str, tuple[str | os.PathLike | bytes | None, int]] = {}
-    for name, src, mode in members:
-        name = name.strip("/")
-        if not name or ".." in name.split("/"):
-            raise TailorError(f"{name!r}: not a relative path for an archive member")
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            entries.setdefault("/".join(parts[:i]), (None, 0o755))
-        entries[name] = (src, mode)
-    with atomic_path(dest) as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for name in sorted(entries, key=lambda n: n.encode()):
-                src, mode = entries[name]
-                info = tarfile.TarInfo(name)
-                info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = epoch, mode, 0, 0, "", ""
-                if src is None:
-                    info.type = tarfile.DIRTYPE
-                    tf.addfile(info)
-                elif isinstance(src, bytes):
-                    info.size = len(src)
-                    tf.addfile(info, io.BytesIO(src))
-                else:
-                    info.size = os.stat(src).st_size
-                    with open(src, "rb") as f:
-                        tf.addfile(info, f)
-    return Path(dest)
-
-
-def _blob_dir(layout: Path) -> Path:
-    return layout / "blobs" / "sha256"
-
-
-def _put_blob(layout: Path, data: bytes) -> dict:
-    """Store *data* as a content-addressed blob; return its ``{"digest", "size"}`` descriptor."""
-    digest = hashlib.sha256(data).hexdigest()
-    path = _blob_dir(layout) / digest
-    if not path.exists():
-        write_atomic(path, data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
-
-
 def _put_tar_blob(layout: Path, members, epoch: int) -> dict:
-    scratch = _blob_dir(layout) / f".layer-{os.getpid()}.tar"
-    deterministic_tar(members, scratch, epoch)
-    digest = sha256_file(scratch)
-    size = scratch.stat().st_size
-    os.replace(scratch, _blob_dir(layout) / digest)
-    return {"digest": f"sha256:{digest}", "size": size}
+    """Store a :func:`~tailor.image.layout.deterministic_tar` of *members* in *layout* as a blob; return
+    its ``{"digest", "size"}`` descriptor."""
+    scratch = blob_dir(layout) / f".layer-{os.getpid()}.tar"
+    return put_blob_file(layout, deterministic_tar(members, scratch, epoch))
 
 
 def urunc_annotations(*, hypervisor: str, argv: list[str], rootfs_format: str) -> dict[str, str]:
@@ -104,11 +53,11 @@ def urunc_annotations(*, hypervisor: str, argv: list[str], rootfs_format: str) -
         "com.urunc.unikernel.binary": URUNC_KERNEL,
         "com.urunc.unikernel.cmdline": shlex.join(argv),
     }
-    if rootfs_format == "cpio":
-        out["com.urunc.unikernel.initrd"] = URUNC_ROOTFS
-    else:
+    if RootFormat(rootfs_format).is_disk:
         out["com.urunc.unikernel.block"] = URUNC_ROOTFS
         out["com.urunc.unikernel.blkMntPoint"] = "/"
+    else:
+        out["com.urunc.unikernel.initrd"] = URUNC_ROOTFS
     return out
 
 
@@ -124,12 +73,12 @@ def oci_layout(dest: str | os.PathLike, *, app: str, version: str, kernel: str |
     and *workdir*; the manifest carries the urunc annotations; ``index.json``
     names the manifest ``org.opencontainers.image.ref.name=<version>``.
     """
-    if rootfs_format not in ("cpio", "ext2"):
+    if rootfs_format not in tuple(RootFormat):
         raise TailorError(f"rootfs format {rootfs_format!r}: an OCI image for urunc needs cpio or ext2")
     layout = Path(dest)
     if layout.exists() and any(layout.iterdir()):
         raise TailorError(f"{layout}: exists and is not empty; an OCI layout is written into a new directory")
-    makedirs(_blob_dir(layout))
+    makedirs(blob_dir(layout))
     created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     annotations = urunc_annotations(hypervisor=hypervisor, argv=argv, rootfs_format=rootfs_format)
     encoded = {k: base64.b64encode(v.encode()).decode() for k, v in annotations.items()}
@@ -141,7 +90,7 @@ def oci_layout(dest: str | os.PathLike, *, app: str, version: str, kernel: str |
         desc = _put_tar_blob(layout, members, epoch)
         desc["what"] = what
         layers.append(desc)
-    config = _put_blob(layout, json_bytes({
+    config = put_blob(layout, json_bytes({
         "created": created, "architecture": "amd64", "os": "linux",
         "config": {"Entrypoint": argv[:1], "Cmd": list(argv[1:]), "Env": list(env), "WorkingDir": workdir,
                    "Labels": annotations},
@@ -154,39 +103,18 @@ def oci_layout(dest: str | os.PathLike, *, app: str, version: str, kernel: str |
         "org.opencontainers.image.version": version,
         "org.opencontainers.image.created": created,
     })
-    manifest = _put_blob(layout, json_bytes({
+    manifest = put_blob(layout, json_bytes({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": config["digest"], "size": config["size"]},
         "layers": [{"mediaType": OCI_LAYER, "digest": layer["digest"], "size": layer["size"],
                     "annotations": {"org.opencontainers.image.title": layer["what"]}} for layer in layers],
         "annotations": manifest_annotations,
     }))
-    write_json(layout / "index.json", {
-        "schemaVersion": 2, "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": manifest["digest"], "size": manifest["size"],
-                       "platform": {"architecture": "amd64", "os": "linux"},
-                       "annotations": {REF_NAME: version}}],
-    })
-    write_json(layout / "oci-layout", {"imageLayoutVersion": "1.0.0"})
+    write_index(layout, [{"mediaType": OCI_MANIFEST, "digest": manifest["digest"], "size": manifest["size"],
+                          "platform": {"architecture": "amd64", "os": "linux"}, "annotations": {REF_NAME: version}}],
+                media_type=OCI_INDEX)
     return {"manifest": manifest, "config": config, "layers": layers, "annotations": manifest_annotations,
             "ref": version}
-
-
-def _read_blob(layout: Path, desc: dict, what: str) -> bytes:
-    digest = desc.get("digest", "")
-    if not re.match(r"^sha256:[0-9a-f]{64}$", digest):
-        raise TailorError(f"{layout}: {what} has a bad digest {digest!r}")
-    path = _blob_dir(layout) / digest.split(":", 1)[1]
-    try:
-        data = path.read_bytes()
-    except OSError:
-        raise TailorError(f"{layout}: {what} blob {digest} is missing") from None
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise TailorError(f"{layout}: {what} blob {digest} does not match its digest")
-    if len(data) != desc.get("size"):
-        raise TailorError(f"{layout}: {what} blob {digest} has {len(data)} bytes, "
-                          f"its descriptor says {desc.get('size')}")
-    return data
 
 
 def verify_oci(layout: str | os.PathLike) -> dict:
@@ -197,38 +125,39 @@ def verify_oci(layout: str | os.PathLike) -> dict:
     blob that nothing references is a problem too.
     """
     layout = Path(layout)
+    where = str(layout)
     try:
         marker = json.loads((layout / "oci-layout").read_text())
-        index = json.loads((layout / "index.json").read_text())
     except (OSError, ValueError) as e:
         raise TailorError(f"{layout}: not an OCI image layout ({e})") from None
-    if marker.get("imageLayoutVersion") != "1.0.0":
-        raise TailorError(f"{layout}: oci-layout says {marker!r}, expected imageLayoutVersion 1.0.0")
+    index = read_index(layout, where, "write the release again")
+    if marker.get("imageLayoutVersion") != LAYOUT_VERSION:
+        raise TailorError(f"{layout}: oci-layout says {marker!r}, expected imageLayoutVersion {LAYOUT_VERSION}")
     if index.get("schemaVersion") != 2 or len(index.get("manifests", [])) != 1:
         raise TailorError(f"{layout}: index.json must have schemaVersion 2 and one manifest")
     mdesc = index["manifests"][0]
     if mdesc.get("mediaType") != OCI_MANIFEST:
         raise TailorError(f"{layout}: index.json's manifest has mediaType {mdesc.get('mediaType')!r}")
-    manifest = json.loads(_read_blob(layout, mdesc, "manifest"))
+    manifest = read_json_blob(layout, mdesc, "manifest", where)
     if manifest.get("mediaType") != OCI_MANIFEST or manifest.get("schemaVersion") != 2:
         raise TailorError(f"{layout}: the manifest is not an OCI image manifest")
     cdesc = manifest.get("config", {})
     if cdesc.get("mediaType") != OCI_CONFIG:
         raise TailorError(f"{layout}: the config has mediaType {cdesc.get('mediaType')!r}")
-    config = json.loads(_read_blob(layout, cdesc, "config"))
+    config = read_json_blob(layout, cdesc, "config", where)
     seen = {mdesc["digest"], cdesc["digest"]}
     members = []
     for i, ldesc in enumerate(manifest.get("layers", [])):
         if ldesc.get("mediaType") != OCI_LAYER:
             raise TailorError(f"{layout}: layer {i} has mediaType {ldesc.get('mediaType')!r}")
-        data = _read_blob(layout, ldesc, f"layer {i}")
+        path = verify_blob(layout, ldesc, f"layer {i}", where)
         seen.add(ldesc["digest"])
-        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        with tarfile.open(path) as tf:
             members.append([m.name for m in tf.getmembers()])
     diff_ids = config.get("rootfs", {}).get("diff_ids")
     if diff_ids != [d["digest"] for d in manifest.get("layers", [])]:
         raise TailorError(f"{layout}: the config's rootfs.diff_ids do not match the (uncompressed) layers")
-    on_disk = {"sha256:" + p.name for p in _blob_dir(layout).iterdir() if not p.name.startswith(".")}
+    on_disk = {"sha256:" + p.name for p in blob_dir(layout).iterdir() if not p.name.startswith(".")}
     if on_disk - seen:
         raise TailorError(f"{layout}: unreferenced blob(s) {', '.join(sorted(on_disk - seen))}")
     return {"index": index, "manifest": manifest, "config": config, "layers": members}
