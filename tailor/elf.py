@@ -21,6 +21,9 @@ in-tree path
 root
   The host directory holding the extracted tree.
 
+:func:`section` reads one section of an ELF file held in memory (tailor.farm compares the
+``.comment`` of objects compiled on two machines); it is the project's only other ELF reading.
+
 Over 400 lines because it emulates one program, ld.so: the ELF reader and the chroot path resolution
 (which tailor.image also uses) serve the library search, and a quarter of the lines document the loader's rules.
 """
@@ -41,6 +44,7 @@ __all__ = [
     "library_closure",
     "read_dynamic",
     "resolve_in_root",
+    "section",
 ]
 
 # ELF constants (see elf(5)).
@@ -51,6 +55,9 @@ _ELFDATA2LSB = 1
 _ELFDATA2MSB = 2
 _EM_X86_64 = 62
 _PN_XNUM = 0xFFFF
+
+_SHN_XINDEX = 0xFFFF
+_SHT_NOBITS = 8
 
 _PT_LOAD = 1
 _PT_DYNAMIC = 2
@@ -308,6 +315,68 @@ def _read_strtab(f, path, loads, addr, size):
                 size = available
             return _read_at(f, path, offset + (addr - vaddr), size, "string table")
     raise _invalid(path, f"DT_STRTAB address {addr:#x} is not in any PT_LOAD segment")
+
+
+def section(data, name):
+    """Return the contents of the section called *name* of the ELF file whose bytes are *data*.
+
+    *data* is a whole ELF file (an object file, a program or a library) of
+    either class and byte order; sections are found by name through the
+    section header string table, the first of several same-named sections
+    winning.  A SHT_NOBITS section (``.bss``) gives ``b""``.
+
+    Returns None when *data* does not start with the ELF magic, when no
+    section has that name, and when the section headers, their string table
+    or the section itself lie (partly) outside *data*: a damaged object has no
+    readable section, so callers compare None rather than catch an error.
+    """
+    if len(data) < 16 or data[:4] != _ELF_MAGIC or data[5] not in (_ELFDATA2LSB, _ELFDATA2MSB):
+        return None
+    order = "<" if data[5] == _ELFDATA2LSB else ">"
+    if data[4] == _ELFCLASS64:
+        # e_shoff; e_shentsize, e_shnum, e_shstrndx; sh_name, sh_type, ..., sh_offset, sh_size, sh_link
+        shoff_at, shoff_fmt, counts_at, shdr_fmt = 0x28, "Q", 0x3A, "IIQQQQIIQQ"
+    elif data[4] == _ELFCLASS32:
+        shoff_at, shoff_fmt, counts_at, shdr_fmt = 0x20, "I", 0x2E, "IIIIIIIIII"
+    else:
+        return None
+    try:
+        (shoff,) = struct.unpack_from(order + shoff_fmt, data, shoff_at)
+        shentsize, shnum, shstrndx = struct.unpack_from(order + "HHH", data, counts_at)
+        if shoff == 0 or shentsize < struct.calcsize(order + shdr_fmt):
+            return None
+
+        def header(i):
+            """(sh_name, sh_type, sh_offset, sh_size, sh_link) of section header *i*."""
+            fields = struct.unpack_from(order + shdr_fmt, data, shoff + i * shentsize)
+            return fields[0], fields[1], fields[4], fields[5], fields[6]
+
+        if shnum == 0:  # more sections than e_shnum holds: the count is section 0's sh_size
+            shnum = header(0)[3]
+        if shstrndx == _SHN_XINDEX:  # likewise the string table's index, in section 0's sh_link
+            shstrndx = header(0)[4]
+        if shstrndx >= shnum:
+            return None
+
+        def contents(h):
+            if h[1] == _SHT_NOBITS:
+                return b""
+            if h[2] + h[3] > len(data):
+                return None
+            return data[h[2]:h[2] + h[3]]
+
+        names = contents(header(shstrndx))
+        if names is None:
+            return None
+        wanted = name.encode("utf-8", "surrogateescape")
+        for i in range(shnum):
+            h = header(i)
+            end = names.find(b"\0", h[0])
+            if h[0] < len(names) and end >= 0 and names[h[0]:end] == wanted:
+                return contents(h)
+    except struct.error:  # a header beyond the end of *data*
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------

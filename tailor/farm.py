@@ -44,7 +44,6 @@ import os
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from tailor import paths
+from tailor import elf, paths
 from tailor.errors import TailorError
 from tailor.templates import render
 from tailor.util import PROJECT, display_path, makedirs
@@ -365,30 +364,9 @@ def local_compiler() -> str:
     raise TailorError("gcc: not found on PATH; run ./setup.sh")
 
 
-def elf_section(data: bytes, name: str) -> bytes | None:
-    """The contents of section *name* of a little-endian ELF64 object, or None."""
-    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        return None
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    try:
-        def header(i):
-            return struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-        strtab = header(shstrndx)
-        names = data[strtab[4]:strtab[4] + strtab[5]]
-        for i in range(shnum):
-            h = header(i)
-            end = names.find(b"\0", h[0])
-            if names[h[0]:end].decode(errors="replace") == name:
-                return data[h[4]:h[4] + h[5]]
-    except struct.error:
-        return None
-    return None
-
-
 def compiler_ident(obj: bytes) -> str:
     """What the compiler wrote into an object's ``.comment`` (e.g. ``GCC: (Debian 12.2.0-14) 12.2.0``)."""
-    raw = elf_section(obj, ".comment") or b""
+    raw = elf.section(obj, ".comment") or b""
     return "; ".join(p.decode(errors="replace") for p in raw.split(b"\0") if p) or "no compiler ident"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tailor import farm, farmlab, kernel
+from tailor import elf, farm, farmlab, kernel
 from tailor.errors import TailorError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +147,9 @@ def test_compiler_ident_reads_the_comment_section(tmp_path):
     obj = farm.probe_local(tmp_path, farm.local_compiler())
     version = subprocess.run(["gcc", "-dumpfullversion"], capture_output=True, text=True).stdout.strip()
     assert farm.compiler_ident(obj).startswith("GCC: (") and version in farm.compiler_ident(obj)
-    assert farm.elf_section(b"not an object", ".comment") is None
+    assert b"GCC: (" in elf.section(obj, ".comment") and elf.section(obj, ".bss") == b""
+    assert elf.section(b"not an object", ".comment") is None and elf.section(obj, ".no-such") is None
+    assert elf.section(obj[:len(obj) // 2], ".comment") is None  # section headers cut off: nothing readable
 
 
 # ---------------------------------------------------------------------------
