@@ -9,8 +9,9 @@ kernels (``out/catalogue/timing.json``), the table's times are those medians
 (a timing whose kernel or image has changed since is ignored);
 :func:`render_table` renders ``templates/catalogue.md.j2``; :func:`update_readme`
 replaces the part of docs/catalogue.md between the catalogue markers. Lupine's
-per-app option counts are read from ``../shared/reference/lupine-options.yaml``
-when that file exists (it is never copied into the project).
+per-app option lists are read from ``../shared/reference/lupine-options.yaml``
+(never copied into the project) by :func:`lupine_options`, the one reader of
+that file (the discovery comparison uses it too).
 """
 
 from __future__ import annotations
@@ -42,13 +43,36 @@ RUNS = 3
 """Boots per app and kernel in :func:`time_boots`; the table shows their median."""
 
 
-def lupine_counts(path: Path = LUPINE_OPTIONS) -> dict[str, int]:
-    """Lupine's number of options on top of lupine-base per app (empty when the reference is absent)."""
+def lupine_options(path: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """The options Lupine turns on on top of lupine-base for each app, read from *path* (default
+    :data:`LUPINE_OPTIONS`, looked up when called): ``{recipe name: ("EPOLL", ...)}``, keyed by
+    tailor's recipe names (:data:`LUPINE_NAMES` maps Lupine's spellings) and without ``CONFIG_``.
+
+    The file's ``apps:`` maps each app to a list of option names (empty or null for none). A file
+    that is missing, unreadable, not YAML or not of that shape is a one-line TailorError naming it
+    and saying what to do."""
+    path = path or LUPINE_OPTIONS
+    restore = "restore it from the shared reference (../shared/reference beside the project)"
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return {app: len(opts or []) for app, opts in (data.get("apps") or {}).items()}
+    except FileNotFoundError:
+        raise TailorError(f"{path}: missing; Lupine's option lists come from the shared reference: "
+                          f"check out ../shared/reference beside the project") from None
+    except OSError as e:
+        raise TailorError(f"{path}: cannot read ({e.strerror}); {restore}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise TailorError(f"{path}: not valid YAML{at} ({getattr(e, 'problem', None) or 'unparsable'}); "
+                          f"{restore}") from None
+    apps = data.get("apps") if isinstance(data, dict) else None
+    if not isinstance(apps, dict) or not all(
+            isinstance(opts, list) and all(isinstance(o, str) for o in opts) for opts in apps.values() if opts):
+        raise TailorError(f"{path}: expected `apps:` mapping each Lupine app to a list of CONFIG_ option "
+                          f"names; {restore}")
+    ours = {lupine: name for name, lupine in LUPINE_NAMES.items()}
+    return {ours.get(str(app), str(app)): tuple(o.removeprefix("CONFIG_") for o in opts or ())
+            for app, opts in apps.items()}
 
 
 def _read(path: Path) -> dict | None:
@@ -191,7 +215,7 @@ def needs_registry_access(recipe: Recipe) -> bool:
 
 def rows(recipes: list[Recipe]) -> list[dict]:
     """One row per recipe with what out/ records about both variants."""
-    lupine = lupine_counts()
+    lupine = lupine_options()
     out = []
     timings = _read(timing_path()) or {}
     base = baseline.load(BASELINE)
@@ -203,7 +227,7 @@ def rows(recipes: list[Recipe]) -> list[dict]:
             "description": r.description,
             "ours": len(r.kernel.options) if tuple(r.kernel.base) == ("lupine-base",) else None,
             "base": ", ".join(r.kernel.base),
-            "lupine": lupine.get(LUPINE_NAMES.get(r.name, r.name)),
+            "lupine": len(lupine[r.name]) if r.name in lupine else None,
             "rootfs": rootfs.size if rootfs else None,
             "format": r.rootfs.format,
             "specific": _variant(r, timing.get("specific")),

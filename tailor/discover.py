@@ -52,7 +52,7 @@ from typing import Callable, Iterable
 from tailor import boot, kernel, kmap, linemap, paths, probe, qemu, rootfs, source, trace
 from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps
 from tailor import config as cfg
-from tailor.catalogue import LUPINE_NAMES, LUPINE_OPTIONS
+from tailor.catalogue import lupine_options
 from tailor.errors import TailorError
 from tailor.kconfig import Assign, ResolveError, load_tree, resolve
 from tailor.recipe import AppSpec, RootfsSpec, TestSpec, parse
@@ -634,13 +634,7 @@ TABLE_END = "<!-- discover:end -->"
 
 def comparison_rows(recipes) -> list[dict]:
     """One row per recipe that has a discovery result: its options against the recipe's and Lupine's."""
-    lupine = {}
-    try:
-        import yaml
-
-        lupine = yaml.safe_load(LUPINE_OPTIONS.read_text()).get("apps") or {}
-    except (OSError, ValueError, AttributeError):
-        pass
+    lupine = lupine_options()
     rows = []
     for r in recipes:
         path = discover_dir(r.name) / "discover.json"
@@ -649,10 +643,10 @@ def comparison_rows(recipes) -> list[dict]:
         summary = read_json(path)
         found = {o["option"]: o for o in summary["options"]}
         recipe_opts = [name for name, value in r.kernel.options if value in ("y", True)]
-        lup = lupine.get(LUPINE_NAMES.get(r.name, r.name))
+        lup = lupine.get(r.name)
         rows.append({
             "app": r.name, "discovered": list(found), "recipe": recipe_opts,
-            "lupine": None if lup is None else [o.removeprefix("CONFIG_") for o in lup],
+            "lupine": None if lup is None else list(lup),
             "only_discovered": [o for name, o in found.items() if name not in recipe_opts],
             "only_recipe": [o for o in recipe_opts if o not in found],
             "bzimage": summary["bzImage"], "trials": summary["trials"],
