@@ -281,6 +281,13 @@ PROBES: dict[str, Callable] = {
 """Network probe type -> ``fn(probe, port, deadline, abort)`` running it with the recipe's
 :class:`~tailor.recipe.Probe` settings against 127.0.0.1:*port*."""
 
+LOCAL_PROBES = ("none", "console")
+"""Probe types the host runs without a network: ``none`` (the ready pattern is enough) and
+``console`` (a pattern on the console after the ready one)."""
+
+PROBE_TYPES = LOCAL_PROBES + tuple(PROBES)
+"""Every probe type a recipe may name (``test.probe.type``): the schema's list comes from here."""
+
 
 def run_probe(probe, port: int, deadline: float, abort: Abort | None = None) -> str:
     """Run the recipe's network *probe* (a :class:`~tailor.recipe.Probe`) against 127.0.0.1:*port*.

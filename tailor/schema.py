@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from tailor.probes import PROBE_TYPES
+from tailor.probes import PROBES as PROBE_REGISTRY
 from tailor.util import PROJECT, write_atomic
 
 DEFAULT_SOURCE_PACKAGE = "linux-source-6.1"
@@ -52,8 +54,8 @@ class _NoDefault:
 NO_DEFAULT = _NoDefault()
 """The default of a key whose absence means "not set" (or that is required)."""
 
-PROBES = ("none", "console", "redis", "http", "tcp", "memcached", "command")
-NETWORK_PROBES = ("redis", "http", "tcp", "memcached", "command")
+PROBES = PROBE_TYPES
+NETWORK_PROBES = tuple(PROBE_REGISTRY)
 _STEP_RUN = "the command as a list"
 _STEP_USER = "run it as this user"
 _STEP_TIMEOUT = "seconds to wait for it"

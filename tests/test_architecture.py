@@ -98,3 +98,23 @@ def test_image_package_does_not_import_the_rootfs_stage():
     up = sorted(name for name, path in mods.items() if name.split(".")[0] == "image"
                 and "rootfs" in _top_level_imports(path, name, mods))
     assert not up, f"imports the rootfs stage: {', '.join(up)}"
+
+
+def test_fixed_values_are_compared_through_their_enum_only():
+    """``"cpio"``/``"ext2"`` (and the other fixed values of tailor.kinds) appear as string literals in
+    comparisons nowhere but kinds.py: code compares against the enum members."""
+    pattern = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](cpio|ext2|pvh|bzimage|kvm|tcg)["']|["'](cpio|ext2|pvh|bzimage|kvm|tcg)["']\s*(==|!=)""")
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "kinds.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line.split("#")[0]):
+                offenders.append(f"{path.relative_to(PROJECT)}:{n}: {line.strip()}")
+    assert not offenders, "compare against tailor.kinds' members:\n" + "\n".join(offenders)
+
+
+def test_the_schema_probe_types_are_the_probe_registry():
+    from tailor import probes, schema
+
+    assert schema.PROBES == probes.PROBE_TYPES and set(schema.NETWORK_PROBES) == set(probes.PROBES)

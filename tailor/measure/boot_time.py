@@ -25,6 +25,7 @@ from typing import Callable
 from tailor import boot, qemu
 from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, spread, variants
 from tailor.errors import TailorError
+from tailor.kinds import BootMethod
 from tailor.recipe import Recipe
 from tailor.util import read_json, write_json
 
@@ -82,7 +83,7 @@ def boot_once(v: Variant, outdir: Path, memory: int | None = None, timeout: int 
 def methods_of(v: Variant) -> list[str]:
     """The boot methods *v*'s kernel supports, its default first (``pvh`` only with CONFIG_PVH=y)."""
     default = qemu.kernel_file(v.kernel)[1]
-    return [default] + [m for m in qemu.BOOT_METHODS if m != default and m != "pvh"]
+    return [default] + [m for m in qemu.BOOT_METHODS if m != default and m is not BootMethod.PVH]
 
 
 def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = None,
