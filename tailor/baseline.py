@@ -41,7 +41,8 @@ from tailor.errors import TailorError
 from tailor.kconfig import config_diff, config_identity, load_tree, parse_fragment, resolve
 from tailor.kernel import kbuild_olddefconfig
 from tailor.recipe import BASE_CONFIGS_DIR, Source
-from tailor.util import PROJECT, config_values, makedirs, read_json, write_atomic, write_json
+from tailor.records import BaselineKernel
+from tailor.util import PROJECT, config_values, display_path, makedirs, write_atomic
 
 FIRECRACKER_CONFIG = PROJECT.parent / "shared" / "reference" / "firecracker-microvm-6.1.config"
 """Firecracker's 6.1 guest config, when the shared reference folder is beside the project."""
@@ -135,7 +136,7 @@ def resolve_config(name: str, srctree: Path, source_id: str) -> tuple[str, str, 
                          source_id=source_id)
         theirs = kbuild_olddefconfig(srctree, scratch, result.config)
         if theirs == result.config:
-            return result.config, result.identity, "engine (all-no + base_configs/microvm.config, verified)"
+            return result.config, result.identity, "engine (all-no + base_configs/microvm.config, verified)", {}
         if config_values(theirs) != config_values(result.config):
             diffs = "; ".join(config_diff(result.config, theirs))
             raise TailorError(f"baseline {name}: kbuild's olddefconfig changes the engine's values ({diffs})")
@@ -170,7 +171,7 @@ def _resolve_kata(srctree: Path, source_id: str, scratch: Path) -> tuple[str, st
     return text, config_identity(text, source_id), method, extra
 
 
-def build_baseline(name: str, jobs: int | None = None) -> dict:
+def build_baseline(name: str, jobs: int | None = None) -> BaselineKernel:
     """Resolve and build the baseline *name* (or reuse its kernel); write and return ``baseline.json``."""
 
     if not available(name):
@@ -182,27 +183,28 @@ def build_baseline(name: str, jobs: int | None = None) -> dict:
     write_atomic(bdir / ".config", text)
     write_atomic(bdir / "identity", identity + "\n")
     meta = kernel.build(bdir / ".config", srctree, identity, ref.label, jobs=jobs, label=f"baseline:{name}")
-    info = {"name": name, "description": BASELINES[name], "method": method,
-            **kernel.describe(meta), "source": ref.label, **extra}
-    write_json(meta_path(name), info)
+    info = BaselineKernel.from_dict({"name": name, "description": BASELINES[name], "method": method,
+                                     **kernel.describe(meta), "source": ref.label, "details": extra},
+                                    display_path(meta_path(name)), with_format=False)
+    info.save(meta_path(name))
     print(f"[baseline:{name}] kernel {identity[:16]} ({method})", file=sys.stderr)
     return info
 
 
-def load(name: str) -> dict | None:
-    """The baseline's ``baseline.json`` when it was built and its kernel is still there, else None."""
+def load(name: str) -> BaselineKernel | None:
+    """The baseline's ``baseline.json`` when it was built and its kernel is still there, else None (a
+    damaged or outdated file is a TailorError naming it)."""
     path = meta_path(name)
     if not path.is_file():
         return None
-    try:
-        info = read_json(path)
-    except TailorError:
-        return None
-    return info if Path(info.get("bzImage", "")).is_file() else None
+    info = BaselineKernel.load(path)
+    return info if info.files.bzimage.is_file() else None
 
 
 def tasks(action):
     """doit tasks ``baseline:<name>``, one per baseline whose input exists (not part of ``build``)."""
+    from doit.tools import config_changed
+
     for name, what in BASELINES.items():
         if not available(name):
             continue
@@ -212,5 +214,6 @@ def tasks(action):
             "actions": [action(build_baseline, name)],
             "file_dep": [str(p) for p in input_files(name)],
             "targets": [str(meta_path(name))],
+            "uptodate": [config_changed({"record": BaselineKernel.FORMAT})],
             "verbosity": 2,
         }

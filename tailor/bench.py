@@ -178,7 +178,8 @@ def variants(apps: dict[str, Recipe | str] | None = None, baselines: list[str] |
             else:
                 r = recipe
                 info = baseline.load(v)
-                k = None if info is None else {key: info[key] for key in ("identity", "bzImage", "vmlinux", "dir")}
+                k = None if info is None else {"identity": info.identity, "bzImage": info.bzimage,
+                                               "vmlinux": info.vmlinux, "dir": info.dir}
                 why = "" if info else (f"baseline not built; run `doit baseline:{v}`" if baseline.available(v)
                                        else "baseline input not present on this machine")
             out.append(Variant(name, v, r, k, image if image.is_file() else None, why or image_missing))

@@ -48,16 +48,16 @@ def lupine_options(path: Path | None = None) -> dict[str, tuple[str, ...]]:
     :data:`LUPINE_OPTIONS`, looked up when called): ``{recipe name: ("EPOLL", ...)}``, keyed by
     tailor's recipe names (:data:`LUPINE_NAMES` maps Lupine's spellings) and without ``CONFIG_``.
 
-    The file's ``apps:`` maps each app to a list of option names (empty or null for none). A file
-    that is missing, unreadable, not YAML or not of that shape is a one-line TailorError naming it
-    and saying what to do."""
+    The file's ``apps:`` maps each app to a list of option names (empty or null for none). It lives
+    outside the project, so a machine without it gets an empty mapping (the tables leave Lupine's
+    column empty); a file that is unreadable, not YAML or not of that shape is a one-line TailorError
+    naming it and saying what to do."""
     path = path or LUPINE_OPTIONS
     restore = "restore it from the shared reference (../shared/reference beside the project)"
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise TailorError(f"{path}: missing; Lupine's option lists come from the shared reference: "
-                          f"check out ../shared/reference beside the project") from None
+        return {}
     except OSError as e:
         raise TailorError(f"{path}: cannot read ({e.strerror}); {restore}") from None
     except yaml.YAMLError as e:
@@ -109,7 +109,7 @@ def timing_path() -> Path:
     return paths.catalogue_dir() / "timing.json"
 
 
-def _columns(r: Recipe, base: dict | None, name: str) -> list[tuple[str, Recipe, dict, str]]:
+def _columns(r: Recipe, base: records.BaselineKernel | None, name: str) -> list[tuple[str, Recipe, dict, str]]:
     """The kernels *r* is timed on: (column, recipe, kernel description, extra command line)."""
     out = []
     for column, variant in [("specific", r)] + ([("general", general_variant(r))] if r.general else []):
@@ -117,7 +117,7 @@ def _columns(r: Recipe, base: dict | None, name: str) -> list[tuple[str, Recipe,
         if pointer is not None:
             out.append((column, variant, pointer.dump(), ""))
     if base is not None:
-        out.append((name, r, base, qemu.ramfs_cmdline(r.rootfs.format)))
+        out.append((name, r, base.dump(), r.rootfs.format.ramfs_cmdline))
     return out
 
 
@@ -200,7 +200,7 @@ def boot_on_baseline(recipes: list[Recipe], name: str = BASELINE) -> None:
             continue
         try:
             result = boot.run(r, kernel, image, baseline_result(r, name).parent,
-                              cmdline_extra=qemu.ramfs_cmdline(r.rootfs.format))
+                              cmdline_extra=r.rootfs.format.ramfs_cmdline)
             print(f"[catalogue] {r.name} on {name} ({method}): ready after {result['time_to_ready_s']} s",
                   file=sys.stderr)
         except TailorError as e:
@@ -233,7 +233,7 @@ def rows(recipes: list[Recipe]) -> list[dict]:
             "specific": _variant(r, timing.get("specific")),
             "general": _variant(general_variant(r), timing.get("general")) if r.general else None,
             "baseline": _timed(_boot(baseline_result(r)), timing.get(BASELINE),
-                               base["identity"] if base else None),
+                               base.identity if base else None),
             "registry": needs_registry_access(r),
         })
     return out

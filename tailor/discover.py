@@ -54,6 +54,7 @@ from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps
 from tailor import config as cfg
 from tailor.catalogue import lupine_options
 from tailor.errors import TailorError
+from tailor.kinds import RootFormat
 from tailor.kconfig import Assign, ResolveError, load_tree, resolve
 from tailor.recipe import AppSpec, RootfsSpec, TestSpec, parse
 from tailor.templates import render
@@ -292,7 +293,8 @@ def null_recipe(recipe):
 
     script = NULL_SCRIPT
     return replace(recipe, name=NULL_APP, description="the null app of discovery", variant="", general=False,
-                   rootfs=RootfsSpec(packages=("coreutils",), files=("/bin/true", "/bin/echo"), format="cpio"),
+                   rootfs=RootfsSpec(packages=("coreutils",), files=("/bin/true", "/bin/echo"),
+                                     format=RootFormat.CPIO),
                    app=AppSpec(command="/bin/busybox", args=("sh", "-c", script)),
                    test=TestSpec(ready=NULL_DONE, memory=64, timeout=120), digests={})
 

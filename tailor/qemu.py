@@ -57,7 +57,7 @@ from tailor.console import NO_OUTPUT_S, ConsoleState, decode, exit_text, panic_r
 from tailor.errors import (BootFailure, HostPortTaken, KernelPanicked, NoConsoleOutput, QemuError, QemuExited,
                            TailorBug, TailorError)
 from tailor.kinds import Accel, BootMethod, RootFormat, choices
-from tailor.records import KernelFiles, KernelPointer
+from tailor.records import BaselineKernel, KernelFiles, KernelPointer
 from tailor.util import enabled_symbols
 
 QEMU = "qemu-system-x86_64"
@@ -179,11 +179,6 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
     return cmd
 
 
-def ramfs_cmdline(fmt: str) -> str:
-    """:attr:`~tailor.kinds.RootFormat.ramfs_cmdline` of the format *fmt*."""
-    return RootFormat(fmt).ramfs_cmdline
-
-
 BOOT_METHODS = tuple(BootMethod)
 """How qemu starts a kernel (:class:`~tailor.kinds.BootMethod`)."""
 
@@ -196,7 +191,7 @@ def kernel_files(kernel) -> KernelFiles:
     a mapping with ``dir``, ``bzImage`` and ``vmlinux``)."""
     if isinstance(kernel, KernelFiles):
         return kernel
-    if isinstance(kernel, KernelPointer):
+    if isinstance(kernel, (KernelPointer, BaselineKernel)):
         return kernel.files
     try:
         return KernelFiles(Path(kernel["dir"]), Path(kernel["bzImage"]), Path(kernel["vmlinux"]))

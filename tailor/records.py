@@ -39,6 +39,12 @@ Records:
     summary, or null), ``source_date_epoch`` and ``reseed`` (the reseed helper's path in the root, or
     null without a network).
 
+``out/baseline/<name>/baseline.json`` (:class:`BaselineKernel`, written by ``doit baseline:<name>``)
+    ``format``, ``name``, ``description``, ``method`` (how its config was made), ``source`` (the kernel
+    source's label), the kernel's description as in a kernel pointer (``identity``,
+    ``kernel_identity``, ``dir``, ``bzImage``, ``vmlinux``, ``sizes``, ``enabled``) and ``details``
+    (what the method recorded: Kata's fragments and the symbols 6.1 lacks; empty for the others).
+
 Every record class has ``load(path)`` (strict, as above) and ``save(path)`` (checked, written
 atomically with sorted keys); a loader is the only way a later stage reads the file.
 """
@@ -229,6 +235,13 @@ class KernelFiles:
         return self.dir / "config"
 
 
+_KERNEL_KEYS = {
+    "identity": ("identity", str), "kernel_identity": ("kernel_identity", str), "dir": ("dir", str),
+    "bzImage": ("bzimage", str), "vmlinux": ("vmlinux", str), "sizes": ("sizes", dict), "enabled": ("enabled", int),
+}
+"""The keys of a kernel's description that every record pointing to a kernel carries."""
+
+
 @dataclass(frozen=True)
 class KernelPointer(Record):
     """Which kernel an app uses: ``out/kernels/<app>.json``."""
@@ -243,11 +256,7 @@ class KernelPointer(Record):
     sizes: dict
     enabled: int
 
-    KEYS: ClassVar[dict] = {
-        "app": ("app", str), "identity": ("identity", str), "kernel_identity": ("kernel_identity", str),
-        "dir": ("dir", str), "bzImage": ("bzimage", str), "vmlinux": ("vmlinux", str), "sizes": ("sizes", dict),
-        "enabled": ("enabled", int),
-    }
+    KEYS: ClassVar[dict] = {"app": ("app", str), **_KERNEL_KEYS}
     NESTED: ClassVar[dict] = {"sizes": _SIZES}
 
     @property
@@ -257,6 +266,33 @@ class KernelPointer(Record):
     def build_record(self) -> KernelBuild:
         """The ``kernel.json`` of the kernel this points to (strict)."""
         return KernelBuild.load(Path(self.dir) / "kernel.json")
+
+
+@dataclass(frozen=True)
+class BaselineKernel(Record):
+    """A baseline kernel (Firecracker's, Kata's, ...) the report compares against: ``baseline.json``."""
+
+    FORMAT: ClassVar[str] = "tailor-baseline/1"
+    name: str
+    description: str
+    method: str
+    source: str
+    identity: str
+    kernel_identity: str
+    dir: str
+    bzimage: str
+    vmlinux: str
+    sizes: dict
+    enabled: int
+    details: dict
+
+    KEYS: ClassVar[dict] = {"name": ("name", str), "description": ("description", str), "method": ("method", str),
+                            "source": ("source", str), **_KERNEL_KEYS, "details": ("details", dict)}
+    NESTED: ClassVar[dict] = {"sizes": _SIZES}
+
+    @property
+    def files(self) -> KernelFiles:
+        return KernelFiles(Path(self.dir), Path(self.bzimage), Path(self.vmlinux))
 
 
 @dataclass(frozen=True)

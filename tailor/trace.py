@@ -32,8 +32,8 @@ from pathlib import Path
 
 from tailor import boot
 from tailor.console import EXEC_RE
-from tailor.qemu import ramfs_cmdline
 from tailor.errors import TailorError
+from tailor.kinds import RootFormat
 from tailor.kmap import KERNEL_TEXT_START
 
 PHASES = ("boot", "setup", "app")
@@ -57,8 +57,8 @@ written; the console line is what lags)."""
 
 def trace_cmdline(fmt: str) -> str:
     """The kernel arguments of a traced boot of a *fmt* (``cpio`` or ``ext2``) root: the probe kernel has
-    TMPFS, so an initramfs is unpacked into ramfs as on lupine-base (:func:`~tailor.qemu.ramfs_cmdline`)."""
-    return f"{TRACE_CMDLINE} {ramfs_cmdline(fmt)}".strip()
+    TMPFS, so an initramfs is unpacked into ramfs as on lupine-base (:attr:`~tailor.kinds.RootFormat.ramfs_cmdline`)."""
+    return f"{TRACE_CMDLINE} {RootFormat(fmt).ramfs_cmdline}".strip()
 
 
 @dataclass

@@ -63,3 +63,17 @@ def boot_result(path: Path, app: str = "hello", **changes) -> records.BootResult
     record = records.BootResult.from_dict(data, str(path), with_format=False)
     record.save(path)
     return record
+
+
+def baseline_kernel(name: str, kdir: Path, identity: str = "b" * 64, **changes) -> records.BaselineKernel:
+    """Write ``out/baseline/<name>/baseline.json`` for a baseline whose kernel is in *kdir*."""
+    data = {"name": name, "description": f"the {name} baseline", "method": "kbuild olddefconfig", "source": "fake",
+            "identity": identity, "kernel_identity": identity, "dir": str(kdir), "bzImage": str(kdir / "bzImage"),
+            "vmlinux": str(kdir / "vmlinux"), "sizes": {"bzImage": 5_000_000, "vmlinux": 40_000_000}, "enabled": 900,
+            "details": {}}
+    data.update(changes)
+    path = paths.baseline_dir(name) / "baseline.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = records.BaselineKernel.from_dict(data, str(path), with_format=False)
+    record.save(path)
+    return record

@@ -301,10 +301,11 @@ def test_app_from_config_each_recipe_key_overrides_its_part(tmp_path):
         image.app_from_config(AppSpec(), (), {"config": {}}, tmp_path, "w")
 
 
-def test_registry_only_recipes_are_marked_and_left_out_of_the_catalogue_build():
+def test_registry_only_recipes_are_marked_and_left_out_of_the_catalogue_build(tmp_path, monkeypatch):
     from tailor import catalogue, recipe
     from tailor.tasks import action
 
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))  # the rows of nothing built, not of this checkout's out/
     recipes = recipe.all_recipes()
     needs = {r.name for r in recipes if catalogue.needs_registry_access(r)}
     assert needs == {"mongo", "traefik", "elasticsearch"}

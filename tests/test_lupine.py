@@ -1,6 +1,6 @@
 """Lupine's option lists (``../shared/reference/lupine-options.yaml``) have one reader,
-tailor.catalogue.lupine_options, used by the catalogue table and the discovery comparison; a missing or
-damaged file is one line naming it, never a traceback."""
+tailor.catalogue.lupine_options, used by the catalogue table and the discovery comparison; a missing file
+leaves the Lupine column empty, a damaged one is one line naming it, never a traceback."""
 
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ def test_lists_are_keyed_by_recipe_name_without_the_config_prefix(tmp_path):
     assert catalogue.lupine_options(path) == {"redis": ("EPOLL", "FUTEX"), "hello": (), "nginx": ()}
 
 
+def test_a_machine_without_the_shared_reference_gets_no_lists(tmp_path, monkeypatch):
+    monkeypatch.setattr(catalogue, "LUPINE_OPTIONS", tmp_path / "absent.yaml")
+    assert catalogue.lupine_options() == {}
+    assert discover.comparison_rows([]) == []
+
+
 @pytest.mark.parametrize("text,fragment", [
-    (None, "missing; Lupine's option lists come from the shared reference"),
     ("apps: [redis\n", "not valid YAML at line 2"),
     ("apps: [redis]\n", "expected `apps:` mapping each Lupine app to a list of CONFIG_ option names"),
     ("apps:\n  redis: CONFIG_EPOLL\n", "expected `apps:` mapping"),

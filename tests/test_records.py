@@ -64,10 +64,12 @@ def _written(tmp_path):
                                fakes.kernel_pointer("hello", kdir)),
         "rootfs.json": (records.RootfsManifest, records.paths.rootfs_manifest("hello"), fakes.rootfs_manifest("hello")),
         "result.json": (records.BootResult, tmp_path / "result.json", fakes.boot_result(tmp_path / "result.json")),
+        "baseline.json": (records.BaselineKernel, records.paths.baseline_dir("kata") / "baseline.json",
+                          fakes.baseline_kernel("kata", kdir)),
     }
 
 
-@pytest.mark.parametrize("kind", ["kernel.json", "kernels/hello.json", "rootfs.json", "result.json"])
+@pytest.mark.parametrize("kind", ["kernel.json", "kernels/hello.json", "rootfs.json", "result.json", "baseline.json"])
 def test_every_record_round_trips_and_a_corrupted_one_is_one_line_naming_file_and_key(tmp_path, monkeypatch, kind):
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     cls, path, record = _written(tmp_path)[kind]
