@@ -21,6 +21,8 @@ stored JSON rows with the same formatting helpers; the targets' own data is in `
 
 from __future__ import annotations
 
+import math
+import string
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -589,6 +591,14 @@ class Target:
 
 TARGETS_FILE = Path(__file__).with_name("targets.yaml")
 TARGET_METRICS = ("size", "syscalls", "boot", "ready", "memory", "throughput", "noop")
+GAP_FIELDS = ("figure", "baseline", "needed", "excess")
+"""What a target's gap text may name in braces (it holds reasons, no measured figure): this variant's figure,
+the baseline's, the figure the limit allows against it and how far the figure is from that, filled from the data."""
+
+
+def _gap_fields(gap: str) -> set[str]:
+    """The {names} in a gap text (a ValueError when its braces do not pair)."""
+    return {name for _, name, _, _ in string.Formatter().parse(gap) if name is not None}
 
 
 def load_targets(path: Path = TARGETS_FILE) -> tuple[Target, ...]:
@@ -608,6 +618,13 @@ def load_targets(path: Path = TARGETS_FILE) -> tuple[Target, ...]:
                 raise TailorError(f"{path}: target {n + 1}: against {against!r}; use a list of "
                                   f"{', '.join(BASELINE_ORDER)}")
             row = dict(row, against=tuple(against))
+        try:
+            unknown = _gap_fields(str(row.get("gap", ""))) - set(GAP_FIELDS)
+        except ValueError as e:
+            raise TailorError(f"{path}: target {n + 1}: gap: {e}") from None
+        if unknown:
+            raise TailorError(f"{path}: target {n + 1}: gap names {', '.join(sorted(unknown))}; it may name "
+                              + ", ".join("{" + f + "}" for f in GAP_FIELDS))
         targets.append(Target(**row))
     return tuple(targets)
 
@@ -670,6 +687,26 @@ def _target_values(t: Target, results: dict[str, dict], against: str) -> tuple[f
     return value, get(row), (show(value) if value is not None else "")
 
 
+def _show(metric: str, v: float | None) -> str:
+    """A target's figure as the report writes it."""
+    if v is None:
+        return "–"
+    show = {"size": fmt_mb, "syscalls": lambda x: f"{x:.0f}", "memory": lambda x: f"{x:.0f} MiB",
+            "throughput": fmt_ratio}.get(metric, fmt_s)
+    return show(v)
+
+
+def gap_text(t: Target, value: float | None, base: float | None) -> str:
+    """The gap note of target *t* when missed, its {fields} (:data:`GAP_FIELDS`) filled from its figure *value*
+    and its baseline's figure *base*."""
+    needed = None if t.absolute or base is None else round(base * t.limit, 6)
+    if needed is not None and t.metric == "syscalls":  # whole calls: the most (or least) the limit allows
+        needed = math.floor(needed) if t.op == "<=" else math.ceil(needed)
+    excess = None if needed is None or value is None else abs(value - needed)
+    return t.gap.format(figure=_show(t.metric, value), baseline=_show(t.metric, base),
+                        needed=_show(t.metric, needed), excess=_show(t.metric, excess))
+
+
 def evaluate_targets(results: dict[str, dict]) -> list[dict]:
     """Each target against each of its baselines (an absolute one once): its value, ratio, verdict
     (met, missed, not measured, n/a) and gap note."""
@@ -696,7 +733,7 @@ def evaluate_targets(results: dict[str, dict]) -> list[dict]:
                 "ratio": (fmt_s(r) if t.absolute else f"{r:.3f}x") if r is not None else "–",
                 "limit": f"{t.op} {t.limit:g} s" if t.absolute else f"{t.op} {t.limit:g}x",
                 "against": against or "–", "verdict": verdict,
-                "gap": t.gap if verdict == "missed" else "",
+                "gap": gap_text(t, value, base) if verdict == "missed" else "",
             })
     return out
 
