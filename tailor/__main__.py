@@ -20,6 +20,8 @@ Commands::
     derive-probe REFERENCE      derive base_configs/probe.config from a reference .config
     fits APP --config PATH [--from-recipe]
                                 does that .config have what APP needs? (exit 0 fits, 3 does not, 1 error)
+    snapshot-measurements       copy out/bench/*.json and the report into docs/measurements/<date>/, then docs
+    docs [--check]              render the docs' measured figures from the newest docs/measurements/<date>/
 """
 
 from __future__ import annotations
@@ -177,6 +179,30 @@ def _slim(args) -> int:
     return 0
 
 
+def _snapshot_measurements(args) -> int:
+    from tailor import figures
+
+    dest, left_out = figures.take_snapshot()
+    for why in left_out:
+        print(f"tailor: left out {why}")
+    print(f"tailor: measurements copied to {display_path(dest)}")
+    figures.write_docs(dest)
+    return 0
+
+
+def _docs(args) -> int:
+    from tailor import figures
+
+    if not args.check:
+        figures.write_docs()
+        return 0
+    stale = figures.stale_pages()
+    for page in stale:
+        print(f"tailor: {page}: its figures differ from the newest snapshot; run `python -m tailor docs`",
+              file=sys.stderr)
+    return 1 if stale else 0
+
+
 def _ps(args) -> int:
     from tailor import run
 
@@ -273,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write the kept files into the recipe as rootfs.files with slim: true")
     p.add_argument("--budget", type=int, default=12, metavar="N",
                    help="trial images the add-back may build when the traced list alone fails (default 12)")
+    command("snapshot-measurements", _snapshot_measurements, "copy out/bench/*.json and the report into "
+            "docs/measurements/<date>/ and render the docs' figures from it", app=False)
+    p = command("docs", _docs, "render the docs' measured figures from the newest docs/measurements/<date>/",
+                app=False)
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 when a page's figures differ")
     command("ps", _ps, "list the VMs started with run", app=False)
     p = command("stop", _stop, "stop VMs started with run --detach (QMP quit, then signals) and clean up", app=False)
     p.add_argument("names", nargs="+", metavar="NAME")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from tailor.errors import TailorBug, TailorError
+from tailor.errors import TailorError
 
 PROJECT = Path(__file__).resolve().parent.parent
 """The project's top directory (the one that holds dodo.py)."""
@@ -73,22 +73,6 @@ def canonical_json(data) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def code_digest(*modules: str) -> str:
-    """A digest of the source of tailor *modules* (``"rootfs"``: tailor/rootfs.py; a package such
-    as ``"image"``: every .py file under tailor/image/): part of a task's up-to-date check, so that
-    a stage runs again when its code changes, with no version string to bump by hand."""
-    h = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for name in modules:
-        module = package / f"{name}.py"
-        files = [module] if module.is_file() else sorted((package / name).rglob("*.py"))
-        if not files:
-            raise TailorBug(f"code_digest: no module tailor.{name}")
-        for f in files:
-            h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def model_digest(model) -> str:
     """A digest of a validated recipe section (a dataclass, defaults included): what a task built
     from that section depends on. Paths count relative to the project."""
@@ -219,15 +203,20 @@ def file_lock(path: str | os.PathLike, what: str, wait: bool = True) -> Iterator
         os.close(fd)
 
 
+def marked_text(content: str, start: str, end: str, text: str, what: str, name: str) -> str:
+    """*content* with what lies between the marker lines *start* and *end* replaced by *text*; content
+    without both markers is a TailorError naming the file *name* and *what* the markers are for."""
+    if start not in content or end not in content:
+        raise TailorError(f"{name}: no {what} markers; add the lines {start!r} and {end!r}")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{text.rstrip()}\n{end}{tail}"
+
+
 def replace_marked(path: Path, start: str, end: str, text: str, what: str) -> None:
     """Replace what lies between the marker lines *start* and *end* of the file *path* with *text*
     (atomically); a file without both markers is a TailorError naming *what* the markers are for."""
-    content = path.read_text()
-    if start not in content or end not in content:
-        raise TailorError(f"{path.name}: no {what} markers; add the lines {start!r} and {end!r}")
-    head, rest = content.split(start, 1)
-    _, tail = rest.split(end, 1)
-    write_atomic(path, f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
+    write_atomic(path, marked_text(path.read_text(), start, end, text, what, path.name))
 
 
 def human_size(n: int) -> str:
