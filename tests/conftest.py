@@ -10,6 +10,7 @@ are marked ``slow`` and share one build per kernel config through out/
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,69 +48,17 @@ def run_tailor():
     return run
 
 
-FAKE_KCONFIG = """\
-mainmenu "Fake $(ARCH) $(KERNELVERSION) Kernel Configuration"
+FAKELINUX = Path(__file__).resolve().parent / "fakelinux"
+"""The committed fake kernel tree (Kconfig, kbuild-like Makefiles, C files): see tests/fakelinux/README.md."""
 
-config MODULES
-\tbool "Enable loadable module support"
-\tmodules
-\thelp
-\t  The attribute above is the bare 'modules' that kconfiglib 14.1.0 cannot parse.
-
-config NET
-\tbool "Networking support"
-
-config INET
-\tbool "TCP/IP networking"
-\tdepends on NET
-
-config NETDEVICES
-\tbool "Network device support"
-\tdepends on NET
-
-config VIRTIO
-\tbool
-
-config VIRTIO_MMIO
-\tbool "Platform bus driver for memory mapped virtio devices"
-\tselect VIRTIO
-
-config VIRTIO_NET
-\ttristate "Virtio network driver"
-\tdepends on VIRTIO && NETDEVICES
-
-config LOG_SHIFT
-\tint "Log buffer size"
-\trange 12 25
-\tdefault 17
-
-config HOSTNAME
-\tstring "Default hostname"
-\tdefault "(none)"
-
-config TINY
-\tbool "Tiny"
-\toption allnoconfig_y
-
-choice
-\tprompt "Compression"
-\tdefault GZIP
-config GZIP
-\tbool "gzip"
-config XZ
-\tbool "xz"
-endchoice
-"""
+collect_ignore = ["fakelinux"]
 
 
 @pytest.fixture
 def fake_tree(tmp_path) -> Path:
-    """A tiny kernel-like tree (Kconfig + Makefile) for engine tests where the real one is not the point."""
-    d = tmp_path / "fake-linux"
-    d.mkdir()
-    (d / "Kconfig").write_text(FAKE_KCONFIG)
-    (d / "Makefile").write_text("VERSION = 9\nPATCHLEVEL = 9\nSUBLEVEL = 0\nEXTRAVERSION = -fake\n")
-    return d
+    """A copy of tests/fakelinux, for engine tests where the real kernel tree is not the point
+    (a fresh path per test: the Kconfig tree is parsed anew)."""
+    return Path(shutil.copytree(FAKELINUX, tmp_path / "fake-linux"))
 
 
 def project_copy(dest: Path, shared=("src", "kernel", "cache")) -> Path:

@@ -1,4 +1,4 @@
-"""Discovery's logic without kernels or VMs: mapping code to options over a fake Kbuild tree, the
+"""Discovery's logic without kernels or VMs: mapping code to options over tests/fakelinux, the
 trace filter, the bisection and minimisation with fake oracles, writing the recipe, and the probe
 fragment against the real Kconfig tree."""
 
@@ -15,7 +15,7 @@ from tailor.recipe import load
 from tailor.trace import TraceFilter
 from tailor.util import enabled_symbols
 
-FAKE = Path(__file__).parent / "data" / "fakekbuild"
+FAKE = Path(__file__).parent / "fakelinux"
 
 
 @pytest.fixture

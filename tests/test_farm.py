@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FAKELINUX
 
 from tailor import elf, farm, farmlab, kernel
 from tailor.errors import TailorError
@@ -250,28 +251,15 @@ def test_helper_with_another_gcc_is_refused_in_one_line(lab, helper):
 
 
 # ---------------------------------------------------------------------------
-# The kbuild hook: a make tree whose "kernel" is four C files compiled through $(CC)
+# The kbuild hook: the fake kernel tree (tests/fakelinux), whose bzImage compiles its C files through $(CC)
 
-FAKE_KBUILD = """\
-bzImage:
-\t@mkdir -p $(O)
-\t@for f in alpha beta gamma delta; do \\
-\t  echo "  CC      $$f.o"; \\
-\t  $(CC) -O2 -c $(CURDIR)/$$f.c -o $(O)/$$f.o || exit 1; \\
-\tdone
-\t@mkdir -p $(O)/arch/x86/boot
-\t@cat $(O)/*.o > $(O)/arch/x86/boot/bzImage
-"""
+C_FILES = sorted(p.relative_to(FAKELINUX).as_posix() for p in FAKELINUX.rglob("*.c"))
 
 
 @pytest.fixture
-def c_tree(tmp_path) -> Path:
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "Makefile").write_text(FAKE_KBUILD)
-    for i, name in enumerate(("alpha", "beta", "gamma", "delta")):
-        (tree / f"{name}.c").write_text(f"int {name}(int x) {{ return x * {i + 3} + {i}; }}\n")
-    return tree
+def c_tree() -> Path:
+    """The fake kernel tree, built in place: its Makefile writes only under O=."""
+    return FAKELINUX
 
 
 def compile_through_tailor(tree: Path, objdir: Path, env: dict, capsys) -> tuple[int, str, str]:
@@ -289,18 +277,19 @@ def test_kbuild_compiles_on_the_helper_through_ccache(tmp_path, c_tree, helper, 
            "CCACHE_DIR": str(tmp_path / "ccache"), "DISTCC_DIR": str(tmp_path / "distcc")}
     before = farmlab.compiled_jobs(helper)
     n, log, err = compile_through_tailor(c_tree, tmp_path / "farm" / "o", env, capsys)
-    assert n == 4
+    assert n == len(C_FILES)
     jobs = (os.cpu_count() or 1) + 3
     assert f"[k] farm: distcc on 1 helper (3 slots), -j{jobs}" in err
     assert f" -j{jobs} bzImage" in log.splitlines()[0] and "CC=ccache gcc" in log.splitlines()[0]
-    # The probe and the four objects were compiled by the helper.
-    assert farmlab.compiled_jobs(helper) - before == 5
-    assert all(f"tree/{name}.c" in helper.log_text() for name in ("alpha", "beta", "gamma", "delta"))
+    # The probe and every object were compiled by the helper.
+    assert farmlab.compiled_jobs(helper) - before == 1 + len(C_FILES)
+    assert all(f"fakelinux/{name}" in helper.log_text() for name in C_FILES)
     # ... and are the objects this machine compiles.
     local = tmp_path / "local" / "o"
     compile_through_tailor(c_tree, local, {"TAILOR_DISTCC_HOSTS": "", "CCACHE_DISABLE": "1"}, capsys)
-    for name in ("alpha", "beta", "gamma", "delta"):
-        assert (local / f"{name}.o").read_bytes() == (tmp_path / "farm" / "o" / f"{name}.o").read_bytes()
+    for name in C_FILES:
+        obj = name.removesuffix(".c") + ".o"
+        assert (local / obj).read_bytes() == (tmp_path / "farm" / "o" / obj).read_bytes()
 
 
 def test_kbuild_with_a_dead_helper_and_cache_server_builds_locally(tmp_path, c_tree, capsys):
@@ -308,7 +297,7 @@ def test_kbuild_with_a_dead_helper_and_cache_server_builds_locally(tmp_path, c_t
     env = {"TAILOR_DISTCC_HOSTS": f"127.0.0.3:{dead}/4", "TAILOR_CCACHE_REMOTE": f"redis://127.0.0.1:{dead_port()}",
            "CCACHE_DIR": str(tmp_path / "ccache")}
     n, log, err = compile_through_tailor(c_tree, tmp_path / "o", env, capsys)
-    assert n == 4 and (tmp_path / "o" / "arch/x86/boot/bzImage").exists()
+    assert n == len(C_FILES) and (tmp_path / "o" / "arch/x86/boot/bzImage").exists()
     lines = err.strip().splitlines()
     assert sum("is not usable (connection refused); building with the local cache only" in ln for ln in lines) == 1
     assert sum(f"127.0.0.3:{dead} is not reachable (connection refused)" in ln for ln in lines) == 1

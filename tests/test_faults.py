@@ -10,12 +10,12 @@ What must hold, whatever happens to a build:
   (Ctrl-C, SIGTERM, SIGKILL), and every boot ends within its timeout;
 * doit's state database stays intact.
 
-The kernel compile is simulated by a fake kernel tree (a Makefile and a
-shell script that write kbuild's outputs slowly), so no real kernel is
-compiled here. Tests that boot VMs or build real root filesystems are marked
-``slow``; they run in a copy of the project whose out/ shares the kernel
-builds, the unpacked source and the .deb cache with the project's out/, like
-tests/test_pipeline.py.
+The kernel compile is simulated by the fake kernel tree tests/fakelinux (a
+Makefile that compiles a few C files and writes kbuild's outputs, slowed down
+where a build is killed midway), so no real kernel is compiled here. Tests
+that boot VMs or build real root filesystems are marked ``slow``; they run in
+a copy of the project whose out/ shares the kernel builds, the unpacked
+source and the .deb cache with the project's out/, like tests/test_pipeline.py.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import project_copy
+from conftest import FAKELINUX, project_copy
 import yaml
 
 from tailor import kernel
@@ -113,40 +114,7 @@ def lines_of(stderr: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# SIGKILL during the kernel compile (a fake kernel tree: no real compile)
-
-FAKE_MAKEFILE = """\
-# A stand-in for kbuild with just the interface tailor.kernel uses: O=, olddefconfig, bzImage.
-O ?= .
-.PHONY: olddefconfig bzImage
-olddefconfig:
-\t@test -f "$(O)/.config"
-bzImage:
-\t@sh "$(CURDIR)/fake-kbuild.sh" "$(O)"
-"""
-
-FAKE_KBUILD = """\
-# Like kbuild: objects are written to a temporary name and renamed (a killed compile leaves no
-# object that looks finished), then vmlinux, System.map and bzImage are linked slowly in place.
-set -e
-o=$1
-mkdir -p "$o/obj" "$o/arch/x86/boot"
-for i in $(seq 1 40); do
-  if [ ! -f "$o/obj/$i.o" ]; then
-    echo "  CC      obj/$i.o"
-    { echo "object $i"; cat "$o/.config"; } > "$o/obj/.$i.o.tmp"
-    sleep 0.02
-    mv "$o/obj/.$i.o.tmp" "$o/obj/$i.o"
-  fi
-done
-echo "  LD      vmlinux"
-: > "$o/vmlinux"
-for i in $(seq 1 40); do cat "$o/obj/$i.o" >> "$o/vmlinux"; sleep 0.01; done
-echo "  NM      System.map"
-cksum < "$o/vmlinux" > "$o/System.map"
-echo "  BUILD   arch/x86/boot/bzImage"
-gzip -n -c "$o/vmlinux" > "$o/arch/x86/boot/bzImage"
-"""
+# SIGKILL during the kernel compile (the fake kernel tree: a few C files, no real kernel)
 
 IDENTITY = "f00d" * 16
 KERNEL_KEY = kernel.kernel_identity(IDENTITY)
@@ -164,20 +132,25 @@ except TailorError as e:
 """
 
 
+OBJECTS = len(list(FAKELINUX.rglob("*.c")))
+"""The objects a build of the fake kernel compiles: one per C file."""
+
+
 @pytest.fixture
-def fake_kernel(tmp_path):
-    """(source tree, .config) of a fake kernel whose 'compile' takes about two seconds."""
-    tree = tmp_path / "fake-linux"
-    tree.mkdir()
-    (tree / "Makefile").write_text(FAKE_MAKEFILE)
-    (tree / "fake-kbuild.sh").write_text(FAKE_KBUILD)
+def fake_kernel(tmp_path, monkeypatch):
+    """(source tree, .config) of the fake kernel, a copy of tests/fakelinux that a test may change;
+    its objects go to a ccache of the test's own."""
+    tree = Path(shutil.copytree(FAKELINUX, tmp_path / "fake-linux"))
     config = tmp_path / "config"
-    config.write_text("".join(f"CONFIG_FAKE_{i}=y\n" for i in range(200)))
+    config.write_text('CONFIG_NET=y\nCONFIG_INET=y\nCONFIG_CGROUPS=y\nCONFIG_MEMCG=y\nCONFIG_FUTEX=y\n'
+                      'CONFIG_PROC_FS=y\nCONFIG_LOG_SHIFT=14\nCONFIG_HOSTNAME="fake"\n# CONFIG_SECURITY is not set\n')
+    monkeypatch.setenv("CCACHE_DIR", str(tmp_path / "ccache"))
     return tree, config
 
 
-def test_sigkill_during_kernel_compile_then_rerun_is_identical(fake_kernel, tmp_path):
+def test_sigkill_during_kernel_compile_then_rerun_is_identical(fake_kernel, tmp_path, monkeypatch):
     tree, config = fake_kernel
+    monkeypatch.setenv("FAKE_KBUILD_DELAY", "0.05")  # each compile and each piece of a link: time to kill it
     ref_out, out = tmp_path / "ref", tmp_path / "out"
     ref = start_python(BUILD_KERNEL, str(config), str(tree), IDENTITY, out=ref_out)
     assert ref.wait(120) == 0, ref.stderr.read().decode()
@@ -186,16 +159,16 @@ def test_sigkill_during_kernel_compile_then_rerun_is_identical(fake_kernel, tmp_
     assert all(want.values())
 
     kdir = out / "kernel" / KERNEL_KEY[:16]
-    log = kdir / "build.log.partial"
 
     def compiled(n):  # objects finished so far, over every run: each run continues the last
-        return lambda: len(list((kdir / "build" / "obj").glob("*.o"))) >= n
+        return lambda: len(list((kdir / "build").rglob("*.o"))) >= n
 
-    def seen(word):
-        return lambda: log.exists() and word in log.read_text()
+    def writing(rel):  # the fake kbuild writes its link outputs in place, piece by piece
+        return lambda: (kdir / "build" / rel).exists()
 
-    kill_points = {"first object": compiled(1), "mid compile": compiled(15), "late compile": compiled(35),
-                   "linking": seen("LD "), "bzImage": seen("BUILD "),
+    kill_points = {"first object": compiled(1), "mid compile": compiled(OBJECTS // 2),
+                   "late compile": compiled(OBJECTS - 1),
+                   "linking": writing("vmlinux"), "bzImage": writing("arch/x86/boot/bzImage"),
                    "copying out": lambda: (kdir / "bzImage").exists()}
     killed = []
     for what, ready in kill_points.items():
@@ -221,7 +194,8 @@ def test_sigkill_during_kernel_compile_then_rerun_is_identical(fake_kernel, tmp_
 
 def test_kernel_build_failure_leaves_no_artefacts(fake_kernel, tmp_path):
     tree, config = fake_kernel
-    (tree / "fake-kbuild.sh").write_text('echo "  CC      obj/1.o"\necho "error: broken.c" >&2\nexit 2\n')
+    with open(tree / "kernel" / "fork.c", "a") as f:
+        f.write('#error "broken"\n')
     proc = start_python(BUILD_KERNEL, str(config), str(tree), IDENTITY, out=tmp_path / "out")
     assert proc.wait(60) == 1
     err = proc.stderr.read().decode()
@@ -572,7 +546,7 @@ def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeyp
     new = dict(old, gcc="gcc (Debian 12.2.0-14+deb12u2) 12.2.0")
     monkeypatch.setattr(kernel, "kernel_toolchain", lambda: old)
     first = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
-    assert first.objects_compiled == 40 and first.toolchain["gcc"]["version"] == old["gcc"]
+    assert first.objects_compiled == OBJECTS and first.toolchain["gcc"]["version"] == old["gcc"]
     log = kernel.kernel_dir(first.kernel_identity) / "build.log"
     stamp = log.stat().st_mtime_ns
     capfd.readouterr()
@@ -583,7 +557,7 @@ def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeyp
     second = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
     assert second.identity == first.identity == IDENTITY  # the config's identity is unchanged
     assert second.kernel_identity != first.kernel_identity
-    assert second.objects_compiled == 40 and second.toolchain["gcc"]["version"] == new["gcc"]
+    assert second.objects_compiled == OBJECTS and second.toolchain["gcc"]["version"] == new["gcc"]
     assert kernel.kernel_dir(first.kernel_identity).is_dir()  # the old kernel is not overwritten
     on_disk = json.loads((kernel.kernel_dir(second.kernel_identity) / "kernel.json").read_text())
     assert on_disk["toolchain"] == second.toolchain and on_disk["format"] == "tailor-kernel/1"
@@ -613,12 +587,14 @@ def test_kernel_task_is_out_of_date_when_the_toolchain_changes(monkeypatch):
 def test_kbuild_disagreeing_with_the_engine_is_reported_as_a_tailor_bug(fake_kernel, tmp_path):
     """Not the user's fault: a TailorBug (not a TailorError) naming the symbol that differs."""
     tree, config = fake_kernel
-    (tree / "Makefile").write_text(FAKE_MAKEFILE.replace('\t@test -f "$(O)/.config"\n',
-                                                         '\t@echo "CONFIG_EXTRA=y" >> "$(O)/.config"\n'))
+    agreeing = (tree / "Makefile").read_text()
+    keep = '\t@test -f "$(O)/.config"\n'  # the fake kbuild's olddefconfig keeps the .config as it is
+    assert agreeing.count(keep) == 1
+    (tree / "Makefile").write_text(agreeing.replace(keep, '\t@echo "CONFIG_EXTRA=y" >> "$(O)/.config"\n'))
     with pytest.raises(TailorBug) as err:
         kernel.olddefconfig_check(tree, tmp_path / "obj", config.read_text())
     assert not isinstance(err.value, TailorError)
     assert "EXTRA" in str(err.value) and "this is a bug in tailor" in str(err.value)
     # the same tree and config, agreeing, passes
-    (tree / "Makefile").write_text(FAKE_MAKEFILE)
+    (tree / "Makefile").write_text(agreeing)
     kernel.olddefconfig_check(tree, tmp_path / "obj2", config.read_text())

@@ -5,6 +5,7 @@ not the point, and on the real Linux 6.1 tree for the recipes and fragments
 the project ships.
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,16 @@ def test_plain_kconfiglib_fails_and_compat_parses(fake_tree):
     tree = kconfig.load_tree(fake_tree)
     assert tree.kconf.modules.name == "MODULES"
     assert "Fake x86_64 9.9.0-fake" in tree.header()
+
+
+def test_fake_tree_defines_every_option_its_files_name(fake_tree):
+    """tests/fakelinux is one kernel: the options its Makefiles and C files test are in its Kconfig."""
+    named = set()
+    for path in fake_tree.rglob("*"):
+        if path.name in ("Makefile", "Kbuild") or path.suffix in (".c", ".h"):
+            named |= set(re.findall(r"\bCONFIG_([A-Z0-9_]+)", path.read_text()))
+    assert {"NET", "INET", "CGROUPS", "MEMCG", "SECURITY", "PROC_FS", "X86_VSYSCALL_EMULATION"} <= named
+    assert sorted(named - set(kconfig.load_tree(fake_tree).names)) == []
 
 
 def test_tree_is_parsed_once_per_process(fake_tree):

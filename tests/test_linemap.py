@@ -1,10 +1,11 @@
 """Line-level mapping: addr2line's output parsed, and traced lines credited to the options of the #if
-conditions around them (a small source tree written here; the real probe kernel is the e2e tests')."""
+conditions around them (over the C files of tests/fakelinux; the real probe kernel is the e2e tests')."""
 
 import shutil
 import subprocess
 
 import pytest
+from conftest import FAKELINUX
 
 from tailor import linemap
 
@@ -29,49 +30,39 @@ def test_parse_addr2line_keeps_inline_chains_and_drops_unknowns():
     }
 
 
-SOCK_C = """\
-int sk_alloc(void)
-{
-	int x = 0;
-#ifdef CONFIG_CGROUPS
-	cgroup_sk_alloc();
-#endif
-#if IS_ENABLED(CONFIG_MEMCG) && defined(CONFIG_INET)
-	mem_cgroup_sk_alloc();
-#else
-	x++;
-#endif
-	return x;
-}
-"""
-HEADER = """\
-static inline void hook(void)
-{
-#ifndef CONFIG_SECURITY
-	return;
-#else
-	security_hook();
-#endif
-}
-"""
+def line_with(rel: str, text: str) -> int:
+    """The 1-based number of the only line of tests/fakelinux/*rel* that holds *text*."""
+    lines = (FAKELINUX / rel).read_text().splitlines()
+    hits = [n for n, line in enumerate(lines, 1) if text in line]
+    assert len(hits) == 1, f"{rel}: {text!r} is on lines {hits}"
+    return hits[0]
 
 
-def test_options_by_function_credits_the_function_of_each_pc(tmp_path):
-    (tmp_path / "net" / "core").mkdir(parents=True)
-    (tmp_path / "net" / "core" / "sock.c").write_text(SOCK_C)
-    (tmp_path / "include").mkdir()
-    (tmp_path / "include" / "hook.h").write_text(HEADER)
+SOCK = "net/core/sock.c"
+
+
+def test_options_by_function_credits_the_function_of_each_pc():
     lines = {
-        1: [("net/core/sock.c", 5)],                                  # under CONFIG_CGROUPS
-        2: [("net/core/sock.c", 8)],                                  # MEMCG && INET
-        3: [("net/core/sock.c", 10)],                                 # the #else: requires nothing
-        4: [("./include/hook.h", 6), ("net/core/sock.c", 3)],         # inlined: SECURITY, called outside any #if
+        1: [(SOCK, line_with(SOCK, "nr_cgroup_socks++"))],                # under CONFIG_CGROUPS
+        2: [(SOCK, line_with(SOCK, "= mem_cgroup_charge_skmem(sk)"))],   # MEMCG && INET
+        3: [(SOCK, line_with(SOCK, "charged = 1;"))],                     # the #else: requires nothing
+        4: [("./include/linux/security.h", line_with("include/linux/security.h", "return security_check(sk)")),
+            ("net/ipv4/tcp.c", line_with("net/ipv4/tcp.c", "if (security_sk_alloc(sk))"))],
+        # ^ inlined: SECURITY, called outside any #if
         5: [("/usr/lib/gcc/include/stddef.h", 4), ("../outside.c", 1)],  # outside the tree: skipped
-        6: [("net/core/sock.c", 5)],                                  # a pc of no known function
+        6: [(SOCK, line_with(SOCK, "nr_cgroup_socks++"))],                # a pc of no known function
     }
     function = {1: "sk_alloc", 2: "sk_alloc", 3: "sk_alloc", 4: "tcp_connect", 5: "memcpy"}.get
-    assert linemap.options_by_function(lines, function, tmp_path) == {
+    assert linemap.options_by_function(lines, function, FAKELINUX) == {
         "CGROUPS": ["sk_alloc"], "INET": ["sk_alloc"], "MEMCG": ["sk_alloc"], "SECURITY": ["tcp_connect"]}
+
+
+def test_stubs_are_the_static_inlines_compiled_without_their_option(tmp_path):
+    """include/linux/cgroup.h has a stand-in for cgroup_sk_alloc when CGROUPS is off; security.h's
+    inline function is compiled whatever SECURITY is (only its body depends on it): not a stub."""
+    cache = tmp_path / "stubs.json"
+    assert linemap.stubs(FAKELINUX, cache) == {"cgroup_sk_alloc": ["CGROUPS"]}
+    assert linemap.stubs(tmp_path / "no-tree", cache) == {"cgroup_sk_alloc": ["CGROUPS"]}  # read back
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("addr2line") is None, reason="needs gcc and binutils")
@@ -87,9 +78,8 @@ def test_source_lines_reads_a_real_binarys_line_tables(tmp_path):
 
 def test_absolute_names_under_the_build_directory_are_the_trees(tmp_path):
     """addr2line joins the line tables' relative names with the compilation directory (kbuild's O=)."""
-    tree = tmp_path / "tree"
-    (tree / "net" / "core").mkdir(parents=True)
-    (tree / "net" / "core" / "sock.c").write_text(SOCK_C)
     objdir = tmp_path / "kernel" / "build"
-    lines = {1: [(f"{objdir}/net/core/sock.c", 5)], 2: [(f"{tmp_path}/elsewhere/sock.c", 5)]}
-    assert linemap.options_by_function(lines, {1: "sk_alloc", 2: "x"}.get, tree, objdir) == {"CGROUPS": ["sk_alloc"]}
+    n = line_with(SOCK, "nr_cgroup_socks++")
+    lines = {1: [(f"{objdir}/{SOCK}", n)], 2: [(f"{tmp_path}/elsewhere/sock.c", n)]}
+    assert linemap.options_by_function(lines, {1: "sk_alloc", 2: "x"}.get, FAKELINUX, objdir) == {
+        "CGROUPS": ["sk_alloc"]}
