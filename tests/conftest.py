@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,19 @@ def fake_tree(tmp_path) -> Path:
     """A copy of tests/fakelinux, for engine tests where the real kernel tree is not the point
     (a fresh path per test: the Kconfig tree is parsed anew)."""
     return Path(shutil.copytree(FAKELINUX, tmp_path / "fake-linux"))
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll *predicate* until it returns something true, and return that; after *timeout* seconds,
+    fail naming *what* was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        time.sleep(interval)
 
 
 def project_copy(dest: Path, shared=("src", "kernel", "cache")) -> Path:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAKELINUX, project_copy
+from conftest import FAKELINUX, project_copy, wait_until
 import yaml
 
 from tailor import kernel
@@ -79,24 +79,26 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
     raise AssertionError("the kill point was never reached")
 
 
-def group_gone(pgid: int, timeout: float) -> bool:
-    """True when no process of group *pgid* is left within *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def group_members(pgid: int) -> list[int]:
+    """The processes of group *pgid* still running (a zombie has exited: it only waits for init to reap it)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 def reap_group(proc: subprocess.Popen) -> None:
     """After killing *proc*: its orphans (make, the shell) must die on their own, soon."""
-    gone = group_gone(proc.pid, 15)
-    if not gone:
-        os.killpg(proc.pid, signal.SIGKILL)
-    assert gone, "a child of the killed build kept running"
+    try:
+        wait_until(lambda: not group_members(proc.pid), 15, "the children of the killed build to exit")
+    finally:
+        if group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def digest(path: Path) -> str | None:

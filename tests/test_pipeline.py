@@ -11,11 +11,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import project_copy, run_doit
+from conftest import project_copy, run_doit, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,6 +162,13 @@ def test_overlay_change_rebuilds_the_rootfs(project):
         extra.unlink()
 
 
+def flock_waiters(path: Path) -> set[int]:
+    """The pids that wait for an flock of *path*: the lines of /proc/locks marked "->" for its inode."""
+    inode = f":{os.stat(path).st_ino}"
+    fields = (line.split() for line in Path("/proc/locks").read_text().splitlines())
+    return {int(f[5]) for f in fields if len(f) > 6 and f[1:3] == ["->", "FLOCK"] and f[6].endswith(inode)}
+
+
 def test_second_run_waits_for_the_first(project):
     lock = project / "out/.doit.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
@@ -172,7 +178,8 @@ def test_second_run_waits_for_the_first(project):
     proc = subprocess.Popen([sys.executable, "-m", "doit", "config:hello"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3)
+        wait_until(lambda: proc.poll() is not None or flock_waiters(lock) & {proc.pid}, 120,
+                   "the second doit run to wait for the lock on out/.doit.lock")
         assert proc.poll() is None, "the second run must wait while the first holds the project"
     finally:
         os.close(fd)

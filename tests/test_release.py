@@ -168,8 +168,8 @@ def test_deterministic_tar_ignores_times_and_owners(tmp_path):
     src.write_bytes(b"k" * 3000)
     one = release.deterministic_tar([("/.boot/kernel", src, 0o644), ("urunc.json", b"{}", 0o644)],
                                     tmp_path / "one.tar", EPOCH)
-    time.sleep(1.1)
-    os.utime(src, None)
+    an_hour_later = src.stat().st_mtime + 3600
+    os.utime(src, (an_hour_later, an_hour_later))
     two = release.deterministic_tar([("urunc.json", b"{}", 0o644), ("/.boot/kernel", src, 0o644)],
                                     tmp_path / "two.tar", EPOCH)
     assert one.read_bytes() == two.read_bytes()
@@ -328,16 +328,36 @@ def build_fake_deb(dest: Path, files: dict[str, Path], app: str = "redis") -> Pa
                              source_sha256="0" * 64, config_identity=IDENTITY)
 
 
+def deb_times(deb: Path) -> dict[str, int]:
+    """{name: mtime} of a .deb's ar members and of every entry of its tar members ("member:entry")."""
+    blob = deb.read_bytes()
+    assert blob.startswith(b"!<arch>\n")
+    times, pos = {}, 8
+    while pos < len(blob):
+        header = blob[pos:pos + 60]
+        name, mtime, size = header[:16].decode().strip().rstrip("/"), int(header[16:28]), int(header[48:58])
+        times[name] = mtime
+        if ".tar" in name:
+            with tarfile.open(fileobj=io.BytesIO(blob[pos + 60:pos + 60 + size])) as tf:
+                times.update((f"{name}:{m.name}", int(m.mtime)) for m in tf.getmembers())
+        pos += 60 + size + size % 2
+    return times
+
+
 @needs_dpkg
 def test_deb_is_reproducible_and_installs_into_a_scratch_root(tmp_path):
     files = fake_kernel_files(tmp_path / "k")
     one = build_fake_deb(tmp_path / "one", files)
     assert one.name == "linux-image-6.1-tailor-redis_0.1.0_amd64.deb"
-    time.sleep(1.1)
     for f in files.values():
-        os.utime(f, None)
+        an_hour_later = f.stat().st_mtime + 3600
+        os.utime(f, (an_hour_later, an_hour_later))
     two = build_fake_deb(tmp_path / "second-dir", files)
     assert one.read_bytes() == two.read_bytes()
+    # ... and nothing in it depends on when it was built: every time in the package is the epoch
+    times = deb_times(one)
+    assert {"debian-binary", "control.tar.xz", "data.tar.xz", "data.tar.xz:./boot"} <= times.keys()
+    assert set(times.values()) == {EPOCH}, {k: v for k, v in times.items() if v != EPOCH}
     fields = subprocess.run(["dpkg-deb", "-f", str(one)], capture_output=True, text=True, check=True).stdout
     assert "Package: linux-image-6.1-tailor-redis\n" in fields and "Version: 0.1.0\n" in fields
     assert "Architecture: amd64\n" in fields and "Section: kernel\n" in fields
