@@ -81,7 +81,7 @@ def _rootfs(args) -> int:
 
 
 def _explain(args) -> int:
-    from tailor.tasks import explain
+    from tailor.config import explain
 
     explain(args.app, args.symbol)
     return 0

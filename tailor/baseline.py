@@ -199,21 +199,3 @@ def load(name: str) -> BaselineKernel | None:
         return None
     info = BaselineKernel.load(path)
     return info if info.files.bzimage.is_file() else None
-
-
-def tasks(action):
-    """doit tasks ``baseline:<name>``, one per baseline whose input exists (not part of ``build``)."""
-    from doit.tools import config_changed
-
-    for name, what in BASELINES.items():
-        if not available(name):
-            continue
-        yield {
-            "basename": "baseline", "name": name,
-            "doc": f"build the {name} baseline kernel: {what} (long: a full kernel)",
-            "actions": [action(build_baseline, name)],
-            "file_dep": [str(p) for p in input_files(name)],
-            "targets": [str(meta_path(name))],
-            "uptodate": [config_changed({"record": BaselineKernel.FORMAT})],
-            "verbosity": 2,
-        }

@@ -38,14 +38,11 @@ from tailor.console import NO_OUTPUT_S, ConsoleState, Verdict, assess, fail, pas
 from tailor.errors import KernelPanicked, ProbeFailed, QemuError, QemuExited, TailorError
 from tailor.kinds import Variant
 from tailor.qemu import QEMU, VM, CtrlC, boot_method, detect_accel, free_port, kernel_file, qemu_command, session
-from tailor.recipe import NETWORK_PROBES, Recipe, with_variants
+from tailor.recipe import NETWORK_PROBES, Recipe
 from tailor.records import save_boot_result
-from tailor.util import code_digest, display_path, makedirs, read_json, remove, write_atomic
+from tailor.util import display_path, makedirs, read_json, write_atomic
 
-__all__ = ["run", "boot_app", "tasks", "boot_dir", "result_path"]
-
-BOOT_CODE = ("boot", "qemu", "console", "probes", "records")
-"""The modules whose code runs a boot test (a change of theirs invalidates boot tasks)."""
+__all__ = ["run", "boot_app", "boot_dir", "result_path"]
 
 CONSOLE_TAIL = 15
 """Console lines printed to stderr when the test fails."""
@@ -290,23 +287,3 @@ def boot_app(recipe: Recipe, accel: str | None = None) -> dict:
           f"ready after {result['time_to_ready_s']} s; {result['probe']['detail'] or recipe.test.probe.type}",
           file=sys.stderr)
     return result
-
-
-def tasks(recipes, action):
-    """doit tasks ``boot:<app>``: rerun when the kernel, the image or the recipe's test section change."""
-    from doit.tools import config_changed  # doit's tools are imported only when tasks are made
-
-    for r in with_variants(recipes):
-        yield {
-            "basename": "boot", "name": r.id,
-            "doc": f"boot {r.id} under qemu microvm and probe it ({r.test.probe.type})",
-            "actions": [action(boot_app, r)],
-            "file_dep": [str(paths.kernel_pointer(r.id)), str(paths.rootfs_image(r.name, r.rootfs.format))],
-            # an image recipe fetches its image first: an unreachable registry fails before any compile
-            "task_dep": [f"rootfs:{r.name}"] if r.rootfs.image else [],
-            "targets": [str(result_path(r.id))],
-            "clean": [(remove, [boot_dir(r.id)])],
-            "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
-                                         "cmdline": r.kernel.cmdline, "code": code_digest(*BOOT_CODE)})],
-            "verbosity": 2,
-        }

@@ -26,7 +26,7 @@ import yaml
 from tailor import baseline, boot, paths, qemu, records, rootfs
 from tailor.errors import TailorError
 from tailor.image import parse_reference
-from tailor.recipe import Recipe, general_variant, with_variants
+from tailor.recipe import Recipe, general_variant
 from tailor.rootfs import render
 from tailor.util import PROJECT, replace_marked, write_json
 
@@ -254,26 +254,3 @@ def update_readme(text: str, readme: Path = README) -> None:
 def write_table(recipes: list[Recipe]) -> None:
     update_readme(render_table(recipes))
     print(f"tailor: catalogue table of {len(recipes)} recipes written to docs/catalogue.md")
-
-
-def tasks(recipes, action):
-    """``catalogue_table`` (table from what out/ records), ``catalogue_baseline`` (every built app on the
-    :data:`BASELINE` kernel), ``catalogue_timing`` (:func:`time_boots`) and ``catalogue`` (build
-    everything, then the table).
-
-    ``catalogue`` leaves out the recipes whose image needs registry access (their rows say so until built)."""
-
-    yield {"basename": "catalogue_table", "doc": "write the catalogue table in docs/catalogue.md from the recorded results",
-           "actions": [action(write_table, recipes)], "uptodate": [False], "verbosity": 2}
-    yield {"basename": "catalogue_timing",
-           "doc": f"boot every built app {RUNS} times on its own kernel, the general one and the {BASELINE} "
-                  "baseline's; the table shows the medians (tens of minutes)",
-           "actions": [action(time_boots, recipes)], "uptodate": [False], "verbosity": 2}
-    yield {"basename": "catalogue_baseline",
-           "doc": f"boot-test every built app on the {BASELINE} baseline kernel too, for the table (minutes)",
-           "actions": [action(boot_on_baseline, recipes)], "uptodate": [False], "verbosity": 2}
-    yield {"basename": "catalogue",
-           "doc": "build and boot-test every recipe on both kernels, then write the table of docs/catalogue.md (hours)",
-           "actions": [action(write_table, recipes)],
-           "task_dep": [f"build:{r.id}" for r in with_variants(recipes) if not needs_registry_access(r)],
-           "uptodate": [False], "verbosity": 2}

@@ -1,10 +1,8 @@
 """The config stage: a recipe's base fragments and options -> ``out/config/<app>/.config``.
 
-:func:`configure` is the plain function (tests call it directly); :func:`tasks`
-yields the doit tasks ``source:<id>`` (verify and unpack a kernel source) and
-``config:<app>``. A config task is up to date while the recipe's ``kernel``
-section, its fragments and the source are unchanged, so an unchanged project
-never parses Kconfig.
+:func:`configure` is the plain function (tests call it directly; the task ``config:<app>`` is
+in :mod:`tailor.tasks.build`); :func:`explain` says why a symbol has its value in a recipe's
+config (``doit explain <app> <SYMBOL>``).
 """
 
 from __future__ import annotations
@@ -12,21 +10,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tailor import paths
 from tailor import source as src
 from tailor.errors import TailorError
+from tailor.kconfig import explain as explain_symbol
 from tailor.kconfig import (Assign, Result, load_tree, parse_fragment, recipe_assigns, resolve,
                             write_outputs)
 from tailor.paths import config_dir
-from tailor.recipe import BASE_CONFIGS_DIR, Recipe, with_variants
-from tailor.util import code_digest, display_path, remove
+from tailor.recipe import BASE_CONFIGS_DIR, Recipe, find
+from tailor.util import display_path
 
-ENGINE_CODE = ("config", "kconfig", "_kconfig_functions")
-"""The modules whose code makes a .config (a change of theirs invalidates config tasks)."""
-
-
-def config_paths(app: str) -> dict[str, Path]:
-    d = config_dir(app)
-    return {"config": d / ".config", "asked": d / "asked.json", "identity": d / "identity"}
+config_paths = paths.config_files
 
 
 def fragment_path(name: str, base_dir: Path = BASE_CONFIGS_DIR) -> Path:
@@ -72,25 +66,8 @@ def configure(recipe: Recipe, srctree: Path | None = None, outdir: Path | None =
     return result
 
 
-def tasks(recipes: list[Recipe], action):
-    """doit tasks ``config:<app>``, one per recipe.
-
-    *action* wraps a plain function into a doit action that reports a
-    TailorError as one line (see :func:`tailor.tasks.action`).
-    """
-    from doit.tools import config_changed
-
-    for r in with_variants(recipes):
-        ref = src.recipe_ref(r)
-        yield {
-            "basename": "config", "name": r.id,
-            "doc": f"resolve and verify the kernel .config of {r.id} ({', '.join(r.kernel.base) or 'no base'}"
-                   f" + {len(r.kernel.options)} options)",
-            "actions": [action(configure, r)],
-            "file_dep": [str(fragment_path(b)) for b in r.kernel.base if fragment_path(b).exists()]
-                        + [str(src.stamp_path(ref))],
-            "targets": [str(p) for p in config_paths(r.id).values()],
-            "clean": [(remove, [config_dir(r.id)])],
-            "uptodate": [config_changed({"kernel": r.digests["kernel"], "engine": code_digest(*ENGINE_CODE)})],
-            "verbosity": 2,
-        }
+def explain(app: str, symbol: str) -> None:
+    """Print why *symbol* has its value in *app*'s resolved config."""
+    recipe = find(app)
+    tree = load_tree(src.prepare(src.recipe_ref(recipe)))
+    print(explain_symbol(tree, symbol, layers(recipe), recipe.kernel.resolve))

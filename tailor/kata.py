@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tailor.errors import TailorError
 from tailor.kernel import kbuild_olddefconfig, make_env
-from tailor.util import PROJECT, makedirs
+from tailor.util import PROJECT
 
 KATA_CONFIG_DIR = PROJECT.parent / "shared" / "reference" / "kata-guest-config"
 """Kata's x86_64 guest config fragments, when the shared reference folder is beside the project."""

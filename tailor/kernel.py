@@ -33,20 +33,17 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from tailor import config, farm, paths, source
+from tailor import config, farm, paths, source, toolchain
 from tailor.epoch import source_date_epoch
 from tailor.errors import TailorBug, TailorError
 from tailor.kconfig import config_diff
-from tailor.recipe import with_variants
 from tailor.records import KernelBuild, KernelPointer
 from tailor.toolchain import KERNEL_TOOLS, debian_package, kernel_toolchain
 from tailor.util import (Progress, atomic_path, canonical_json, count_enabled, file_lock, human_size, makedirs,
                          display_path, out_dir, read_json, remove, sha256_text,
                          write_json)
 
-BUILD_SETTINGS = "2"
-"""Version of the build environment (make_env): a kernel built with other settings is rebuilt.
-2: relative file-prefix map, so ccache's relative paths do not leak into vmlinux."""
+BUILD_SETTINGS = toolchain.BUILD_SETTINGS
 
 ARTEFACTS = {
     "bzImage": "arch/x86/boot/bzImage",
@@ -321,24 +318,3 @@ def build_for(recipe) -> KernelBuild:
     meta = build(cfg_paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.id}")
     link_app(recipe.id, meta)
     return meta
-
-
-def tasks(recipes, action):
-    """doit tasks ``kernel:<app>``: one per recipe; identical configs share one build."""
-    from doit.tools import config_changed
-
-
-    for r in with_variants(recipes):
-        cfg_paths = config.config_paths(r.id)
-        yield {
-            "basename": "kernel", "name": r.id,
-            "doc": f"build the kernel of {r.id} (bzImage, vmlinux, System.map)",
-            "actions": [action(build_for, r)],
-            "file_dep": [str(cfg_paths["config"]), str(cfg_paths["identity"]),
-                         str(source.stamp_path(source.recipe_ref(r)))],
-            "targets": [str(app_pointer(r.id))],
-            "clean": [(clean_app, [r.id])],
-            "uptodate": [config_changed({"build_settings": BUILD_SETTINGS, "toolchain": kernel_toolchain(),
-                                         "records": [KernelBuild.FORMAT, KernelPointer.FORMAT]})],
-            "verbosity": 2,
-        }

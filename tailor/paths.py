@@ -8,6 +8,7 @@ The stages and tools ask here instead of joining ``out_dir() / "..."`` themselve
 ``out/kernels/<app>.json``             :func:`kernel_pointer`: which kernel an app uses
 ``out/rootfs/<app>/``                  :func:`rootfs_dir`: the root image and ``rootfs.json``
 ``out/boot/<app>/``                    :func:`boot_dir`: ``console.log`` and ``result.json``
+``out/snapshot/<app>/``                :func:`snapshot_dir`: a ready snapshot and ``snapshot.json``
 ``out/baseline/<name>/``               :func:`baseline_dir`: a baseline kernel's description
 ``out/bench/``                         :func:`bench_dir`: the measurements (``<kind>.json``)
 ``out/report/``                        :func:`report_dir`: the rendered report
@@ -43,6 +44,13 @@ def doit_lock() -> Path:
 
 def config_dir(app: str) -> Path:
     return out_dir() / "config" / app
+
+
+def config_files(app: str) -> dict[str, Path]:
+    """The config stage's outputs for *app*: ``config`` (``.config``), ``asked`` (``asked.json``) and
+    ``identity``."""
+    d = config_dir(app)
+    return {"config": d / ".config", "asked": d / "asked.json", "identity": d / "identity"}
 
 
 def kernel_root() -> Path:
@@ -85,6 +93,15 @@ def slim_kept(app: str) -> Path:
 def rootfs_slim(app: str) -> Path:
     """What a slim root left out of its source (``rootfs.slim: true``): :func:`tailor.rootfs.dropped`."""
     return rootfs_dir(app) / "slim.json"
+
+
+def snapshot_dir(app: str) -> Path:
+    """``out/snapshot/<app>/``: an app's ready snapshot (state, disk layer, ``snapshot.json``)."""
+    return out_dir() / "snapshot" / app
+
+
+def snapshot_record(app: str) -> Path:
+    return snapshot_dir(app) / "snapshot.json"
 
 
 def boot_dir(app: str) -> Path:

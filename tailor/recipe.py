@@ -30,6 +30,7 @@ Example (docs/recipes.md documents every key)::
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -758,6 +759,42 @@ def load(path: str | Path) -> Recipe:
     except UnicodeDecodeError as e:
         raise TailorError(f"{_rel(path)}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     return parse(text, path)
+
+
+RECIPE_CACHE_FORMAT = "1"
+
+
+def load_cached(path: str | Path) -> Recipe:
+    """:func:`load`, remembered in ``out/cache/recipes/`` by everything validation reads: the file's
+    bytes and path, the directories of ``rootfs/`` (the default overlays) and the code of the
+    validator (its import closure, :func:`tailor.imports.code_digest`). A doit run with nothing to do
+    validates no recipe again; a recipe that fails validation is never cached."""
+    import pickle
+
+    from tailor import imports
+    from tailor.util import out_dir, write_atomic
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        dirs = sorted(p.name for p in ROOTFS_DIR.iterdir() if p.is_dir()) if ROOTFS_DIR.is_dir() else []
+    except OSError:
+        return load(path)
+    key = hashlib.sha256("\0".join([RECIPE_CACHE_FORMAT, str(path.resolve()), imports.code_digest("recipe"),
+                                     *dirs]).encode() + b"\0" + raw).hexdigest()
+    cached = out_dir() / "cache" / "recipes" / f"{key}.pickle"
+    try:
+        recipe = pickle.loads(cached.read_bytes())
+        if isinstance(recipe, Recipe):
+            return recipe
+    except (OSError, pickle.PickleError, EOFError, AttributeError, TypeError, ValueError, ImportError):
+        pass
+    recipe = load(path)
+    try:
+        write_atomic(cached, pickle.dumps(recipe, protocol=pickle.HIGHEST_PROTOCOL))
+    except (OSError, TailorError):
+        pass  # a read-only out/ only costs the validation next time
+    return recipe
 
 
 def find(name: str, recipes_dir: Path = RECIPES_DIR) -> Recipe:

@@ -42,13 +42,11 @@ from tailor.epoch import source_date_epoch
 from tailor.kinds import RootFormat
 from tailor.recipe import ROOTFS_DIR, Recipe
 from tailor.records import RootfsManifest
-from tailor.templates import TEMPLATES_DIR, render
-from tailor.util import (PROJECT, atomic_path, code_digest, display_path, makedirs, read_json, remove,
+from tailor.templates import render
+from tailor.util import (atomic_path, display_path, makedirs, read_json, remove,
                          sha256_file, sha256_text, write_json)
 
 INIT_TEMPLATE = "init.sh.j2"
-ROOTFS_CODE = ("rootfs", "cpio", "debian", "elf", "epoch", "fstree", "image", "kinds", "records", "templates")
-"""The modules whose code makes a root image (a change of theirs invalidates rootfs tasks)."""
 
 ALWAYS_PACKAGES = ("busybox-static",)
 """Packages every rootfs gets: busybox provides the few tools the init uses."""
@@ -473,76 +471,3 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
     print(f"[rootfs:{recipe.name}] {image.name}: {manifest.size / 1e6:.2f} MB, {files} files, "
           f"{len(closure)} packages", file=sys.stderr)
     return manifest
-
-
-def _overlay_files(recipe: Recipe) -> list[str]:
-    out = []
-    for name in recipe.rootfs.overlay:
-        d = ROOTFS_DIR / name
-        if d.is_dir():
-            out += [str(p) for p in sorted(d.rglob("*")) if p.is_file() and not p.is_symlink()]
-    return out
-
-
-def overlay_listing(recipe: Recipe) -> str:
-    """A digest of what file contents do not show: every overlay and build-directory entry's path,
-    kind, mode and, for a symlink, its target. Symlinks cannot be doit file_deps (a link into the
-    image's own tree dangles on the host), so an added, removed or retargeted link, an empty
-    directory or a mode change reaches the task through this digest."""
-    rows = []
-    dirs = [ROOTFS_DIR / n for n in recipe.rootfs.overlay] + [ROOTFS_DIR / s.cwd for s in recipe.rootfs.build]
-    for top in dirs:
-        if not top.is_dir():
-            rows.append(f"{top.name}\tmissing")
-            continue
-        for p in sorted(top.rglob("*")):
-            st = p.lstat()
-            rel = f"{top.name}/{p.relative_to(top)}"
-            kind = "l" if p.is_symlink() else ("d" if p.is_dir() else "f")
-            rows.append(f"{rel}\t{kind}\t{st.st_mode & 0o7777:o}\t{os.readlink(p) if kind == 'l' else ''}")
-    return sha256_text("\n".join(rows))
-
-
-def _image_pin(recipe: Recipe) -> dict:
-    """The image's pinned digest as known now (reads images.lock only; never a registry)."""
-    if not recipe.rootfs.image:
-        return {}
-
-    try:
-        return {"image": oci.locked_digest(oci.parse_reference(recipe.rootfs.image)) or "unpinned"}
-    except TailorError:
-        return {"image": "unreadable lock"}
-
-
-def _image_task(recipe: Recipe) -> list[str]:
-    if not recipe.rootfs.image:
-        return []
-
-    task = oci.local_image_task(recipe.rootfs.image)
-    return [task] if task else []
-
-
-def tasks(recipes, action):
-    """doit tasks ``rootfs:<app>``: rebuilt only when the recipe's rootfs/app sections, overlays, init template or
-    (network recipes) the reseed helper's source change."""
-    from doit.tools import config_changed
-
-    for r in recipes:
-        yield {
-            "basename": "rootfs", "name": r.name,
-            "doc": f"build the {r.rootfs.format} root filesystem of {r.name} "
-                   f"({', '.join(r.rootfs.packages) or 'no packages'}; app as init)",
-            "actions": [action(build, r)],
-            "file_dep": _overlay_files(r) + [str(TEMPLATES_DIR / INIT_TEMPLATE)]
-                        + ([str(RESEED_SOURCE)] if r.app.network else [])
-                        + [str(p) for step in r.rootfs.build for p in sorted((ROOTFS_DIR / step.cwd).rglob("*"))
-                           if p.is_file()]
-                        + ([str(paths.slim_kept(r.name))] if r.rootfs.slim == "traced" else []),
-            "targets": [str(image_path(r)), str(manifest_path(r.name))],
-            "clean": [(remove, [rootfs_dir(r.name)])],
-            "uptodate": [config_changed({"rootfs": r.digests["rootfs"], "app": r.digests["app"],
-                                         "code": code_digest(*ROOTFS_CODE), "listing": overlay_listing(r),
-                                         **_image_pin(r)})],
-            "task_dep": _image_task(r) + ([f"slim:{r.name}"] if r.rootfs.slim == "traced" else []),
-            "verbosity": 2,
-        }

@@ -305,24 +305,3 @@ def write_files(recipe: Recipe, kept: list[dict]) -> None:
 
 def slim_action(recipe: Recipe) -> None:
     make(recipe)
-
-
-def tasks(recipes, action):
-    """doit tasks ``slim:<app>`` (not part of ``build``): trace what the app uses and verify the slim image."""
-    from doit.tools import config_changed
-
-    from tailor.util import code_digest
-
-    for r in recipes:
-        yield {
-            "basename": "slim", "name": r.name,
-            "doc": f"trace which files {r.name} uses in its boot test and verify a root of only those",
-            "actions": [action(slim_action, r)],
-            "task_dep": [f"kernel:{r.name}"],
-            "file_dep": [str(paths.kernel_pointer(r.id))],
-            "targets": [str(paths.slim_kept(r.name))],
-            "uptodate": [config_changed({"rootfs": r.digests["rootfs"], "app": r.digests["app"],
-                                         "test": r.digests["test"],
-                                         "code": code_digest("slim", "rootfs", "boot", "probes", "run")})],
-            "verbosity": 2,
-        }

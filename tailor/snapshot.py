@@ -49,7 +49,7 @@ from pathlib import Path
 from tailor import boot, paths, records
 from tailor.errors import TailorError
 from tailor.qemu import QEMU, VM, CtrlC, free_port
-from tailor.util import display_path, out_dir, read_json, remove, sha256_file, write_json
+from tailor.util import display_path, read_json, remove, sha256_file, write_json
 
 FORMAT = "tailor-snapshot/2"
 RESEED_PORT = 61999
@@ -62,9 +62,7 @@ VM it came from, so a qemu loading it starts the guest as soon as it is loaded (
 lets a release restore the VM with one qemu command and no QMP client)."""
 
 
-def snapshot_dir(app: str) -> Path:
-    """``out/snapshot/<app>/``."""
-    return out_dir() / "snapshot" / app
+snapshot_dir = paths.snapshot_dir
 
 
 def qemu_version() -> str:
@@ -289,25 +287,3 @@ def take_action(recipe, settle_s: float = 0.0) -> None:
     print(f"[snapshot:{recipe.name}] ready after {rec['time_to_ready_s']} s, saved in {rec['save_s']} s: state "
           f"{files['state']['bytes'] / 1e6:.1f} MB, disk layer {disk / 1e6:.1f} MB "
           f"({display_path(snapshot_dir(recipe.name))}; python -m tailor run {recipe.name} --from-snapshot)")
-
-
-def tasks(recipes, action):
-    """doit tasks ``snapshot:<app>`` for the network apps (not part of ``build``)."""
-    from doit.tools import config_changed
-
-    from tailor.util import code_digest
-
-    for r in recipes:
-        if not r.app.network:
-            continue
-        yield {
-            "basename": "snapshot", "name": r.name,
-            "doc": f"boot {r.name}, wait until it is ready and save the VM for run --from-snapshot",
-            "actions": [action(take_action, r)],
-            "task_dep": [f"build:{r.name}"],
-            "file_dep": [str(paths.kernel_pointer(r.id)), str(paths.rootfs_image(r.name, r.rootfs.format))],
-            "targets": [str(snapshot_dir(r.name) / "snapshot.json")],
-            "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
-                                         "code": code_digest("snapshot", "run", "qemu", "boot", "probes")})],
-            "verbosity": 2,
-        }

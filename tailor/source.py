@@ -330,26 +330,3 @@ def prepare(ref: SourceRef) -> Path:
             write_json(stamp_path(ref), {"id": ref.id, "sha256": ref.sha256, "label": ref.label,
                                          "patches": [p.path.name for p in ref.patches]})
     return tree_path(ref)
-
-
-def tasks(recipes, action):
-    """doit tasks ``source:<id>``: verify and unpack each distinct kernel source once."""
-    from doit.tools import config_changed
-
-    refs = {}
-    for r in recipes:
-        ref = recipe_ref(r)
-        refs.setdefault(ref.short, ref)
-    for short, ref in sorted(refs.items()):
-        deps = [str(p.path) for p in ref.patches]
-        if ref.kind == "path" and ref.tarball.exists():
-            deps.append(str(ref.tarball))
-        yield {
-            "basename": "source", "name": short,
-            "doc": f"verify and unpack the kernel source {ref.label}",
-            "actions": [action(prepare, ref)],
-            "targets": [str(stamp_path(ref))],
-            "uptodate": [config_changed(ref.id)],
-            "file_dep": deps,
-            "verbosity": 2,
-        }

@@ -13,6 +13,10 @@ import os
 import shutil
 import subprocess
 
+BUILD_SETTINGS = "2"
+"""Version of the kernel build environment (:func:`tailor.kernel.make_env`): a kernel built with other settings is rebuilt.
+2: relative file-prefix map, so ccache's relative paths do not leak into vmlinux."""
+
 KERNEL_TOOLS = {
     "gcc": ("gcc", "--version"),
     "binutils": ("ld", "--version"),

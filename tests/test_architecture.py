@@ -1,9 +1,12 @@
 """docs/architecture.md's architecture section names every module of the tailor package, and the package's
 module-level imports form no cycle."""
 
-import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+from tailor import imports
 
 PROJECT = Path(__file__).resolve().parent.parent
 PACKAGE = PROJECT / "tailor"
@@ -37,32 +40,7 @@ def test_readme_architecture_names_every_module():
 
 def _top_level_imports(path: Path, name: str, mods: dict[str, Path]) -> set[str]:
     """The tailor modules (among *mods*) *path* imports at module level (``from tailor import x`` counts as x)."""
-    tree = ast.parse(path.read_text())
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".") if package else []
-                parent = parent[:len(parent) - (node.level - 1)] if node.level > 1 else parent
-                base = ".".join(parent + ([base] if base else []))
-            elif base == "tailor" or base.startswith("tailor."):
-                base = base[len("tailor."):] if base != "tailor" else ""
-            else:
-                continue
-            for alias in node.names:
-                full = f"{base}.{alias.name}".strip(".")
-                if full in mods:
-                    out.add(full)
-                elif base in mods:
-                    out.add(base)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("tailor."):
-                    out.add(alias.name[len("tailor."):])
-    out.discard(name)
-    return out
+    return imports.imports_of(name, path.read_text(), mods, top_level=True)
 
 
 def test_no_import_cycle_among_tailor_modules():
@@ -118,3 +96,44 @@ def test_the_schema_probe_types_are_the_probe_registry():
     from tailor import probes, schema
 
     assert schema.PROBES == probes.PROBE_TYPES and set(schema.NETWORK_PROBES) == set(probes.PROBES)
+
+
+def test_no_stage_module_imports_doit():
+    """The task graph (tailor/tasks/) is the only place that knows doit; stages are plain functions."""
+    offenders = [f"{name}: {line.strip()}" for name, path in _modules().items() if not name.startswith("tasks")
+                 for line in path.read_text().splitlines()
+                 if re.match(r"\s*(from|import)\s+doit\b", line)]
+    assert not offenders, "imports doit outside tailor/tasks/:\n" + "\n".join(offenders)
+
+
+def test_making_every_task_imports_none_of_the_studying_stages():
+    """Making the task list (every doit run) imports no discovery, report or measurement code: those are
+    imported when one of their tasks runs."""
+    code = ("import sys; sys.argv = ['doit', 'list']; import dodo\n"
+            "for name in dir(dodo):\n"
+            "    if name.startswith('task_'):\n"
+            "        made = getattr(dodo, name)()\n"
+            "        list(made) if not isinstance(made, dict) else made\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('tailor.'))))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    assert "tailor.tasks.build" in loaded
+    assert not loaded & {"tailor.discover", "tailor.trace", "tailor.report", "tailor.measure", "tailor.fits",
+                         "tailor.slim"}, sorted(loaded)
+
+
+def test_a_stage_digest_covers_its_import_closure_and_nothing_else(monkeypatch):
+    """A change to any module a stage imports, however indirectly, changes that stage's code digest; a
+    module outside the closure does not."""
+    assert {"boot", "qemu", "console", "probes", "records", "kinds"} <= set(imports.closure("boot"))
+    assert {"config", "kconfig", "_kconfig_functions", "source"} <= set(imports.closure("config"))
+    assert "image.build" in imports.closure("image.build") and "image" in imports.closure("image.build")
+    assert "discover" not in imports.closure("boot") and "qemu" not in imports.closure("config")
+    before = {s: imports.code_digest(s) for s in ("boot", "config", "rootfs")}
+    real = imports.graph()
+    changed = {n: (deps, "0" * 64 if n == "console" else digest) for n, (deps, digest) in real.items()}
+    monkeypatch.setattr(imports, "graph", lambda: changed)
+    assert imports.code_digest("boot") != before["boot"]  # boot -> qemu -> console
+    assert imports.code_digest("config") == before["config"]
+    assert imports.code_digest("rootfs") == before["rootfs"]

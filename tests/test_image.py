@@ -303,7 +303,7 @@ def test_app_from_config_each_recipe_key_overrides_its_part(tmp_path):
 
 def test_registry_only_recipes_are_marked_and_left_out_of_the_catalogue_build(tmp_path, monkeypatch):
     from tailor import catalogue, recipe
-    from tailor.tasks import action
+    from tailor.tasks import study
 
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))  # the rows of nothing built, not of this checkout's out/
     recipes = recipe.all_recipes()
@@ -311,20 +311,21 @@ def test_registry_only_recipes_are_marked_and_left_out_of_the_catalogue_build(tm
     assert needs == {"mongo", "traefik", "elasticsearch"}
     rows = {row["app"]: row for row in catalogue.rows(recipes)}
     assert rows["mongo"]["registry"] and not rows["redis-image"]["registry"] and not rows["redis"]["registry"]
-    build = next(t for t in catalogue.tasks(recipes, action) if t["basename"] == "catalogue")
+    build = next(t for t in study.catalogue_tasks(recipes) if t["basename"] == "catalogue")
     assert "build:redis-image" in build["task_dep"] and "build:redis" in build["task_dep"]
     assert not [d for d in build["task_dep"] if d.split(":")[1].split("@")[0] in needs]
 
 
 def test_rootfs_tasks_read_only_the_lock_and_depend_on_the_local_image(monkeypatch):
-    from tailor import recipe, rootfs
+    from tailor import recipe
+    from tailor.tasks import build
 
     def no_network(*a, **k):
         raise AssertionError("task generation must not resolve images")
 
     monkeypatch.setattr(image_cache, "resolve", no_network)
     monkeypatch.setattr(image_cache, "_skopeo", no_network)
-    tasks = {t["name"]: t for t in rootfs.tasks(recipe.all_recipes(), lambda fn, *a: (fn, a))}
+    tasks = {t["name"]: t for t in build.rootfs_tasks(recipe.all_recipes())}
     assert tasks["redis-image"]["task_dep"] == ["image:redis"] and tasks["mongo"]["task_dep"] == []
     assert tasks["redis"]["task_dep"] == []
 

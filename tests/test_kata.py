@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tailor import baseline, kata
+from tailor.tasks import study
 from tailor.errors import TailorError
 from tailor.kconfig import load_tree
 
@@ -71,7 +72,7 @@ def test_folder_without_fragment_subfolders_is_one_line_error(tmp_path):
 def test_missing_reference_folder_is_not_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(kata, "KATA_CONFIG_DIR", tmp_path / "absent")
     assert not baseline.available("kata")
-    assert "kata" not in [t["name"] for t in baseline.tasks(lambda f, *a: (f, a))]
+    assert "kata" not in [t["name"] for t in study.baseline_tasks()]
     with pytest.raises(TailorError) as e:
         baseline.build_baseline("kata")
     msg = str(e.value)
@@ -81,7 +82,7 @@ def test_missing_reference_folder_is_not_measured(tmp_path, monkeypatch):
 def test_present_reference_folder_gives_a_task_on_every_fragment(tmp_path, monkeypatch):
     d = _kata_folder(tmp_path)
     monkeypatch.setattr(kata, "KATA_CONFIG_DIR", d)
-    task = next(t for t in baseline.tasks(lambda f, *a: (f, a)) if t["name"] == "kata")
+    task = next(t for t in study.baseline_tasks() if t["name"] == "kata")
     deps = task["file_dep"]
     assert str(d / "common" / "base.conf") in deps and str(d / "x86_64" / "virtio.conf") in deps
     assert task["targets"] == [str(baseline.meta_path("kata"))]

@@ -4,7 +4,7 @@ import pytest
 
 from tailor import recipe
 from tailor.errors import TailorBug, TailorError
-from tailor.util import code_digest
+from tailor.imports import code_digest
 
 
 def load_text(tmp_path, text, name="app"):
@@ -121,7 +121,31 @@ def test_digests_come_from_the_validated_model(tmp_path):
 
 def test_stage_code_digests_cover_each_stage_and_package():
     assert code_digest("rootfs") == code_digest("rootfs") != code_digest("cpio")
-    # a package counts with every module in it
-    assert code_digest("image") != code_digest("image/reference")
-    with pytest.raises(TailorBug):
+    assert code_digest("kinds") != code_digest("records")  # records imports kinds and more
+    with pytest.raises(TailorBug, match="no module tailor.no_such_stage"):
         code_digest("no_such_stage")
+
+
+def test_a_validated_recipe_is_cached_by_what_validation_reads(tmp_path, monkeypatch):
+    """load_cached validates a recipe once: the next load reads the cache, and an edit or a recipe that
+    fails are validated again."""
+    from tailor import recipe as recipe_mod
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    path = tmp_path / "recipes" / "cached.yaml"
+    path.parent.mkdir()
+    path.write_text("description: first\nkernel: {base: [lupine-base]}\nrootfs: {packages: [hello]}\n"
+                    "app: {command: /usr/bin/hello}\ntest: {ready: Hello}\n")
+    first = recipe_mod.load_cached(path)
+    assert first == recipe_mod.load(path) and first.description == "first"
+    parsed = []
+    real_parse = recipe_mod.parse
+    monkeypatch.setattr(recipe_mod, "parse", lambda *a: parsed.append(a) or real_parse(*a))
+    assert recipe_mod.load_cached(path) == first and parsed == []  # from the cache
+    path.write_text(path.read_text().replace("first", "second"))
+    assert recipe_mod.load_cached(path).description == "second" and len(parsed) == 1
+    path.write_text("description: [broken\n")
+    for _ in range(2):
+        with pytest.raises(TailorError, match="cached.yaml"):
+            recipe_mod.load_cached(path)
+

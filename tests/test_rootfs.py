@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tailor import debian, elf, recipe, rootfs
+from tailor.tasks import build
 from tailor.errors import TailorError
 
 
@@ -380,19 +381,20 @@ def test_overlay_listing_sees_symlinks_dirs_and_modes(tmp_path, monkeypatch):
     (top / "app" / "etc").mkdir(parents=True)
     (top / "app" / "etc" / "conf").write_text("x\n")
     monkeypatch.setattr(rootfs, "ROOTFS_DIR", top)
+    monkeypatch.setattr(build, "ROOTFS_DIR", top)
     r = _recipe_with_overlay(tmp_path, ["app"])
-    seen = [rootfs.overlay_listing(r)]
+    seen = [build.overlay_listing(r)]
     (top / "app" / "etc" / "link").symlink_to("/etc/conf-that-exists-only-in-the-image")
-    seen.append(rootfs.overlay_listing(r))
+    seen.append(build.overlay_listing(r))
     (top / "app" / "etc" / "link").unlink()
     (top / "app" / "etc" / "link").symlink_to("conf")
-    seen.append(rootfs.overlay_listing(r))
+    seen.append(build.overlay_listing(r))
     (top / "app" / "var").mkdir()
-    seen.append(rootfs.overlay_listing(r))
+    seen.append(build.overlay_listing(r))
     (top / "app" / "etc" / "conf").chmod(0o755)
-    seen.append(rootfs.overlay_listing(r))
+    seen.append(build.overlay_listing(r))
     assert len(set(seen)) == len(seen)
-    assert rootfs.overlay_listing(r) == seen[-1]
+    assert build.overlay_listing(r) == seen[-1]
 
 
 def _recipe_with_overlay(tmp_path, names):
@@ -493,8 +495,9 @@ def test_only_a_network_image_gets_the_helper(tmp_path, monkeypatch, pkg_tree, h
     rootfs.stage(plain, pkg_tree, tmp_path / "plain")
     assert not (tmp_path / "plain/.tailor").exists()
     # a change of the helper's source rebuilds a network recipe's image
-    deps = {r.name: next(rootfs.tasks([r], lambda f, *a: (f, a)))["file_dep"] for r in (net, plain)}
-    assert str(rootfs.RESEED_SOURCE) in deps["net"] and str(rootfs.RESEED_SOURCE) not in deps["plain"]
+    deps = {r.name: next(build.rootfs_tasks([r]))["file_dep"] for r in (net, plain)}
+    assert str(build.RESEED_SOURCE) in deps["net"] and str(build.RESEED_SOURCE) not in deps["plain"]
+    assert build.RESEED_SOURCE == rootfs.RESEED_SOURCE
 
 
 def _reseed_block(script: str) -> list[str]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from doit.tools import config_changed
 
 from tailor import debian, paths
 from tailor.elf import library_closure, resolve_in_root
@@ -164,23 +163,3 @@ def build_local(name: str) -> str:
 
 def spec_files() -> list[Path]:
     return sorted(IMAGES_DIR.glob("*.yaml"))
-
-
-def tasks(action):
-    """doit tasks ``image:<name>``: the images of ``images/*.yaml``, built from Debian packages."""
-    for path in spec_files():
-        try:
-            overlay = [str(f) for name in load_spec(path).overlay
-                       for f in sorted((ROOTFS_DIR / name).rglob("*")) if f.is_file()]
-        except TailorError:
-            overlay = []  # the action says what is wrong
-        yield {
-            "basename": "image", "name": path.stem,
-            "doc": f"build the OCI image of images/{path.name} from Debian packages into out/images/{path.stem}",
-            "actions": [action(build_local, path.stem)],
-            "file_dep": [str(path)] + overlay,
-            "targets": [str(paths.image_dir(path.stem) / "index.json")],
-            "clean": [(remove, [paths.image_dir(path.stem)])],
-            "uptodate": [config_changed({"version": "1"})],
-            "verbosity": 2,
-        }

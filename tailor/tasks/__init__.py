@@ -1,12 +1,17 @@
-"""Glue between tailor's plain stage functions and doit.
+"""The task graph: every doit task of tailor, and the glue between the plain stage functions and doit.
 
-dodo.py only wires: it loads the recipes and asks each stage module for its
-tasks, passing :func:`action` so that every action reports a
-:class:`~tailor.errors.TailorError` as one clear line instead of a traceback.
-A recipe that does not validate still gets its tasks, which fail with its
-error, so one broken recipe does not stop the others. A
-:class:`~tailor.errors.TailorBug` is not caught: doit prints it with its
-traceback, which a bug report needs.
+dodo.py only wires: it loads the recipes (:func:`load_recipes`) and asks
+:mod:`tailor.tasks.build`, :mod:`tailor.tasks.study` and :mod:`tailor.tasks.publish` for
+the tasks of each stage. Those modules are the one place where ``file_dep``, ``task_dep``,
+``targets`` and ``uptodate`` are written; the stage modules do the work and never import doit.
+
+An action names its stage function as ``"module:function"`` (:func:`action`): the stage module
+is imported only when one of its tasks runs, so a no-op ``doit build:<app>`` does not import
+discovery, the release or the report. Every action reports a :class:`~tailor.errors.TailorError`
+as one clear line instead of a traceback. A recipe that does not validate still gets its tasks,
+which fail with its error, so one broken recipe does not stop the others. A
+:class:`~tailor.errors.TailorBug` is not caught: doit prints it with its traceback, which a bug
+report needs.
 """
 
 from __future__ import annotations
@@ -16,12 +21,11 @@ import os
 import sys
 from pathlib import Path
 
-from tailor import config as cfg
+import importlib
+
 from tailor import paths, source
-from tailor.errors import TailorError
-from tailor.kconfig import explain as explain_symbol
-from tailor.kconfig import load_tree
-from tailor.recipe import RECIPES_DIR, find, load
+from tailor.errors import TailorBug, TailorError
+from tailor.recipe import RECIPES_DIR, load_cached
 from tailor.util import makedirs, os_error, out_dir
 
 _READ_ONLY_COMMANDS = {"list", "help", "info", "dumpdb", "tabcompletion"}
@@ -53,6 +57,22 @@ def _state_db_errors_in_one_line() -> None:
 
     guarded_dump.tailor = True
     SqliteDB.dump = guarded_dump
+    opener = SqliteDB._sqlite3
+
+    def guarded_open(self, name):
+        from doit.dependency import DatabaseException
+
+        try:
+            return opener(self, name)
+        except (sqlite3.Error, DatabaseException, OSError) as e:
+            if "full" in str(e) or getattr(e, "errno", None) == 28:
+                raise SystemExit(f"tailor: error: {name}: doit cannot open its state database (the disk is "
+                                 f"full); free some space (e.g. `doit clean`) and rerun") from None
+            raise SystemExit(f"tailor: error: {name}: doit cannot open its state database "
+                             f"({str(e).splitlines()[-1][:200]}); remove it and rerun (what is out of date is "
+                             f"rebuilt)") from None
+
+    SqliteDB._sqlite3 = guarded_open
 
 
 def guard_concurrent_runs(argv: list[str]) -> None:
@@ -84,7 +104,7 @@ def load_recipes(recipes_dir: Path = RECIPES_DIR):
     good, broken = [], {}
     for path in sorted(recipes_dir.glob("*.yaml")):
         try:
-            r = load(path)
+            r = load_cached(path)
         except TailorError as e:
             broken[path.stem] = str(e)
             continue
@@ -101,11 +121,23 @@ def load_recipes(recipes_dir: Path = RECIPES_DIR):
     return good, broken
 
 
+def stage_function(ref):
+    """The function *ref* names: a callable as it is, or ``"module:function"`` of the tailor package
+    (``"kernel:build_for"``, ``"image.build:build_local"``), imported now."""
+    if callable(ref):
+        return ref
+    module, _, name = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(f"tailor.{module}"), name)
+    except (ImportError, AttributeError) as e:
+        raise TailorBug(f"task action {ref!r}: {e}") from None
+
+
 def _run(fn, *args, **kwargs):
     from doit.exceptions import TaskFailed
 
     try:
-        fn(*args, **kwargs)
+        stage_function(fn)(*args, **kwargs)
     except (TailorError, OSError) as e:
         if isinstance(e, OSError):  # e.g. a disk full while copying: one line, not a traceback
             e = os_error(e)
@@ -118,8 +150,19 @@ def _run(fn, *args, **kwargs):
 
 
 def action(fn, *args, **kwargs):
-    """A doit python-action calling ``fn(*args, **kwargs)``; a TailorError fails the task cleanly."""
+    """A doit python-action calling ``fn(*args, **kwargs)``; a TailorError fails the task cleanly.
+
+    *fn* is a callable or ``"module:function"`` (see :func:`stage_function`), imported when the task runs."""
     return (_run, (fn,) + args, kwargs)
+
+
+def call(fn, *args):
+    """A doit ``clean`` entry calling the stage function *fn* (as :func:`action` names it) with *args*."""
+    return (_call, [fn, *args])
+
+
+def _call(fn, *args):
+    stage_function(fn)(*args)
 
 
 def _fail(message: str):
@@ -133,18 +176,10 @@ def broken_tasks(basename: str, broken: dict[str, str]):
                "actions": [action(_fail, err)], "uptodate": [False], "verbosity": 2}
 
 
-def explain(app: str, symbol: str) -> None:
-    """Print why *symbol* has its value in *app*'s resolved config."""
-
-    recipe = find(app)
-    tree = load_tree(source.prepare(source.recipe_ref(recipe)))
-    print(explain_symbol(tree, symbol, cfg.layers(recipe), recipe.kernel.resolve))
-
-
 def _explain_pos(pos: list[str]) -> None:
     if len(pos) != 2:
         raise TailorError("usage: doit explain <app> <SYMBOL>")
-    explain(pos[0], pos[1])
+    stage_function("config:explain")(pos[0], pos[1])
 
 
 def _explain_action(pos):
