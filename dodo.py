@@ -113,6 +113,11 @@ def task_report():
     return study.report_task()
 
 
+def task_docs():
+    """render the docs' measured figures from the newest docs/measurements/<date>/ (python -m tailor docs)"""
+    return study.docs_task()
+
+
 def task_catalogue():
     """the whole catalogue and its table in docs/catalogue.md"""
     yield from study.catalogue_tasks(RECIPES)

@@ -7,7 +7,7 @@ the date of its newest measurement, with ``conditions.json``: each measurement's
 sha256 of every file. Nothing that names this machine goes in: paths inside the project become relative,
 and a file that names another of its paths, its host name or a registry host is refused.
 
-``python -m tailor docs`` renders ``templates/docs/<name>.md.j2`` from the newest snapshot
+``python -m tailor docs`` (``doit docs``) renders ``templates/docs/<name>.md.j2`` from the newest snapshot
 into each page of :data:`REGIONS`, between the page's marker lines. ``tests/test_figures.py`` fails when a
 page differs from what the snapshot renders, and when a page of docs/ or the README has a figure with a
 unit (``1.87 MB``, ``0.20x``, ``25 min``) outside a generated region that :data:`NOT_MEASURED` does not list

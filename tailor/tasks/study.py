@@ -84,6 +84,11 @@ def report_task() -> dict:
     return {"actions": [action("report:build")], "uptodate": [False], "verbosity": 2}
 
 
+def docs_task() -> dict:
+    """``docs``: render the docs' measured figures from the newest ``docs/measurements/<date>/`` (measures nothing)."""
+    return {"actions": [action("figures:write_docs")], "uptodate": [False], "verbosity": 2}
+
+
 def catalogue_tasks(recipes: list[Recipe]):
     """``catalogue_table`` (the table from what out/ records), ``catalogue_baseline`` (every built app
     on the catalogue's baseline kernel), ``catalogue_timing`` (repeated boots) and ``catalogue``
