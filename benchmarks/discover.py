@@ -15,7 +15,6 @@ builds: minutes each). Stores out/bench/discover.json.
 """
 
 import argparse
-import json
 import statistics
 import sys
 
@@ -39,28 +38,29 @@ def hand_found(recipe):
 
 
 def row(app: str) -> dict:
-    from tailor import discover, kernel
+    from tailor import kernel
     from tailor.measure import count_syscalls
     from tailor.recipe import load
+    from tailor.records.discovery import DiscoverySummary
     from tailor.util import PROJECT
 
-    summary = json.loads((discover.discover_dir(app) / "discover.json").read_text())
-    recipe = load(PROJECT / summary["recipe"])  # recipes/<app>.yaml, or wherever the discovered recipe was
-    kdir = kernel.kernel_dir(kernel.kernel_identity(summary["kernel"]))
+    summary = DiscoverySummary.load(DiscoverySummary.path(app))
+    recipe = load(PROJECT / summary.recipe)  # recipes/<app>.yaml, or wherever the discovered recipe was
+    kdir = kernel.kernel_dir(kernel.kernel_identity(summary.kernel))
     calls = count_syscalls((kdir / "System.map").read_text())["real"]
-    tr = summary["trace"]
+    tr = summary.trace
     return {
         "app": app,
-        "builds": summary["builds"], "boots": summary["boots"], "trials": summary["trials"],
+        "builds": summary.builds, "boots": summary.boots, "trials": summary.trials,
         "trace_lines": tr["lines"], "trace_mb": round(tr["bytes"] / 1e6, 2),
-        "trace_map_s": round(tr["seconds"] + tr["map_seconds"], 1), "total_s": summary["seconds"],
-        "discovered": [o["option"] for o in summary["options"]],
+        "trace_map_s": round(tr["seconds"] + tr["map_seconds"], 1), "total_s": summary.seconds,
+        "discovered": [o["option"] for o in summary.options],
         "recipe": [name for name, _ in recipe.kernel.options],
-        "bzImage": summary["bzImage"], "syscalls": calls, "syscalls_run": summary["syscalls"],
+        "bzImage": summary.bzimage, "syscalls": calls, "syscalls_run": summary.syscalls,
         "hand_found": hand_found(recipe),
-        "minimised": summary.get("minimised", False), "minimise_trials": summary.get("minimise_trials", 0),
-        "untried": summary.get("untried", []), "mapping": summary.get("mapping", {}),
-        "classes": {o["option"]: o.get("class", "") for o in summary["options"]},
+        "minimised": summary.minimised, "minimise_trials": summary.minimise_trials,
+        "untried": summary.untried, "mapping": summary.mapping,
+        "classes": {o["option"]: o["class"] for o in summary.options},
     }
 
 
@@ -72,7 +72,8 @@ def main() -> int:
     from tailor import discover
     from tailor.errors import TailorError
     from tailor.recipe import find
-    from tailor.util import out_dir, write_atomic
+    from tailor.records.bench import save_bench
+    from tailor.util import out_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("apps", nargs="*", help="apps (default: every app discovered so far)")
@@ -125,7 +126,7 @@ def main() -> int:
               f"<= 12), {wall:.1f} min per discovery ({'met' if wall <= 25 else 'missed'}: goal <= 25); bzImage no "
               f"bigger than the hand-found kernel's (+1%) for {smaller} of "
               f"{sum(1 for r in rows if r['hand_found'])} with a hand-found kernel built")
-    write_atomic(out_dir() / "bench" / "discover.json", json.dumps({"rows": rows}, indent=2, sort_keys=True) + "\n")
+    save_bench("discover", {"kind": "discover", "rows": rows})
     return 0
 
 

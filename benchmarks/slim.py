@@ -130,9 +130,9 @@ def ratio(a, b) -> str:
 
 
 def main() -> int:
-    from tailor.bench import bench_path, conditions
+    from tailor.bench import conditions
     from tailor.errors import TailorError
-    from tailor.util import write_json
+    from tailor.records.bench import save_bench
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("apps", nargs="*")
@@ -147,8 +147,8 @@ def main() -> int:
     except TailorError as e:
         print(f"tailor: error: {e}", file=sys.stderr)
         return 1
-    write_json(bench_path("slim"), {"format": "tailor-bench-slim/1", "kind": "slim", "apps": result,
-                                    "conditions": conditions()})
+    save_bench("slim", {"kind": "slim", "apps": result,
+                        "conditions": conditions()})
     for app, r in result.items():
         v = r["variants"]
         parts = []

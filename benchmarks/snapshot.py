@@ -88,9 +88,9 @@ def measure(apps: list[str], runs: int) -> dict:
 
 
 def main() -> int:
-    from tailor.bench import bench_path, conditions
+    from tailor.bench import conditions
     from tailor.errors import TailorError
-    from tailor.util import write_json
+    from tailor.records.bench import save_bench
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("apps", nargs="*", default=["redis", "nginx"])
@@ -101,8 +101,8 @@ def main() -> int:
     except TailorError as e:
         print(f"tailor: error: {e}", file=sys.stderr)
         return 1
-    write_json(bench_path("snapshot"), {"format": "tailor-bench-snapshot/1", "kind": "snapshot", "apps": result,
-                                        "conditions": conditions()})
+    save_bench("snapshot", {"kind": "snapshot", "apps": result,
+                            "conditions": conditions()})
     for app, r in result.items():
         print(f"{app}: cold boot to ready {r['cold_s']['median']:.2f} s ({r['cold_s']['min']:.2f}-"
               f"{r['cold_s']['max']:.2f}), restore to ready {r['restore_s']['median']:.2f} s "

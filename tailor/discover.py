@@ -57,11 +57,14 @@ from tailor.errors import TailorError
 from tailor.kinds import RootFormat
 from tailor.kconfig import Assign, ResolveError, load_tree, resolve
 from tailor.recipe import AppSpec, RootfsSpec, TestSpec, parse
+from tailor.records.discovery import (DISCOVER_FORMAT, DiscoverySummary, DiscoverySyscalls, DiscoveryTrace,
+                                      DiscoveryTrials, NullTrace)
 from tailor.templates import render
-from tailor.util import (PROJECT, code_digest, display_path, enabled_symbols, makedirs, read_json, remove,
-                         replace_marked, sha256_text, write_atomic, write_json)
+from tailor.util import (PROJECT, code_digest, display_path, enabled_symbols, makedirs, remove,
+                         replace_marked, sha256_text, write_atomic)
 
-FORMAT = "tailor-discover/1"
+FORMAT = DISCOVER_FORMAT
+"""The format of every file of ``out/discover/<app>/`` (:mod:`tailor.records.discovery`)."""
 SYSCALL_PREFIX = "__x64_sys_"
 DISCOVER_CODE = ("discover", "probe", "trace", "kmap", "minimise", "linemap", "ifdef")
 """The modules whose code discovers (a change of theirs invalidates discover tasks; kernels and boot
@@ -269,7 +272,7 @@ class _Run:
             record.update(result="fail", reason=str(e).splitlines()[0])
         record["boot_s"] = round(time.monotonic() - t1, 1)
         self.trials.append(record)
-        write_json(self.dir / "trials.json", {"format": FORMAT, "app": self.app, "trials": self.trials})
+        DiscoveryTrials(self.app, self.trials).save(self.dir / DiscoveryTrials.FILE)
         self.say(f"trial {n}: {record['result'].upper()}" + (f" ({record['reason']})" if record["reason"] else "")
                  + f"; build {record['build_s']} s, boot {record['boot_s']} s")
         return record["result"] == "pass"
@@ -309,9 +312,9 @@ def null_functions(recipe, probe_kernel: dict, srctree: Path) -> set[str]:
     cache = null_cache(probe_kernel["identity"])
     if cache.is_file():
         try:
-            return set(read_json(cache)["functions"])
-        except (TailorError, KeyError):
-            pass
+            return set(NullTrace.load(cache).functions)
+        except TailorError as e:  # a cache: trace again
+            print(f"tailor: discover: {e}; tracing the null app again", file=sys.stderr)
     null = null_recipe(recipe)
     rootfs.build(null)  # once per probe kernel and null script (its /init holds the script)
     kdir = Path(probe_kernel["dir"])
@@ -321,8 +324,7 @@ def null_functions(recipe, probe_kernel: dict, srctree: Path) -> set[str]:
                           f"see {display_path(cache.with_suffix('') / 'console.log')}")
     symbols = kmap.parse_system_map((kdir / "System.map").read_text())
     functions = sorted(kmap.functions_of(tr.pcs, symbols))
-    write_json(cache, {"format": FORMAT, "probe_kernel": probe_kernel["identity"], "functions": functions,
-                       "trace_lines": tr.lines})
+    NullTrace(probe_kernel["identity"], functions, tr.lines).save(cache)
     return set(functions)
 
 
@@ -454,11 +456,9 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
              "lines": sorted(o for o in cands if o in tm.lines),
              "lines_only": sorted(o for o in cands if o in by_line)}
     all_calls = sorted(set(maps["boot"].syscalls) | set(user.syscalls))
-    write_json(run.dir / "syscalls.json", {
-        "format": FORMAT, "app": run.app, "probe_kernel": probe_kernel["identity"],
-        "app_phase": user.syscalls, "app_exec": maps["app"].syscalls, "boot_phase": maps["boot"].syscalls,
-        "all": all_calls,
-    })
+    DiscoverySyscalls(app=run.app, probe_kernel=probe_kernel["identity"], app_phase=user.syscalls,
+                      app_exec=maps["app"].syscalls, boot_phase=maps["boot"].syscalls,
+                      all=all_calls).save(run.dir / DiscoverySyscalls.FILE)
     map_s = time.monotonic() - t
     run.say(f"phase 3/5 mapped {len(user.functions)} functions run after the init started ({user.unmapped} "
             f"unmapped or ambiguous) in {map_s:.1f} s ({tm.lines_seconds:.1f} s of it source lines): "
@@ -527,7 +527,6 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
     options = [{"option": o, "from": reasons[o]["from"], "class": reasons[o]["class"], "why": reasons[o]["why"]}
                for o in chosen + [a for a in final.added if a not in chosen]]
     summary = {
-        "format": FORMAT,
         "app": run.app,
         "recipe": display_path(recipe.path),
         "base": list(recipe.kernel.base),
@@ -553,17 +552,18 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         "trials": len(run.trials),
         "seconds": round(time.monotonic() - run.start, 1),
     }
-    write_json(run.dir / "trace.json", {
-        "format": FORMAT, "app": run.app, "probe_kernel": probe_kernel["identity"],
-        "functions": {phase: m.functions for phase, m in maps.items()},
-        "by_option": {phase: m.by_option for phase, m in maps.items()},
-        "evidence": evidence.by_option,
-        "by_line": tm.lines,
-        "classes": {o: {"class": e.cls, "why": e.why} for o, e in classes.items()},
-        "entered": {f: list(entered[f]) for o in cands for f in evidence.by_option[o] if f in entered},
-    })
-    write_json(run.dir / "trials.json", {"format": FORMAT, "app": run.app, "trials": run.trials})
-    write_json(run.dir / "discover.json", summary)
+    record = DiscoverySummary.from_dict(summary, display_path(run.dir / DiscoverySummary.FILE), with_format=False)
+    DiscoveryTrace(
+        app=run.app, probe_kernel=probe_kernel["identity"],
+        functions={phase: m.functions for phase, m in maps.items()},
+        by_option={phase: m.by_option for phase, m in maps.items()},
+        evidence=evidence.by_option,
+        by_line=tm.lines,
+        classes={o: {"class": e.cls, "why": e.why} for o, e in classes.items()},
+        entered={f: list(entered[f]) for o in cands for f in evidence.by_option[o] if f in entered},
+    ).save(run.dir / DiscoveryTrace.FILE)
+    DiscoveryTrials(run.app, run.trials).save(run.dir / DiscoveryTrials.FILE)
+    summary = record.save(run.dir / DiscoverySummary.FILE)
 
     write_atomic(options_path(run.app), render("discover-options.yaml.j2", s=summary))
     run.say(f"{len(options)} options ({len(chosen)} asked, {len(final.added)} by deps) pass the boot "
@@ -606,7 +606,7 @@ def write_recipe(recipe, summary: dict | None = None) -> Path:
     before it replaces the file.
     """
 
-    summary = summary or read_json(discover_dir(recipe.name) / "discover.json")
+    summary = summary or DiscoverySummary.load(DiscoverySummary.path(recipe.name)).dump()
     if recipe.kernel.options:
         raise TailorError(f"{display_path(recipe.path)}: kernel.options already has {len(recipe.kernel.options)} "
                           f"options; remove them to write the discovered ones")
@@ -639,11 +639,11 @@ def comparison_rows(recipes) -> list[dict]:
     lupine = lupine_options()
     rows = []
     for r in recipes:
-        path = discover_dir(r.name) / "discover.json"
+        path = DiscoverySummary.path(r.name)
         if not path.is_file():
             continue
-        summary = read_json(path)
-        found = {o["option"]: o for o in summary["options"]}
+        summary = DiscoverySummary.load(path)
+        found = {o["option"]: o for o in summary.options}
         recipe_opts = [name for name, value in r.kernel.options if value in ("y", True)]
         lup = lupine.get(r.name)
         rows.append({
@@ -651,7 +651,7 @@ def comparison_rows(recipes) -> list[dict]:
             "lupine": None if lup is None else list(lup),
             "only_discovered": [o for name, o in found.items() if name not in recipe_opts],
             "only_recipe": [o for o in recipe_opts if o not in found],
-            "bzimage": summary["bzImage"], "trials": summary["trials"],
+            "bzimage": summary.bzimage, "trials": summary.trials,
         })
     return rows
 

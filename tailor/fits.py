@@ -33,15 +33,15 @@ options and says so.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tailor import paths
 from tailor.errors import TailorError
-from tailor.util import config_values, display_path, write_json
+from tailor.records.discovery import DiscoverySummary, DiscoverySyscalls, DiscoveryTrace, FitsReport
+from tailor.util import config_values, display_path
 
-FORMAT = "tailor-fits/1"
+FORMAT = FitsReport.FORMAT
 EXIT_DOES_NOT_FIT = 3
 SYSCALL_PREFIX = "__x64_sys_"  # as tailor.discover (not imported: it pulls in the whole build pipeline)
 MODULE = "is a module (=m); microVMs here boot without modules"
@@ -80,15 +80,6 @@ class Missing:
     needed_by: str
 
 
-def _read(path: Path, app: str):
-    try:
-        return json.loads(path.read_text())
-    except OSError as e:
-        raise TailorError(f"{display_path(path)}: cannot read ({e.strerror})") from None
-    except ValueError as e:
-        raise TailorError(f"{display_path(path)}: not valid JSON ({e}); run `doit discover:{app}` again") from None
-
-
 def _expect(value, kind: type, path: Path, key: str, what: str):
     if not isinstance(value, kind):
         got = "nothing" if value is None else type(value).__name__
@@ -117,24 +108,21 @@ def _split(functions: list[str], counts: dict[str, int]) -> tuple[tuple[str, ...
 def needs(app: str) -> Needs:
     """What *app* needs, from its discovery record in ``out/discover/<app>/``."""
     d = paths.discover_dir(app)
-    record = d / "discover.json"
+    record = DiscoverySummary.path(app)
     if not record.is_file():
         raise TailorError(f"{display_path(record)}: no discovery record of {app}; run `doit discover:{app}` first "
                           f"(or check the recipe's own kernel.options with --from-recipe)")
-    summary = _expect(_read(record, app), dict, record, "(top)", "a JSON object")
-    entries = _expect(summary.get("options"), list, record, "options", "a list of {option, from, why}")
+    entries = DiscoverySummary.load(record).options
     evidence, by_app, counts, calls = {}, {}, {}, []
-    trace, sc = d / "trace.json", d / "syscalls.json"
+    trace, sc = DiscoveryTrace.path(app), DiscoverySyscalls.path(app)
     if trace.is_file():  # optional: without it, each option's why is all there is
-        t = _expect(_read(trace, app), dict, trace, "(top)", "a JSON object")
-        evidence = _lists(t.get("evidence", {}), trace, "evidence")
-        by_option = _expect(t.get("by_option", {}), dict, trace, "by_option", "a mapping of phase to options")
-        by_app = _lists(by_option.get("app", {}), trace, "by_option.app")
-        counts = t.get("functions", {}).get("app", {}) if isinstance(t.get("functions"), dict) else {}
+        t = DiscoveryTrace.load(trace)
+        evidence = _lists(t.evidence, trace, "evidence")
+        by_app = _lists(t.by_option.get("app", {}), trace, "by_option.app")
+        counts = t.functions.get("app", {})
         counts = {f: n for f, n in counts.items() if isinstance(n, int)} if isinstance(counts, dict) else {}
     if sc.is_file():
-        calls = _expect(_expect(_read(sc, app), dict, sc, "(top)", "a JSON object").get("app_phase", []),
-                        list, sc, "app_phase", "a list of system calls")
+        calls = DiscoverySyscalls.load(sc).app_phase
     out = []
     for i, e in enumerate(entries):
         at = f"options[{i}]"
@@ -228,10 +216,8 @@ def against_baselines(recipe) -> dict:
             entry.update(fits=not missing, missing=[asdict(m) for m in missing])
         results[name] = entry
     print("\n".join(lines), flush=True)
-    data = {"format": FORMAT, "app": app, "needs_from": need.origin, "needs": [asdict(n) for n in need.options],
-            "baselines": results}
-    write_json(paths.fits_path(app), data)
-    return data
+    return FitsReport(app=app, needs_from=need.origin, needs=[asdict(n) for n in need.options],
+                      baselines=results).save(FitsReport.path(app))
 
 
 def tasks(recipes, action):

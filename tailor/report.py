@@ -33,8 +33,9 @@ from tailor.bench import REPORT_APPS, bench_dir, conditions
 from tailor.errors import TailorError
 from tailor.kinds import RootFormat
 from tailor.paths import report_dir
+from tailor.records.bench import load_bench
 from tailor.templates import render
-from tailor.util import read_json, write_atomic
+from tailor.util import write_atomic
 
 KINDS = ("size", "boot", "initcalls", "memory", "throughput", "snapshot", "slim", "pipeline")
 BASELINE_ORDER = ("microvm", "firecracker", "kata")
@@ -56,17 +57,12 @@ BENCH_HINT = {
 
 
 def load_results(bench: Path | None = None) -> dict[str, dict]:
-    """Every ``<kind>.json`` of *bench* (default ``out/bench``) that exists and reads, by kind."""
+    """Every ``<kind>.json`` of *bench* (default ``out/bench``) that exists, by kind, read strictly through
+    its record (:mod:`tailor.records.bench`; a damaged one is a TailorError naming the file and key). The
+    sections read each as the dict of its file (the rows stay as measured)."""
     bench = bench or bench_dir()
-    out = {}
-    for kind in KINDS:
-        path = bench / f"{kind}.json"
-        if path.is_file():
-            try:
-                out[kind] = read_json(path)
-            except TailorError as e:
-                print(f"tailor: report: {e}", file=sys.stderr)
-    return out
+    return {kind: load_bench(kind, bench / f"{kind}.json").dump() for kind in KINDS
+            if (bench / f"{kind}.json").is_file()}
 
 
 # --------------------------------------------------------------------------

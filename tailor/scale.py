@@ -33,7 +33,8 @@ from tailor import config, farm, farmlab, kconfig, kernel, paths, source
 from tailor.errors import TailorError
 from tailor.recipe import Source, find
 from tailor.templates import render
-from tailor.util import makedirs, write_json
+from tailor.records.bench import save_bench
+from tailor.util import makedirs
 
 SMALL_OPTIONS = {"EMBEDDED": "y", "CC_OPTIMIZE_FOR_SIZE": "y"}
 """The default config: allnoconfig + these (about 500 objects, the one tests/test_farm_build.py builds)."""
@@ -135,7 +136,7 @@ def measure_scale(app: str | None = None) -> dict:
         "one_machine": hosts_where == "loopback",
         "cores": os.cpu_count(),
     }
-    write_json(paths.bench_path("scale"), data)
+    data = save_bench("scale", data)
     sys.stdout.write(render("scale.txt.j2", d=data))
     if not identical:
         raise TailorError("the three kernels differ; see out/bench/scale.json")

@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tailor import paths, records
+from tailor.records.bench import BENCH, save_bench
+from tailor.records.discovery import (DiscoverySummary, DiscoverySyscalls, DiscoveryTrace, DiscoveryTrials, FitsReport,
+                                      NullTrace)
+from tailor.records.release import ReleaseManifest
 from tailor.util import sha256_file
 
 
@@ -77,3 +81,159 @@ def baseline_kernel(name: str, kdir: Path, identity: str = "b" * 64, **changes) 
     record = records.BaselineKernel.from_dict(data, str(path), with_format=False)
     record.save(path)
     return record
+
+
+def discovery_summary(app: str, **changes) -> DiscoverySummary:
+    """Write ``out/discover/<app>/discover.json`` (two options: NET traced, NETDEVICES by deps)."""
+    data = {"app": app, "recipe": f"recipes/{app}.yaml", "base": ["lupine-base"], "probe_kernel": "p" * 64,
+            "kernel": "k" * 64, "bzImage": 1_400_000,
+            "options": [{"option": "NET", "from": "trace", "class": "syscall", "why": "traced: system calls socket"},
+                        {"option": "NETDEVICES", "from": "deps", "class": "deps",
+                         "why": "needed by VIRTIO_NET (resolve: deps)"}],
+            "not_taken": [], "minimised": True, "dropped_by_minimise": [], "kept_by_deps": [], "untried": [],
+            "minimise_trials": 3, "budget": None, "syscalls": 40,
+            "mapping": {"objects": ["NET"], "lines": [], "lines_only": []},
+            "trace": {"seconds": 9.0, "lines": 1000, "bytes": 50_000, "pcs_boot": 10, "pcs_setup": 5, "pcs_app": 7,
+                      "capped": False, "functions_app": 4, "unmapped_app": 0, "map_seconds": 1.0,
+                      "lines_seconds": 0.5},
+            "builds": 2, "boots": 3, "trials": 3, "seconds": 120.5}
+    data.update(changes)
+    path = DiscoverySummary.path(app)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = DiscoverySummary.from_dict(data, str(path), with_format=False)
+    record.save(path)
+    return record
+
+
+def discovery_trials(app: str, **changes) -> DiscoveryTrials:
+    """Write ``out/discover/<app>/trials.json`` with one passing trial."""
+    data = {"app": app, "trials": [{"trial": 1, "why": "candidates from the trace", "options": ["NET"],
+                                    "identity": "k" * 64, "added_by_deps": ["NETDEVICES"], "enabled": 300,
+                                    "build_s": 60.0, "bzImage": 1_400_000, "result": "pass", "reason": "",
+                                    "boot_s": 2.0}]}
+    data.update(changes)
+    path = DiscoveryTrials.path(app)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = DiscoveryTrials.from_dict(data, str(path), with_format=False)
+    record.save(path)
+    return record
+
+
+def discovery_syscalls(app: str, app_phase: list | None = None, **changes) -> DiscoverySyscalls:
+    """Write ``out/discover/<app>/syscalls.json`` (the app phase ran *app_phase*)."""
+    calls = sorted(app_phase if app_phase is not None else ["socket", "bind"])
+    data = {"app": app, "probe_kernel": "p" * 64, "app_phase": calls, "app_exec": calls, "boot_phase": ["execve"],
+            "all": sorted(set(calls) | {"execve"})}
+    data.update(changes)
+    path = DiscoverySyscalls.path(app)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = DiscoverySyscalls.from_dict(data, str(path), with_format=False)
+    record.save(path)
+    return record
+
+
+def discovery_trace(app: str, evidence: dict | None = None, **changes) -> DiscoveryTrace:
+    """Write ``out/discover/<app>/trace.json`` whose candidates ran *evidence* (option -> functions)."""
+    evidence = {"NET": ["__x64_sys_socket", "sock_alloc"]} if evidence is None else evidence
+    data = {"app": app, "probe_kernel": "p" * 64, "functions": {"app": {}, "boot": {}},
+            "by_option": {"app": evidence, "boot": {}}, "evidence": evidence, "by_line": {},
+            "classes": {o: {"class": "syscall", "why": "traced"} for o in evidence}, "entered": {}}
+    data.update(changes)
+    path = DiscoveryTrace.path(app)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = DiscoveryTrace.from_dict(data, str(path), with_format=False)
+    record.save(path)
+    return record
+
+
+def null_trace(path: Path, **changes) -> NullTrace:
+    """Write the null app's functions on a probe kernel at *path*."""
+    data = {"probe_kernel": "p" * 64, "functions": ["do_exit", "do_sys_open"], "trace_lines": 1000}
+    data.update(changes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = NullTrace.from_dict(data, str(path), with_format=False)
+    record.save(path)
+    return record
+
+
+def fits_report(app: str, **changes) -> FitsReport:
+    """Write ``out/fits/<app>.json``: one need, one baseline built that lacks it."""
+    data = {"app": app, "needs_from": f"out/discover/{app}",
+            "needs": [{"option": "NET", "source": "trace", "why": "traced", "syscalls": ["socket"], "functions": [],
+                       "cls": "syscall"}],
+            "baselines": {"firecracker": {"config": "out/baseline/firecracker/.config", "built": True,
+                                          "fits": False, "missing": [{"option": "NET", "state": "not set",
+                                                                      "needed_by": "needed by system call socket"}]}}}
+    data.update(changes)
+    path = FitsReport.path(app)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = FitsReport.from_dict(data, str(path), with_format=False)
+    record.save(path)
+    return record
+
+
+def release_manifest(path: Path, app: str = "hello", **changes) -> ReleaseManifest:
+    """Write a release's ``manifest.json`` at *path* (``boot_test`` and ``snapshot`` among *changes*)."""
+    data = {"app": app, "description": f"{app} as init", "version": "0.1.0", "tailor_version": "0.1.0",
+            "source_date_epoch": 1672531200,
+            "recipe": {"file": f"recipes/{app}.yaml", "sha256": "0" * 64, "text": "app:\n  command: /bin/true\n"},
+            "kernel": {"release": "6.1.0", "source": {"label": "fake", "kind": "debian", "sha256": "1" * 64,
+                                                      "id": "fake", "patches": []},
+                       "config_identity": "a" * 64, "config_sha256": "2" * 64, "enabled": 300, "cmdline": ""},
+            "rootfs": {"format": "cpio", "command": f"/usr/bin/{app}", "sha256": "3" * 64, "packages": []},
+            "toolchain": {"gcc": "gcc 12.2.0"},
+            "artefacts": [{"path": "bzImage", "sha256": "4" * 64, "size": 1}],
+            "deb": {"file": f"linux-image-6.1-tailor-{app}_0.1.0_amd64.deb", "maintainer": "t <t@example.org>"},
+            "oci": {"layout": "oci", "ref": "0.1.0", "manifest_digest": "sha256:" + "5" * 64, "hypervisor": "qemu",
+                    "annotations": {}},
+            "firecracker": {"config": "firecracker.json", "run": "firecracker --no-api --config-file firecracker.json"},
+            "boot_test": {"pass": True, "accel": "tcg", "time_to_init_s": 0.5, "time_to_ready_s": 0.8,
+                          "boot_method": "pvh", "entropy_before_app": True, "probe": "none", "detail": "",
+                          "memory_mib": 96, "note": "measured"},
+            "reproduce": {"commit": None, "dirty": None, "environment": {}, "command": f"doit release:{app}"}}
+    data.update(changes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = ReleaseManifest.from_dict(data, str(path), with_format=False)
+    record.save(path)
+    return record
+
+
+CONDITIONS = {"machine": "x86_64, test CPU, 2 cores, 4.0 GiB", "os": "Debian GNU/Linux 12 (bookworm)",
+              "accel": "tcg", "qemu": "QEMU emulator version 7.2", "gcc": "gcc 12.2.0",
+              "kernel": "linux-source-6.1 6.1.192-2", "load": [0.5, 0.4, 0.3], "date": "2024-01-01 00:00 UTC"}
+"""What :func:`tailor.bench.conditions` records, for fake measurements."""
+
+_SPREAD = {"median": 1.0, "min": 0.9, "max": 1.1, "n": 3, "samples": [0.9, 1.0, 1.1]}
+_ROW = {"app": "hello", "variant": "specific", "label": "lupine-base (hello)", "kernel": "a" * 64}
+_BENCH = {
+    "size": {"kernels": [{"label": "lupine-base (hello)", "variant": "specific", "apps": ["hello"],
+                          "identity": "a" * 64, "bzImage": 1_000_000, "vmlinux": 10_000_000,
+                          "bzImage_xz_estimate": 800_000, "enabled": 300,
+                          "syscalls": {"real": 250, "raw": 260, "stubs": 10}}], "missing": []},
+    "boot": {"runs": 3, "cmdline_extra": "quiet", "marker": "tailor-init: exec", "accel_used": ["tcg"],
+             "results": [{**_ROW, "init_s": _SPREAD, "ready_s": _SPREAD, "errors": []}]},
+    "initcalls": {"cmdline_extra": "initcall_debug", "top": 5,
+                  "results": [{**_ROW, "count": 100, "total_us": 50_000, "top": []}]},
+    "memory": {"cmdline_extra": "quiet", "results": [{**_ROW, "min_mib": 30, "tried": {"30": True}, "range": [8, 256]}],
+               "alternatives": []},
+    "throughput": {"stall_ms": 100, "params": {}, "results": [{**_ROW, "tool": "ab", "tests": {"GET /": _SPREAD}}]},
+    "pipeline": {"app": "hello", "noop": {"doit_s": _SPREAD, "kbuild_s": _SPREAD, "doit_was_noop": True,
+                                          "doit_cmd": "doit build:hello", "kbuild_cmd": "make bzImage"},
+                 "clean": None},
+    "snapshot": {"apps": {}},
+    "slim": {"apps": {}},
+    "discover": {"rows": [{"app": "hello", "trials": 3}]},
+    "scale": {"config": "allnoconfig", "identity": "a" * 64, "farm": {}, "builds": {}, "ratios": {},
+              "identical_kernels": True, "serial": {}, "local_cpu_share_with_helpers": 0.5, "projection": [],
+              "one_machine": True, "cores": 2},
+}
+
+
+def bench(kind: str, path: Path | None = None, **changes) -> records.Record:
+    """Write a plausible ``out/bench/<kind>.json`` (or *path*) as the measurement of *kind* writes it."""
+    data = {"kind": kind, **({} if kind in ("discover", "scale") else {"conditions": CONDITIONS}), **_BENCH[kind]}
+    data.update(changes)
+    path = path or paths.bench_path(kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_bench(kind, data, path)
+    return BENCH[kind].from_dict(data, str(path), with_format=False)

@@ -252,14 +252,13 @@ def test_null_recipe_keeps_the_kernel_and_runs_small_programs():
 
 
 def test_comparison_table(tmp_path, monkeypatch):
+    import fakes
     from tailor.recipe import find
-    from tailor.util import write_json
 
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
-    write_json(tmp_path / "out" / "discover" / "redis" / "discover.json", {
-        **SUMMARY, "app": "redis", "bzImage": 1_400_000,
-        "options": [{"option": "NET", "from": "trace", "why": "traced: system calls socket"},
-                    {"option": "ADVISE_SYSCALLS", "from": "trace", "why": "traced: system calls madvise"}]})
+    fakes.discovery_summary("redis", bzImage=1_400_000, options=[
+        {"option": "NET", "from": "trace", "class": "syscall", "why": "traced: system calls socket"},
+        {"option": "ADVISE_SYSCALLS", "from": "trace", "class": "syscall", "why": "traced: system calls madvise"}])
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{discover.TABLE_START}\nold\n{discover.TABLE_END}\nrest\n")
     discover.write_table([find("redis"), find("hello")], readme)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import fakes
 from tailor import fits
 from tailor.__main__ import main
 from tailor.errors import TailorError
@@ -68,13 +69,11 @@ def redis_record(out):
     d = out / "discover" / "redis"
     d.mkdir(parents=True)
     by_app = dict(EVIDENCE, SOFTIRQ_EXTRA=["run_timer_softirq"])
-    (d / "discover.json").write_text(json.dumps({"format": "tailor-discover/1", "app": "redis", "options": OPTIONS}))
-    (d / "trace.json").write_text(json.dumps({
-        "format": "tailor-discover/1", "app": "redis", "evidence": EVIDENCE,
-        "by_option": {"app": by_app, "boot": {}}, "functions": {"app": PCS, "boot": {}}}))
+    fakes.discovery_summary("redis", options=[{**o, "class": "deps" if o["from"] == "deps" else "syscall"}
+                                              for o in OPTIONS])
+    fakes.discovery_trace("redis", EVIDENCE, by_option={"app": by_app, "boot": {}}, functions={"app": PCS, "boot": {}})
     calls = sorted({f[len("__x64_sys_"):] for fns in EVIDENCE.values() for f in fns if f.startswith("__x64_sys_")})
-    (d / "syscalls.json").write_text(json.dumps({"app_phase": calls, "boot_phase": ["execve"],
-                                                 "all": sorted(calls + ["execve"])}))
+    fakes.discovery_syscalls("redis", calls)
     return d
 
 
@@ -173,21 +172,26 @@ def test_cli_corrupt_discover_json(redis_record, small_config, capsys):
     assert main(["fits", "redis", "--config", str(small_config)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith(f"tailor: error: {redis_record / 'discover.json'}: not valid JSON (")
+    assert err.startswith(f"tailor: error: {redis_record / 'discover.json'}: unreadable (")
     assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("name, content, key", [
-    ("discover.json", {"options": [{"option": "NET"}, {"from": "deps"}]}, "options[1].option: expected an option "
-                                                                          "name, got nothing"),
-    ("discover.json", {"options": {"NET": "y"}}, "options: expected a list of {option, from, why}, got dict"),
+    ("discover.json", {"options": [{**OPTIONS[0], "class": "syscall"}, {"from": "deps", "class": "deps", "why": ""}]},
+     "key 'options[1]' has no 'option'"),
+    ("discover.json", {"options": [{**OPTIONS[0], "class": "syscall", "option": 7}]},
+     "options[0].option: expected an option name, got int"),
+    ("discover.json", {"options": {"NET": "y"}}, "key 'options' is dict, expected list"),
     ("trace.json", {"evidence": {"EPOLL": "ep_poll"}}, "evidence.EPOLL: expected a list of function names, got str"),
+    ("trace.json", {"entered": None}, "key 'entered' is NoneType, expected dict"),
+    ("syscalls.json", {"app_phase": "epoll_wait"}, "key 'app_phase' is str, expected list"),
 ])
 def test_damaged_record_names_file_and_key(redis_record, name, content, key):
-    (redis_record / name).write_text(json.dumps(content))
+    good = json.loads((redis_record / name).read_text())
+    (redis_record / name).write_text(json.dumps({**good, **content}))
     with pytest.raises(TailorError) as e:
         fits.needs("redis")
-    assert str(e.value).startswith(f"{redis_record / name}: {key};")
+    assert str(e.value).startswith(f"{redis_record / name}: {key}")
     assert "\n" not in str(e.value)
 
 

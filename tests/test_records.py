@@ -8,6 +8,9 @@ import pytest
 
 from tailor import records
 from tailor.errors import TailorError
+from tailor.records import discovery
+from tailor.records.bench import BENCH
+from tailor.records.release import ReleaseManifest
 
 RESULT = {
     "app": "hello", "variant": "specific", "pass": True, "reason": "", "accel": "tcg", "fallback_from_kvm": False,
@@ -66,10 +69,26 @@ def _written(tmp_path):
         "result.json": (records.BootResult, tmp_path / "result.json", fakes.boot_result(tmp_path / "result.json")),
         "baseline.json": (records.BaselineKernel, records.paths.baseline_dir("kata") / "baseline.json",
                           fakes.baseline_kernel("kata", kdir)),
+        **{f"discover/{cls.FILE}": (cls, cls.path("redis"), write("redis"))
+           for cls, write in ((discovery.DiscoverySummary, fakes.discovery_summary),
+                              (discovery.DiscoveryTrials, fakes.discovery_trials),
+                              (discovery.DiscoverySyscalls, fakes.discovery_syscalls),
+                              (discovery.DiscoveryTrace, fakes.discovery_trace))},
+        "null-trace.json": (discovery.NullTrace, tmp_path / "null.json", fakes.null_trace(tmp_path / "null.json")),
+        "fits/redis.json": (discovery.FitsReport, discovery.FitsReport.path("redis"), fakes.fits_report("redis")),
+        "manifest.json": (ReleaseManifest, tmp_path / "release" / "manifest.json",
+                          fakes.release_manifest(tmp_path / "release" / "manifest.json")),
+        **{f"bench/{kind}.json": (cls, records.paths.bench_path(kind), fakes.bench(kind))
+           for kind, cls in BENCH.items()},
     }
 
 
-@pytest.mark.parametrize("kind", ["kernel.json", "kernels/hello.json", "rootfs.json", "result.json", "baseline.json"])
+KINDS = ["kernel.json", "kernels/hello.json", "rootfs.json", "result.json", "baseline.json", "discover/discover.json",
+         "discover/trials.json", "discover/syscalls.json", "discover/trace.json", "null-trace.json", "fits/redis.json",
+         "manifest.json"] + [f"bench/{kind}.json" for kind in BENCH]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_record_round_trips_and_a_corrupted_one_is_one_line_naming_file_and_key(tmp_path, monkeypatch, kind):
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     cls, path, record = _written(tmp_path)[kind]
@@ -109,3 +128,32 @@ def test_an_app_whose_stage_has_not_run_is_told_what_to_run(tmp_path, monkeypatc
         records.app_kernel("hello")
     with pytest.raises(TailorError, match=r"^hello: its root image is not built; run `doit rootfs:hello` first$"):
         records.app_rootfs("hello")
+
+
+def test_a_row_without_a_key_its_readers_take_is_refused(tmp_path, monkeypatch):
+    import fakes
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    good = fakes.discovery_trials("redis").dump()
+    path = discovery.DiscoveryTrials.path("redis")
+    for trials, says in (([{k: v for k, v in good["trials"][0].items() if k != "result"}], "key 'trials[0]' has no "
+                                                                                          "'result'"),
+                         ([good["trials"][0], "trial 2"], "key 'trials[1]' is str, expected dict")):
+        path.write_text(json.dumps({**good, "trials": trials}))
+        with pytest.raises(TailorError) as e:
+            discovery.DiscoveryTrials.load(path)
+        assert str(e.value).startswith(f"{path}: {says}"), str(e.value)
+
+
+def test_the_release_manifest_keeps_its_integer_format_and_its_snapshot_only_when_there_is_one(tmp_path):
+    import fakes
+
+    path = tmp_path / "manifest.json"
+    plain = fakes.release_manifest(path)
+    assert json.loads(path.read_text())["format"] == 2 and "snapshot" not in json.loads(path.read_text())
+    assert plain.snapshot is None and ReleaseManifest.load(path) == plain
+    with_snapshot = fakes.release_manifest(path, snapshot={"files": {}})
+    assert json.loads(path.read_text())["snapshot"] == {"files": {}} and ReleaseManifest.load(path) == with_snapshot
+    path.write_text(json.dumps({**plain.dump(), "format": "2"}))
+    with pytest.raises(TailorError, match="format '2', this tailor reads format 2"):
+        ReleaseManifest.load(path)

@@ -103,17 +103,19 @@ def test_compare_trees_reports_the_first_differing_offset(tmp_path):
 
 def test_measurement_only_allows_the_boot_time_and_nothing_else(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    base = {"app": "x", "artefacts": [{"path": "bzImage", "sha256": "0" * 64, "size": 1}]}
     for d, t in ((a, 0.71), (b, 0.93)):
-        (d / "x").mkdir(parents=True)
-        (d / "x" / "manifest.json").write_text(json.dumps(dict(base, boot_test={"time_to_init_s": t})))
+        measured = fakes.release_manifest(d / "x" / "manifest.json", "x").boot_test
+        fakes.release_manifest(d / "x" / "manifest.json", "x", boot_test={**measured, "time_to_init_s": t})
         (d / "SHA256SUMS").write_text(f"{'1' * 64}  x/bzImage\n{hashlib.sha256(str(t).encode()).hexdigest()}"
                                       f"  x/manifest.json\n")
     diffs = release.compare_trees(a, b)
     assert len(diffs) == 2 and all(release.measurement_only(a, b, d) for d in diffs)
-    (b / "x" / "manifest.json").write_text(json.dumps(dict(base, app="y", boot_test={"time_to_init_s": 1})))
+    fakes.release_manifest(b / "x" / "manifest.json", "y")
     manifest_diff = [d for d in release.compare_trees(a, b) if d["path"] == "x/manifest.json"][0]
     assert not release.measurement_only(a, b, manifest_diff)
+    (b / "x" / "manifest.json").write_text('{"app": "x"}')  # damaged: named, not taken for a difference
+    with pytest.raises(TailorError, match=r"x/manifest.json: no 'format' key"):
+        release.measurement_only(a, b, manifest_diff)
 
 
 def fake_repro(monkeypatch, tmp_path, vmlinux_b: bytes):
@@ -130,7 +132,8 @@ def fake_repro(monkeypatch, tmp_path, vmlinux_b: bytes):
         app_dir = dest / "out" / "release" / version / app
         app_dir.mkdir(parents=True)
         (app_dir / "vmlinux").write_bytes(vmlinux_b if builds else b"\x7fELF" + b"\0" * 100)
-        (app_dir / "manifest.json").write_text(json.dumps({"app": app, "boot_test": {"t": len(builds)}}))
+        measured = fakes.release_manifest(app_dir / "manifest.json", app).boot_test
+        fakes.release_manifest(app_dir / "manifest.json", app, boot_test={**measured, "time_to_init_s": len(builds)})
         release.write_sums(app_dir.parent)
         builds.append(dest)
         return {"dir": str(dest), "started_utc": f"2023-01-01T00:00:0{len(builds)}Z", "seconds": 1,

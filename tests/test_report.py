@@ -19,6 +19,7 @@ import pytest
 import fakes
 from tailor import measure, report
 from tailor.errors import TailorError
+from tailor.records.bench import save_bench
 
 CONDITIONS = {"machine": "x86_64, test CPU, 2 cores, 4.0 GiB", "os": "Debian GNU/Linux 12 (bookworm)",
               "accel": "tcg", "qemu": "QEMU emulator version 7.2", "gcc": "gcc 12.2.0",
@@ -68,17 +69,18 @@ def fixture_results() -> dict[str, dict]:
         "size": size,
         "boot": {"kind": "boot", "conditions": CONDITIONS, "runs": 3, "cmdline_extra": "quiet",
                  "marker": measure.MARKER, "accel_used": ["tcg"], "results": boot_rows},
-        "memory": {"kind": "memory", "conditions": CONDITIONS, "cmdline_extra": "quiet", "results": mem_rows},
-        "throughput": {"kind": "throughput", "conditions": CONDITIONS,
+        "memory": {"kind": "memory", "conditions": CONDITIONS, "cmdline_extra": "quiet", "results": mem_rows,
+                   "alternatives": []},
+        "throughput": {"kind": "throughput", "conditions": CONDITIONS, "stall_ms": 100,
                        "params": {"redis-benchmark": measure.REDIS_BENCH, "ab": measure.HTTP_BENCH},
                        "results": tput_rows},
-        "snapshot": {"kind": "snapshot", "conditions": CONDITIONS, "format": "tailor-bench-snapshot/1", "apps": {
+        "snapshot": {"kind": "snapshot", "conditions": CONDITIONS, "apps": {
             "redis": {"runs": 5, "cold_s": {"median": 1.2, "min": 1.1, "max": 1.4},
                       "restore_s": {"median": 0.3, "min": 0.25, "max": 0.35}, "ratio": 0.25, "save_s": 0.21,
                       "snapshot_time_to_ready_s": 0.97, "state_bytes": 31_800_000, "state_on_disk": 31_800_000,
                       "disk_bytes": 393_216, "disk_on_disk": 200_000, "rss_mib": {"cold": 112.0, "restore": 70.0},
                       "memory_mib": 256, "accel": "tcg", "qemu": "QEMU emulator version 7.2.22"}}},
-        "slim": {"kind": "slim", "conditions": CONDITIONS, "format": "tailor-bench-slim/1", "apps": {
+        "slim": {"kind": "slim", "conditions": CONDITIONS, "apps": {
             "pyweb-image": {"format": "ext2", "source": "image", "traced_paths": 90, "added_back": 0,
                             "memory_asked_mib": 256, "runs": 3, "variants": {
                                 "whole": {"bytes": 80_000_000, "content_bytes": 60_000_000, "files": 2000, "pass": True, "reason": "",
@@ -98,12 +100,12 @@ def fixture_results() -> dict[str, dict]:
 
 @pytest.fixture
 def bench(tmp_path, monkeypatch) -> Path:
-    """A temporary out/ whose bench/ holds the fixture measurements."""
+    """A temporary out/ whose bench/ holds the fixture measurements, written as the measurements write them."""
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     d = tmp_path / "out" / "bench"
     d.mkdir(parents=True)
     for kind, data in fixture_results().items():
-        (d / f"{kind}.json").write_text(json.dumps(data))
+        save_bench(kind, data, d / f"{kind}.json")
     return d
 
 
@@ -346,6 +348,17 @@ def test_report_without_measurements_says_not_measured(tmp_path, monkeypatch):
     md = paths["md"].read_text()
     assert md.count("not measured: run") == 10
     assert "<svg" not in paths["html"].read_text()
+
+
+def test_a_damaged_measurement_is_one_line_naming_file_and_key_and_a_missing_one_is_skipped(bench):
+    (bench / "pipeline.json").unlink()
+    assert "pipeline" not in report.load_results() and "boot" in report.load_results()
+    data = json.loads((bench / "boot.json").read_text())
+    del data["accel_used"]
+    (bench / "boot.json").write_text(json.dumps(data))
+    with pytest.raises(TailorError) as e:
+        report.build()
+    assert str(e.value) == f"{bench / 'boot.json'}: missing key 'accel_used'; rerun the stage that writes it"
 
 
 def test_report_escapes_html(bench):

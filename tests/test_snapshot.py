@@ -1,11 +1,11 @@
 """Snapshots: the machine arguments a restore must share with the snapshot, and the one-line refusals of a
 snapshot that does not fit (fakes); the real redis snapshot and restore are slow tests in test_run.py."""
 
-import json
 import shlex
 
 import pytest
 
+import fakes
 from tailor import paths, records, run, snapshot
 from tailor.errors import TailorError
 from tailor.recipe import find
@@ -140,13 +140,13 @@ def test_two_builds_may_differ_in_their_snapshots_only(tmp_path):
     for root, state, fast in ((a, b"1", 0.3), (b, b"2", 0.4)):
         (root / "redis/snapshot").mkdir(parents=True)
         (root / "redis/snapshot/state").write_bytes(state)
-        manifest = {"app": "redis", "boot_test": {"time_to_ready_s": fast},
-                    "snapshot": {"files": {"state": {"sha256": state.hex()}}}}
-        (root / "redis/manifest.json").write_text(json.dumps(manifest))
+        measured = fakes.release_manifest(root / "redis/manifest.json", "redis").boot_test
+        fakes.release_manifest(root / "redis/manifest.json", "redis", boot_test={**measured, "time_to_ready_s": fast},
+                               snapshot={"files": {"state": {"sha256": state.hex()}}})
         (root / "SHA256SUMS").write_text(f"{'0' * 64}  redis/bzImage\n{state.hex() * 32}  redis/snapshot/state\n")
     for path in ("redis/snapshot/state", "redis/manifest.json", "SHA256SUMS"):
         assert measurement_only(a, b, {"kind": "differs", "path": path})
     (b / "SHA256SUMS").write_text(f"{'1' * 64}  redis/bzImage\n")
     assert not measurement_only(a, b, {"kind": "differs", "path": "SHA256SUMS"})
-    (b / "redis/manifest.json").write_text(json.dumps({"app": "other", "boot_test": {}, "snapshot": {}}))
+    fakes.release_manifest(b / "redis/manifest.json", "other", snapshot={})
     assert not measurement_only(a, b, {"kind": "differs", "path": "redis/manifest.json"})

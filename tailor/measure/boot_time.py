@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Callable
 
 from tailor import boot, qemu
-from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, spread, variants
+from tailor.bench import Variant, bench_dir, conditions, result_row, say, spread, variants
 from tailor.errors import TailorError
 from tailor.kinds import BootMethod
 from tailor.recipe import Recipe
-from tailor.util import read_json, write_json
+from tailor.records import load_boot_result
+from tailor.records.bench import save_bench
 
 MARKER = "tailor-init: "
 """Prefix of every line the generated init prints; its first (``tailor-init: start``, printed
@@ -71,7 +72,7 @@ def boot_once(v: Variant, outdir: Path, memory: int | None = None, timeout: int 
     except TailorError as e:
         ok, reason = False, str(e).splitlines()[0]
         try:
-            result = read_json(outdir / "result.json")
+            result = load_boot_result(outdir / "result.json").dump()
         except TailorError:
             result = {}
     log = outdir / "console.log"
@@ -123,7 +124,6 @@ def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = N
             default = methods_of(v)[0]
             row.update({"boot": default, "methods": methods, **methods[default]})
         results.append(row)
-    data = {"kind": "boot", "conditions": conditions(accel), "runs": runs, "cmdline_extra": MEASURE_CMDLINE,
-            "marker": MARKER, "accel_used": sorted(a for a in accel_seen if a), "results": results}
-    write_json(bench_path("boot"), data)
-    return data
+    return save_bench("boot", {"kind": "boot", "conditions": conditions(accel), "runs": runs,
+                               "cmdline_extra": MEASURE_CMDLINE, "marker": MARKER,
+                               "accel_used": sorted(a for a in accel_seen if a), "results": results})

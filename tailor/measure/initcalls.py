@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Callable
 
 from tailor import boot, qemu
-from tailor.bench import Variant, bench_dir, bench_path, conditions, load_apps, result_row, say, variants
+from tailor.bench import Variant, bench_dir, conditions, load_apps, result_row, say, variants
 from tailor.errors import TailorError
 from tailor.recipe import Recipe
-from tailor.util import system_map_symbols, write_json
+from tailor.records.bench import save_bench
+from tailor.util import system_map_symbols
 
 INITCALL_CMDLINE = "initcall_debug printk.time=1 loglevel=8"
 """Added to the kernel command line of these boots (and ``quiet`` is not): every initcall timed,
@@ -138,8 +139,6 @@ def measure_initcalls(apps: dict[str, Recipe | str] | None = None, accel: str | 
                                           f"{row['count']} initcalls, {row['total_us'] / 1000:.0f} ms in all; "
                                           + ", ".join(f"{t['fn']} {t['usecs'] / 1000:.0f} ms" for t in row["top"])))
         results.append(row)
-    data = {"kind": "initcalls", "conditions": conditions(accel), "cmdline_extra": INITCALL_CMDLINE, "top": TOP,
-            "results": results}
-    write_json(bench_path("initcalls"), data)
-    return data
+    return save_bench("initcalls", {"kind": "initcalls", "conditions": conditions(accel),
+                                    "cmdline_extra": INITCALL_CMDLINE, "top": TOP, "results": results})
 

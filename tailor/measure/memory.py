@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Callable
 
 from tailor import boot, config, kernel, qemu, records, rootfs
-from tailor.bench import Variant, bench_dir, bench_path, conditions, result_row, say, variants
+from tailor.bench import Variant, bench_dir, conditions, result_row, say, variants
 from tailor.errors import TailorError
 from tailor.kinds import RootFormat
 from tailor.measure.boot_time import MEASURE_CMDLINE, boot_once
 from tailor.recipe import Recipe
-from tailor.util import atomic_path, makedirs, system_map_symbols, write_json
+from tailor.records.bench import save_bench
+from tailor.util import atomic_path, makedirs, system_map_symbols
 
 MEMORY_RANGE = (8, 256)
 """Bisection bounds in MiB: the low end is assumed to fail, the high end must pass."""
@@ -174,10 +175,8 @@ def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY
             if alternatives:
                 extra += _alternatives(v, found, lo, hi, accel, log, images)
         results.append(row)
-    data = {"kind": "memory", "conditions": conditions(accel), "cmdline_extra": MEASURE_CMDLINE,
-            "results": results, "alternatives": extra}
-    write_json(bench_path("memory"), data)
-    return data
+    return save_bench("memory", {"kind": "memory", "conditions": conditions(accel), "cmdline_extra": MEASURE_CMDLINE,
+                                 "results": results, "alternatives": extra})
 
 
 def _passes(v: Variant, outdir: Path, accel: str | None, log: Callable[[str], None]) -> Callable[[int], bool]:

@@ -22,10 +22,11 @@ from typing import Callable
 from tailor import config as config_stage
 from tailor import kernel as kernel_stage
 from tailor import paths, records, source
-from tailor.bench import bench_path, conditions, load_apps, say, spread
+from tailor.bench import conditions, load_apps, say, spread
 from tailor.errors import TailorError
 from tailor.recipe import Recipe
-from tailor.util import PROJECT, makedirs, out_dir, write_atomic, write_json
+from tailor.records.bench import save_bench
+from tailor.util import PROJECT, makedirs, out_dir, write_atomic
 
 NOOP_RUNS = 3
 
@@ -105,8 +106,7 @@ def measure_pipeline(app: str = "redis", runs: int = NOOP_RUNS, clean: bool = Fa
     data["noop"] = {"doit_s": spread(doit_s), "kbuild_s": spread(make_s), "doit_was_noop": noop_ok,
                     "doit_cmd": f"doit build:{app}", "kbuild_cmd": "make -C <src> O=<objdir> bzImage"}
     data["clean"] = measure_clean(app, recipe, srctree, log) if clean else None
-    write_json(bench_path("pipeline"), data)
-    return data
+    return save_bench("pipeline", data)
 
 
 def measure_clean(app: str, recipe: Recipe, srctree: Path, log: Callable[[str], None] = say) -> dict:

@@ -12,9 +12,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tailor.bench import bench_path, baseline_names, conditions, kernel_label, variants
+from tailor.bench import baseline_names, conditions, kernel_label, variants
 from tailor.recipe import Recipe
-from tailor.util import count_enabled, system_map_symbols, write_json
+from tailor.records.bench import save_bench
+from tailor.util import count_enabled, system_map_symbols
 
 
 def count_syscalls(system_map: str) -> dict:
@@ -100,6 +101,5 @@ def measure_size(apps: dict[str, Recipe | str] | None = None) -> dict:
             "enabled": count_enabled(config),
             "syscalls": count_syscalls(smap),
         }
-    data = {"kind": "size", "conditions": conditions(), "kernels": list(rows.values()), "missing": missing}
-    write_json(bench_path("size"), data)
-    return data
+    return save_bench("size", {"kind": "size", "conditions": conditions(), "kernels": list(rows.values()),
+                               "missing": missing})

@@ -21,12 +21,13 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from tailor import probes, qemu
-from tailor.bench import (Variant, bench_dir, bench_path, conditions, kernel_label, load_apps, result_row, say,
+from tailor.bench import (Variant, bench_dir, conditions, kernel_label, load_apps, result_row, say,
                           spread, variants)
 from tailor.console import ConsoleState
 from tailor.errors import BootFailure, TailorError
 from tailor.recipe import Recipe
-from tailor.util import makedirs, write_atomic, write_json
+from tailor.records.bench import save_bench
+from tailor.util import makedirs, write_atomic
 
 REDIS_BENCH = {"requests": 20000, "clients": 10, "tests": "set,get", "rounds": 7}
 """Fixed redis-benchmark parameters: ``-n requests -c clients -t tests``, repeated ``rounds`` times."""
@@ -212,7 +213,5 @@ def measure_throughput(apps: dict[str, Recipe | str] | None = None, accel: str |
     if rounds:  # the rounds this run took, not the defaults
         for p in params.values():
             p["rounds"] = rounds
-    data = {"kind": "throughput", "conditions": conditions(accel), "stall_ms": STALL_MS,
-            "params": params, "results": results}
-    write_json(bench_path("throughput"), data)
-    return data
+    return save_bench("throughput", {"kind": "throughput", "conditions": conditions(accel), "stall_ms": STALL_MS,
+                                     "params": params, "results": results})

@@ -47,6 +47,10 @@ Records:
 
 Every record class has ``load(path)`` (strict, as above) and ``save(path)`` (checked, written
 atomically with sorted keys); a loader is the only way a later stage reads the file.
+
+The records of discovery (``out/discover/<app>/*.json``, ``out/fits/<app>.json``) are in
+:mod:`tailor.records.discovery`, the release manifest in :mod:`tailor.records.release`, the
+measurements (``out/bench/<kind>.json``) in :mod:`tailor.records.bench`.
 """
 
 from __future__ import annotations
@@ -69,11 +73,15 @@ class Record:
 
     A subclass is a frozen dataclass with ``FORMAT`` (the ``format`` key of its file) and ``KEYS``
     (file key -> (attribute, accepted types)); ``NESTED`` names the keys every object-valued key must
-    have (e.g. ``sizes`` must have ``bzImage``)."""
+    have (e.g. ``sizes`` must have ``bzImage``); ``ROWS`` the keys every object of a list-valued key
+    must have (each trial of ``trials``); ``OPTIONAL`` the keys a file may leave out (the attribute is
+    then None, and a None attribute is left out of the file)."""
 
     FORMAT: ClassVar[str]
     KEYS: ClassVar[dict]
     NESTED: ClassVar[dict] = {}
+    ROWS: ClassVar[dict] = {}
+    OPTIONAL: ClassVar[frozenset] = frozenset()
 
     @classmethod
     def from_dict(cls, data, where: str, with_format: bool = True):
@@ -81,9 +89,19 @@ class Record:
         fields = _fields(cls, data, where, with_format)
         for key, wanted in cls.NESTED.items():
             value = fields[cls.KEYS[key][0]]
+            if value is None:
+                continue
             missing = [k for k in wanted if k not in value]
             if missing:
                 raise TailorError(f"{where}: key {key!r} has no {missing[0]!r}; rerun the stage that writes it")
+        for key, wanted in cls.ROWS.items():
+            for i, row in enumerate(fields[cls.KEYS[key][0]] or ()):
+                if not isinstance(row, dict):
+                    raise TailorError(f"{where}: key '{key}[{i}]' is {type(row).__name__}, expected dict")
+                missing = [k for k in wanted if k not in row]
+                if missing:
+                    raise TailorError(f"{where}: key '{key}[{i}]' has no {missing[0]!r}; rerun the stage that "
+                                      f"writes it")
         return cls(**fields)
 
     @classmethod
@@ -93,7 +111,8 @@ class Record:
 
     def dump(self) -> dict:
         """The file's content: the keys of ``KEYS`` and ``format``."""
-        out = {key: getattr(self, attr) for key, (attr, _) in self.KEYS.items()}
+        out = {key: getattr(self, attr) for key, (attr, _) in self.KEYS.items()
+               if not (key in self.OPTIONAL and getattr(self, attr) is None)}
         out["format"] = self.FORMAT
         return out
 
@@ -159,7 +178,7 @@ def _fields(cls, data, where: str, with_format: bool) -> dict:
         if found != cls.FORMAT:
             raise TailorError(f"{where}: format {found!r}, this tailor reads format {cls.FORMAT!r}; rerun the "
                               f"stage that writes it")
-    missing = [k for k in cls.KEYS if k not in data]
+    missing = [k for k in cls.KEYS if k not in data and k not in cls.OPTIONAL]
     unknown = sorted(k for k in data if k not in cls.KEYS)
     if missing:
         hint = f" (found unknown key {unknown[0]!r}: renamed?)" if unknown else ""
@@ -168,6 +187,9 @@ def _fields(cls, data, where: str, with_format: bool) -> dict:
         raise TailorError(f"{where}: unknown key {unknown[0]!r}; rerun the stage that writes it")
     fields = {}
     for key, (attr, types) in cls.KEYS.items():
+        if key not in data:  # an optional key the file leaves out
+            fields[attr] = None
+            continue
         value = data[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
             raise TailorError(f"{where}: key {key!r} is {type(value).__name__}, expected "

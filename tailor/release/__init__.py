@@ -73,6 +73,7 @@ from tailor import kernel as kernel_stage
 from tailor.errors import TailorError
 from tailor.epoch import source_date_epoch
 from tailor.qemu import kernel_file
+from tailor.records.release import ReleaseManifest
 from tailor.snapshot import snapshot_dir
 from tailor.release.deb import build_deb, deb_file_name, deb_package_name, install_deb, kernel_release
 from tailor.release.firecracker import (FIRECRACKER_BOOT_ARGS, FIRECRACKER_MAC, FIRECRACKER_TAP,
@@ -90,7 +91,7 @@ from tailor.release.treediff import (check_sums, compare_trees, describe_differe
 from tailor.rootfs import PATH_DIRS, normalise
 from tailor.toolchain import IMAGE_TOOLS, first_line, versions
 from tailor.util import (PROJECT, code_digest, count_enabled, display_path, file_lock, makedirs, remove,
-                         replace_dir, sha256_file, sha256_text, write_atomic, write_json)
+                         replace_dir, sha256_file, sha256_text, write_atomic)
 
 __all__ = [  # the public names of the whole package, importable from tailor.release
     "COPY_IGNORE", "DEFAULT_MAINTAINER", "FIRECRACKER_BOOT_ARGS", "FIRECRACKER_MAC", "FIRECRACKER_TAP",
@@ -231,7 +232,8 @@ def release_app(recipe, version: str | None = None) -> dict:
                              result, artefacts, deb.name, oci, hypervisor, maint, kernel_meta.toolchain)
         if snapshot:
             manifest["snapshot"] = snapshot
-        write_json(tmp / "manifest.json", manifest)
+        manifest = ReleaseManifest.from_dict(manifest, display_path(final / "manifest.json")).save(
+            tmp / "manifest.json")
         os.utime(tmp / "manifest.json", (epoch, epoch))
         os.utime(tmp, (epoch, epoch))
         with file_lock(root / ".lock", f"release {version}"):
@@ -261,7 +263,7 @@ def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, ro
     run = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" .venv/bin/doit release:{app}"
     steps = ([f"git checkout {commit['commit']}"] if commit["commit"] else []) + ["./setup.sh", run]
     return {
-        "format": int(RELEASE_FORMAT),
+        "format": ReleaseManifest.FORMAT,
         "app": app,
         "description": recipe.description,
         "version": version,

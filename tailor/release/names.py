@@ -11,12 +11,13 @@ from pathlib import Path
 
 from tailor import __version__, paths
 from tailor.errors import TailorError
+from tailor.records import release as release_record
 from tailor.templates import TEMPLATES_DIR
 from tailor.templates import render as render_template
 
-RELEASE_FORMAT = "2"
-"""Bump when the release tree for the same inputs changes (invalidates release tasks).
-2: the OCI layout's JSON and firecracker.json are written with ``json.dumps(sort_keys=True)``."""
+RELEASE_FORMAT = str(release_record.RELEASE_FORMAT)
+"""The release tree's version (:data:`tailor.records.release.RELEASE_FORMAT`, the manifest's ``format``),
+as the release tasks' up-to-date check takes it."""
 
 TEMPLATE_DIR = "release"
 """Templates of this stage, under ``templates/``."""

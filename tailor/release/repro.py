@@ -8,7 +8,6 @@ difference but the boot test's measurement, with diffoscope's view when it is in
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 from tailor import recipe as recipe_mod
 from tailor import paths, source
 from tailor.errors import TailorError
+from tailor.records.release import ReleaseManifest
 from tailor.epoch import source_date_epoch
 from tailor.release.names import MEASURED_KEYS, SUMS_NAME, check_version, release_version
 from tailor.release.treediff import compare_trees, describe_difference, walk_files
@@ -126,13 +126,7 @@ def measurement_only(a_root: Path, b_root: Path, diff: dict) -> bool:
     if is_snapshot_file(path):
         return True
     if path.endswith("/manifest.json") or path == "manifest.json":
-        try:
-            ma, mb = (json.loads((r / path).read_text()) for r in (a_root, b_root))
-        except (OSError, ValueError):
-            return False
-        for key in MEASURED_KEYS:
-            ma.pop(key, None)
-            mb.pop(key, None)
+        ma, mb = (ReleaseManifest.load(r / path).without(MEASURED_KEYS) for r in (a_root, b_root))
         return ma == mb
     if path.endswith(SUMS_NAME):
         def rest(r: Path) -> list[str]:
