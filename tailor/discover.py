@@ -60,15 +60,12 @@ from tailor.recipe import AppSpec, RootfsSpec, TestSpec, parse
 from tailor.records.discovery import (DISCOVER_FORMAT, DiscoverySummary, DiscoverySyscalls, DiscoveryTrace,
                                       DiscoveryTrials, NullTrace)
 from tailor.templates import render
-from tailor.util import (PROJECT, code_digest, display_path, enabled_symbols, makedirs, remove,
+from tailor.util import (PROJECT, display_path, enabled_symbols, makedirs, remove,
                          replace_marked, sha256_text, write_atomic)
 
 FORMAT = DISCOVER_FORMAT
 """The format of every file of ``out/discover/<app>/`` (:mod:`tailor.records.discovery`)."""
 SYSCALL_PREFIX = "__x64_sys_"
-DISCOVER_CODE = ("discover", "probe", "trace", "kmap", "minimise", "linemap", "ifdef")
-"""The modules whose code discovers (a change of theirs invalidates discover tasks; kernels and boot
-tests are keyed by their own stages)."""
 
 
 discover_dir = paths.discover_dir
@@ -669,26 +666,3 @@ def write_table(recipes, readme: Path | None = None) -> None:
 
 def discover_action(recipe) -> None:
     discover(recipe)
-
-
-def tasks(recipes, action):
-    """doit tasks ``discover:<app>`` (not part of ``build``)."""
-    from doit.tools import config_changed
-
-
-    for r in recipes:
-        yield {
-            "basename": "discover", "name": r.name,
-            "doc": f"discover {r.name}'s kernel options: trace on the probe kernel, map, verify by boot test",
-            "actions": [action(discover_action, r)],
-            "task_dep": [f"rootfs:{r.name}"],
-            "file_dep": [str(probe.PROBE_FRAGMENT), str(rootfs.image_path(r)), kmap.__file__]
-                        + [str(p) for p in r.fragment_paths() if p.exists()],
-            "targets": [str(options_path(r.name))],
-            "uptodate": [config_changed({"test": r.digests["test"], "app": r.digests["app"],
-                                         "base": list(r.kernel.base), "format": FORMAT,
-                                         "code": code_digest(*DISCOVER_CODE)})],
-            "verbosity": 2,
-        }
-    yield {"basename": "discover_table", "doc": "write the discovered-vs-recipe-vs-Lupine table in docs/discovery.md",
-           "actions": [action(write_table, recipes)], "uptodate": [False], "verbosity": 2}

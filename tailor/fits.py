@@ -218,13 +218,3 @@ def against_baselines(recipe) -> dict:
     print("\n".join(lines), flush=True)
     return FitsReport(app=app, needs_from=need.origin, needs=[asdict(n) for n in need.options],
                       baselines=results).save(FitsReport.path(app))
-
-
-def tasks(recipes, action):
-    """doit tasks ``fits:<app>`` (reads configs only; builds nothing)."""
-    for r in recipes:
-        yield {"basename": "fits", "name": r.name,
-               "doc": f"check {r.name}'s discovery record against every baseline .config built "
-                      f"(firecracker, kata, microvm)",
-               "actions": [action(against_baselines, r)], "targets": [str(paths.fits_path(r.name))],
-               "uptodate": [False], "verbosity": 2}

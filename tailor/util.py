@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from tailor.errors import TailorBug, TailorError
+from tailor.errors import TailorError
 
 PROJECT = Path(__file__).resolve().parent.parent
 """The project's top directory (the one that holds dodo.py)."""
@@ -73,22 +73,6 @@ def canonical_json(data) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def code_digest(*modules: str) -> str:
-    """A digest of the source of tailor *modules* (``"rootfs"``: tailor/rootfs.py; a package such
-    as ``"image"``: every .py file under tailor/image/): part of a task's up-to-date check, so that
-    a stage runs again when its code changes, with no version string to bump by hand."""
-    h = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for name in modules:
-        module = package / f"{name}.py"
-        files = [module] if module.is_file() else sorted((package / name).rglob("*.py"))
-        if not files:
-            raise TailorBug(f"code_digest: no module tailor.{name}")
-        for f in files:
-            h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def model_digest(model) -> str:
     """A digest of a validated recipe section (a dataclass, defaults included): what a task built
     from that section depends on. Paths count relative to the project."""

@@ -290,6 +290,7 @@ def test_out_behind_a_file_is_one_line(tmp_path):
 def test_full_disk_in_the_config_stage(tmpfs, linux_tree):
     mnt = tmpfs("2m")
     out = shared_out(mnt / "out", "src")
+    assert run_doit("list", out=out).returncode == 0  # the validated recipes and import graph are cached now
     fill(mnt, 16 * 1024)  # the .config alone is ~35 kB
     proc = run_cli("config", "hello", out=out)
     assert proc.returncode == 1
@@ -571,11 +572,13 @@ def test_kernel_task_is_out_of_date_when_the_toolchain_changes(monkeypatch):
     """doit's up-to-date check for kernel:<app> carries the toolchain, so a gcc upgrade reruns it."""
     from doit.tools import config_changed
 
+    from tailor import toolchain
     from tailor.recipe import find
+    from tailor.tasks import build
 
     def uptodate(tc):
-        monkeypatch.setattr(kernel, "kernel_toolchain", lambda: tc)
-        task = next(t for t in kernel.tasks([find("hello")], lambda f, *a: (f, a)) if t["name"] == "hello")
+        monkeypatch.setattr(toolchain, "kernel_toolchain", lambda: tc)
+        task = next(t for t in build.kernel_tasks([find("hello")]) if t["name"] == "hello")
         check = task["uptodate"][0]
         assert isinstance(check, config_changed)
         return check._calc_digest()

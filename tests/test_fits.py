@@ -226,7 +226,9 @@ def test_doit_action_checks_every_baseline_and_writes_json(redis_record, out, tm
                                                "built": False}
     assert written["needs_from"] == str(redis_record)
 
-    [task] = list(fits.tasks([r], lambda fn, *a: (fn, a)))
+    from tailor.tasks import study
+
+    [task] = list(study.fits_tasks([r]))
     assert (task["name"], task["uptodate"], task["verbosity"]) == ("redis", [False], 2)
     assert task["targets"] == [str(out / "fits" / "redis.json")]
 

@@ -24,6 +24,7 @@ import fakes
 from conftest import project_copy, run_doit
 
 from tailor import boot, kernel, release, rootfs
+from tailor.tasks import publish
 from tailor.release import repro as release_repro
 from tailor.errors import TailorError
 from tailor.recipe import load
@@ -520,13 +521,13 @@ def test_release_tasks_depend_on_the_pipeline(monkeypatch, tmp_path):
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     monkeypatch.delenv("TAILOR_RELEASE_VERSION", raising=False)
     recipe = load(ROOT / "recipes" / "hello.yaml")
-    (task,) = release.tasks([recipe], lambda fn, *a: (fn, a, {}))
+    (task,) = publish.release_tasks([recipe])
     assert task["basename"] == "release" and task["name"] == "hello"
     deps = set(task["file_dep"])
     assert {str(kernel.app_pointer("hello")), str(rootfs.image_path(recipe)),
             str(boot.result_path("hello"))} <= deps
     assert task["targets"] == [str(tmp_path / "out" / "release" / release.__version__ / "hello" / "manifest.json")]
-    (verify,) = release.verify_tasks(lambda fn, *a: (fn, a, {}))
+    (verify,) = publish.verify_tasks()
     assert verify["basename"] == "verify_reproducible" and verify["params"][0]["default"] == "hello"
 
 

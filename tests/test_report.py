@@ -460,8 +460,11 @@ def test_catalogue_table_shows_the_baseline_boot_and_whether_the_pool_was_seeded
     assert "booted by PVH (the ELF vmlinux)" in catalogue.render_table([hello])
     with pytest.raises(TailorError, match="baseline is not built; run `doit baseline:firecracker`"):
         catalogue.boot_on_baseline([hello])
-    made = {t["basename"]: t for t in catalogue.tasks([hello], lambda f, *a: (f, a))}
-    assert made["catalogue_baseline"]["actions"] == [(catalogue.boot_on_baseline, ([hello],))]
+    from tailor.tasks import stage_function, study
+
+    made = {t["basename"]: t for t in study.catalogue_tasks([hello])}
+    [(_, (fn, *args), _)] = made["catalogue_baseline"]["actions"]
+    assert stage_function(fn) is catalogue.boot_on_baseline and args == [[hello]]
 
 
 def test_kata_column_beside_firecracker_when_a_kata_result_exists(tmp_path, monkeypatch):

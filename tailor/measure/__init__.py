@@ -78,21 +78,3 @@ def run(kind: str, **options) -> dict:
     print(report.summary(report.load_results(), sections, metrics), end="")
     print(f"stored in {bench_path(kind)}")
     return data
-
-
-def tasks(action):
-    """doit tasks ``bench:<kind>``: measure what is built and store ``out/bench/<kind>.json``.
-
-    The pipeline measurement runs doit itself, so it is a script only
-    (``python benchmarks/pipeline.py``), not a task.
-    """
-    docs = {
-        "size": "kernel sizes, enabled options and system calls of every built kernel (seconds)",
-        "boot": f"boot time to init and ready, {BOOT_RUNS} boots per app and kernel (minutes under TCG)",
-        "initcalls": "one initcall_debug boot per kernel: where boot time goes (a minute)",
-        "memory": "smallest guest memory that passes the boot test, by bisection (minutes)",
-        "throughput": "redis-benchmark / ab against each kernel and the baseline, alternately (minutes)",
-    }
-    for kind, doc in docs.items():
-        yield {"basename": "bench", "name": kind, "doc": doc, "actions": [action(run, kind)],
-               "uptodate": [False], "verbosity": 2}

@@ -77,15 +77,18 @@ def measure_pipeline(app: str = "redis", runs: int = NOOP_RUNS, clean: bool = Fa
     """
     doit = [sys.executable, "-m", "doit"]
     data: dict = {"kind": "pipeline", "conditions": conditions(), "app": app}
+    # As a user runs it: Python keeps its compiled modules (a shell with PYTHONDONTWRITEBYTECODE set
+    # would time compiling every module of tailor and doit instead of the no-op).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     wait_for_doit(log)
-    _, out, rc = timed(doit + [f"build:{app}"], cwd=PROJECT)
+    _, out, rc = timed(doit + [f"build:{app}"], env=env, cwd=PROJECT)
     if rc != 0:
         last = (out.strip().splitlines() or ["no output"])[-1]
         raise TailorError(f"doit build:{app} failed; build it first ({last})")
     doit_s, noop_ok = [], True
     for _ in range(runs):
         wait_for_doit(log)
-        t, out, rc = timed(doit + [f"build:{app}"], cwd=PROJECT)
+        t, out, rc = timed(doit + [f"build:{app}"], env=env, cwd=PROJECT)
         noop_ok &= rc == 0 and doit_noop_ran_nothing(out)
         doit_s.append(t)
     log(f"no-op doit build:{app}: {statistics.median(doit_s):.3f} s" + ("" if noop_ok else " (NOT a no-op!)"))

@@ -65,16 +65,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from doit.tools import config_changed
 
 from tailor import __version__, paths, records, rootfs, source
 from tailor import config as config_stage
-from tailor import kernel as kernel_stage
 from tailor.errors import TailorError
 from tailor.epoch import source_date_epoch
 from tailor.qemu import kernel_file
 from tailor.records.release import ReleaseManifest
-from tailor.snapshot import snapshot_dir
 from tailor.release.deb import build_deb, deb_file_name, deb_package_name, install_deb, kernel_release
 from tailor.release.firecracker import (FIRECRACKER_BOOT_ARGS, FIRECRACKER_MAC, FIRECRACKER_TAP,
                                         check_firecracker_config, firecracker_config)
@@ -84,13 +81,13 @@ from tailor.release.names import (DEFAULT_MAINTAINER, MEASURED_KEY, MEASURED_KEY
 from tailor.release.oci import (OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, URUNC_KERNEL, URUNC_ROOTFS, config_has,
                                 deterministic_tar, oci_layout, urunc_annotations, urunc_hypervisor, verify_oci)
 from tailor.release.repro import (COPY_IGNORE, REPRO_BUILDS, copy_project, measurement_only, tree_digest,
-                                  verify_reproducible, verify_tasks)
+                                  verify_reproducible)
 from tailor.release.snapshot import SNAPSHOT_DIR, add_snapshot, is_snapshot_file, restore_command
 from tailor.release.treediff import (check_sums, compare_trees, describe_difference, file_sums, first_difference,
                                      first_difference_bytes, walk_files, write_sums)
 from tailor.rootfs import PATH_DIRS, normalise
 from tailor.toolchain import IMAGE_TOOLS, first_line, versions
-from tailor.util import (PROJECT, code_digest, count_enabled, display_path, file_lock, makedirs, remove,
+from tailor.util import (PROJECT, count_enabled, display_path, file_lock, makedirs, remove,
                          replace_dir, sha256_file, sha256_text, write_atomic)
 
 __all__ = [  # the public names of the whole package, importable from tailor.release
@@ -102,8 +99,8 @@ __all__ = [  # the public names of the whole package, importable from tailor.rel
     "deb_file_name", "deb_package_name", "describe_difference", "deterministic_tar", "file_sums",
     "firecracker_config", "first_difference", "first_difference_bytes", "install_deb", "kernel_release",
     "maintainer", "manifest_path", "measurement_only", "oci_layout", "release_app",
-    "release_version", "render", "source_commit", "tasks", "template_files", "tree_digest",
-    "urunc_annotations", "urunc_hypervisor", "verify_oci", "verify_reproducible", "verify_tasks", "walk_files",
+    "release_version", "render", "source_commit", "snapshot_record", "template_files", "tree_digest",
+    "urunc_annotations", "urunc_hypervisor", "verify_oci", "verify_reproducible", "walk_files",
     "write_sums",
 ]
 
@@ -307,38 +304,5 @@ def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, ro
     }
 
 
-def tasks(recipes, action):
-    """doit tasks ``release:<app>``: one per recipe, after its kernel, rootfs and boot test."""
-    try:
-        version = release_version()
-    except TailorError as e:  # a bad TAILOR_RELEASE_VERSION fails the release tasks, not every doit command
-        for r in recipes:
-            yield {"basename": "release", "name": r.name, "doc": f"(cannot release) {e}",
-                   "actions": [action(_refuse, str(e))], "uptodate": [False], "verbosity": 2}
-        return
-    for r in recipes:
-        yield {
-            "basename": "release", "name": r.name,
-            "doc": f"release {r.name} {version}: kernel, rootfs, .deb, OCI layout, Firecracker config, "
-                   f"manifest, SHA256SUMS",
-            "actions": [action(release_app, r, version)],
-            "file_dep": [str(kernel_stage.app_pointer(r.name)), str(rootfs.image_path(r)),
-                         str(rootfs.manifest_path(r.name)), str(paths.boot_result(r.name)), str(r.path)]
-                        + [str(p) for p in template_files()]
-                        + ([str(snapshot_record(r.name))] if r.release.snapshot else []),
-            "task_dep": [f"snapshot:{r.name}"] if r.release.snapshot else [],
-            "targets": [str(manifest_path(r.name, version))],
-            "uptodate": [config_changed({"version": version, "format": RELEASE_FORMAT, "code": code_digest("release"),
-                                         "epoch": source_date_epoch(),
-                                         "maintainer": os.environ.get("TAILOR_DEB_MAINTAINER", "")})],
-            "verbosity": 2,
-        }
-
-
-def snapshot_record(app: str) -> Path:
-    """The snapshot record a release with ``release.snapshot: true`` depends on."""
-    return snapshot_dir(app) / "snapshot.json"
-
-
-def _refuse(message: str) -> None:
-    raise TailorError(message)
+snapshot_record = paths.snapshot_record
+"""The snapshot record a release with ``release.snapshot: true`` depends on."""

@@ -223,22 +223,3 @@ def verify_reproducible(app: str = "hello", version: str | None = None) -> dict:
           + (f"; {' and '.join(measured)} differ only in the boot-test measurement" if measured else ""),
           file=sys.stderr)
     return report
-
-
-def _verify_action(action, app: str):
-    """doit python-action for ``verify_reproducible``; doit passes the ``--app`` parameter as *app*."""
-    fn, args, kwargs = action(verify_reproducible, app)
-    return fn(*args, **kwargs)
-
-
-def verify_tasks(action):
-    """doit task ``verify_reproducible [--app APP]``: build an app's release twice and compare bit for bit."""
-    yield {
-        "basename": "verify_reproducible",
-        "doc": "release an app (default hello) twice in two directories and compare every file byte for byte",
-        "actions": [(_verify_action, (action,), {})],
-        "params": [{"name": "app", "long": "app", "default": "hello", "type": str,
-                    "help": "the recipe to build twice (default hello)"}],
-        "uptodate": [False],
-        "verbosity": 2,
-    }

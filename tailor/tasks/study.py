@@ -15,6 +15,8 @@ PROBE_FRAGMENT = BASE_CONFIGS_DIR / "probe.config"
 
 def discover_tasks(recipes: list[Recipe]):
     """``discover:<app>`` and ``discover_table``."""
+    from tailor.records.discovery import DISCOVER_FORMAT
+
     for r in recipes:
         yield {
             "basename": "discover", "name": r.name,
@@ -25,7 +27,8 @@ def discover_tasks(recipes: list[Recipe]):
                         + [str(p) for p in r.fragment_paths() if p.exists()],
             "targets": [str(paths.discover_dir(r.name) / "options.yaml")],
             "uptodate": [_config_changed({"test": r.digests["test"], "app": r.digests["app"],
-                                          "base": list(r.kernel.base), "code": imports.code_digest("discover")})],
+                                          "base": list(r.kernel.base), "format": DISCOVER_FORMAT,
+                                          "code": imports.code_digest("discover")})],
             "verbosity": 2,
         }
     yield {"basename": "discover_table", "doc": "write the discovered-vs-recipe-vs-Lupine table in docs/discovery.md",
