@@ -30,6 +30,10 @@ Errors are one line (:class:`~tailor.errors.TailorError`) and leave nothing
 behind: a kernel or image not built names the ``doit`` command, a port in use
 names the port, a taken name says so, and a VM that dies at start is stopped
 and its directory removed after its last console lines are printed.
+
+Over 400 lines because a VM's whole life (the plan, the layer, qemu in the foreground or detached,
+its state file, ps, stop and logs) shares one state record and one clean-up path: split, each half
+would have to know how the other leaves ``out/run/<name>/``.
 """
 
 from __future__ import annotations
