@@ -264,8 +264,16 @@ _KERNEL_KEYS = {
 """The keys of a kernel's description that every record pointing to a kernel carries."""
 
 
+class _NamesAKernel:
+    """A record that carries a kernel's description (:data:`_KERNEL_KEYS`): its files for qemu."""
+
+    @property
+    def files(self) -> KernelFiles:
+        return KernelFiles(Path(self.dir), Path(self.bzimage), Path(self.vmlinux))
+
+
 @dataclass(frozen=True)
-class KernelPointer(Record):
+class KernelPointer(_NamesAKernel, Record):
     """Which kernel an app uses: ``out/kernels/<app>.json``."""
 
     FORMAT: ClassVar[str] = "tailor-kernel-pointer/1"
@@ -281,17 +289,13 @@ class KernelPointer(Record):
     KEYS: ClassVar[dict] = {"app": ("app", str), **_KERNEL_KEYS}
     NESTED: ClassVar[dict] = {"sizes": _SIZES}
 
-    @property
-    def files(self) -> KernelFiles:
-        return KernelFiles(Path(self.dir), Path(self.bzimage), Path(self.vmlinux))
-
     def build_record(self) -> KernelBuild:
         """The ``kernel.json`` of the kernel this points to (strict)."""
         return KernelBuild.load(Path(self.dir) / "kernel.json")
 
 
 @dataclass(frozen=True)
-class BaselineKernel(Record):
+class BaselineKernel(_NamesAKernel, Record):
     """A baseline kernel (Firecracker's, Kata's, ...) the report compares against: ``baseline.json``."""
 
     FORMAT: ClassVar[str] = "tailor-baseline/1"
@@ -311,10 +315,6 @@ class BaselineKernel(Record):
     KEYS: ClassVar[dict] = {"name": ("name", str), "description": ("description", str), "method": ("method", str),
                             "source": ("source", str), **_KERNEL_KEYS, "details": ("details", dict)}
     NESTED: ClassVar[dict] = {"sizes": _SIZES}
-
-    @property
-    def files(self) -> KernelFiles:
-        return KernelFiles(Path(self.dir), Path(self.bzimage), Path(self.vmlinux))
 
 
 @dataclass(frozen=True)
