@@ -226,10 +226,88 @@ class Assign:
     value: str
     origin: str
     is_string: bool = False
+    linux: "LinuxLines | None" = None
+    """The kernel lines the assignment applies to (a ``# linux:`` guard in its fragment); None: every one."""
 
 
 _LINE_SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
 _LINE_UNSET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set\s*$")
+_LINE_GUARD = re.compile(r"^#\s*(fragment\s+)?linux:(.*)$")
+_GUARD_TERM = re.compile(r"^(>=|<)?([0-9]+)\.([0-9]+)(?:\.([0-9]+))?$")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``6.12.118`` (or ``9.9.0-fake``) as ``(6, 12, 118)``, for comparing kernel versions."""
+    m = re.match(r"^([0-9]+(?:\.[0-9]+)*)", version.strip())
+    return tuple(int(x) for x in m.group(1).split(".")) if m else ()
+
+
+@dataclass(frozen=True)
+class LinuxLines:
+    """Which kernel versions a fragment line (or a whole fragment) applies to: ``low <= v < high``.
+
+    Written ``# linux: SPEC`` right above a ``CONFIG_`` line (that line only) or ``# fragment linux:
+    SPEC`` before a fragment's first assignment (every line of it). SPEC is one or more of ``6.12``
+    (that kernel line: 6.12.x), ``>=6.2`` and ``<6.2`` (``X.Y`` or ``X.Y.Z``), all of which must hold.
+    """
+
+    text: str
+    origin: str
+    whole: bool = False
+    low: tuple[int, ...] = ()
+    high: tuple[int, ...] | None = None
+
+    @classmethod
+    def parse(cls, spec: str, origin: str, whole: bool = False) -> "LinuxLines":
+        low, high = (), None
+        terms = spec.replace(",", " ").split()
+        if not terms:
+            raise TailorError(f"{origin}: `# linux:` names no kernel line; write e.g. `# linux: 6.12` or `# linux: <6.2`")
+        for term in terms:
+            m = _GUARD_TERM.match(term)
+            if not m:
+                raise TailorError(f"{origin}: {term!r} is not a kernel line; write 6.12, >=6.2 or <6.2 "
+                                  f"(versions as X.Y or X.Y.Z)")
+            v = tuple(int(x) for x in m.groups()[1:] if x is not None)
+            if m.group(1) in (None, ">="):
+                low = max(low, v)
+            if m.group(1) is None:
+                v = (v[0], v[1] + 1) if len(v) == 2 else v[:2] + (v[2] + 1,)
+            if m.group(1) in (None, "<"):
+                high = v if high is None else min(high, v)
+        if high is not None and low >= high:
+            raise TailorError(f"{origin}: `linux: {spec.strip()}` matches no kernel version")
+        return cls(" ".join(terms), origin, whole, low, high)
+
+    def matches(self, version: str) -> bool:
+        v = version_tuple(version)
+        return v >= self.low and (self.high is None or v < self.high)
+
+    def overlaps(self, other: "LinuxLines | None") -> bool:
+        if other is None:
+            return True
+        return ((self.high is None or other.low < self.high) and (other.high is None or self.low < other.high))
+
+
+def for_version(layers: list[list[Assign]], version: str) -> list[list[Assign]]:
+    """*layers* with the assignments guarded off for Linux *version* left out.
+
+    A whole fragment guarded off (``# fragment linux:``) is an error naming it, not an empty layer:
+    a recipe that asks for a fragment meant for another kernel line should hear so."""
+    out, problems = [], []
+    for layer in layers:
+        kept = []
+        for a in layer:
+            g = a.linux
+            if g is None or g.matches(version):
+                kept.append(a)
+            elif g.whole and not problems:
+                problems.append(f"{g.origin}: this fragment is for Linux {g.text} only (`# fragment linux: "
+                                f"{g.text}`), this kernel is {version}; use a fragment for this kernel line")
+        out.append(kept)
+    if problems:
+        raise TailorError(problems[0])
+    return out
 
 
 def _unquote(raw: str, where: str) -> str:
@@ -253,8 +331,10 @@ def parse_fragment(path: str | Path, label: str | None = None) -> list[Assign]:
     """Read a Kconfig fragment (``CONFIG_X=v`` and ``# CONFIG_X is not set`` lines).
 
     Comments and blank lines are skipped; anything else, ``=m``, or the same
-    symbol given two different values in one fragment is an error naming the
-    file and line.
+    symbol given two different values in one fragment (on kernel lines both apply to) is an error
+    naming the file and line. A ``# linux: SPEC`` comment guards the line right below it, a
+    ``# fragment linux: SPEC`` before the first assignment every line (see :class:`LinuxLines`);
+    :func:`resolve` leaves out what does not apply to the tree's version.
     """
     path = Path(path)
     label = label or path.name
@@ -265,10 +345,24 @@ def parse_fragment(path: str | Path, label: str | None = None) -> list[Assign]:
     except (OSError, UnicodeDecodeError) as e:
         raise TailorError(f"{label}: cannot read ({e})") from None
     out: list[Assign] = []
-    seen: dict[str, tuple[str, int]] = {}
+    seen: dict[str, list[tuple[str, int, LinuxLines | None]]] = {}
+    whole: LinuxLines | None = None
+    guard: LinuxLines | None = None
     for no, line in enumerate(lines, 1):
         where = f"{label}:{no}"
         s = line.strip()
+        g = _LINE_GUARD.match(s)
+        if guard is not None and not (_LINE_SET.match(s) or _LINE_UNSET.match(s)):
+            raise TailorError(f"{guard.origin}: a `# linux:` guard applies to the CONFIG_ line right below it; "
+                              f"line {no} is not one")
+        if g and g.group(1):
+            if out or whole is not None:
+                raise TailorError(f"{where}: `# fragment linux:` must come once, before the first assignment")
+            whole = LinuxLines.parse(g.group(2), where, whole=True)
+            continue
+        if g:
+            guard = LinuxLines.parse(g.group(2), where)
+            continue
         m = _LINE_UNSET.match(s)
         if m:
             name, value, is_str = m.group(1), "n", False
@@ -285,11 +379,16 @@ def parse_fragment(path: str | Path, label: str | None = None) -> list[Assign]:
                 raise TailorError(f"{where}: CONFIG_{name}=m: tailor kernels have no modules; use y or n")
             if not is_str and not value:
                 raise TailorError(f"{where}: CONFIG_{name} has no value")
-        if name in seen and seen[name][0] != value:
-            raise TailorError(f"{where}: CONFIG_{name}={value} conflicts with CONFIG_{name}={seen[name][0]} "
-                              f"on line {seen[name][1]} of the same fragment; keep one")
-        seen[name] = (value, no)
-        out.append(Assign(name, value, where, is_str))
+        applies, guard = guard or whole, None
+        for other, other_no, other_guard in seen.get(name, ()):
+            if other != value and (applies is None or applies.overlaps(other_guard)):
+                raise TailorError(f"{where}: CONFIG_{name}={value} conflicts with CONFIG_{name}={other} "
+                                  f"on line {other_no} of the same fragment; keep one")
+        seen.setdefault(name, []).append((value, no, applies))
+        out.append(Assign(name, value, where, is_str, applies))
+    if guard is not None:
+        raise TailorError(f"{guard.origin}: a `# linux:` guard applies to the CONFIG_ line right below it; "
+                          f"the fragment ends first")
     return out
 
 
@@ -606,7 +705,7 @@ def resolve(tree: Tree, layers: list[list[Assign]], mode: str = "strict", source
     asks: dict[str, Assign] = {}
     order: list[Assign] = []
     problems = []
-    for layer in layers:
+    for layer in for_version(layers, tree.version):
         for a in layer:
             sym = kconf.syms.get(a.name)
             if sym is None or not sym.nodes:
@@ -690,7 +789,7 @@ def explain(tree: Tree, name: str, layers: list[list[Assign]] | None = None, mod
                 resolve(tree, layers, mode)
             except ResolveError:
                 pass
-            for layer in layers:
+            for layer in for_version(layers, tree.version):
                 for a in layer:
                     if a.name == name:
                         asked = a

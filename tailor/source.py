@@ -107,10 +107,12 @@ def ref_for(source: Source, patches=(), lock_path: Path | None = None) -> Source
     """The pinned reference for a recipe's ``kernel.source`` (reads no tarball)."""
     lock_path = lock_path or LOCK_FILE
     if source.kind == "debian":
-        pin = read_lock(lock_path).get(source.package)
+        lock = read_lock(lock_path)
+        pin = lock.get(source.package)
         if not isinstance(pin, dict) or not pin.get("sha256") or not pin.get("version"):
-            raise TailorError(f"{lock_path.name}: {source.package} is not pinned; run "
-                              f"`python -m tailor pin-source {source.package}`")
+            pinned = ", ".join(sorted(lock)) or "none"
+            raise TailorError(f"{lock_path.name}: {source.package} is not pinned (pinned: {pinned}); check the "
+                              f"name, or pin it with `python -m tailor pin-source {source.package}`")
         return SourceRef(sha256=pin["sha256"], label=f"{source.package} {pin['version']}", kind="debian",
                          tarball=cached_tarball(source.package, pin["version"]), version=pin["version"],
                          patches=tuple(patches), package=source.package, deb_sha256=pin.get("deb_sha256"))
@@ -124,7 +126,13 @@ def ref_for(source: Source, patches=(), lock_path: Path | None = None) -> Source
 
 
 def recipe_ref(recipe: Recipe, lock_path: Path | None = None) -> SourceRef:
-    return ref_for(recipe.kernel.source, recipe.kernel.patches, lock_path)
+    """The pinned reference for *recipe*'s kernel source; an unpinned package is one line naming the recipe."""
+    try:
+        return ref_for(recipe.kernel.source, recipe.kernel.patches, lock_path)
+    except TailorError as e:
+        if recipe.kernel.source.kind != "debian" or recipe.path is None:
+            raise
+        raise TailorError(f"{display_path(recipe.path)}: kernel.source.package: {e}") from None
 
 
 # --------------------------------------------------------------------------
