@@ -25,11 +25,21 @@ from tailor.paths import bench_dir, bench_path
 from tailor.recipe import RECIPES_DIR, Recipe, general_variant, load
 from tailor.toolchain import first_line
 
-__all__ = ["REPORT_APPS", "bench_dir", "bench_path", "say", "spread", "conditions", "Variant", "load_apps",
+__all__ = ["REPORT_APPS", "KERNEL_LINES", "line_apps", "bench_dir", "bench_path", "say", "spread", "conditions", "Variant", "load_apps",
            "baseline_names", "variants", "kernel_label", "result_row"]
 
 REPORT_APPS = ("hello", "redis", "nginx")
 """The apps the report compares (Lupine's hello-world, redis and nginx)."""
+
+KERNEL_LINES = {"linux-source-6.12": "612"}
+"""Other kernel lines the report compares with the default one: a report app ``<app>`` has its copy
+on that line in ``recipes/<app>-<suffix>.yaml`` (hello-612 is hello on linux-source-6.12)."""
+
+
+def line_apps(apps: tuple[str, ...] = REPORT_APPS) -> dict[str, tuple[str, str]]:
+    """Each other-line copy of *apps* that has a recipe: ``{copy: (app, package)}``."""
+    return {f"{app}-{suffix}": (app, package) for package, suffix in KERNEL_LINES.items() for app in apps
+            if (RECIPES_DIR / f"{app}-{suffix}.yaml").is_file()}
 
 
 def say(text: str) -> None:
@@ -169,7 +179,7 @@ def variants(apps: dict[str, Recipe | str] | None = None, baselines: list[str] |
             continue
         image = paths.rootfs_image(recipe.name, recipe.rootfs.format)
         image_missing = "" if image.is_file() else f"root image not built; run `doit rootfs:{name}`"
-        for v in ["specific", "general"] + baselines:
+        for v in ["specific"] + (["general"] if recipe.general else []) + baselines:
             if v == "specific":
                 r, (k, why) = recipe, _pointer_kernel(recipe.id)
             elif v == "general":

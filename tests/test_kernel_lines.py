@@ -119,3 +119,30 @@ def test_unpinned_package_is_one_line_naming_the_recipe(tmp_path):
     assert msg.endswith("kernel.source.package: kernel-sources.lock: linux-source-6.13 is not pinned (pinned: "
                         "linux-source-6.1, linux-source-6.12); check the name, or pin it with "
                         "`python -m tailor pin-source linux-source-6.13`") and "\n" not in msg
+
+
+def _size_row(app, source, bz, enabled, syscalls):
+    return {"label": app, "variant": "specific", "apps": [app], "identity": app * 4, "source": source,
+            "bzImage": bz, "vmlinux": bz * 10, "enabled": enabled, "syscalls": {"real": syscalls, "raw": syscalls,
+                                                                               "stubs": 0}}
+
+
+def test_report_sets_the_kernel_lines_side_by_side():
+    from tailor import report
+
+    data = {"kernels": [_size_row("hello", "linux-source-6.1 6.1.192-2", 1_000_000, 388, 250),
+                        _size_row("hello-612", "linux-source-6.12 6.12.118-1~deb12u1", 1_100_000, 427, 260),
+                        _size_row("redis", "linux-source-6.1 6.1.192-2", 1_500_000, 420, 300)],
+            "missing": []}
+    s = report.lines_section(data)
+    assert s.measured and s.id == "lines"
+    assert s.rows == [
+        ["hello", "linux-source-6.1 6.1.192-2", "1.00 MB", "", "10.00 MB", "", "388", "", "250", ""],
+        ["hello-612", "linux-source-6.12 6.12.118-1~deb12u1", "1.10 MB", "1.10x", "11.00 MB", "1.10x", "427",
+         "1.10x", "260", "1.04x"]]
+    assert s.missing == ["redis-612: kernel not measured; run `doit build:redis-612`, then doit bench:size "
+                         "(or python benchmarks/size.py)",
+                         "nginx: kernel not measured; run `doit build:nginx`, then doit bench:size "
+                         "(or python benchmarks/size.py)"]
+    assert [b["label"] for b in s.charts[0]["bars"]] == ["hello on 6.1", "hello on 6.12"]
+    assert not report.lines_section(None).measured

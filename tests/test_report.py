@@ -328,7 +328,9 @@ def test_report_renders_every_metric(bench, tmp_path):
     assert html.count("<svg") >= 6
     assert "× firecracker" in html and "0.12x" in html
     assert "not measured" not in md.split("## Conditions")[0].split("## Kernel image size")[1] \
-        .split("## Boot time")[0]
+        .split("## Kernel lines")[0]
+    lines = md.split("## Kernel lines")[1].split("## Boot time")[0]  # the fake data has no 6.12 kernels
+    assert "hello-612: kernel not measured; run `doit build:hello-612`" in lines
     assert "baseline not built; run `doit baseline:kata`" in md
     assert "QEMU emulator version 7.2" in md and "TCG" in md
     assert "| lupine-base (hello) | hello | 1.27 MB | 0.12x | 1.01 MB | 0.10x |" in md
@@ -346,7 +348,7 @@ def test_report_without_measurements_says_not_measured(tmp_path, monkeypatch):
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     paths = report.build()
     md = paths["md"].read_text()
-    assert md.count("not measured: run") == 10
+    assert md.count("not measured: run") == 11
     assert "<svg" not in paths["html"].read_text()
 
 

@@ -57,7 +57,7 @@ MEASUREMENTS = {"size": measure_size, "boot": measure_boot, "initcalls": measure
 """Each measurement's kind and the function that takes it."""
 
 SUMMARY = {
-    "size": (("size", "syscalls"), ("size", "syscalls")),
+    "size": (("size", "syscalls", "lines"), ("size", "syscalls")),
     "boot": (("boot",), ("boot", "ready")),
     "initcalls": (("initcalls",), ()),
     "memory": (("memory", "memory-breakdown"), ("memory",)),

@@ -7,12 +7,13 @@ to ``y`` and the system calls compiled in (:func:`count_syscalls`).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-from tailor.bench import baseline_names, conditions, kernel_label, variants
+from tailor.bench import baseline_names, conditions, kernel_label, line_apps, load_apps, variants
 from tailor.recipe import Recipe
 from tailor.records.bench import save_bench
 from tailor.util import count_enabled, system_map_symbols
@@ -71,11 +72,25 @@ def xz_estimate(kdir: Path) -> int | None:
         return None
     return (kdir / "bzImage").stat().st_size - gz.stat().st_size + len(proc.stdout)
 
+def _source(kdir: Path) -> str:
+    """The kernel source a kernel was built from (its kernel.json's ``source``), or ``""`` (a baseline)."""
+    try:
+        return str(json.loads((kdir / "kernel.json").read_text()).get("source", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def measure_size(apps: dict[str, Recipe | str] | None = None) -> dict:
-    """Sizes, enabled options and system calls of every distinct kernel; writes ``size.json``."""
+    """Sizes, enabled options and system calls of every distinct kernel; writes ``size.json``.
+
+    By default the report's apps on every variant, and their copies on the other kernel lines
+    (:func:`tailor.bench.line_apps`: hello-612, ...) on their own kernel only."""
     rows: dict[str, dict] = {}
     missing = []
-    for v in variants(apps):
+    todo = variants(apps)
+    if apps is None:
+        todo += variants(load_apps(tuple(line_apps())), baselines=[])
+    for v in todo:
         if v.kernel is None:
             is_base = v.variant in baseline_names()
             entry = {"app": "-" if is_base else v.app, "variant": v.variant, "why": v.missing}
@@ -95,6 +110,7 @@ def measure_size(apps: dict[str, Recipe | str] | None = None) -> dict:
             "variant": v.variant,
             "apps": [v.app],
             "identity": ident,
+            "source": _source(kdir),
             "bzImage": (kdir / "bzImage").stat().st_size,
             "vmlinux": (kdir / "vmlinux").stat().st_size,
             "bzImage_xz_estimate": xz_estimate(kdir),
