@@ -26,7 +26,7 @@ from tailor.recipe import RECIPES_DIR, Recipe, general_variant, load
 from tailor.toolchain import first_line
 
 __all__ = ["REPORT_APPS", "KERNEL_LINES", "line_apps", "bench_dir", "bench_path", "say", "spread", "conditions", "Variant", "load_apps",
-           "baseline_names", "variants", "kernel_label", "result_row"]
+           "baseline_names", "variants", "report_variants", "kernel_label", "result_row"]
 
 REPORT_APPS = ("hello", "redis", "nginx")
 """The apps the report compares (Lupine's hello-world, redis and nginx)."""
@@ -194,6 +194,14 @@ def variants(apps: dict[str, Recipe | str] | None = None, baselines: list[str] |
                                        else "baseline input not present on this machine")
             out.append(Variant(name, v, r, k, image if image.is_file() else None, why or image_missing))
     return out
+
+
+def report_variants(apps: dict[str, Recipe | str] | None = None) -> list[Variant]:
+    """What a benchmark measures: :func:`variants` of *apps*; by default (None) of the report's apps, and
+    then their copies on the other kernel lines (:func:`line_apps`) on their own kernel only."""
+    if apps is not None:
+        return variants(apps)
+    return variants() + variants(load_apps(tuple(line_apps())), baselines=[])
 
 
 def kernel_label(recipe: Recipe | None, variant: str) -> str:

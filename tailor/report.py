@@ -235,19 +235,25 @@ def size_sections(data: dict | None) -> list[Section]:
     ]
 
 
-def lines_section(data: dict | None) -> Section:
+def lines_section(data: dict | None, boot: dict | None = None) -> Section:
     """The report's apps on the default kernel line and on each other one (hello and hello-612), side by side."""
     title = "Kernel lines: the same recipe on Linux 6.1 and 6.12"
     intro = ("Each app's own kernel, from the same recipe on Debian's linux-source-6.1 and on its "
              "linux-source-6.12 copy (recipes/<app>-612.yaml): bzImage, options set to y and system calls "
-             "compiled in (counted as in the sections above); × is the 6.12 figure over the 6.1 one.")
+             "compiled in (counted as in the sections above), and the median boot to init and to ready "
+             "(the boot benchmark's default method); × is the 6.12 figure over the 6.1 one.")
+    boots = {(r["app"], r["variant"]): r for r in (boot or {}).get("results", []) if not r.get("missing")}
+
+    def booted(app: str, key: str) -> float | None:
+        return ((boots.get((app, "specific")) or {}).get(key) or {}).get("median")
     if not data:
         return _not_measured("size", title, intro, "lines")
 
     def own(app: str) -> dict | None:
         return next((k for k in data["kernels"] if k["variant"] == "specific" and app in k["apps"]), None)
 
-    head = ["app", "source", "bzImage", "×", "vmlinux", "×", "options =y", "×", "system calls", "×"]
+    head = ["app", "source", "bzImage", "×", "vmlinux", "×", "options =y", "×", "system calls", "×",
+            "boot to init", "×", "to ready", "×"]
     rows, missing, bars = [], [], []
     for copy, (app, _package) in line_apps().items():
         first, other = own(app), own(copy)
@@ -255,14 +261,16 @@ def lines_section(data: dict | None) -> Section:
             missing.append(f"{app if first is None else copy}: kernel not measured; run `doit build:"
                            f"{app if first is None else copy}`, then {BENCH_HINT['size']}")
             continue
-        for k, base in ((first, None), (other, first)):
+        for k, base, name in ((first, None, app), (other, first, copy)):
             def cell(value, base_value, show):
                 return [show(value), fmt_ratio(ratio(value, base_value)) if base else ""]
-            rows.append([app if base is None else copy, k.get("source") or "–"]
+            rows.append([name, k.get("source") or "–"]
                         + cell(k["bzImage"], base and base["bzImage"], fmt_mb)
                         + cell(k["vmlinux"], base and base["vmlinux"], fmt_mb)
                         + cell(k["enabled"], base and base["enabled"], str)
-                        + cell(k["syscalls"]["real"], base and base["syscalls"]["real"], str))
+                        + cell(k["syscalls"]["real"], base and base["syscalls"]["real"], str)
+                        + cell(booted(name, "init_s"), booted(app, "init_s"), fmt_s)
+                        + cell(booted(name, "ready_s"), booted(app, "ready_s"), fmt_s))
             bars.append((f"{app} on {(k.get('source') or '?').split(' ')[0].replace('linux-source-', '')}",
                          k["bzImage"] / 1e6, fmt_mb(k["bzImage"]), "specific" if base is None else "general"))
     charts = [c for c in [chart("bzImage size by kernel line", "MB", bars)] if c]
@@ -785,7 +793,7 @@ def target_lines(results: dict[str, dict], metrics: tuple[str, ...]) -> list[str
 
 
 def sections(results: dict[str, dict]) -> list[Section]:
-    return (size_sections(results.get("size")) + [lines_section(results.get("size")), boot_section(results.get("boot")),
+    return (size_sections(results.get("size")) + [lines_section(results.get("size"), results.get("boot")), boot_section(results.get("boot")),
             initcalls_section(results.get("initcalls")), memory_section(results.get("memory")),
             memory_breakdown_section(results.get("memory")), throughput_section(results.get("throughput")),
             snapshot_section(results.get("snapshot")), slim_section(results.get("slim")),

@@ -134,15 +134,46 @@ def test_report_sets_the_kernel_lines_side_by_side():
                         _size_row("hello-612", "linux-source-6.12 6.12.118-1~deb12u1", 1_100_000, 427, 260),
                         _size_row("redis", "linux-source-6.1 6.1.192-2", 1_500_000, 420, 300)],
             "missing": []}
-    s = report.lines_section(data)
+    boot = {"results": [{"app": "hello", "variant": "specific", "init_s": {"median": 0.5}, "ready_s": {"median": 0.6}},
+                        {"app": "hello-612", "variant": "specific", "init_s": {"median": 0.55},
+                         "ready_s": {"median": 0.66}},
+                        {"app": "hello", "variant": "general", "init_s": {"median": 9.0}}]}
+    s = report.lines_section(data, boot)
     assert s.measured and s.id == "lines"
     assert s.rows == [
-        ["hello", "linux-source-6.1 6.1.192-2", "1.00 MB", "", "10.00 MB", "", "388", "", "250", ""],
+        ["hello", "linux-source-6.1 6.1.192-2", "1.00 MB", "", "10.00 MB", "", "388", "", "250", "",
+         "0.500 s", "", "0.600 s", ""],
         ["hello-612", "linux-source-6.12 6.12.118-1~deb12u1", "1.10 MB", "1.10x", "11.00 MB", "1.10x", "427",
-         "1.10x", "260", "1.04x"]]
+         "1.10x", "260", "1.04x", "0.550 s", "1.10x", "0.660 s", "1.10x"]]
+    assert report.lines_section(data).rows[1][-4:] == ["–", "–", "–", "–"]  # no boot benchmark yet
     assert s.missing == ["redis-612: kernel not measured; run `doit build:redis-612`, then doit bench:size "
                          "(or python benchmarks/size.py)",
                          "nginx: kernel not measured; run `doit build:nginx`, then doit bench:size "
                          "(or python benchmarks/size.py)"]
     assert [b["label"] for b in s.charts[0]["bars"]] == ["hello on 6.1", "hello on 6.12"]
     assert not report.lines_section(None).measured
+
+
+@pytest.mark.slow
+def test_hello_on_612_builds_and_boots(tmp_path_factory, linux_tree):
+    """The one 6.12 kernel CI builds (hello's, lupine-base: the smallest): doit build:hello-612 in a project
+    copy sharing out/kernel with the project (compiled once, then reused), the pinned source fetched by
+    tailor itself; the kernel boots and hello prints its greeting."""
+    import json
+    from pathlib import Path
+
+    from conftest import project_copy, run_doit
+
+    project = project_copy(tmp_path_factory.mktemp("lines-project") / "tailor")
+    proc = run_doit(project, "build:hello-612")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((project / "out/boot/hello-612/result.json").read_text())
+    assert result["pass"] is True
+    console = (project / "out/boot/hello-612/console.log").read_text()
+    assert "Linux version 6.12." in console and "Run /init as init process" in console
+    assert "Hello, world!" in console
+    pointer = json.loads((project / "out/kernels/hello-612.json").read_text())
+    built = json.loads((Path(pointer["dir"]) / "kernel.json").read_text())
+    assert built["source"].startswith("linux-source-6.12 6.12.")
+    config = (Path(pointer["dir"]) / "config").read_text()
+    assert "CONFIG_KERNEL_XZ=y" in config and "CONFIG_PVH=y" in config and "RANDOM_TRUST_CPU" not in config

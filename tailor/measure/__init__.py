@@ -58,7 +58,7 @@ MEASUREMENTS = {"size": measure_size, "boot": measure_boot, "initcalls": measure
 
 SUMMARY = {
     "size": (("size", "syscalls", "lines"), ("size", "syscalls")),
-    "boot": (("boot",), ("boot", "ready")),
+    "boot": (("boot", "lines"), ("boot", "ready")),
     "initcalls": (("initcalls",), ()),
     "memory": (("memory", "memory-breakdown"), ("memory",)),
     "throughput": (("throughput",), ("throughput",)),

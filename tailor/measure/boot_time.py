@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from tailor import boot, qemu
-from tailor.bench import Variant, bench_dir, conditions, result_row, say, spread, variants
+from tailor.bench import Variant, bench_dir, conditions, report_variants, result_row, say, spread
 from tailor.errors import TailorError
 from tailor.kinds import BootMethod
 from tailor.recipe import Recipe
@@ -91,7 +91,7 @@ def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = N
                  accel: str | None = None, log: Callable[[str], None] = say) -> dict:
     """Boot every variant *runs* times by each of its boot methods, interleaved (variant A by PVH,
     A from bzImage, B by PVH, ..., then again); writes ``boot.json``."""
-    todo = [(v, m) for v in variants(apps) if not v.missing for m in methods_of(v)]
+    todo = [(v, m) for v in report_variants(apps) if not v.missing for m in methods_of(v)]
     samples: dict[tuple[str, str], dict] = {(v.key, m): {"init": [], "ready": [], "errors": []} for v, m in todo}
     accel_seen = set()
     for i in range(runs):
@@ -112,7 +112,7 @@ def measure_boot(runs: int = BOOT_RUNS, apps: dict[str, Recipe | str] | None = N
                 + (f"init {r['init_s']:.3f} s, ready {r['ready_s']} s" if r["pass"] and r["init_s"] is not None
                    else f"FAILED: {s['errors'][-1]}"))
     results = []
-    for v in variants(apps):
+    for v in report_variants(apps):
         row = result_row(v)
         if v.missing:
             row["missing"] = v.missing

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tailor.bench import baseline_names, conditions, kernel_label, line_apps, load_apps, variants
+from tailor.bench import baseline_names, conditions, kernel_label, report_variants
 from tailor.recipe import Recipe
 from tailor.records.bench import save_bench
 from tailor.util import count_enabled, system_map_symbols
@@ -84,13 +84,10 @@ def measure_size(apps: dict[str, Recipe | str] | None = None) -> dict:
     """Sizes, enabled options and system calls of every distinct kernel; writes ``size.json``.
 
     By default the report's apps on every variant, and their copies on the other kernel lines
-    (:func:`tailor.bench.line_apps`: hello-612, ...) on their own kernel only."""
+    (hello-612, ...) on their own kernel only (:func:`tailor.bench.report_variants`)."""
     rows: dict[str, dict] = {}
     missing = []
-    todo = variants(apps)
-    if apps is None:
-        todo += variants(load_apps(tuple(line_apps())), baselines=[])
-    for v in todo:
+    for v in report_variants(apps):
         if v.kernel is None:
             is_base = v.variant in baseline_names()
             entry = {"app": "-" if is_base else v.app, "variant": v.variant, "why": v.missing}
