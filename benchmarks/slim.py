@@ -61,7 +61,8 @@ def measure(apps: list[str], runs: int, memory: set[str]) -> dict:
     from tailor.measure import bisect_min
     from tailor.qemu import kernel_file
     from tailor.recipe import find
-    from tailor.util import makedirs, out_dir, read_json
+    from tailor.records.stages import SlimKept
+    from tailor.util import makedirs, out_dir
 
     out = {}
     for app in apps:
@@ -110,9 +111,9 @@ def measure(apps: list[str], runs: int, memory: set[str]) -> dict:
                 row["min_memory_mib"] = found
                 print(f"[bench:slim] {app} {name}: minimum memory {found} MiB ({len(tried)} boots)", file=sys.stderr)
             rows[name] = row
-        kept = read_json(paths.slim_kept(app))
+        kept = SlimKept.load(paths.slim_kept(app))
         out[app] = {"format": recipe.rootfs.format, "source": "image" if recipe.rootfs.image else "packages",
-                    "variants": rows, "traced_paths": len(kept["paths"]), "added_back": kept["added_back"],
+                    "variants": rows, "traced_paths": len(kept.paths), "added_back": kept.added_back,
                     "memory_asked_mib": recipe.test.memory, "runs": runs}
     return out
 

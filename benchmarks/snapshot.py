@@ -77,12 +77,12 @@ def measure(apps: list[str], runs: int) -> dict:
             "restore_s": {"median": round(med["restore"], 3), "min": round(min(times["restore"]), 3),
                           "max": round(max(times["restore"]), 3)},
             "ratio": round(med["restore"] / med["cold"], 3),
-            "save_s": rec["save_s"], "snapshot_time_to_ready_s": rec["time_to_ready_s"],
-            "state_bytes": rec["files"]["state"]["bytes"], "state_on_disk": on_disk(d / "state"),
-            "disk_bytes": rec["files"].get("disk.qcow2", {}).get("bytes", 0),
+            "save_s": rec.save_s, "snapshot_time_to_ready_s": rec.time_to_ready_s,
+            "state_bytes": rec.files["state"]["bytes"], "state_on_disk": on_disk(d / "state"),
+            "disk_bytes": rec.files.get("disk.qcow2", {}).get("bytes", 0),
             "disk_on_disk": on_disk(d / "disk.qcow2") if (d / "disk.qcow2").is_file() else 0,
             "rss_mib": {k: round(statistics.median(v), 1) for k, v in rss.items()},
-            "memory_mib": rec["memory"], "accel": rec["accel"], "qemu": rec["qemu_version"],
+            "memory_mib": rec.memory, "accel": rec.accel, "qemu": rec.qemu_version,
         }
     return out
 

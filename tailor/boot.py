@@ -40,7 +40,8 @@ from tailor.kinds import Variant
 from tailor.qemu import QEMU, VM, CtrlC, boot_method, detect_accel, free_port, kernel_file, qemu_command, session
 from tailor.recipe import NETWORK_PROBES, Recipe
 from tailor.records import save_boot_result
-from tailor.util import display_path, makedirs, read_json, write_atomic
+from tailor.records.stages import SlimDropped
+from tailor.util import display_path, makedirs, write_atomic
 
 __all__ = ["run", "boot_app", "boot_dir", "result_path"]
 
@@ -219,10 +220,10 @@ def slim_hint(recipe: Recipe, console: str, cause: type | None = None) -> str:
     if not recipe.rootfs.slim or not path.is_file():
         return ""
     try:
-        rec = read_json(path)
-        gone, gone_dirs = list(rec["dropped"]), list(rec["dropped_dirs"])
-    except (TailorError, KeyError, TypeError):
-        return ""
+        rec = SlimDropped.load(path)
+    except TailorError as e:  # the boot test's verdict stands; the damaged record is named beside it
+        return f" ({e})"
+    gone, gone_dirs = rec.dropped, rec.dropped_dirs
     if not gone:
         return ""
     named = ""
@@ -234,7 +235,7 @@ def slim_hint(recipe: Recipe, console: str, cause: type | None = None) -> str:
             break
     if not named and cause not in (QemuExited, KernelPanicked, ProbeFailed):
         return ""  # a timeout, no output: nothing says the files are missing
-    source = "image's" if rec.get("source") == "image" else "packages'"
+    source = "image's" if rec.source == "image" else "packages'"
     return (f" (rootfs.slim dropped {len(gone)} of the {source} files: {named}set rootfs.slim: false in "
             f"{display_path(recipe.path)} to keep them, or list what the app needs in rootfs.files; "
             f"{display_path(path)} lists them)")

@@ -16,7 +16,6 @@ that file (the discovery comparison uses it too).
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,8 +26,9 @@ from tailor import baseline, boot, paths, qemu, records, rootfs
 from tailor.errors import TailorError
 from tailor.image import parse_reference
 from tailor.recipe import Recipe, general_variant
+from tailor.records.stages import BootTiming
 from tailor.rootfs import render
-from tailor.util import PROJECT, replace_marked, write_json
+from tailor.util import PROJECT, display_path, replace_marked
 
 README = PROJECT / "docs" / "catalogue.md"
 """The page whose catalogue table :func:`update_readme` writes."""
@@ -73,13 +73,6 @@ def lupine_options(path: Path | None = None) -> dict[str, tuple[str, ...]]:
     ours = {lupine: name for name, lupine in LUPINE_NAMES.items()}
     return {ours.get(str(app), str(app)): tuple(o.removeprefix("CONFIG_") for o in opts or ())
             for app, opts in apps.items()}
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _if_built(record_class, path: Path):
@@ -160,14 +153,13 @@ def time_boots(recipes: list[Recipe], runs: int = RUNS, name: str = BASELINE) ->
             "kernel": kdesc["identity"], "ready_s": got, "median_s": statistics.median(got) if got else None,
             "failed": failed.get((r.name, column), [])}
     data = {"runs": runs, "baseline": name, "apps": apps}
-    write_json(timing_path(), data)
-    return data
+    return BootTiming.from_dict(data, display_path(timing_path()), with_format=False).save(timing_path())
 
 
-def _timing(recipe: Recipe, data: dict, manifest: records.RootfsManifest | None) -> dict:
+def _timing(recipe: Recipe, data: BootTiming | None, manifest: records.RootfsManifest | None) -> dict:
     """The timing of *recipe*'s app in *data* (timing.json) when its image, as its rootfs *manifest* names
     it now, is still the one timed (else empty)."""
-    app = (data.get("apps") or {}).get(recipe.name) or {}
+    app = (data.apps.get(recipe.name) if data else None) or {}
     return app if manifest and app.get("image") == manifest.sha256 else {}
 
 
@@ -217,7 +209,7 @@ def rows(recipes: list[Recipe]) -> list[dict]:
     """One row per recipe with what out/ records about both variants."""
     lupine = lupine_options()
     out = []
-    timings = _read(timing_path()) or {}
+    timings = _if_built(BootTiming, timing_path())
     base = baseline.load(BASELINE)
     for r in sorted(recipes, key=lambda r: r.name):
         rootfs = _if_built(records.RootfsManifest, paths.rootfs_manifest(r.name))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tailor.errors import TailorError
 from tailor.paths import bench_dir, report_dir
+from tailor.records.bench import load_bench
 from tailor.templates import render
 from tailor.util import (PROJECT, display_path, makedirs, marked_text, out_dir, read_json, remove, replace_dir,
                          sha256_file, write_atomic, write_json)
@@ -116,7 +117,7 @@ def take_snapshot(bench: Path | None = None, report_md: Path | None = None,
         if path.stem not in KINDS:
             left_out.append(f"{path.name}: the report does not read it")
             continue
-        d = read_json(path)
+        d = load_bench(path.stem, path).dump()
         date = _date_of(d, where)
         if date is None:
             left_out.append(f"{path.name}: records no conditions (no date, machine or accelerator)")
@@ -177,8 +178,8 @@ def load_snapshot(snap: Path) -> tuple[dict[str, dict], dict]:
         if sha256_file(snap / name) != digest:
             raise TailorError(f"{display_path(snap / name)}: its sha256 is not the one {CONDITIONS} records; a "
                               f"snapshot is not edited: take a new one (python -m tailor snapshot-measurements)")
-    results = {n.removesuffix(".json"): read_json(snap / n) for n in sorted(record["files"])
-               if n.endswith(".json") and n != CONDITIONS}
+    results = {n.removesuffix(".json"): load_bench(n.removesuffix(".json"), snap / n).dump()
+               for n in sorted(record["files"]) if n.endswith(".json") and n != CONDITIONS}
     return results, record
 
 

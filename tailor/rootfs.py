@@ -42,9 +42,9 @@ from tailor.epoch import source_date_epoch
 from tailor.kinds import RootFormat
 from tailor.recipe import ROOTFS_DIR, Recipe
 from tailor.records import RootfsManifest
+from tailor.records.stages import SlimDropped, SlimKept
 from tailor.templates import render
-from tailor.util import (atomic_path, display_path, makedirs, read_json, remove,
-                         sha256_file, sha256_text, write_json)
+from tailor.util import atomic_path, display_path, makedirs, remove, sha256_file, sha256_text
 
 INIT_TEMPLATE = "init.sh.j2"
 
@@ -137,11 +137,11 @@ def load_traced(recipe: Recipe) -> list[dict]:
     if not path.is_file():
         raise TailorError(f"{display_path(recipe.path)}: rootfs.slim: traced needs the list of what the app used; "
                           f"run `doit slim:{recipe.name}` (or build with `doit build:{recipe.name}`)")
-    try:
-        rec = read_json(path)
-        entries = [e for e in rec["paths"] if isinstance(e.get("path"), str) and e["path"].startswith("/")]
-    except (TailorError, KeyError, TypeError, AttributeError):
-        raise TailorError(f"{display_path(path)}: not a kept list; run `doit slim:{recipe.name}` again") from None
+    entries = SlimKept.load(path).paths
+    for i, e in enumerate(entries):
+        if not isinstance(e["path"], str) or not e["path"].startswith("/"):
+            raise TailorError(f"{display_path(path)}: key 'paths[{i}]' has path {e['path']!r}, not an absolute "
+                              f"path; run `doit slim:{recipe.name}` again")
     return entries
 
 
@@ -306,9 +306,6 @@ def _in_tree(rel: Path) -> str:
     return "/" + rel.as_posix().removeprefix("./")
 
 
-SLIM_FORMAT = "tailor-slim/1"
-
-
 def write_slim_record(recipe: Recipe, dropped_paths: tuple[list[str], list[str]], kept: int,
                       path: Path | None = None) -> None:
     """*path* (default ``out/rootfs/<app>/slim.json``): what slim dropped (removed when the root is not slim)."""
@@ -316,9 +313,8 @@ def write_slim_record(recipe: Recipe, dropped_paths: tuple[list[str], list[str]]
     if not recipe.rootfs.slim:
         remove(path)
         return
-    write_json(path, {"format": SLIM_FORMAT, "app": recipe.name,
-                      "source": "image" if recipe.rootfs.image else "packages",
-                      "kept": kept, "dropped": dropped_paths[0], "dropped_dirs": dropped_paths[1]})
+    SlimDropped(app=recipe.name, source="image" if recipe.rootfs.image else "packages", kept=kept,
+                dropped=dropped_paths[0], dropped_dirs=dropped_paths[1]).save(path)
 
 
 # --------------------------------------------------------------------------

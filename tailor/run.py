@@ -54,9 +54,10 @@ from tailor import paths, records
 from tailor.console import ConsoleState, panic_reason, split_lines
 from tailor.errors import QemuError, TailorError
 from tailor.qemu import QEMU, VM, CtrlC, check_interrupt, detect_accel, kernel_file, qemu_command
-from tailor.util import display_path, out_dir, remove, write_json
+from tailor.records.stages import RunState
+from tailor.util import display_path, out_dir, remove
 
-FORMAT = "tailor-run/1"
+FORMAT = RunState.FORMAT
 QEMU_IMG = "qemu-img"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 QUIT_WAIT_S = 5.0
@@ -159,6 +160,11 @@ class Plan:
         d["forwards"] = [asdict(f) for f in self.forwards]
         return d
 
+    def save(self) -> None:
+        """Write ``run.json`` (:class:`tailor.records.stages.RunState`)."""
+        path = self.dir / "run.json"
+        RunState.from_dict(self.record(), display_path(path)).save(path)
+
 
 def plan(recipe, *, name: str | None = None, memory: int | None = None, forwards: list[Forward] = (),
          general: bool = False, keep: str | None = None, from_snapshot: bool = False) -> Plan:
@@ -189,10 +195,10 @@ def plan(recipe, *, name: str | None = None, memory: int | None = None, forwards
     state = vm_dir(name) / "run.json"
     if state.is_file():
         old = _load(state)
-        if old is not None and alive(old):
+        if alive(old):
             raise TailorError(f"a VM named {name} is running (pid {old['pid']}); stop it "
                               f"(python -m tailor stop {name}) or choose another --name")
-        _cleanup(old or {"name": name})
+        _cleanup(old)
     layer = ""
     if recipe.rootfs.format.is_disk:
         layer = str(Path(keep).resolve()) if keep else str(vm_dir(name) / "root.qcow2")
@@ -206,10 +212,10 @@ def plan(recipe, *, name: str | None = None, memory: int | None = None, forwards
         from tailor import snapshot
 
         rec = snapshot.check(recipe, p)
-        p.snapshot, p.cmdline = True, rec["cmdline"]
+        p.snapshot, p.cmdline = True, rec.cmdline
         p.reseed_port = _free_port()
-        p.forwards.append(Forward("127.0.0.1", p.reseed_port, rec["reseed_port"]))
-        p.accel = rec["accel"]
+        p.forwards.append(Forward("127.0.0.1", p.reseed_port, rec.reseed_port))
+        p.accel = rec.accel
     return p
 
 
@@ -265,7 +271,7 @@ def start(p: Plan, *, detach: bool, accel: str | None = None, out=sys.stderr) ->
             if p.layer:
                 snapshot.copy_disk(recipe, Path(p.layer))
             p.qemu = command(p, detach=detach) + snapshot.restore_args(recipe)
-            if snapshot.machine_args(p.qemu) != snapshot.check(recipe, p)["machine"]:
+            if snapshot.machine_args(p.qemu) != snapshot.check(recipe, p).machine:
                 raise TailorError(f"the snapshot of {p.app} was taken with other machine arguments; take it again "
                                   f"(doit snapshot:{p.app})")
         else:
@@ -302,7 +308,7 @@ def _foreground(p: Plan, out) -> int:
             try:
                 with VM(p.qemu, ConsoleState(ready=p.ready, on_line=echo)) as vm:
                     p.pid, p.started = vm.proc.pid, time.time()
-                    write_json(p.dir / "run.json", p.record())
+                    p.save()
                     if p.snapshot:
                         _restored(p)
                         print(f"tailor: {p.name} restored from its snapshot and reseeded in "
@@ -343,7 +349,7 @@ def _start_detached(p: Plan) -> None:
     except (OSError, ValueError):
         raise TailorError(f"{p.name}: qemu wrote no pid file") from None
     p.started = time.time()
-    write_json(p.dir / "run.json", p.record())
+    p.save()
     if p.snapshot:
         _restored(p)
         return
@@ -394,12 +400,9 @@ def _tail(con: ConsoleState, n: int = 10) -> None:
 # Running VMs
 
 
-def _load(path: Path) -> dict | None:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) and d.get("format") == FORMAT and isinstance(d.get("pid"), int) else None
+def _load(path: Path) -> dict:
+    """The state a ``run.json`` holds, read strictly (:class:`tailor.records.stages.RunState`)."""
+    return RunState.load(path).dump()
 
 
 def alive(record: dict) -> bool:
@@ -420,9 +423,8 @@ def list_vms() -> list[dict]:
     root = run_root()
     for state in sorted(root.glob("*/run.json")) if root.is_dir() else ():
         rec = _load(state)
-        if rec is not None:
-            rec["running"] = alive(rec)
-            out.append(rec)
+        rec["running"] = alive(rec)
+        out.append(rec)
     return out
 
 
@@ -445,10 +447,10 @@ def _duration(s: float) -> str:
 
 
 def _record(name: str) -> dict:
-    rec = _load(vm_dir(name) / "run.json")
-    if rec is None:
+    state = vm_dir(name) / "run.json"
+    if not state.is_file():
         raise TailorError(f"no VM named {name!r} (python -m tailor ps lists them)")
-    return rec
+    return _load(state)
 
 
 def stop(name: str) -> bool:

@@ -54,9 +54,9 @@ from tailor.minimise import Memo, add_back
 from tailor.qemu import VM, CtrlC, detect_accel, free_port, kernel_file
 from tailor.run import QEMU_IMG
 from tailor.recipe import Recipe
-from tailor.util import display_path, makedirs, read_json, remove, write_json
+from tailor.records.stages import SlimDropped, SlimKept
+from tailor.util import display_path, makedirs, remove
 
-FORMAT = "tailor-slim-kept/1"
 SKIP = ("/init", "/.tailor", "/dev", "/proc", "/sys", "/tmp", "/run")
 """Paths the list leaves out: tailor's own files (the stage writes them anyway) and the mount points."""
 WRITEBACK_ARGS = "sysctl.vm.dirty_expire_centisecs=100 sysctl.vm.dirty_writeback_centisecs=20"
@@ -201,11 +201,11 @@ def trace(recipe: Recipe, work: Path) -> tuple[list[dict], dict]:
 # Verifying, adding back
 
 
-def _groups(record: dict) -> dict[str, list[str]]:
+def _groups(record: SlimDropped) -> dict[str, list[str]]:
     """The dropped files of a slim record by group: each wholly dropped directory, else the file's parent."""
-    dirs = sorted(record.get("dropped_dirs", []))
+    dirs = sorted(record.dropped_dirs)
     groups: dict[str, list[str]] = {}
-    for f in record.get("dropped", []):
+    for f in record.dropped:
         top = next((d for d in dirs if f.startswith(d + "/")), None)
         groups.setdefault(top or (f.rsplit("/", 1)[0] or "/"), []).append(f)
     return groups
@@ -232,7 +232,7 @@ class Trials:
             result = boot.run(self.recipe, self.kernel, image, d / "boot")
         except TailorError as e:
             result = {"pass": False, "reason": str(e)}
-        self.last = {"manifest": manifest, "record": read_json(d / "slim.json"), "result": result}
+        self.last = {"manifest": manifest, "record": SlimDropped.load(d / "slim.json"), "result": result}
         print(f"[slim:{self.recipe.name}] trial {self.count}: {len(kept)} paths kept, "
               f"{manifest.size / 1e6:.2f} MB: {'PASS' if result['pass'] else 'FAIL'}", file=sys.stderr)
         return bool(result["pass"])
@@ -259,14 +259,13 @@ def make(recipe: Recipe, *, budget: int = DEFAULT_BUDGET, write: bool = False) -
         if not trials(kept):
             raise TailorError(f"slim of {recipe.name}: the image with the files added back fails its boot test")
     final = trials.last
-    record = {
-        "format": FORMAT, "app": recipe.name, "paths": kept, "added_back": len(added), "trials": trials.count,
-        "whole": {"bytes": seen["whole_bytes"], "files": seen["whole_files"], "content_bytes": seen["whole_content"]},
-        "slim": {"bytes": final["manifest"].size, "files": final["manifest"].files,
-                 "content_bytes": final["manifest"].content_bytes},
-        "probe": seen["probe"], "writeback_s": seen["writeback_s"], "seconds": round(time.monotonic() - t0, 1),
-    }
-    write_json(paths.slim_kept(recipe.name), record)
+    record = SlimKept(
+        app=recipe.name, paths=kept, added_back=len(added), trials=trials.count,
+        whole={"bytes": seen["whole_bytes"], "files": seen["whole_files"], "content_bytes": seen["whole_content"]},
+        slim={"bytes": final["manifest"].size, "files": final["manifest"].files,
+              "content_bytes": final["manifest"].content_bytes},
+        probe=seen["probe"], writeback_s=seen["writeback_s"], seconds=round(time.monotonic() - t0, 1),
+    ).save(paths.slim_kept(recipe.name))
     remove(work / "try")
     print(f"[slim:{recipe.name}] {len(kept)} paths kept ({len(added)} added back), {trials.count} trial image(s): "
           f"{record['slim']['content_bytes'] / 1e6:.1f} MB of files against {record['whole']['content_bytes'] / 1e6:.1f} "

@@ -49,9 +49,10 @@ from pathlib import Path
 from tailor import boot, paths, records
 from tailor.errors import TailorError
 from tailor.qemu import QEMU, VM, CtrlC, free_port
-from tailor.util import display_path, read_json, remove, sha256_file, write_json
+from tailor.records.stages import SnapshotRecord
+from tailor.util import display_path, remove, sha256_file
 
-FORMAT = "tailor-snapshot/2"
+FORMAT = SnapshotRecord.FORMAT
 RESEED_PORT = 61999
 """The guest TCP port of the reseed helper (``tailor_reseed=`` on the snapshot's kernel command line)."""
 RESEED_BYTES = 64
@@ -175,7 +176,7 @@ def take(recipe, *, general: bool = False, settle_s: float = 0.0) -> dict:
             save_s = time.monotonic() - t
             run.quit_vm(sock, vm.proc.pid)
         record = {
-            "format": FORMAT, "app": recipe.name, "variant": p.variant,
+            "app": recipe.name, "variant": p.variant,
             "kernel_identity": _kernel_identity(recipe, general),
             "rootfs_sha256": sha256_file(p.image), "root": p.root,
             "qemu_version": qemu_version(), "machine": machine_args(cmd), "cmdline": p.cmdline,
@@ -184,7 +185,8 @@ def take(recipe, *, general: bool = False, settle_s: float = 0.0) -> dict:
             "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                       for name in ("state", "disk.qcow2") if (tmp / name).is_file()},  # a cpio root has no disk
         }
-        write_json(tmp / "snapshot.json", record)
+        record = SnapshotRecord.from_dict(record, display_path(tmp / "snapshot.json"), with_format=False).save(
+            tmp / "snapshot.json")
         remove(final)
         os.replace(tmp, final)
     finally:
@@ -200,38 +202,34 @@ def _kernel_identity(recipe, general: bool) -> str:
     return records.app_kernel(r.id).kernel_identity
 
 
-def check(recipe, plan) -> dict:
-    """The snapshot of *recipe*, checked against what *plan* would run; a one-line TailorError when it
-    does not fit or is damaged."""
+def check(recipe, plan) -> SnapshotRecord:
+    """The snapshot of *recipe* (its record, read strictly), checked against what *plan* would run; a
+    one-line TailorError when it does not fit or is damaged."""
     d = snapshot_dir(recipe.name)
-    path = d / "snapshot.json"
+    path = paths.snapshot_record(recipe.name)
     if not path.is_file():
         raise TailorError(f"{recipe.name} has no snapshot; take one with `doit snapshot:{recipe.name}`")
-    try:
-        rec = read_json(path)
-    except TailorError:
-        rec = None
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-        raise TailorError(f"{display_path(path)}: not a {FORMAT} record; take the snapshot again "
-                          f"(doit snapshot:{recipe.name})")
+    rec = SnapshotRecord.load(path)
     again = f"take it again (doit snapshot:{recipe.name})"
     wanted = "general" if plan.variant == "general" else "specific"
-    if rec.get("variant") != wanted:
-        raise TailorError(f"the snapshot of {recipe.name} is of its {rec.get('variant')} kernel, not the {wanted} one")
-    if rec.get("qemu_version") != qemu_version():
-        raise TailorError(f"the snapshot of {recipe.name} was made by {rec.get('qemu_version')!r}, this is "
+    if rec.variant != wanted:
+        raise TailorError(f"the snapshot of {recipe.name} is of its {rec.variant} kernel, not the {wanted} one")
+    if rec.qemu_version != qemu_version():
+        raise TailorError(f"the snapshot of {recipe.name} was made by {rec.qemu_version!r}, this is "
                           f"{qemu_version()!r}: a snapshot is tied to the qemu that made it; {again}")
-    if rec.get("kernel_identity") != _kernel_identity(recipe, plan.variant == "general"):
+    if rec.kernel_identity != _kernel_identity(recipe, plan.variant == "general"):
         raise TailorError(f"the snapshot of {recipe.name} was taken on another kernel than the one built now; {again}")
-    if rec.get("rootfs_sha256") != sha256_file(plan.image):
+    if rec.rootfs_sha256 != sha256_file(plan.image):
         raise TailorError(f"the snapshot of {recipe.name} was taken with another root image than "
                           f"{display_path(plan.image)}; {again}")
-    if plan.memory != rec.get("memory"):
-        raise TailorError(f"the snapshot of {recipe.name} has {rec.get('memory')} MiB of memory; restore it "
-                          f"with that (-m {rec.get('memory')}) or {again}")
-    for name, want in (rec.get("files") or {}).items():
+    if plan.memory != rec.memory:
+        raise TailorError(f"the snapshot of {recipe.name} has {rec.memory} MiB of memory; restore it "
+                          f"with that (-m {rec.memory}) or {again}")
+    for name, want in rec.files.items():
         f = d / name
-        if not f.is_file() or f.stat().st_size != want.get("bytes") or sha256_file(f) != want.get("sha256"):
+        if not (isinstance(want, dict) and isinstance(want.get("bytes"), int) and isinstance(want.get("sha256"), str)):
+            raise TailorError(f"{display_path(path)}: key 'files.{name}' is not {{'sha256', 'bytes'}}; {again}")
+        if not f.is_file() or f.stat().st_size != want["bytes"] or sha256_file(f) != want["sha256"]:
             raise TailorError(f"{display_path(f)} is damaged (size or sha256 differs from snapshot.json); {again}")
     return rec
 

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -37,8 +38,9 @@ from pathlib import Path
 from tailor import debian, paths
 from tailor.errors import TailorError
 from tailor.recipe import Recipe, Source
-from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, read_json,
-                         remove, sha256_file, sha256_text, write_json)
+from tailor.records.stages import SourceStamp
+from tailor.util import (PROJECT, atomic_path, display_path, file_lock, makedirs, remove, sha256_file,
+                         sha256_text)
 
 LOCK_FILE = PROJECT / "kernel-sources.lock"
 DEBIAN_SRC_DIR = Path("/usr/src")
@@ -255,11 +257,26 @@ def stamp_path(ref: SourceRef) -> Path:
     return paths.src_root() / ref.short / "stamp.json"
 
 
-def is_ready(ref: SourceRef) -> bool:
-    try:
-        return read_json(stamp_path(ref)).get("id") == ref.id and tree_path(ref).is_dir()
-    except TailorError:
+def is_ready(ref: SourceRef, say: bool = True) -> bool:
+    """True when the tree of *ref* is complete: its stamp (:class:`tailor.records.stages.SourceStamp`,
+    read strictly) names *ref*. A damaged stamp is said in one line (unless not *say*) and the tree is
+    unpacked again."""
+    path = stamp_path(ref)
+    if not path.is_file():
         return False
+    try:
+        stamp = SourceStamp.load(path)
+    except TailorError as e:
+        if say:
+            print(f"tailor: {e}", file=sys.stderr)
+        return False
+    return stamp.id == ref.id and tree_path(ref).is_dir()
+
+
+def _write_stamp(ref: SourceRef) -> None:
+    """Say that the tree of *ref* is complete (written last)."""
+    SourceStamp(id=ref.id, sha256=ref.sha256, label=ref.label, version=ref.version,
+                patches=[p.path.name for p in ref.patches]).save(stamp_path(ref))
 
 
 def _unpack(tarball: Path, dest: Path) -> None:
@@ -319,7 +336,7 @@ def _apply_patches(base: Path, dest: Path, patches) -> None:
 
 def prepare(ref: SourceRef) -> Path:
     """Verify, unpack (and patch) the source once; return the tree. Safe under concurrent callers."""
-    if is_ready(ref):
+    if is_ready(ref, say=False):
         return tree_path(ref)
     base_ref = dataclasses.replace(ref, patches=())
     with file_lock(paths.src_root() / f".{ref.short}.lock", f"kernel source {ref.label}"):
@@ -330,11 +347,9 @@ def prepare(ref: SourceRef) -> Path:
             print(f"tailor: unpacking {ref.label} into {tree_path(base_ref).parent}", flush=True)
             makedirs(tree_path(base_ref).parent)
             _unpack(tarball, tree_path(base_ref))
-            write_json(stamp_path(base_ref), {"id": base_ref.id, "sha256": base_ref.sha256,
-                                              "label": base_ref.label, "version": base_ref.version})
+            _write_stamp(base_ref)
         if ref.patches:
             makedirs(tree_path(ref).parent)
             _apply_patches(tree_path(base_ref), tree_path(ref), ref.patches)
-            write_json(stamp_path(ref), {"id": ref.id, "sha256": ref.sha256, "label": ref.label,
-                                         "patches": [p.path.name for p in ref.patches]})
+            _write_stamp(ref)
     return tree_path(ref)

@@ -10,6 +10,7 @@ from tailor.records.bench import BENCH, save_bench
 from tailor.records.discovery import (DiscoverySummary, DiscoverySyscalls, DiscoveryTrace, DiscoveryTrials, FitsReport,
                                       NullTrace)
 from tailor.records.release import ReleaseManifest
+from tailor.records.stages import BootTiming, RunState, SlimDropped, SlimKept, SnapshotRecord, SourceStamp
 from tailor.util import sha256_file
 
 
@@ -237,3 +238,67 @@ def bench(kind: str, path: Path | None = None, **changes) -> records.Record:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_bench(kind, data, path)
     return BENCH[kind].from_dict(data, str(path), with_format=False)
+
+
+def _save(cls, path: Path, data: dict):
+    """Write *data* (without ``format``) at *path* as record *cls*; return the record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = cls.from_dict(data, str(path), with_format=False)
+    record.save(path)
+    return record
+
+
+def slim_dropped(app: str, **changes) -> SlimDropped:
+    """Write ``out/rootfs/<app>/slim.json``: slim dropped /usr/share/doc whole."""
+    data = {"app": app, "source": "packages", "kept": 10, "dropped": ["/usr/share/doc/x"],
+            "dropped_dirs": ["/usr/share/doc"], **changes}
+    return _save(SlimDropped, paths.rootfs_slim(app), data)
+
+
+def slim_kept(app: str, **changes) -> SlimKept:
+    """Write ``out/slim/<app>/kept.json``: the app's binary read, one file added back."""
+    data = {"app": app, "paths": [{"path": f"/usr/bin/{app}", "why": "read"},
+                                  {"path": "/etc/hosts", "why": "needed by the boot test (added back)"}],
+            "added_back": 1, "trials": 2, "whole": {"bytes": 9_000_000, "files": 900, "content_bytes": 8_000_000},
+            "slim": {"bytes": 1_000_000, "files": 20, "content_bytes": 800_000}, "probe": "answered",
+            "writeback_s": 3.0, "seconds": 20.5, **changes}
+    return _save(SlimKept, paths.slim_kept(app), data)
+
+
+def snapshot_record(app: str, **changes) -> SnapshotRecord:
+    """Write ``out/snapshot/<app>/snapshot.json`` (*changes* name the files, kernel, image, ... it fits)."""
+    d = paths.snapshot_dir(app)
+    data = {"app": app, "variant": "specific", "kernel_identity": "a" * 64, "rootfs_sha256": "f" * 64, "root": "ext2",
+            "qemu_version": "QEMU emulator version 7.2.22", "machine": [], "cmdline": "tailor_reseed=61999",
+            "memory": 256, "accel": "tcg", "reseed_port": 61999, "time_to_ready_s": 0.8, "save_s": 0.2,
+            "probe": "answered",
+            "files": {n: {"sha256": sha256_file(d / n), "bytes": (d / n).stat().st_size} if (d / n).is_file()
+                      else {"sha256": "0" * 64, "bytes": 1} for n in ("state", "disk.qcow2")}, **changes}
+    return _save(SnapshotRecord, paths.snapshot_record(app), data)
+
+
+def run_state(name: str, app: str = "redis", **changes) -> RunState:
+    """Write ``out/run/<name>/run.json`` of a detached VM (pid 0: not running unless *changes* say)."""
+    from tailor.run import vm_dir
+
+    data = {"name": name, "app": app, "variant": "specific", "kernel": "/k/vmlinux", "image": "/r/rootfs.ext2",
+            "root": "ext2", "memory": 64, "forwards": [], "cmdline": "", "ready": "", "timeout": 60,
+            "network": True, "layer": "", "keep": False, "accel": "tcg", "pid": 0, "started": 0.0,
+            "detached": True, "snapshot": False, "reseed_port": 0, "reseed": True, "qemu": [], **changes}
+    return _save(RunState, vm_dir(name) / "run.json", data)
+
+
+def boot_timing(apps: dict | None = None, **changes) -> BootTiming:
+    """Write ``out/catalogue/timing.json`` (hello timed three times on its own kernel unless *apps*)."""
+    from tailor.catalogue import timing_path
+
+    apps = {"hello": {"image": "f" * 64, "specific": {"kernel": "a" * 64, "ready_s": [0.9, 0.5, 0.7],
+                                                      "median_s": 0.7, "failed": []}}} if apps is None else apps
+    return _save(BootTiming, timing_path(), {"runs": 3, "baseline": "firecracker", "apps": apps, **changes})
+
+
+def source_stamp(path: Path, **changes) -> SourceStamp:
+    """Write a kernel source's ``stamp.json`` at *path*."""
+    data = {"id": "1" * 64, "sha256": "1" * 64, "label": "linux-source-6.1 6.1.192-2", "version": "6.1.192-2",
+            "patches": [], **changes}
+    return _save(SourceStamp, path, data)

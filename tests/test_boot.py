@@ -24,12 +24,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import fakes  # noqa: E402
 from tailor import boot, console, paths, probes, qemu  # noqa: E402
 from tailor.console import ConsoleState, assess, split_lines  # noqa: E402
 from tailor.errors import ProbeFailed, QemuError  # noqa: E402
 from tailor.errors import TailorError  # noqa: E402
 from tailor.recipe import parse  # noqa: E402
-from tailor.util import write_json  # noqa: E402
 
 from conftest import project_copy, run_doit  # noqa: E402
 
@@ -654,8 +654,7 @@ def test_a_failing_slim_root_names_what_slim_dropped_and_the_fix(tmp_path, fake_
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "o"))
     recipe = make_recipe("app: {command: /bin/busybox}\nrootfs: {slim: true}\ntest: {ready: never, timeout: 20}\n",
                          tmp_path)
-    write_json(paths.rootfs_slim(recipe.name), {"format": "tailor-slim/1", "app": recipe.name, "source": "image",
-                                                "kept": 10, "dropped": dropped, "dropped_dirs": dirs})
+    fakes.slim_dropped(recipe.name, source="image", dropped=dropped, dropped_dirs=dirs)
     with pytest.raises(TailorError) as info:
         boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
     message = str(info.value)
@@ -663,6 +662,12 @@ def test_a_failing_slim_root_names_what_slim_dropped_and_the_fix(tmp_path, fake_
     assert f"(rootfs.slim dropped {len(dropped)} of the image's files: " in message
     assert ("the console names /www, which slim dropped; " in message) is named
     assert "set rootfs.slim: false in " in message and "slim.json lists them)" in message
+    # a damaged record: the boot test's verdict stands, the record is named beside it in the same line
+    paths.rootfs_slim(recipe.name).write_text(json.dumps({**fakes.slim_dropped(recipe.name).dump(), "dropped": {}}))
+    with pytest.raises(TailorError) as info:
+        boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    assert "\n" not in str(info.value) and str(info.value).startswith("boot test of t failed: init exited before ready")
+    assert f"({paths.rootfs_slim(recipe.name)}: key 'dropped' is dict, expected list; rebuild the root" in str(info.value)
     # not slim: no word about it, whatever an old record says
     plain = make_recipe("app: {command: /bin/busybox}\nrootfs: {slim: false}\ntest: {ready: never, timeout: 20}\n",
                         tmp_path)

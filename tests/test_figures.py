@@ -15,8 +15,10 @@ import socket
 import pytest
 import yaml
 
+import fakes
 from tailor import figures, report
 from tailor.errors import TailorError
+from tailor.records.bench import save_bench
 from tailor.util import PROJECT, sha256_file
 from test_report import fixture_results
 
@@ -105,9 +107,9 @@ def measured(tmp_path):
     bench = tmp_path / "out" / "bench"
     bench.mkdir(parents=True)
     for kind in ("snapshot", "slim", "size"):
-        (bench / f"{kind}.json").write_text(json.dumps(fixture_results()[kind]))
+        save_bench(kind, fixture_results()[kind], bench / f"{kind}.json")
     (bench / "discover.json").write_text('{"rows": []}')
-    (bench / "boot.json").write_text('{"results": []}')
+    fakes.bench("boot", bench / "boot.json", conditions={**fakes.CONDITIONS, "date": None})
     md = tmp_path / "out" / "report" / "report.md"
     md.parent.mkdir(parents=True)
     md.write_text("# tailor: size, boot time, memory\n")
@@ -125,7 +127,7 @@ def test_a_snapshot_holds_the_measurements_the_report_and_their_conditions(measu
     record = json.loads((dest / "conditions.json").read_text())
     assert record["format"] == figures.FORMAT and record["measurements"]["slim"]["date"] == "2024-01-01 00:00 UTC"
     assert record["files"]["slim.json"] == sha256_file(dest / "slim.json")
-    assert (dest / "slim.json").read_text() == json.dumps(fixture_results()["slim"], indent=2, sort_keys=True) + "\n"
+    assert (dest / "slim.json").read_text() == (bench / "slim.json").read_text()
     page = next(iter(figures.rendered_pages(dest).values()))
     assert "| redis | 1.200 s | 0.300 s | 0.25x | 32.00 MB | 5 |" in page
     assert "| pyweb-image | image, ext2 | 80.00 MB in 2000 files | 16.00 MB in 120 files | 5.00x |" in page
@@ -166,7 +168,7 @@ def test_a_measurement_that_names_the_machine_is_refused(measured, tmp_path, val
     data = fixture_results()["slim"]
     data["apps"]["pyweb-image"]["variants"]["slim"]["reason"] = value.format(tmp=tmp_path,
                                                                               host=socket.gethostname())
-    (bench / "slim.json").write_text(json.dumps(data))
+    save_bench("slim", data, bench / "slim.json")
     os.utime(md)
     with pytest.raises(TailorError, match=rf"slim.json: apps.pyweb-image.variants.slim.reason: names {what}"):
         figures.take_snapshot(bench, md, tmp_path / "measurements")

@@ -11,6 +11,7 @@ from tailor.errors import TailorError
 from tailor.records import discovery
 from tailor.records.bench import BENCH
 from tailor.records.release import ReleaseManifest
+from tailor.records.stages import BootTiming, RunState, SlimDropped, SlimKept, SnapshotRecord, SourceStamp
 
 RESULT = {
     "app": "hello", "variant": "specific", "pass": True, "reason": "", "accel": "tcg", "fallback_from_kvm": False,
@@ -80,12 +81,20 @@ def _written(tmp_path):
                           fakes.release_manifest(tmp_path / "release" / "manifest.json")),
         **{f"bench/{kind}.json": (cls, records.paths.bench_path(kind), fakes.bench(kind))
            for kind, cls in BENCH.items()},
+        "slim.json": (SlimDropped, records.paths.rootfs_slim("hello"), fakes.slim_dropped("hello")),
+        "kept.json": (SlimKept, records.paths.slim_kept("hello"), fakes.slim_kept("hello")),
+        "snapshot.json": (SnapshotRecord, records.paths.snapshot_record("redis"), fakes.snapshot_record("redis")),
+        "run.json": (RunState, tmp_path / "out" / "run" / "redis" / "run.json", fakes.run_state("redis")),
+        "timing.json": (BootTiming, tmp_path / "out" / "catalogue" / "timing.json", fakes.boot_timing()),
+        "stamp.json": (SourceStamp, tmp_path / "out" / "src" / "stamp.json",
+                       fakes.source_stamp(tmp_path / "out" / "src" / "stamp.json")),
     }
 
 
 KINDS = ["kernel.json", "kernels/hello.json", "rootfs.json", "result.json", "baseline.json", "discover/discover.json",
          "discover/trials.json", "discover/syscalls.json", "discover/trace.json", "null-trace.json", "fits/redis.json",
-         "manifest.json"] + [f"bench/{kind}.json" for kind in BENCH]
+         "manifest.json"] + [f"bench/{kind}.json" for kind in BENCH] + ["slim.json", "kept.json", "snapshot.json",
+                                                                        "run.json", "timing.json", "stamp.json"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -157,3 +166,35 @@ def test_the_release_manifest_keeps_its_integer_format_and_its_snapshot_only_whe
     path.write_text(json.dumps({**plain.dump(), "format": "2"}))
     with pytest.raises(TailorError, match="format '2', this tailor reads format 2"):
         ReleaseManifest.load(path)
+
+
+def test_the_readers_of_the_later_stages_records_name_a_damaged_one_in_one_line(tmp_path, monkeypatch, capsys):
+    """kept.json (the rootfs stage of a traced root), timing.json (the catalogue table) and a source's stamp
+    (damaged: said in one line, and the source is unpacked again); slim.json, snapshot.json and run.json are
+    in test_boot.py, test_snapshot.py and test_run.py."""
+    import fakes
+    from tailor import catalogue, recipe, rootfs, source
+
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    redis = recipe.find("redis")
+    kept = fakes.slim_kept("redis").dump()
+    for change, says in (({"paths": [{"path": "/usr/bin/redis-server"}]}, "key 'paths[0]' has no 'why'; trace it "
+                                                                           "again (doit slim:<app>)"),
+                         ({"paths": [{"path": "usr/bin/x", "why": "read"}]}, "key 'paths[0]' has path 'usr/bin/x', "
+                                                                             "not an absolute path")):
+        records.paths.slim_kept("redis").write_text(json.dumps({**kept, **change}))
+        with pytest.raises(TailorError) as e:
+            rootfs.load_traced(redis)
+        assert str(e.value).startswith(f"{records.paths.slim_kept('redis')}: {says}") and "\n" not in str(e.value)
+    fakes.boot_timing()
+    catalogue.timing_path().write_text(json.dumps({**fakes.boot_timing().dump(), "runs": "3"}))
+    with pytest.raises(TailorError, match=rf"^{catalogue.timing_path()}: key 'runs' is str, expected int; time the boots again"):
+        catalogue.rows([recipe.find("hello")])
+    ref = source.SourceRef(sha256="1" * 64, label="fake", kind="path")
+    source.tree_path(ref).mkdir(parents=True)
+    fakes.source_stamp(source.stamp_path(ref))
+    assert source.is_ready(ref)
+    source.stamp_path(ref).write_text(json.dumps({**fakes.source_stamp(source.stamp_path(ref)).dump(), "id": None}))
+    assert not source.is_ready(ref)
+    assert capsys.readouterr().err == (f"tailor: {source.stamp_path(ref)}: key 'id' is NoneType, expected str; "
+                                       f"tailor unpacks the source again\n")

@@ -158,13 +158,11 @@ def test_stop_escalates_to_signals_and_cleans_up(out, monkeypatch):
         time.sleep(0.01)
     layer = out / "layer.qcow2"
     layer.write_bytes(b"x")
-    rec = {"format": run.FORMAT, "name": "stubborn", "app": "redis", "pid": proc.pid, "layer": str(layer),
-           "keep": False, "forwards": [{"addr": "127.0.0.1", "host": 16379, "guest": 6379}], "memory": 64,
-           "started": time.time() - 75, "variant": "specific"}
-    write_json(d / "run.json", rec)
+    rec = fakes.run_state("stubborn", pid=proc.pid, layer=str(layer), memory=64, started=time.time() - 75,
+                          forwards=[{"addr": "127.0.0.1", "host": 16379, "guest": 6379}])
     vms = run.list_vms()
     assert [v["running"] for v in vms] == [True]
-    table = run.ps_table(vms, now=rec["started"] + 75)
+    table = run.ps_table(vms, now=rec.started + 75)
     assert table.splitlines()[1].split() == ["stubborn", "redis", str(proc.pid), "127.0.0.1:16379->6379", "64",
                                              "MiB", "1m15s"]
     assert run.stop("stubborn") is True
@@ -177,13 +175,22 @@ def test_stop_escalates_to_signals_and_cleans_up(out, monkeypatch):
 def test_a_dead_vm_is_listed_as_exited_and_its_name_reused(out):
     fake_built(out)
     d = run.vm_dir("redis")
-    d.mkdir(parents=True)
-    write_json(d / "run.json", {"format": run.FORMAT, "name": "redis", "app": "redis", "pid": 2 ** 22 - 1,
-                                "layer": "", "keep": False, "forwards": [], "memory": 64, "started": 0,
-                                "variant": "specific"})
+    fakes.run_state("redis", pid=2 ** 22 - 1)
     assert "exited" in run.ps_table(run.list_vms())
     run.plan(find("redis"))  # the stale state is cleaned, the name is free again
     assert not d.exists()
+
+
+def test_a_damaged_vm_state_is_one_line_naming_the_file_and_key(out):
+    fake_built(out)
+    state = run.vm_dir("redis") / "run.json"
+    good = fakes.run_state("redis", pid=2 ** 22 - 1).dump()
+    write_json(state, {**good, "pid": "4711"})
+    for call in (run.list_vms, lambda: run.stop("redis"), lambda: run.plan(find("redis"))):
+        with pytest.raises(TailorError) as e:
+            call()
+        assert str(e.value).startswith(f"{state}: key 'pid' is str, expected int") and "\n" not in str(e.value)
+    assert state.is_file()  # not cleaned up blindly: its qemu may still run
 
 
 # --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from tailor import slim
 from tailor.errors import TailorError
 from tailor.recipe import parse
+from tailor.records.stages import SlimDropped
 
 EPOCH = 1672531200
 
@@ -73,8 +74,9 @@ def test_a_non_ext2_file_is_refused(tmp_path):
 
 
 def test_dropped_files_are_grouped_by_dropped_directory_else_by_parent():
-    record = {"dropped": ["/usr/share/doc/a", "/usr/share/doc/b/c", "/etc/x", "/etc/y", "/top"],
-              "dropped_dirs": ["/usr/share/doc"]}
+    record = SlimDropped(app="t", source="packages", kept=1,
+                         dropped=["/usr/share/doc/a", "/usr/share/doc/b/c", "/etc/x", "/etc/y", "/top"],
+                         dropped_dirs=["/usr/share/doc"])
     assert slim._groups(record) == {"/usr/share/doc": ["/usr/share/doc/a", "/usr/share/doc/b/c"],
                                     "/etc": ["/etc/x", "/etc/y"], "/": ["/top"]}
 

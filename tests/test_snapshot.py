@@ -1,6 +1,7 @@
 """Snapshots: the machine arguments a restore must share with the snapshot, and the one-line refusals of a
 snapshot that does not fit (fakes); the real redis snapshot and restore are slow tests in test_run.py."""
 
+import json
 import shlex
 
 import pytest
@@ -9,7 +10,7 @@ import fakes
 from tailor import paths, records, run, snapshot
 from tailor.errors import TailorError
 from tailor.recipe import find
-from tailor.util import sha256_file, write_json
+from tailor.util import display_path, sha256_file, write_json
 
 from test_run import fake_built, out  # noqa: F401  (the fixture)
 
@@ -37,14 +38,9 @@ def fake_snapshot(out, redis, **changes):
     d.mkdir(parents=True, exist_ok=True)
     (d / "state").write_bytes(b"S" * 1000)
     (d / "disk.qcow2").write_bytes(b"D" * 100)
-    pointer = records.app_kernel("redis")
-    rec = {"format": snapshot.FORMAT, "app": "redis", "variant": "specific",
-           "kernel_identity": pointer.kernel_identity, "rootfs_sha256": sha256_file(image),
-           "qemu_version": "QEMU emulator version 7.2.22", "memory": redis.test.memory, "machine": [],
-           "cmdline": "tailor_reseed=61999", "reseed_port": 61999, "accel": "tcg",
-           "files": {n: {"sha256": sha256_file(d / n), "bytes": (d / n).stat().st_size} for n in ("state", "disk.qcow2")}}
-    rec.update(changes)
-    write_json(d / "snapshot.json", rec)
+    fitting = {"kernel_identity": records.app_kernel("redis").kernel_identity, "rootfs_sha256": sha256_file(image),
+               "memory": redis.test.memory}
+    fakes.snapshot_record("redis", **{**fitting, **changes})
     return d
 
 
@@ -71,7 +67,6 @@ def test_a_snapshot_that_fits_is_planned_with_its_reseed_forward(fits, out):  # 
     ({"rootfs_sha256": "0" * 64}, "was taken with another root image than "),
     ({"memory": 64}, "has 64 MiB of memory; restore it with that (-m 64)"),
     ({"variant": "general"}, "is of its general kernel, not the specific one"),
-    ({"format": "tailor-snapshot/0"}, "snapshot.json: not a tailor-snapshot/2 record"),
 ])
 def test_a_snapshot_that_does_not_fit_is_refused_in_one_line(fits, out, change, message):  # noqa: F811
     fake_snapshot(out, fits, **change)
@@ -92,6 +87,16 @@ def test_a_damaged_or_missing_snapshot_is_refused(fits, out):  # noqa: F811
     (d / "disk.qcow2").write_bytes(b"X" * 100)  # same size, other bytes
     with pytest.raises(TailorError, match=r"disk.qcow2 is damaged"):
         run.plan(fits, from_snapshot=True)
+    d = fake_snapshot(out, fits)
+    record = json.loads((d / "snapshot.json").read_text())
+    for change, says in ((dict(format="tailor-snapshot/0"), "format 'tailor-snapshot/0', this tailor reads format "
+                                                            "'tailor-snapshot/2'; take the snapshot again"),
+                         (dict(memory="256"), "key 'memory' is str, expected int"),
+                         (dict(files={"state": {"bytes": 1000}}), "key 'files.state' is not {'sha256', 'bytes'}")):
+        write_json(d / "snapshot.json", {**record, **change})
+        with pytest.raises(TailorError) as e:
+            run.plan(fits, from_snapshot=True)
+        assert str(e.value).startswith(f"{display_path(d / 'snapshot.json')}: {says}") and "\n" not in str(e.value)
 
 
 def test_snapshot_needs_a_network_app(fits):

@@ -50,7 +50,9 @@ atomically with sorted keys); a loader is the only way a later stage reads the f
 
 The records of discovery (``out/discover/<app>/*.json``, ``out/fits/<app>.json``) are in
 :mod:`tailor.records.discovery`, the release manifest in :mod:`tailor.records.release`, the
-measurements (``out/bench/<kind>.json``) in :mod:`tailor.records.bench`.
+measurements (``out/bench/<kind>.json``) in :mod:`tailor.records.bench`, and those of the later stages
+(``slim.json``, ``kept.json``, ``snapshot.json``, ``run.json``, the catalogue's ``timing.json``, a kernel
+source's ``stamp.json``) in :mod:`tailor.records.stages`.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Record:
     NESTED: ClassVar[dict] = {}
     ROWS: ClassVar[dict] = {}
     OPTIONAL: ClassVar[frozenset] = frozenset()
+    AGAIN: ClassVar[str] = "rerun the stage that writes it"
+    """What a refusal tells the user to do (a record not written by a ``doit`` stage says what instead)."""
 
     @classmethod
     def from_dict(cls, data, where: str, with_format: bool = True):
@@ -93,15 +97,15 @@ class Record:
                 continue
             missing = [k for k in wanted if k not in value]
             if missing:
-                raise TailorError(f"{where}: key {key!r} has no {missing[0]!r}; rerun the stage that writes it")
+                raise TailorError(f"{where}: key {key!r} has no {missing[0]!r}; {cls.AGAIN}")
         for key, wanted in cls.ROWS.items():
             for i, row in enumerate(fields[cls.KEYS[key][0]] or ()):
                 if not isinstance(row, dict):
-                    raise TailorError(f"{where}: key '{key}[{i}]' is {type(row).__name__}, expected dict")
+                    raise TailorError(f"{where}: key '{key}[{i}]' is {type(row).__name__}, expected dict; "
+                                      f"{cls.AGAIN}")
                 missing = [k for k in wanted if k not in row]
                 if missing:
-                    raise TailorError(f"{where}: key '{key}[{i}]' has no {missing[0]!r}; rerun the stage that "
-                                      f"writes it")
+                    raise TailorError(f"{where}: key '{key}[{i}]' has no {missing[0]!r}; {cls.AGAIN}")
         return cls(**fields)
 
     @classmethod
@@ -168,23 +172,22 @@ class BootResult(Record):
 def _fields(cls, data, where: str, with_format: bool) -> dict:
     """The dataclass keyword arguments for *data*, checked against ``cls.KEYS`` (and ``cls.FORMAT``)."""
     if not isinstance(data, dict):
-        raise TailorError(f"{where}: not a JSON object; rerun the stage that writes it")
+        raise TailorError(f"{where}: not a JSON object; {cls.AGAIN}")
     data = dict(data)
     if with_format:
         if "format" not in data:
-            raise TailorError(f"{where}: no 'format' key (written by an older tailor); rerun the stage that "
-                              f"writes it")
+            raise TailorError(f"{where}: no 'format' key (written by an older tailor); {cls.AGAIN}")
         found = data.pop("format")
         if found != cls.FORMAT:
-            raise TailorError(f"{where}: format {found!r}, this tailor reads format {cls.FORMAT!r}; rerun the "
-                              f"stage that writes it")
+            raise TailorError(f"{where}: format {found!r}, this tailor reads format {cls.FORMAT!r}; "
+                              f"{cls.AGAIN}")
     missing = [k for k in cls.KEYS if k not in data and k not in cls.OPTIONAL]
     unknown = sorted(k for k in data if k not in cls.KEYS)
     if missing:
         hint = f" (found unknown key {unknown[0]!r}: renamed?)" if unknown else ""
-        raise TailorError(f"{where}: missing key {missing[0]!r}{hint}; rerun the stage that writes it")
+        raise TailorError(f"{where}: missing key {missing[0]!r}{hint}; {cls.AGAIN}")
     if unknown:
-        raise TailorError(f"{where}: unknown key {unknown[0]!r}; rerun the stage that writes it")
+        raise TailorError(f"{where}: unknown key {unknown[0]!r}; {cls.AGAIN}")
     fields = {}
     for key, (attr, types) in cls.KEYS.items():
         if key not in data:  # an optional key the file leaves out
@@ -193,7 +196,7 @@ def _fields(cls, data, where: str, with_format: bool) -> dict:
         value = data[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
             raise TailorError(f"{where}: key {key!r} is {type(value).__name__}, expected "
-                              f"{' or '.join(t.__name__ for t in _as_tuple(types))}")
+                              f"{' or '.join(t.__name__ for t in _as_tuple(types))}; {cls.AGAIN}")
         fields[attr] = value
     names = {f.name for f in dataclasses.fields(cls)}
     assert names == set(fields), f"{cls.__name__}.KEYS and its fields disagree"  # a tailor bug, not the file's

@@ -31,7 +31,7 @@ from tailor.kinds import RootFormat, Variant
 from tailor.qemu import QEMU
 from tailor.run import QEMU_IMG
 from tailor.release.names import render
-from tailor.util import sha256_file, write_atomic, write_json
+from tailor.util import sha256_file, write_atomic
 
 SNAPSHOT_DIR = "snapshot"
 """The directory of an app's release that holds its snapshot."""
@@ -74,7 +74,7 @@ def add_snapshot(recipe, dest: Path, *, image: Path, kernel_name: str, version: 
         rec = snap.check(recipe, plan)
     except TailorError as e:
         raise TailorError(f"release of {app} (release.snapshot: true): {e}") from None
-    if rec.get("root") != RootFormat.EXT2 or "disk.qcow2" not in rec.get("files", {}):
+    if rec.root != RootFormat.EXT2 or "disk.qcow2" not in rec.files:
         raise TailorError(f"release of {app}: release.snapshot needs an ext2 root (rootfs.format: ext2)")
     src = snap.snapshot_dir(app)
     d = dest / SNAPSHOT_DIR
@@ -86,20 +86,20 @@ def add_snapshot(recipe, dest: Path, *, image: Path, kernel_name: str, version: 
     if proc.returncode != 0:
         raise TailorError(f"{QEMU_IMG} rebase of the snapshot's disk layer: "
                           f"{(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
-    write_json(d / "snapshot.json", rec)
+    rec.save(d / "snapshot.json")
     guest_port = recipe.test.probe.port
-    script = render("restore-snapshot.sh.j2", app=app, version=version, qemu_version=rec["qemu_version"],
-                    guest_port=guest_port or 0, reseed_port=rec["reseed_port"],
-                    qemu=restore_command(rec, kernel=kernel_name, state=f"{SNAPSHOT_DIR}/state",
+    script = render("restore-snapshot.sh.j2", app=app, version=version, qemu_version=rec.qemu_version,
+                    guest_port=guest_port or 0, reseed_port=rec.reseed_port,
+                    qemu=restore_command(rec.dump(), kernel=kernel_name, state=f"{SNAPSHOT_DIR}/state",
                                          guest_port=guest_port))
     write_atomic(d / "restore.sh", script)
     (d / "restore.sh").chmod(0o755)
     files = {name: {"sha256": sha256_file(d / name), "size": (d / name).stat().st_size}
              for name in ("state", "disk.qcow2", "snapshot.json", "restore.sh")}
     return {
-        "dir": SNAPSHOT_DIR, "qemu_version": rec["qemu_version"], "accel": rec["accel"], "memory_mib": rec["memory"],
-        "kernel_identity": rec["kernel_identity"], "rootfs_sha256": rec["rootfs_sha256"],
-        "time_to_ready_s": rec["time_to_ready_s"], "save_s": rec["save_s"], "reseed_port": rec["reseed_port"],
+        "dir": SNAPSHOT_DIR, "qemu_version": rec.qemu_version, "accel": rec.accel, "memory_mib": rec.memory,
+        "kernel_identity": rec.kernel_identity, "rootfs_sha256": rec.rootfs_sha256,
+        "time_to_ready_s": rec.time_to_ready_s, "save_s": rec.save_s, "reseed_port": rec.reseed_port,
         "files": files,
         "restore": f"bash {SNAPSHOT_DIR}/restore.sh [HOST_PORT] (from this directory)",
         "note": "taken by one run of this build, ready to serve; it loads only in the qemu named here and is "

@@ -14,6 +14,7 @@ import os
 
 from tailor import imports, paths, records, source
 from tailor.recipe import BASE_CONFIGS_DIR, ROOTFS_DIR, Recipe, with_variants
+from tailor.records.stages import SourceStamp
 from tailor.tasks import action, call
 from tailor.util import PROJECT, sha256_text
 
@@ -44,7 +45,7 @@ def source_tasks(recipes: list[Recipe]):
             "doc": f"verify and unpack the kernel source {ref.label}",
             "actions": [action("source:prepare", ref)],
             "targets": [str(source.stamp_path(ref))],
-            "uptodate": [_config_changed(ref.id)],
+            "uptodate": [_config_changed({"id": ref.id, "record": SourceStamp.FORMAT})],
             "file_dep": deps,
             "verbosity": 2,
         }
