@@ -15,6 +15,9 @@ that silently never runs.
     qemu's accelerator: ``kvm`` or ``tcg``.
 :class:`Variant`
     Which kernel of a recipe: ``specific`` (its own options) or ``general`` (the shared kernel).
+:class:`Arch`
+    The guest's architecture (``arch`` in a recipe): ``x86_64`` or ``arm64``, with what each one means
+    to kbuild, apt, the ELF reader and qemu.
 
 Probe types come from the probe registry (:data:`tailor.probes.PROBE_TYPES`), not from here.
 """
@@ -57,6 +60,8 @@ class BootMethod(StrEnum):
 
     PVH = "pvh"
     BZIMAGE = "bzimage"
+    IMAGE = "image"
+    """arm64: the kernel's ``Image`` (what ``-kernel`` loads on qemu's virt machine and Firecracker on aarch64)."""
 
 
 class Accel(StrEnum):
@@ -71,6 +76,64 @@ class Variant(StrEnum):
 
     SPECIFIC = "specific"
     GENERAL = "general"
+
+
+class Arch(StrEnum):
+    """The guest's architecture (``arch`` in a recipe). Everything tailor does differently per
+    architecture is a property here: kbuild's ``ARCH``/``SRCARCH`` and cross prefix, the boot
+    artefact, Debian's architecture and multiarch triplet, the ELF machine and dynamic loader, qemu's
+    binary, machine and console."""
+
+    X86_64 = "x86_64"
+    ARM64 = "arm64"
+
+    @property
+    def srcarch(self) -> str:
+        """kbuild's ``SRCARCH``: the directory under ``arch/``."""
+        return "x86" if self is Arch.X86_64 else "arm64"
+
+    @property
+    def cross_compile(self) -> str:
+        """kbuild's ``CROSS_COMPILE`` on an x86_64 host: Debian's cross gcc and binutils prefix."""
+        return "" if self is Arch.X86_64 else "aarch64-linux-gnu-"
+
+    @property
+    def boot_image(self) -> tuple[str, str]:
+        """The compressed kernel qemu boots: (artefact name, its path in the object tree)."""
+        return ("bzImage", "arch/x86/boot/bzImage") if self is Arch.X86_64 else ("Image", "arch/arm64/boot/Image")
+
+    @property
+    def debian(self) -> str:
+        """Debian's name for the architecture (``dpkg --print-architecture``)."""
+        return "amd64" if self is Arch.X86_64 else "arm64"
+
+    @property
+    def triplet(self) -> str:
+        """The multiarch triplet: Debian's library directories ``/usr/lib/<triplet>``."""
+        return "x86_64-linux-gnu" if self is Arch.X86_64 else "aarch64-linux-gnu"
+
+    @property
+    def elf_machine(self) -> int:
+        """The ELF header's ``e_machine`` (EM_X86_64 62, EM_AARCH64 183)."""
+        return 62 if self is Arch.X86_64 else 183
+
+    @property
+    def qemu(self) -> str:
+        """The qemu system emulator (Debian: qemu-system-x86 / qemu-system-arm)."""
+        return "qemu-system-x86_64" if self is Arch.X86_64 else "qemu-system-aarch64"
+
+    @property
+    def console(self) -> str:
+        """The serial console's device: the 8250 (``ttyS0``) on microvm, the PL011 (``ttyAMA0``) on virt."""
+        return "ttyS0" if self is Arch.X86_64 else "ttyAMA0"
+
+
+def parse_arch(value: object) -> Arch:
+    """*value* as an :class:`Arch`; anything else is a ValueError that lists the supported values."""
+    try:
+        return Arch(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{value!r} is not a supported architecture; use {choices(Arch)}") from None
 
 
 def choices(enum: type[StrEnum]) -> str:

@@ -40,9 +40,9 @@ import yaml
 
 from tailor.errors import TailorError
 from tailor.image.reference import parse_reference
-from tailor.kinds import RootFormat, Variant
+from tailor.kinds import Arch, RootFormat, Variant, parse_arch
 from tailor.schema import DEFAULT_SOURCE_PACKAGE, NETWORK_PROBES, PROBES, children, default, required
-from tailor.util import PROJECT, display_path, model_digest
+from tailor.util import PROJECT, display_path, model_digest, sha256_text
 
 RECIPES_DIR = PROJECT / "recipes"
 BASE_CONFIGS_DIR = PROJECT / "base_configs"
@@ -311,14 +311,30 @@ class Recipe:
     release: ReleaseSpec = field(default_factory=ReleaseSpec)
     variant: str = ""
     digests: dict = field(default_factory=dict, compare=False, hash=False)
+    arch: Arch = Arch.X86_64
+    """The guest's architecture; its base fragments are in :func:`base_configs_dir`."""
 
     @property
     def id(self) -> str:
         return f"{self.name}@{self.variant}" if self.variant else self.name
 
-    def fragment_paths(self, base_dir: Path = BASE_CONFIGS_DIR) -> list[Path]:
-        """The base fragments' files, in order."""
+    def fragment_paths(self, base_dir: Path | None = None) -> list[Path]:
+        """The base fragments' files, in order (from *base_dir*, default this architecture's)."""
+        base_dir = base_configs_dir(self.arch) if base_dir is None else base_dir
         return [base_dir / f"{b}.config" for b in self.kernel.base]
+
+
+def base_configs_dir(arch: Arch) -> Path:
+    """Where the base fragments of *arch* live: ``base_configs/`` for x86_64 (where they always were),
+    ``base_configs/<arch>/`` for every other architecture (same fragment names, each its own file)."""
+    return BASE_CONFIGS_DIR if arch is Arch.X86_64 else BASE_CONFIGS_DIR / arch
+
+
+def section_digest(model, arch: Arch) -> str:
+    """A recipe section's digest (:func:`~tailor.util.model_digest`); another architecture than x86_64
+    is part of it, so x86_64 recipes keep the digests they had before ``arch`` existed."""
+    digest = model_digest(model)
+    return digest if arch is Arch.X86_64 else sha256_text(f"arch {arch}\n{digest}")
 
 
 # --------------------------------------------------------------------------
@@ -696,7 +712,7 @@ def general_variant(recipe: Recipe) -> Recipe:
     kernel = KernelSpec(source=recipe.kernel.source, base=GENERAL_BASE, options=(), option_lines=(),
                         resolve="strict", patches=recipe.kernel.patches, cmdline=recipe.kernel.cmdline)
     digests = dict(recipe.digests)
-    digests["kernel"] = model_digest(kernel)
+    digests["kernel"] = section_digest(kernel, recipe.arch)
     return replace(recipe, kernel=kernel, variant=Variant.GENERAL, digests=digests)
 
 
@@ -721,6 +737,10 @@ def parse(text: str, path: Path) -> Recipe:
     name = c.string(name, ("name",), pattern=SAFE_NAME,
                     what="a safe name (lowercase letters, digits, - and _; at most 63)")
     description = c.string(data.get("description", default("description")), ("description",), nonempty=False)
+    try:
+        arch = parse_arch(data.get("arch", default("arch")))
+    except ValueError as e:
+        raise c.err(("arch",), str(e)) from None
     kernel = _kernel(c, data.get("kernel"), path.parent)
     rootfs = _rootfs(c, data.get("rootfs"), name)
     app = _app(c, data.get("app"), image=rootfs.image is not None)
@@ -729,10 +749,13 @@ def parse(text: str, path: Path) -> Recipe:
     test = _test(c, data.get("test"), app)
     general = c.boolean(data.get("general", default("general")), ("general",))
     release = _release(c, data.get("release"), app)
-    digests = {"kernel": model_digest(kernel), "rootfs": model_digest(rootfs), "app": model_digest(app),
-               "test": model_digest(test), "release": model_digest(release)}
+    if arch is not Arch.X86_64 and rootfs.image:
+        raise c.err(("rootfs", "image"), f"an OCI image root is not supported for arch {arch} yet; "
+                    f"use rootfs.packages (Debian's {arch.debian} packages)")
+    digests = {"kernel": section_digest(kernel, arch), "rootfs": section_digest(rootfs, arch),
+               "app": model_digest(app), "test": section_digest(test, arch), "release": model_digest(release)}
     return Recipe(name=name, path=path, description=description, kernel=kernel, rootfs=rootfs,
-                  app=app, test=test, general=general, release=release, digests=digests)
+                  app=app, test=test, general=general, release=release, digests=digests, arch=arch)
 
 
 def _release(c: _Checker, raw, app: AppSpec) -> ReleaseSpec:

@@ -63,6 +63,9 @@ _STEP_TIMEOUT = "seconds to wait for it"
 KEYS: tuple[Key, ...] = (
     Key("name", "string", NO_DEFAULT, "the app's name (default: the file name)"),
     Key("description", "string", "", "one line about the recipe"),
+    Key("arch", "x86_64 or arm64", "x86_64",
+        "the guest's architecture: arm64 cross-compiles the kernel, takes arm64 packages and boots under "
+        "qemu-system-aarch64 -M virt; its base fragments are base_configs/arm64/<name>.config"),
     Key("kernel", "mapping", NO_DEFAULT, "kernel section"),
     Key("rootfs", "mapping", NO_DEFAULT, "rootfs section"),
     Key("app", "mapping", NO_DEFAULT, "app section", required=True),
