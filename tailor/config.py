@@ -17,7 +17,7 @@ from tailor.kconfig import explain as explain_symbol
 from tailor.kconfig import (Assign, Result, load_tree, parse_fragment, recipe_assigns, resolve,
                             write_outputs)
 from tailor.paths import config_dir
-from tailor.recipe import BASE_CONFIGS_DIR, Recipe, find
+from tailor.recipe import BASE_CONFIGS_DIR, Recipe, base_configs_dir, find
 from tailor.util import display_path
 
 config_paths = paths.config_files
@@ -27,8 +27,10 @@ def fragment_path(name: str, base_dir: Path = BASE_CONFIGS_DIR) -> Path:
     return base_dir / f"{name}.config"
 
 
-def layers(recipe: Recipe, base_dir: Path = BASE_CONFIGS_DIR) -> list[list[Assign]]:
-    """The recipe's assignment layers: each base fragment in order, then the recipe's options."""
+def layers(recipe: Recipe, base_dir: Path | None = None) -> list[list[Assign]]:
+    """The recipe's assignment layers: each base fragment in order (from *base_dir*, default the
+    recipe's architecture's, :func:`~tailor.recipe.base_configs_dir`), then the recipe's options."""
+    base_dir = base_configs_dir(recipe.arch) if base_dir is None else base_dir
     out = []
     for i, name in enumerate(recipe.kernel.base):
         path = fragment_path(name, base_dir)
@@ -42,7 +44,7 @@ def layers(recipe: Recipe, base_dir: Path = BASE_CONFIGS_DIR) -> list[list[Assig
 
 
 def configure(recipe: Recipe, srctree: Path | None = None, outdir: Path | None = None,
-              base_dir: Path = BASE_CONFIGS_DIR, source_id: str | None = None) -> Result:
+              base_dir: Path | None = None, source_id: str | None = None) -> Result:
     """Resolve and verify *recipe*'s kernel config and write it (with outcomes and identity) to *outdir*.
 
     *srctree* defaults to the recipe's pinned source, verified and unpacked
@@ -53,7 +55,7 @@ def configure(recipe: Recipe, srctree: Path | None = None, outdir: Path | None =
         ref = src.recipe_ref(recipe)
         srctree = src.prepare(ref)
         source_id = ref.id
-    tree = load_tree(srctree)
+    tree = load_tree(srctree, recipe.arch)
     result = resolve(tree, the_layers, recipe.kernel.resolve, source_id=source_id or "")
     write_outputs(result, outdir or config_dir(recipe.id), extra={
         "app": recipe.id, "resolve": recipe.kernel.resolve, "base": list(recipe.kernel.base),
@@ -69,5 +71,5 @@ def configure(recipe: Recipe, srctree: Path | None = None, outdir: Path | None =
 def explain(app: str, symbol: str) -> None:
     """Print why *symbol* has its value in *app*'s resolved config."""
     recipe = find(app)
-    tree = load_tree(src.prepare(src.recipe_ref(recipe)))
+    tree = load_tree(src.prepare(src.recipe_ref(recipe)), recipe.arch)
     print(explain_symbol(tree, symbol, layers(recipe), recipe.kernel.resolve))

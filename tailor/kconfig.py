@@ -44,10 +44,11 @@ from kconfiglib import (AND, BOOL, HEX, INT, OR, STRING, TRISTATE, Choice, Symbo
                         expr_str, expr_value, split_expr)
 
 from tailor.errors import TailorError
+from tailor.kinds import Arch
 from tailor.util import config_values, count_enabled, sha256_text, write_atomic, write_json
 
-ARCHES = {"x86_64": "x86"}
-"""Supported architectures and their SRCARCH."""
+ARCHES = {"x86_64": "x86", "arm64": "arm64"}
+"""Supported architectures and their SRCARCH (:class:`tailor.kinds.Arch`)."""
 
 EMPTY = '""'
 _BARE_MODULES = re.compile(r"^([ \t]*)modules[ \t]*$", re.M)
@@ -124,12 +125,13 @@ def kbuild_env(srctree: str | Path, arch: str = "x86_64") -> dict[str, str]:
     """The variables kbuild's top Makefile exports to Kconfig, for parsing the tree like kbuild does."""
     if arch not in ARCHES:
         raise TailorError(f"arch {arch!r} is not supported; use one of {', '.join(ARCHES)}")
-    cc = os.environ.get("TAILOR_CC", "gcc")
+    cross = Arch(arch).cross_compile  # the cross gcc's version and flags decide CC_* symbols, as in kbuild
+    cc = os.environ.get("TAILOR_CC", "gcc") if not cross else f"{cross}gcc"
     return {
         "srctree": str(Path(srctree).resolve()),
-        "ARCH": arch, "SRCARCH": ARCHES[arch], "SUBARCH": ARCHES[arch],
-        "CC": cc, "LD": "ld", "HOSTCC": "gcc", "HOSTCXX": "g++", "CROSS_COMPILE": "",
-        "OBJCOPY": "objcopy", "NM": "nm", "CLANG_FLAGS": "",
+        "ARCH": arch, "SRCARCH": ARCHES[arch], "SUBARCH": "x86",
+        "CC": cc, "LD": f"{cross}ld", "HOSTCC": "gcc", "HOSTCXX": "g++", "CROSS_COMPILE": cross,
+        "OBJCOPY": f"{cross}objcopy", "NM": f"{cross}nm", "CLANG_FLAGS": "",
         "RUSTC": "rustc", "BINDGEN": "bindgen", "PAHOLE": "pahole", "HOSTPKG_CONFIG": "pkg-config",
         "KERNELVERSION": kernel_version(srctree),
         "CC_VERSION_TEXT": _cc_version_text(cc),

@@ -37,8 +37,9 @@ from tailor import config, farm, paths, source, toolchain
 from tailor.epoch import source_date_epoch
 from tailor.errors import TailorBug, TailorError
 from tailor.kconfig import config_diff
+from tailor.kinds import Arch
 from tailor.records import KernelBuild, KernelPointer
-from tailor.toolchain import KERNEL_TOOLS, debian_package, kernel_toolchain
+from tailor.toolchain import debian_package, kernel_toolchain, kernel_tools
 from tailor.util import (Progress, atomic_path, canonical_json, count_enabled, file_lock, human_size, makedirs,
                          display_path, out_dir, read_json, remove, sha256_text,
                          write_json)
@@ -50,6 +51,16 @@ ARTEFACTS = {
     "vmlinux": "vmlinux",
     "System.map": "System.map",
 }
+"""An x86_64 kernel's artefacts: name in ``out/kernel/<identity>/`` -> path in the object tree."""
+
+
+def artefacts(arch: str = Arch.X86_64) -> dict[str, str]:
+    """The artefacts of a kernel of *arch*: its boot image (``bzImage``; ``Image`` on arm64), ``vmlinux``
+    and ``System.map``."""
+    name, rel = Arch(arch).boot_image
+    return {name: rel, "vmlinux": "vmlinux", "System.map": "System.map"}
+
+
 _COMPILE_LINE = re.compile(r"^\s+(CC|AS)\s+\S")
 
 
@@ -58,25 +69,31 @@ kernel_dir = paths.kernel_dir
 """The directory of the kernel whose kernel identity (see :func:`kernel_identity`) is *key*."""
 
 
-def kernel_identity(config_identity: str, toolchain: dict | None = None) -> str:
+def kernel_identity(config_identity: str, toolchain: dict | None = None, arch: str = Arch.X86_64) -> str:
     """The identity of the kernel built from the config *config_identity* by *toolchain*
-    (default: this host's, :func:`tailor.toolchain.kernel_toolchain`)."""
-    toolchain = kernel_toolchain() if toolchain is None else toolchain
+    (default: this host's for *arch*, :func:`tailor.toolchain.kernel_toolchain`: the cross gcc and
+    binutils for arm64)."""
+    toolchain = kernel_toolchain(arch) if toolchain is None else toolchain
     return sha256_text(f"{config_identity}\n{canonical_json(toolchain)}")
 
 
-def toolchain_record() -> dict:
+def toolchain_record(arch: str = Arch.X86_64) -> dict:
     """What ``kernel.json`` records of the toolchain: each tool's version line and Debian package."""
-    return {name: {"version": line, "package": debian_package(KERNEL_TOOLS[name][0])}
-            for name, line in kernel_toolchain().items()}
+    tools = kernel_tools(arch)
+    return {name: {"version": line, "package": debian_package(tools[name][0])}
+            for name, line in kernel_toolchain(arch).items()}
 
 
 app_pointer = paths.kernel_pointer
 """Per-app file naming the kernel an app uses (the kernel task's target)."""
 
 
-def make_env(srctree: Path, objdir: Path, farm_plan: farm.Plan | None = None) -> tuple[dict[str, str], list[str]]:
-    """The environment and make variables for a reproducible kbuild run (through the farm of *farm_plan*)."""
+def make_env(srctree: Path, objdir: Path, farm_plan: farm.Plan | None = None,
+             arch: str = Arch.X86_64) -> tuple[dict[str, str], list[str]]:
+    """The environment and make variables for a reproducible kbuild run (through the farm of *farm_plan*)
+    of a kernel of *arch* (arm64: ``ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu-``, Debian's cross gcc)."""
+    arch = Arch(arch)
+    cross = arch.cross_compile
     epoch = source_date_epoch()
     stamp = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%a %b %d %H:%M:%S UTC %Y")
     env = dict(os.environ)
@@ -96,21 +113,22 @@ def make_env(srctree: Path, objdir: Path, farm_plan: farm.Plan | None = None) ->
     rel_src = os.path.relpath(srctree.resolve(), objdir.resolve())
     maps = (f"-ffile-prefix-map={objdir.resolve()}/= -ffile-prefix-map={srctree.resolve()}/= "
             f"-ffile-prefix-map={rel_src}/=")
-    make_vars = ["ARCH=x86_64", "LOCALVERSION=", f"KCFLAGS={maps}", f"KAFLAGS={maps}"]
+    make_vars = [f"ARCH={arch}"] + ([f"CROSS_COMPILE={cross}"] if cross else [])
+    make_vars += ["LOCALVERSION=", f"KCFLAGS={maps}", f"KAFLAGS={maps}"]
     if shutil.which("ccache"):
         env.setdefault("CCACHE_BASEDIR", str(out_dir().resolve()))
         env.setdefault("CCACHE_NOHASHDIR", "1")
-        make_vars += ["CC=ccache gcc", "HOSTCC=ccache gcc"]
+        make_vars += [f"CC=ccache {cross}gcc", "HOSTCC=ccache gcc"]
     if farm_plan is not None:
         farm_plan.apply(env, make_vars)
     return env, make_vars
 
 
 def make_command(srctree: Path, objdir: Path, targets: list[str], jobs: int | None = None,
-                 farm_plan: farm.Plan | None = None) -> tuple[list[str], dict]:
+                 farm_plan: farm.Plan | None = None, arch: str = Arch.X86_64) -> tuple[list[str], dict]:
     """The kbuild command (``make -C <srctree> O=<objdir> ... [-jN] <targets>``) and its environment,
-    for a reproducible out-of-tree build of *targets* (through the farm of *farm_plan*, if any)."""
-    env, make_vars = make_env(srctree, objdir, farm_plan)
+    for a reproducible out-of-tree build of *targets* for *arch* (through the farm of *farm_plan*, if any)."""
+    env, make_vars = make_env(srctree, objdir, farm_plan, arch)
     cmd = ["make", "-C", str(srctree.resolve()), f"O={objdir.resolve()}"] + make_vars
     if jobs:
         cmd.append(f"-j{jobs}")
@@ -131,12 +149,12 @@ def _make_record(cmd: list[str]) -> list[str]:
     return out
 
 
-def kbuild_olddefconfig(srctree: Path, objdir: Path, config_text: str) -> str:
+def kbuild_olddefconfig(srctree: Path, objdir: Path, config_text: str, arch: str = Arch.X86_64) -> str:
     """Put *config_text* in *objdir*, run kbuild's ``make olddefconfig`` there; return the .config it writes."""
     makedirs(objdir)
     cfg = objdir / ".config"
     cfg.write_text(config_text)
-    cmd, env = make_command(srctree, objdir, ["-s", "olddefconfig"])
+    cmd, env = make_command(srctree, objdir, ["-s", "olddefconfig"], arch=arch)
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     except OSError as e:
@@ -147,9 +165,9 @@ def kbuild_olddefconfig(srctree: Path, objdir: Path, config_text: str) -> str:
     return cfg.read_text()
 
 
-def olddefconfig_check(srctree: Path, objdir: Path, config_text: str) -> None:
+def olddefconfig_check(srctree: Path, objdir: Path, config_text: str, arch: str = Arch.X86_64) -> None:
     """Fail unless kbuild's olddefconfig reproduces *config_text* byte for byte."""
-    theirs = kbuild_olddefconfig(srctree, objdir, config_text)
+    theirs = kbuild_olddefconfig(srctree, objdir, config_text, arch)
     if theirs != config_text:
         diffs = config_diff(config_text, theirs)
         raise TailorBug(f"kbuild's olddefconfig disagrees with tailor's resolved config ({'; '.join(diffs)})")
@@ -179,13 +197,14 @@ def _record_estimate(enabled: int, objects: int) -> None:
 
 
 def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jobs: int | None = None,
-                   label: str = "kernel") -> int:
-    """Run ``make bzImage`` in *objdir*, logging to *log_path* and showing progress; return objects compiled.
+                   label: str = "kernel", arch: str = Arch.X86_64) -> int:
+    """Run ``make bzImage`` (``make Image`` on arm64) in *objdir*, logging to *log_path* and showing progress;
+    return objects compiled.
 
     The farm settings (tailor.farm: a shared ccache, distcc helpers) are checked first."""
     plan = farm.plan(label=label)
     jobs = jobs or plan.jobs or os.cpu_count() or 1
-    cmd, env = make_command(srctree, objdir, ["bzImage"], jobs, plan)
+    cmd, env = make_command(srctree, objdir, [Arch(arch).boot_image[0]], jobs, plan, arch)
     estimate = _estimate(enabled)
     progress = Progress(f"[{label}]")
     tail: deque[str] = deque(maxlen=40)
@@ -222,10 +241,13 @@ def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jo
 
 
 def build(config_path: Path, srctree: Path, identity: str, source_label: str = "",
-          jobs: int | None = None, label: str = "kernel") -> KernelBuild:
-    """Build the kernel for *config_path* (unless one with this identity exists); return its ``kernel.json``."""
+          jobs: int | None = None, label: str = "kernel", arch: str = Arch.X86_64) -> KernelBuild:
+    """Build the kernel of *arch* for *config_path* (unless one with this identity exists); return its
+    ``kernel.json``."""
     config_text = Path(config_path).read_text()
-    key = kernel_identity(identity)
+    key = kernel_identity(identity, arch=arch)
+    made = artefacts(arch)
+    boot_name = Arch(arch).boot_image[0]
     kdir = kernel_dir(key)
     meta_path = kdir / "kernel.json"
     with file_lock(kernel_root() / f".{key[:16]}.lock", f"kernel build {key[:16]}"):
@@ -235,15 +257,15 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
             except TailorError:  # written by an older tailor or damaged: finish the build again (incremental)
                 meta = None
             if (meta is not None and meta.kernel_identity == key and meta.build_settings == BUILD_SETTINGS
-                    and all((kdir / a).exists() for a in ARTEFACTS)):
+                    and all((kdir / a).exists() for a in made)):
                 print(f"[{label}] reusing kernel {key[:16]} (identical config and toolchain)", file=sys.stderr)
                 return meta
         objdir = kdir / "build"
-        olddefconfig_check(srctree, objdir, config_text)
+        olddefconfig_check(srctree, objdir, config_text, arch)
         enabled = count_enabled(config_text)
         log_tmp = kdir / "build.log.partial"
-        compiled = compile_kernel(srctree, objdir, log_tmp, enabled, jobs, label)
-        for name, rel in ARTEFACTS.items():
+        compiled = compile_kernel(srctree, objdir, log_tmp, enabled, jobs, label, arch)
+        for name, rel in made.items():
             with atomic_path(kdir / name) as tmp:
                 shutil.copyfile(objdir / rel, tmp)
         with atomic_path(kdir / "config") as tmp:
@@ -253,15 +275,15 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
                     if _COMPILE_LINE.match(ln))
         if compiled == total and compiled > 0:
             _record_estimate(enabled, compiled)
-        cmd, _ = make_command(srctree, objdir, ["bzImage"], jobs or os.cpu_count() or 1)
+        cmd, _ = make_command(srctree, objdir, [boot_name], jobs or os.cpu_count() or 1, arch=arch)
         meta = KernelBuild(
-            identity=identity, kernel_identity=key, toolchain=toolchain_record(), make=_make_record(cmd),
+            identity=identity, kernel_identity=key, toolchain=toolchain_record(arch), make=_make_record(cmd),
             build_settings=BUILD_SETTINGS, source=source_label, enabled=enabled, objects_compiled=compiled,
-            source_date_epoch=source_date_epoch(), sizes={name: (kdir / name).stat().st_size for name in ARTEFACTS},
-            artefacts={name: name for name in list(ARTEFACTS) + ["config", "build.log"]})
+            source_date_epoch=source_date_epoch(), sizes={name: (kdir / name).stat().st_size for name in made},
+            artefacts={name: name for name in list(made) + ["config", "build.log"]})
         meta.save(meta_path)
     sizes = meta.sizes
-    print(f"[{label}] bzImage {human_size(sizes['bzImage'])}, vmlinux {human_size(sizes['vmlinux'])} "
+    print(f"[{label}] {boot_name} {human_size(sizes[boot_name])}, vmlinux {human_size(sizes['vmlinux'])} "
           f"in {kdir}", file=sys.stderr)
     return meta
 
@@ -274,7 +296,7 @@ def describe(meta: KernelBuild) -> dict:
         "identity": meta.identity,
         "kernel_identity": meta.kernel_identity,
         "dir": str(kdir),
-        "bzImage": str(kdir / "bzImage"),
+        "bzImage": str(kdir / ("Image" if "Image" in meta.sizes else "bzImage")),  # the boot image (arm64: Image)
         "vmlinux": str(kdir / "vmlinux"),
         "sizes": meta.sizes,
         "enabled": meta.enabled,
@@ -315,6 +337,6 @@ def build_for(recipe) -> KernelBuild:
         raise TailorError(f"{cfg_paths['identity']}: missing; run `doit config:{recipe.id}` first") from None
     ref = source.recipe_ref(recipe)
     srctree = source.prepare(ref)
-    meta = build(cfg_paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.id}")
+    meta = build(cfg_paths["config"], srctree, identity, ref.label, label=f"kernel:{recipe.id}", arch=recipe.arch)
     link_app(recipe.id, meta)
     return meta

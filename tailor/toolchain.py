@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 
+from tailor.kinds import Arch
+
 BUILD_SETTINGS = "2"
 """Version of the kernel build environment (:func:`tailor.kernel.make_env`): a kernel built with other settings is rebuilt.
 2: relative file-prefix map, so ccache's relative paths do not leak into vmlinux."""
@@ -58,12 +60,20 @@ def debian_package(program: str) -> str | None:
     return None
 
 
+def kernel_tools(arch: str = Arch.X86_64) -> dict[str, tuple[str, ...]]:
+    """:data:`KERNEL_TOOLS` for a kernel of *arch*: the cross gcc and binutils (``aarch64-linux-gnu-gcc``,
+    Debian's gcc-aarch64-linux-gnu and binutils-aarch64-linux-gnu) for another architecture than the host's."""
+    cross = Arch(arch).cross_compile
+    return {name: (cross + cmd[0], *cmd[1:]) for name, cmd in KERNEL_TOOLS.items()}
+
+
 @functools.lru_cache(maxsize=None)
-def kernel_toolchain() -> dict[str, str]:
+def kernel_toolchain(arch: str = Arch.X86_64) -> dict[str, str]:
     """``{"gcc": first line of gcc --version, "binutils": first line of ld --version}``: the part of
     a kernel's identity that is not its config. Debian's version lines carry the package revision
-    (``gcc (Debian 12.2.0-14+deb12u1) 12.2.0``), so a rebuilt package changes them too."""
-    return {name: first_line(cmd) or "not installed" for name, cmd in KERNEL_TOOLS.items()}
+    (``gcc (Debian 12.2.0-14+deb12u1) 12.2.0``), so a rebuilt package changes them too. For arm64 the
+    cross tools' lines (``aarch64-linux-gnu-gcc (Debian 12.2.0-14+deb12u1) 12.2.0``)."""
+    return {name: first_line(cmd) or "not installed" for name, cmd in kernel_tools(arch).items()}
 
 
 def versions(tools: dict) -> dict:

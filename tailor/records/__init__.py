@@ -155,6 +155,9 @@ class BootResult(Record):
     crng_init_s: float | None
     app_exec_s: float | None
     entropy_before_app: bool | None
+    arch: str | None = None
+    """The guest's architecture (``x86_64``, ``arm64``); files written before it existed leave it out
+    (they were all x86_64), so it is optional and the format stays."""
 
     KEYS: ClassVar[dict] = {
         "app": ("app", str), "variant": ("variant", str), "pass": ("passed", bool), "reason": ("reason", str),
@@ -164,8 +167,10 @@ class BootResult(Record):
         "memory": ("memory", int), "kernel": ("kernel", str), "image": ("image", str),
         "boot_method": ("boot_method", str), "crng_init_s": ("crng_init_s", _OPTIONAL_NUMBER),
         "app_exec_s": ("app_exec_s", _OPTIONAL_NUMBER), "entropy_before_app": ("entropy_before_app", (bool, type(None))),
+        "arch": ("arch", str),
     }
     """File key -> (attribute, accepted types). ``pass`` is a Python keyword, hence ``passed``."""
+    OPTIONAL: ClassVar[frozenset] = frozenset({"arch"})
 
 
 
@@ -218,11 +223,25 @@ def save_boot_result(path: str | os.PathLike, result: dict) -> dict:
     return BootResult.from_dict(result, display_path(path), with_format=False).save(path)
 
 
-_SIZES = ("bzImage", "vmlinux")
+_SIZES = ("vmlinux",)
+"""What every kernel's ``sizes`` has; and its boot image, ``bzImage`` (x86_64) or ``Image`` (arm64)."""
+_BOOT_IMAGES = ("bzImage", "Image")
+
+
+class _HasBootImage:
+    """A kernel record whose ``sizes`` must also name its boot image (either of :data:`_BOOT_IMAGES`)."""
+
+    @classmethod
+    def from_dict(cls, data, where: str, with_format: bool = True):
+        record = super().from_dict(data, where, with_format)
+        if not any(k in record.sizes for k in _BOOT_IMAGES):
+            raise TailorError(f"{where}: key 'sizes' has no {' or '.join(map(repr, _BOOT_IMAGES))}; rerun the "
+                              f"stage that writes it")
+        return record
 
 
 @dataclass(frozen=True)
-class KernelBuild(Record):
+class KernelBuild(_HasBootImage, Record):
     """What a kernel build made: ``out/kernel/<kernel identity>/kernel.json``."""
 
     FORMAT: ClassVar[str] = "tailor-kernel/1"
@@ -276,7 +295,7 @@ class _NamesAKernel:
 
 
 @dataclass(frozen=True)
-class KernelPointer(_NamesAKernel, Record):
+class KernelPointer(_HasBootImage, _NamesAKernel, Record):
     """Which kernel an app uses: ``out/kernels/<app>.json``."""
 
     FORMAT: ClassVar[str] = "tailor-kernel-pointer/1"
@@ -298,7 +317,7 @@ class KernelPointer(_NamesAKernel, Record):
 
 
 @dataclass(frozen=True)
-class BaselineKernel(_NamesAKernel, Record):
+class BaselineKernel(_HasBootImage, _NamesAKernel, Record):
     """A baseline kernel (Firecracker's, Kata's, ...) the report compares against: ``baseline.json``."""
 
     FORMAT: ClassVar[str] = "tailor-baseline/1"

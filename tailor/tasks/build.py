@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from tailor import imports, paths, records, source
-from tailor.recipe import BASE_CONFIGS_DIR, ROOTFS_DIR, Recipe, with_variants
+from tailor.recipe import ROOTFS_DIR, Recipe, with_variants
 from tailor.records.stages import SourceStamp
 from tailor.tasks import action, call
 from tailor.util import PROJECT, sha256_text
@@ -56,7 +56,7 @@ def config_tasks(recipes: list[Recipe]):
     and the engine's code are unchanged, so an unchanged project never parses Kconfig."""
     for r in with_variants(recipes):
         ref = source.recipe_ref(r)
-        fragments = [BASE_CONFIGS_DIR / f"{b}.config" for b in r.kernel.base]
+        fragments = r.fragment_paths()
         yield {
             "basename": "config", "name": r.id,
             "doc": f"resolve and verify the kernel .config of {r.id} ({', '.join(r.kernel.base) or 'no base'}"
@@ -83,7 +83,7 @@ def kernel_tasks(recipes: list[Recipe]):
             "file_dep": [str(files["config"]), str(files["identity"]), str(source.stamp_path(source.recipe_ref(r)))],
             "targets": [str(paths.kernel_pointer(r.id))],
             "clean": [call("kernel:clean_app", r.id)],
-            "uptodate": [_config_changed({"build_settings": BUILD_SETTINGS, "toolchain": kernel_toolchain(),
+            "uptodate": [_config_changed({"build_settings": BUILD_SETTINGS, "toolchain": kernel_toolchain(r.arch),
                                           "records": [records.KernelBuild.FORMAT, records.KernelPointer.FORMAT]})],
             "verbosity": 2,
         }
