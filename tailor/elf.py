@@ -37,6 +37,7 @@ import stat
 import struct
 
 from tailor.errors import TailorError
+from tailor.kinds import Arch
 
 __all__ = [
     "DEFAULT_LIBRARY_DIRS",
@@ -83,7 +84,19 @@ DEFAULT_LIBRARY_DIRS = (
     "/lib",
     "/usr/lib",
 )
-"""Directories searched after DT_RUNPATH/DT_RPATH and ld.so.conf, in order."""
+"""Directories searched after DT_RUNPATH/DT_RPATH and ld.so.conf, in order (for x86_64 objects)."""
+
+_ARCH_OF_MACHINE = {a.elf_machine: a for a in Arch}
+
+
+def library_dirs(machine):
+    """The default library directories for objects of ELF *machine*: :data:`DEFAULT_LIBRARY_DIRS` for
+    x86_64 (and any machine tailor does not know), the same with that machine's multiarch triplet
+    otherwise (``/lib/aarch64-linux-gnu`` for aarch64, whose loader is ``ld-linux-aarch64.so.1``)."""
+    arch = _ARCH_OF_MACHINE.get(machine, Arch.X86_64)
+    if arch is Arch.X86_64:
+        return DEFAULT_LIBRARY_DIRS
+    return (f"/lib/{arch.triplet}", f"/usr/lib/{arch.triplet}", "/lib", "/usr/lib")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +123,7 @@ class ElfInfo:
       32 or 64 (from EI_CLASS).
 
     machine
-      The e_machine value (62 is x86_64).
+      The e_machine value (62 is x86_64, 183 aarch64).
     """
 
     interp: str | None
@@ -536,8 +549,9 @@ def _ld_so_conf_dirs(root, conf="/etc/ld.so.conf", seen=None):
 
 def _expand_tokens(entry, origin, info):
     """Expand $ORIGIN, $LIB and $PLATFORM (also in ``${...}`` form) in *entry*."""
-    lib = "lib/x86_64-linux-gnu" if info.machine == _EM_X86_64 else "lib"
-    platform = "x86_64" if info.machine == _EM_X86_64 else ""
+    arch = _ARCH_OF_MACHINE.get(info.machine)
+    lib = f"lib/{arch.triplet}" if arch else "lib"
+    platform = arch.triplet.split("-")[0] if arch else ""
     for name, value in (("ORIGIN", origin), ("LIB", lib), ("PLATFORM", platform)):
         entry = entry.replace("${" + name + "}", value).replace("$" + name, value)
     return entry
@@ -565,7 +579,7 @@ def library_closure(root, paths):
       would: the requesting object's DT_RUNPATH (or DT_RPATH) with $ORIGIN
       expanded to the directory the object was found in, then the directories
       of the tree's /etc/ld.so.conf (with its includes), then
-      :data:`DEFAULT_LIBRARY_DIRS`; a candidate whose ELF class or machine
+      :func:`library_dirs` (the object's machine's); a candidate whose ELF class or machine
       differs from the requester's is skipped, as the loader does,
     - every symlink followed on the way, file or directory (for example both
       ``/lib64/ld-linux-x86-64.so.2`` and its target, and ``/lib`` when it
@@ -608,7 +622,7 @@ def library_closure(root, paths):
             conf_dirs = _ld_so_conf_dirs(root)
         dirs = [_expand_tokens(d, origin, info) for d in info.runpath]
         dirs.extend(conf_dirs)
-        dirs.extend(DEFAULT_LIBRARY_DIRS)
+        dirs.extend(library_dirs(info.machine))
         return dirs
 
     # Work list of (program, found path, resolved path) still to analyse.

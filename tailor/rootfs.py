@@ -39,7 +39,7 @@ from tailor.errors import TailorError
 from tailor.fstree import (add_users, apply_overlay, copy_in, elf_files, expand_files, has_user, make_dir_in,
                            normalise)
 from tailor.epoch import source_date_epoch
-from tailor.kinds import RootFormat
+from tailor.kinds import Arch, RootFormat
 from tailor.recipe import ROOTFS_DIR, Recipe
 from tailor.records import RootfsManifest
 from tailor.records.stages import SlimDropped, SlimKept
@@ -271,7 +271,8 @@ def stage(recipe: Recipe, tree: Path, dest: Path, *, traced: list[dict] | None =
     if recipe.app.workdir != "/" and not workdir.is_dir():
         raise TailorError(f"{origin}: app.workdir {recipe.app.workdir!r} is not a directory in the rootfs; "
                           f"create it with an overlay or fix the path")
-    if recipe.app.network:  # a restored snapshot's fresh entropy comes in through it (templates/init.sh.j2)
+    if recipe.app.network and recipe.arch is Arch.X86_64:  # a restored snapshot's fresh entropy comes in
+        # through it (templates/init.sh.j2); x86-64 code, and arm64 VMs have no snapshots yet
         helper = dest / RESEED_GUEST.lstrip("/")
         if helper.parent.is_symlink() or helper.is_symlink():
             raise TailorError(f"{origin}: {RESEED_GUEST} is a symlink in the image; tailor will not write through it")
@@ -421,8 +422,8 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
     rdir = makedirs(into or rootfs_dir(recipe.name))
     epoch = source_date_epoch()
     packages = sorted(set(recipe.rootfs.packages) | set(ALWAYS_PACKAGES))
-    closure = debian.closure(packages, f"{origin}: rootfs.packages")
-    debs = debian.download(closure)
+    closure = debian.closure(packages, f"{origin}: rootfs.packages", arch=recipe.arch.debian)
+    debs = debian.download(closure, arch=recipe.arch.debian)
     work = rdir / "work"
     remove(work)
     try:
@@ -461,7 +462,7 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
         content_bytes=content, command=info["command"],
         packages=[{"name": n, "version": v, "arch": a} for n, v, a in closure],
         image=oci.image_summary(img) if img is not None else None, argv=[info["command"]] + list(recipe.app.args),
-        source_date_epoch=epoch, reseed=RESEED_GUEST if recipe.app.network else None)
+        source_date_epoch=epoch, reseed=RESEED_GUEST if recipe.app.network and recipe.arch is Arch.X86_64 else None)
     manifest.save(rdir / "rootfs.json")
     write_slim_record(recipe, info["dropped"], kept_files, rdir / "slim.json")  # after the image: nothing half-made
     print(f"[rootfs:{recipe.name}] {image.name}: {manifest.size / 1e6:.2f} MB, {files} files, "

@@ -63,9 +63,9 @@ def shared_out(tmp_path: Path, linux_tree: Path | None, debs: bool) -> Path:
     out.mkdir()
     if linux_tree is not None:
         (out / "src").symlink_to(linux_tree.parent.parent)
-    if debs:  # the .deb cache and the OCI image cache (caches, not outputs)
+    if debs:  # the .deb cache, the OCI image cache and tailor's own apt lists of arm64 (caches, not outputs)
         (out / "cache").mkdir()
-        for name in ("debs", "oci"):
+        for name in ("debs", "oci", "apt"):
             real = ROOT / "out" / "cache" / name
             real.mkdir(parents=True, exist_ok=True)
             (out / "cache" / name).symlink_to(real)
