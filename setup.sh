@@ -17,6 +17,7 @@ packages=(
   distcc redis-server  # building on many machines: helpers and the shared ccache (tests run them on loopback)
   redis-tools apache2-utils libmemcached-tools curl  # test.exercise clients: redis-benchmark, ab, memcslap/memcstat, curl
   gcc-11  # tests/test_farm.py: a helper with another gcc, which tailor must refuse
+  gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm  # arch: arm64 recipes: the cross gcc, qemu-system-aarch64
 )
 
 # `./setup.sh --catalogue` also installs what the whole catalogue needs on the build host:

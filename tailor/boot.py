@@ -37,7 +37,8 @@ from tailor import paths, probes, records
 from tailor.console import NO_OUTPUT_S, ConsoleState, Verdict, assess, fail, pass_detail
 from tailor.errors import KernelPanicked, ProbeFailed, QemuError, QemuExited, TailorError
 from tailor.kinds import Variant
-from tailor.qemu import QEMU, VM, CtrlC, boot_method, detect_accel, free_port, kernel_file, qemu_command, session
+from tailor.qemu import (VM, CtrlC, boot_method, detect_accel, free_port, kernel_file, qemu_binary, qemu_command,
+                         session)
 from tailor.recipe import NETWORK_PROBES, Recipe
 from tailor.records import save_boot_result
 from tailor.records.stages import SlimDropped
@@ -118,7 +119,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
     kernel, image, outdir = Path(kernel), Path(image), Path(outdir)
     makedirs(outdir)
     test, probe = recipe.test, recipe.test.probe
-    chosen = detect_accel(accel)
+    chosen = detect_accel(accel, arch=recipe.arch)
     network = bool(recipe.app.network)
     forward = probe.type in NETWORK_PROBES and network
     name = f"tailor-{recipe.name}-{recipe.variant or 'specific'}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -132,7 +133,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
         hostfwd = [(port, probe.port)] if forward else None
         return qemu_command(kernel, image, recipe.rootfs.format, test.memory,
                             " ".join(filter(None, (recipe.kernel.cmdline, cmdline_extra))), acc,
-                            hostfwd, network, name=name, extra=qemu_extra)
+                            hostfwd, network, name=name, extra=qemu_extra, arch=recipe.arch)
 
     def console() -> ConsoleState:
         nonlocal con
@@ -152,8 +153,8 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
             reason = f"kernel {kernel} not found; build the kernel first"
         elif not image.is_file():
             reason = f"root image {image} not found; build the rootfs first"
-        elif shutil.which(QEMU) is None:
-            reason = f"{QEMU} not found; run ./setup.sh"
+        elif shutil.which(qemu_binary(recipe.arch)) is None:
+            reason = f"{qemu_binary(recipe.arch)} not found; run ./setup.sh"
         else:
             with CtrlC():
                 try:
@@ -195,6 +196,7 @@ def run(recipe: Recipe, kernel: Path, image: Path, outdir: Path, *, accel: str |
         "crng_init_s": _round(con.crng_s),
         "app_exec_s": _round(con.exec_s),
         "entropy_before_app": con.entropy_before_app(),
+        "arch": recipe.arch,
     }
     result = save_boot_result(outdir / "result.json", result)
     if not passed:

@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterator
 from tailor.console import NO_OUTPUT_S, ConsoleState, decode, exit_text, panic_reason, split_lines
 from tailor.errors import (BootFailure, HostPortTaken, KernelPanicked, NoConsoleOutput, QemuError, QemuExited,
                            TailorBug, TailorError)
-from tailor.kinds import Accel, BootMethod, RootFormat, choices
+from tailor.kinds import Accel, Arch, BootMethod, RootFormat, choices
 from tailor.records import BaselineKernel, KernelFiles, KernelPointer
 from tailor.util import enabled_symbols
 
@@ -67,6 +67,24 @@ and a boot). ``acpi=off`` makes qemu list the virtio-mmio devices on the kernel 
 
 BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1"
 """Serial console; a reboot or a panic ends qemu at once (with ``-no-reboot``)."""
+
+MACHINES = {Arch.X86_64: MACHINE, Arch.ARM64: "virt"}
+"""qemu's machine per architecture: microvm for x86_64, ``virt`` for arm64 (its devices, the PL011, GIC,
+timer and virtio-mmio transports, are in the device tree qemu hands the kernel)."""
+
+CMDLINES = {Arch.X86_64: BASE_CMDLINE, Arch.ARM64: "console=ttyAMA0 panic=-1"}
+"""The kernel command line's start per architecture: the serial console (arm64: the PL011) and
+``panic=-1``; a reboot ends qemu under ``-no-reboot`` (arm64 resets through PSCI)."""
+
+
+def qemu_binary(arch: str = Arch.X86_64) -> str:
+    """The qemu system emulator for guests of *arch*."""
+    return Arch(arch).qemu
+
+
+def host_arch() -> Arch | None:
+    """The host's architecture as an :class:`~tailor.kinds.Arch` (None for one tailor has no guests of)."""
+    return {"x86_64": Arch.X86_64, "aarch64": Arch.ARM64}.get(os.uname().machine)
 
 PORT_TRIES = 3
 """How often :func:`session` starts qemu on a new host port when the last one was taken meanwhile."""
@@ -79,15 +97,18 @@ PR_SET_PDEATHSIG = 1
 
 
 def detect_accel(force: str | None = None, *, cpuinfo_path: str | os.PathLike = "/proc/cpuinfo",
-                 kvm_path: str | os.PathLike = "/dev/kvm") -> Accel:
+                 kvm_path: str | os.PathLike = "/dev/kvm", arch: str = Arch.X86_64) -> Accel:
     """Return :attr:`Accel.KVM` or :attr:`Accel.TCG`.
 
     *force* (or else the ``TAILOR_ACCEL`` environment variable) decides when
     set. Otherwise the answer is ``"kvm"`` only when *kvm_path* opens
     read-write and a ``flags`` line of *cpuinfo_path* has ``vmx`` or ``svm``;
     a KVM device without them is a paravirtual nested KVM on which a normal
-    guest hangs without output, so it gives ``"tcg"``. No VM is started.
+    guest hangs without output, so it gives ``"tcg"``. No VM is started. A guest of another *arch* than
+    the host's always runs under TCG.
     """
+    if Arch(arch) is not host_arch():
+        return Accel.TCG
     choice = force or os.environ.get("TAILOR_ACCEL") or ""
     if choice:
         choice = choice.strip().lower()
@@ -130,8 +151,9 @@ def option_value(value: object) -> str:
 def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, memory: int,
                  cmdline_extra: str, accel: str, hostfwd: list[tuple] | None,
                  network: bool, *, name: str | None = None, extra: tuple[str, ...] = (),
-                 serial: str = "stdio", disk_format: str = "raw") -> list[str]:
-    """The qemu argv that boots *kernel* with root *image* on a microvm machine.
+                 serial: str = "stdio", disk_format: str = "raw", arch: str = Arch.X86_64) -> list[str]:
+    """The qemu argv that boots *kernel* with root *image* on a microvm machine (*arch* ``arm64``:
+    ``qemu-system-aarch64 -M virt``, the same virtio-mmio devices, the console on ttyAMA0).
 
     *fmt* is ``cpio`` (the image is the initramfs, init is ``/init``) or
     ``ext2`` (the image is a virtio-blk disk ``/dev/vda``, opened with
@@ -149,10 +171,10 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
     :mod:`tailor.run` makes) is opened as it is, without ``snapshot=on``.
     Paths and names inside option lists are escaped (:func:`option_value`), so any path works.
     """
-    fmt, accel = RootFormat(fmt), Accel(accel)  # ValueError for anything else
+    fmt, accel, arch = RootFormat(fmt), Accel(accel), Arch(arch)  # ValueError for anything else
     if hostfwd and not network:
         raise ValueError("port forwarding needs network=True")
-    cmd = [QEMU, "-M", MACHINE]
+    cmd = [qemu_binary(arch), "-M", MACHINES[arch]]
     cmd += ["-accel", "kvm", "-cpu", "host"] if accel is Accel.KVM else ["-accel", "tcg", "-cpu", "max"]
     cmd += ["-m", str(int(memory)), "-smp", "1"]
     if name:
@@ -172,16 +194,18 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
             netdev += f",hostfwd=tcp:{option_value(addr)}:{int(host_port)}-:{int(guest_port)}"
         cmd += ["-netdev", netdev, "-device", "virtio-net-device,netdev=n0"]
     cmd += [str(a) for a in extra]
-    append = f"{BASE_CMDLINE} {fmt.kernel_args}"
+    append = f"{CMDLINES[arch]} {fmt.kernel_args}"
     if cmdline_extra and cmdline_extra.strip():
         append += " " + " ".join(cmdline_extra.split())
     cmd += ["-append", append]
     return cmd
 
 
-BOOT_METHODS = tuple(BootMethod)
-"""How qemu starts a kernel (:class:`~tailor.kinds.BootMethod`)."""
+BOOT_METHODS = (BootMethod.PVH, BootMethod.BZIMAGE)
+"""How qemu starts an x86_64 kernel (:class:`~tailor.kinds.BootMethod`; an arm64 kernel boots its ``Image``)."""
 
+ARM64_IMAGE_MAGIC = (0x38, b"ARM\x64")
+"""Where an arm64 ``Image`` carries its magic (Documentation/arm64/booting.rst)."""
 ELF_MAGIC = b"\x7fELF"
 
 
@@ -219,7 +243,7 @@ def kernel_file(kernel, method: str | None = None) -> tuple[Path, str]:
                           f"add PVH=y to the kernel or boot the bzImage")
     if method is BootMethod.PVH or (method is None and pvh):
         return files.vmlinux, BootMethod.PVH
-    return files.bzimage, BootMethod.BZIMAGE
+    return files.bzimage, boot_method(files.bzimage)
 
 
 def has_pvh(config: str | os.PathLike) -> bool:
@@ -231,12 +255,17 @@ def has_pvh(config: str | os.PathLike) -> bool:
 
 
 def boot_method(kernel: str | os.PathLike) -> BootMethod:
-    """``pvh`` when the file at *kernel* is an ELF (a vmlinux), else ``bzimage``."""
+    """``pvh`` when the file at *kernel* is an ELF (a vmlinux), ``image`` when it is an arm64 ``Image``,
+    else ``bzimage``."""
     try:
         with open(kernel, "rb") as f:
-            return BootMethod.PVH if f.read(4) == ELF_MAGIC else BootMethod.BZIMAGE
+            head = f.read(64)
     except OSError:
         return BootMethod.BZIMAGE
+    if head[:4] == ELF_MAGIC:
+        return BootMethod.PVH
+    at, magic = ARM64_IMAGE_MAGIC
+    return BootMethod.IMAGE if head[at:at + len(magic)] == magic else BootMethod.BZIMAGE
 
 
 def free_port() -> int:
