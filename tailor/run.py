@@ -53,6 +53,7 @@ from pathlib import Path
 from tailor import paths, records
 from tailor.console import ConsoleState, panic_reason, split_lines
 from tailor.errors import QemuError, TailorError
+from tailor.kinds import Arch
 from tailor.qemu import QEMU, VM, CtrlC, check_interrupt, detect_accel, kernel_file, qemu_command
 from tailor.records.stages import RunState
 from tailor.util import display_path, out_dir, remove
@@ -174,6 +175,9 @@ def plan(recipe, *, name: str | None = None, memory: int | None = None, forwards
 
     r = general_variant(recipe) if general else recipe
     name = name or recipe.name
+    if recipe.arch is not Arch.X86_64:  # the plan, its run.json and snapshots know x86_64's microvm only
+        raise TailorError(f"{recipe.name}: tailor run does not run {recipe.arch} VMs yet; `doit build:{recipe.name}` "
+                          f"boots and tests it")
     if not NAME_RE.match(name):
         raise TailorError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (at most 63)")
     if not paths.kernel_pointer(r.id).is_file():

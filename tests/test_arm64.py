@@ -277,3 +277,15 @@ def test_hello_arm64_builds_and_boots(tmp_path_factory):
     assert result["accel"] == "tcg" and result["qemu"][:3] == ["qemu-system-aarch64", "-M", "virt"]
     console = (out / "boot" / "hello-arm64" / "console.log").read_text()
     assert "Hello, world!" in console and "Machine model: linux,dummy-virt" in console
+
+
+def test_what_does_not_take_arm64_yet_says_so_in_one_line():
+    from tailor import run, tasks
+
+    arm = recipe.find("hello-arm64")
+    x86, other = tasks.by_arch([recipe.find("hello"), arm])
+    assert [r.name for r in x86] == ["hello"] and other == [arm]
+    (task,) = tasks.not_yet_tasks("release", [arm])
+    assert task["name"] == "hello-arm64" and task["basename"] == "release"
+    with pytest.raises(TailorError, match=r"^hello-arm64: tailor run does not run arm64 VMs yet"):
+        run.plan(arm)

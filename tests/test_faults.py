@@ -547,7 +547,7 @@ def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeyp
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
     old = {"gcc": "gcc (Debian 12.2.0-14+deb12u1) 12.2.0", "binutils": "GNU ld (GNU Binutils for Debian) 2.40"}
     new = dict(old, gcc="gcc (Debian 12.2.0-14+deb12u2) 12.2.0")
-    monkeypatch.setattr(kernel, "kernel_toolchain", lambda: old)
+    monkeypatch.setattr(kernel, "kernel_toolchain", lambda arch="x86_64": old)
     first = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
     assert first.objects_compiled == OBJECTS and first.toolchain["gcc"]["version"] == old["gcc"]
     log = kernel.kernel_dir(first.kernel_identity) / "build.log"
@@ -556,7 +556,7 @@ def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeyp
     assert kernel.build(config, tree, IDENTITY, "fake", jobs=2) == first
     assert "reusing kernel" in capfd.readouterr().err and log.stat().st_mtime_ns == stamp
 
-    monkeypatch.setattr(kernel, "kernel_toolchain", lambda: new)
+    monkeypatch.setattr(kernel, "kernel_toolchain", lambda arch="x86_64": new)
     second = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
     assert second.identity == first.identity == IDENTITY  # the config's identity is unchanged
     assert second.kernel_identity != first.kernel_identity
@@ -577,7 +577,7 @@ def test_kernel_task_is_out_of_date_when_the_toolchain_changes(monkeypatch):
     from tailor.tasks import build
 
     def uptodate(tc):
-        monkeypatch.setattr(toolchain, "kernel_toolchain", lambda: tc)
+        monkeypatch.setattr(toolchain, "kernel_toolchain", lambda arch="x86_64": tc)
         task = next(t for t in build.kernel_tasks([find("hello")]) if t["name"] == "hello")
         check = task["uptodate"][0]
         assert isinstance(check, config_changed)
