@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tailor import debian, elf, recipe, rootfs
-from tailor.tasks import build
 from tailor.errors import TailorError
+from tailor.tasks import build
+from tailor.util import PROJECT
 
 
 def make_recipe(tmp_path, text, name="app"):
@@ -218,12 +219,12 @@ def test_real_packages_hello_image_byte_identical(tmp_path, monkeypatch):
         monkeypatch.setenv("TAILOR_OUT", str(tmp_path / run))
         (tmp_path / run / "cache").mkdir(parents=True)
         # share the .deb cache with the project so the packages are downloaded once
-        cache = Path(rootfs.PROJECT / "out" / "cache" / "debs")
+        cache = Path(PROJECT / "out" / "cache" / "debs")
         cache.mkdir(parents=True, exist_ok=True)
         (tmp_path / run / "cache" / "debs").symlink_to(cache)
         manifest = rootfs.build(recipe.find("hello"))
-        assert {p["name"] for p in manifest["packages"]} >= {"hello", "libc6", "busybox-static"}
-        assert manifest["command"] == "/usr/bin/hello"
+        assert {p["name"] for p in manifest.packages} >= {"hello", "libc6", "busybox-static"}
+        assert manifest.command == "/usr/bin/hello"
         images.append((tmp_path / run / "rootfs" / "hello" / "rootfs.cpio").read_bytes())
         assert not (tmp_path / run / "rootfs" / "hello" / "work").exists()
     assert images[0] == images[1]
