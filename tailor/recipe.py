@@ -747,7 +747,14 @@ def parse(text: str, path: Path) -> Recipe:
     if app.network and not (isinstance(data.get("kernel"), dict) and "base" in data["kernel"]):
         kernel = replace(kernel, base=kernel.base + NETWORK_BASE)  # a serving app on the default base
     test = _test(c, data.get("test"), app)
-    general = c.boolean(data.get("general", default("general")), ("general",))
+    # the general kernel needs its fragments for this architecture (x86_64 has them; arm64 not yet)
+    general_base = [base_configs_dir(arch) / f"{b}.config" for b in GENERAL_BASE]
+    has_general = all(p.is_file() for p in general_base)
+    general = c.boolean(data.get("general", default("general") and has_general), ("general",))
+    if general and not has_general:
+        missing = next(p for p in general_base if not p.is_file())
+        raise c.err(("general",), f"there is no general kernel for arch {arch} yet ({display_path(missing)} is "
+                                  f"missing); remove general or set it to false")
     release = _release(c, data.get("release"), app)
     if arch is not Arch.X86_64 and rootfs.image:
         raise c.err(("rootfs", "image"), f"an OCI image root is not supported for arch {arch} yet; "

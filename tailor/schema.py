@@ -70,7 +70,8 @@ KEYS: tuple[Key, ...] = (
     Key("rootfs", "mapping", NO_DEFAULT, "rootfs section"),
     Key("app", "mapping", NO_DEFAULT, "app section", required=True),
     Key("test", "mapping", NO_DEFAULT, "test section"),
-    Key("general", "boolean", True, "also boot-test the app on the shared general kernel (default true)"),
+    Key("general", "boolean", True, "also boot-test the app on the shared general kernel (default true where the architecture has one: "
+        "x86_64)"),
     Key("release", "mapping", NO_DEFAULT, "release section"),
     Key("kernel.source", "debian or mapping", "debian", "debian, or a mapping with url+sha256 or path+sha256"),
     Key("kernel.source.url", "string", NO_DEFAULT, "https URL of a kernel tarball"),
