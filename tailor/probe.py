@@ -26,11 +26,10 @@ from tailor import config as cfg
 from tailor import kernel, paths, source
 from tailor.errors import TailorError
 from tailor.kconfig import Assign, load_tree, parse_fragment, resolve
-from tailor.recipe import BASE_CONFIGS_DIR
+from tailor.recipe import PROBE_FRAGMENT
 from tailor.templates import render
 from tailor.util import enabled_symbols, makedirs, write_atomic
 
-PROBE_FRAGMENT = BASE_CONFIGS_DIR / "probe.config"
 
 LINE_TABLES = (("DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT", "y"), ("DEBUG_INFO_REDUCED", "y"))
 """Debug information for the probe kernel only: reduced (no type information), which keeps the line tables

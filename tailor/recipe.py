@@ -47,6 +47,11 @@ from tailor.util import PROJECT, display_path, model_digest, sha256_text
 RECIPES_DIR = PROJECT / "recipes"
 BASE_CONFIGS_DIR = PROJECT / "base_configs"
 ROOTFS_DIR = PROJECT / "rootfs"
+RESEED_SOURCE = ROOTFS_DIR / "_tailor" / "reseed.c"
+"""The snapshot entropy helper every network image gets (a recipe name cannot start with ``_``, so no
+recipe's default overlay is rootfs/_tailor)."""
+PROBE_FRAGMENT = BASE_CONFIGS_DIR / "probe.config"
+"""The probe kernel's fragment (tailor.probe derives it; a discovery reruns when it changes)."""
 
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SYMBOL = re.compile(r"^[A-Za-z0-9_]+$")

@@ -40,13 +40,12 @@ from tailor.fstree import (add_users, apply_overlay, copy_in, elf_files, expand_
                            normalise)
 from tailor.epoch import source_date_epoch
 from tailor.kinds import Arch, RootFormat
-from tailor.recipe import ROOTFS_DIR, Recipe
+from tailor.recipe import RESEED_SOURCE, ROOTFS_DIR, Recipe
 from tailor.records import RootfsManifest
 from tailor.records.stages import SlimDropped, SlimKept
-from tailor.templates import render
+from tailor.templates import INIT_TEMPLATE, render
 from tailor.util import atomic_path, display_path, makedirs, remove, sha256_file, sha256_text
 
-INIT_TEMPLATE = "init.sh.j2"
 
 ALWAYS_PACKAGES = ("busybox-static",)
 """Packages every rootfs gets: busybox provides the few tools the init uses."""
@@ -62,9 +61,6 @@ no package depends on it and apt's closure never has it)."""
 ALWAYS_THERE = ("/bin/busybox", STAGE_SHELL)
 """Programs every staged image has, whatever its packages."""
 PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-RESEED_SOURCE = ROOTFS_DIR / "_tailor" / "reseed.c"
-"""The snapshot entropy helper every network image gets (a recipe name cannot start with ``_``, so no
-recipe's default overlay is rootfs/_tailor)."""
 RESEED_GUEST = "/.tailor/reseed"
 RESEED_FLAGS = ("-nostdlib", "-static", "-ffreestanding", "-fno-stack-protector", "-Os", "-fno-pie", "-no-pie",
                 "-fno-asynchronous-unwind-tables", "-fno-tree-loop-distribute-patterns", "-fno-ident",

@@ -19,6 +19,8 @@ from tailor.errors import TailorError
 from tailor.util import PROJECT
 
 TEMPLATES_DIR = PROJECT / "templates"
+INIT_TEMPLATE = "init.sh.j2"
+"""The template of every root's /init."""
 """Every template of tailor."""
 
 

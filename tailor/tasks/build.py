@@ -13,15 +13,12 @@ from __future__ import annotations
 import os
 
 from tailor import imports, paths, records, source
-from tailor.recipe import ROOTFS_DIR, Recipe, with_variants
+from tailor.recipe import RESEED_SOURCE, ROOTFS_DIR, Recipe, with_variants
 from tailor.records.stages import SourceStamp
 from tailor.tasks import action, call
-from tailor.util import PROJECT, sha256_text
+from tailor.templates import INIT_TEMPLATE, TEMPLATES_DIR
+from tailor.util import sha256_text
 
-INIT_TEMPLATE = PROJECT / "templates" / "init.sh.j2"
-"""The template of every root's /init (a rootfs task's input)."""
-RESEED_SOURCE = ROOTFS_DIR / "_tailor" / "reseed.c"
-"""The reseed helper's source, compiled into the root of every network app."""
 
 
 def _config_changed(values: dict):
@@ -174,7 +171,7 @@ def rootfs_tasks(recipes: list[Recipe]):
             "doc": f"build the {r.rootfs.format} root filesystem of {r.name} "
                    f"({', '.join(r.rootfs.packages) or 'no packages'}; app as init)",
             "actions": [action("rootfs:build", r)],
-            "file_dep": overlay_files(r) + [str(INIT_TEMPLATE)]
+            "file_dep": overlay_files(r) + [str(TEMPLATES_DIR / INIT_TEMPLATE)]
                         + ([str(RESEED_SOURCE)] if r.app.network else [])
                         + [str(p) for step in r.rootfs.build for p in sorted((ROOTFS_DIR / step.cwd).rglob("*"))
                            if p.is_file()]

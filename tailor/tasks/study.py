@@ -5,12 +5,10 @@ catalogue. None of them is part of ``build``; most run every time they are asked
 from __future__ import annotations
 
 from tailor import imports, paths
-from tailor.recipe import BASE_CONFIGS_DIR, Recipe, with_variants
+from tailor.recipe import PROBE_FRAGMENT, Recipe, with_variants
 from tailor.tasks import action
 from tailor.tasks.build import _config_changed
 
-PROBE_FRAGMENT = BASE_CONFIGS_DIR / "probe.config"
-"""The probe kernel's fragment (tailor.probe's input): a discovery reruns when it changes."""
 
 
 def discover_tasks(recipes: list[Recipe]):
