@@ -20,7 +20,7 @@ DOIT_CONFIG = {
 
 tasks.guard_concurrent_runs(sys.argv)
 RECIPES, BROKEN = tasks.load_recipes()
-X86, OTHER_ARCH = tasks.by_arch(RECIPES)  # arm64 recipes: config, kernel, rootfs, boot and build only, so far
+X86, OTHER_ARCH = tasks.by_arch(RECIPES)  # arm64 recipes: config, kernel, rootfs, boot, build and release, so far
 
 
 def task_source():
@@ -94,8 +94,7 @@ def task_slim():
 
 def task_release():
     """release a recipe: kernel, rootfs, .deb, OCI layout for urunc, Firecracker config, manifest, SHA256SUMS"""
-    yield from publish.release_tasks(X86)
-    yield from tasks.not_yet_tasks("release", OTHER_ARCH)
+    yield from publish.release_tasks(RECIPES)
     yield from tasks.broken_tasks("release", BROKEN)
 
 
@@ -126,4 +125,4 @@ def task_docs():
 
 def task_catalogue():
     """the whole catalogue and its table in docs/catalogue.md"""
-    yield from study.catalogue_tasks(X86)
+    yield from study.catalogue_tasks(X86, OTHER_ARCH)

@@ -108,6 +108,22 @@ class Arch(StrEnum):
         return "amd64" if self is Arch.X86_64 else "arm64"
 
     @property
+    def goarch(self) -> str:
+        """The OCI image's ``architecture`` (Go's ``GOARCH``: ``amd64``, ``arm64``)."""
+        return "amd64" if self is Arch.X86_64 else "arm64"
+
+    @property
+    def firecracker_kernel(self) -> str:
+        """The kernel artefact Firecracker boots: the ELF ``vmlinux`` on x86_64, the uncompressed
+        ``Image`` (with its PE header) on aarch64."""
+        return "vmlinux" if self is Arch.X86_64 else "Image"
+
+    @property
+    def machine(self) -> str:
+        """qemu's machine for the microVM, as a reader would name it in a package's description."""
+        return "qemu -M microvm" if self is Arch.X86_64 else "qemu-system-aarch64 -M virt"
+
+    @property
     def triplet(self) -> str:
         """The multiarch triplet: Debian's library directories ``/usr/lib/<triplet>``."""
         return "x86_64-linux-gnu" if self is Arch.X86_64 else "aarch64-linux-gnu"

@@ -178,7 +178,7 @@ def release_manifest(path: Path, app: str = "hello", **changes) -> ReleaseManife
     data = {"app": app, "description": f"{app} as init", "version": "0.1.0", "tailor_version": "0.1.0",
             "source_date_epoch": 1672531200,
             "recipe": {"file": f"recipes/{app}.yaml", "sha256": "0" * 64, "text": "app:\n  command: /bin/true\n"},
-            "kernel": {"release": "6.1.0", "source": {"label": "fake", "kind": "debian", "sha256": "1" * 64,
+            "kernel": {"release": "6.1.0", "arch": "x86_64", "image": "bzImage", "source": {"label": "fake", "kind": "debian", "sha256": "1" * 64,
                                                       "id": "fake", "patches": []},
                        "config_identity": "a" * 64, "config_sha256": "2" * 64, "enabled": 300, "cmdline": ""},
             "rootfs": {"format": "cpio", "command": f"/usr/bin/{app}", "sha256": "3" * 64, "packages": []},

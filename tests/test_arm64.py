@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, project_copy, run_doit
-from tailor import debian, elf, kconfig, kernel, qemu, recipe, schema, toolchain
+from tailor import config, debian, elf, kconfig, kernel, qemu, recipe, schema, toolchain
 from tailor.errors import TailorError
 from tailor.kinds import Arch, BootMethod
 
@@ -285,7 +285,20 @@ def test_what_does_not_take_arm64_yet_says_so_in_one_line():
     arm = recipe.find("hello-arm64")
     x86, other = tasks.by_arch([recipe.find("hello"), arm])
     assert [r.name for r in x86] == ["hello"] and other == [arm]
-    (task,) = tasks.not_yet_tasks("release", [arm])
-    assert task["name"] == "hello-arm64" and task["basename"] == "release"
+    (task,) = tasks.not_yet_tasks("slim", [arm])
+    assert task["name"] == "hello-arm64" and task["basename"] == "slim"
     with pytest.raises(TailorError, match=r"^hello-arm64: tailor run does not run arm64 VMs yet"):
         run.plan(arm)
+
+
+def test_the_firecracker_fragment_resolves_strictly_on_arm64(linux_tree, tmp_path):
+    """base_configs/arm64/firecracker.config (the 8250 console of Firecracker's aarch64 machine) resolves
+    with every symbol as asked on top of arm64/lupine-base, beside the PL011 that qemu's virt uses."""
+    src = (ROOT / "recipes" / "hello-arm64.yaml").read_text()
+    path = tmp_path / "fc-arm64.yaml"
+    path.write_text(src.replace("base: [lupine-base]", "base: [lupine-base, firecracker]"))
+    result = config.configure(recipe.load(path), srctree=linux_tree, outdir=tmp_path / "out")
+    asked = {o.name: o for o in result.outcomes if o.origin.startswith("arm64/firecracker.config")}
+    assert set(asked) == {"SERIAL_8250", "SERIAL_8250_CONSOLE", "SERIAL_OF_PLATFORM"}
+    assert all(o.ok and o.resolved == "y" for o in asked.values())
+    assert "CONFIG_SERIAL_AMBA_PL011_CONSOLE=y" in result.config and "CONFIG_SERIAL_8250_CONSOLE=y" in result.config

@@ -159,12 +159,13 @@ def test_the_release_manifest_keeps_its_integer_format_and_its_snapshot_only_whe
 
     path = tmp_path / "manifest.json"
     plain = fakes.release_manifest(path)
-    assert json.loads(path.read_text())["format"] == 2 and "snapshot" not in json.loads(path.read_text())
+    assert json.loads(path.read_text())["format"] == ReleaseManifest.FORMAT == 3
+    assert "snapshot" not in json.loads(path.read_text())
     assert plain.snapshot is None and ReleaseManifest.load(path) == plain
     with_snapshot = fakes.release_manifest(path, snapshot={"files": {}})
     assert json.loads(path.read_text())["snapshot"] == {"files": {}} and ReleaseManifest.load(path) == with_snapshot
-    path.write_text(json.dumps({**plain.dump(), "format": "2"}))
-    with pytest.raises(TailorError, match="format '2', this tailor reads format 2"):
+    path.write_text(json.dumps({**plain.dump(), "format": "3"}))
+    with pytest.raises(TailorError, match="format '3', this tailor reads format 3"):
         ReleaseManifest.load(path)
 
 

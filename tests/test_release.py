@@ -27,6 +27,7 @@ from tailor import boot, kernel, release, rootfs
 from tailor.tasks import publish
 from tailor.release import repro as release_repro
 from tailor.errors import TailorError
+from tailor.kinds import Arch
 from tailor.recipe import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,10 +49,20 @@ def fake_bzimage(path: Path, version: str = KREL) -> Path:
     return path
 
 
-def fake_kernel_files(d: Path) -> dict[str, Path]:
+def fake_arm64_image(path: Path, version: str = KREL) -> Path:
+    """A file with an arm64 Image header (``ARM\\x64`` at 0x38) and the kernel's banner further in."""
+    data = bytearray(0x2000)
+    data[0x38:0x3C] = b"ARM\x64"
+    banner = f"Linux version {version} (tailor@tailor) (aarch64-linux-gnu-gcc 12.2.0) #1 SMP\n".encode()
+    data[0x1800:0x1800 + len(banner)] = banner
+    path.write_bytes(bytes(data) + b"payload" * 100)
+    return path
+
+
+def fake_kernel_files(d: Path, arch: str = "x86_64") -> dict[str, Path]:
     d.mkdir(parents=True, exist_ok=True)
-    files = {"bzImage": fake_bzimage(d / "bzImage"), "vmlinux": d / "vmlinux", "System.map": d / "System.map",
-             "config": d / "config"}
+    boot = {"bzImage": fake_bzimage(d / "bzImage")} if arch == "x86_64" else {"Image": fake_arm64_image(d / "Image")}
+    files = {**boot, "vmlinux": d / "vmlinux", "System.map": d / "System.map", "config": d / "config"}
     files["vmlinux"].write_bytes(b"\x7fELF" + bytes(range(256)) * 40)
     files["System.map"].write_text("ffffffff81000000 T _text\nffffffff81000040 T startup_64\n")
     files["config"].write_text("# fake\nCONFIG_VIRTIO_MMIO=y\nCONFIG_PRINTK=y\n")
@@ -320,16 +331,20 @@ def test_firecracker_config_block_root_without_network():
 
 def test_kernel_release_from_the_setup_header(tmp_path):
     assert release.kernel_release(fake_bzimage(tmp_path / "bz", "6.1.192")) == "6.1.192"
+    assert release.kernel_release(fake_arm64_image(tmp_path / "Image", "6.12.118")) == "6.12.118"
     (tmp_path / "not").write_bytes(b"\0" * 4096)
-    with pytest.raises(TailorError, match="not a bzImage"):
+    with pytest.raises(TailorError, match="neither a bzImage .* nor an arm64 Image"):
         release.kernel_release(tmp_path / "not")
+    (tmp_path / "bannerless").write_bytes(fake_arm64_image(tmp_path / "x").read_bytes().replace(b"Linux version", b"L"))
+    with pytest.raises(TailorError, match="without a 'Linux version' banner"):
+        release.kernel_release(tmp_path / "bannerless")
 
 
-def build_fake_deb(dest: Path, files: dict[str, Path], app: str = "redis") -> Path:
-    return release.build_deb(dest, app=app, kernel_rel=KREL, version="0.1.0", bzimage=files["bzImage"],
+def build_fake_deb(dest: Path, files: dict[str, Path], app: str = "redis", arch: Arch = Arch.X86_64) -> Path:
+    return release.build_deb(dest, app=app, kernel_rel=KREL, version="0.1.0", image=files[arch.boot_image[0]],
                              config=files["config"], system_map=files["System.map"], epoch=EPOCH,
                              description="a test", source_label="linux-source-6.1 6.1.99-1",
-                             source_sha256="0" * 64, config_identity=IDENTITY)
+                             source_sha256="0" * 64, config_identity=IDENTITY, arch=arch)
 
 
 def deb_times(deb: Path) -> dict[str, int]:
@@ -385,9 +400,23 @@ def test_deb_is_reproducible_and_installs_into_a_scratch_root(tmp_path):
 
 
 @needs_dpkg
+def test_arm64_deb_says_its_architecture_and_ships_the_image(tmp_path):
+    files = fake_kernel_files(tmp_path / "k", "arm64")
+    deb = build_fake_deb(tmp_path / "d", files, arch=Arch.ARM64)
+    assert deb.name == "linux-image-6.1-tailor-redis_0.1.0_arm64.deb"
+    fields = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True, check=True).stdout
+    assert "Architecture: arm64\n" in fields and "qemu-system-aarch64 -M virt" in fields
+    listing = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(listing)) as tf:
+        vmlinuz = tf.extractfile(f"./boot/vmlinuz-{KREL}-tailor-redis").read()
+    assert vmlinuz == files["Image"].read_bytes()
+
+
+@needs_dpkg
 @pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian not installed")
-def test_lintian_reports_no_errors_or_warnings(tmp_path):
-    deb = build_fake_deb(tmp_path, fake_kernel_files(tmp_path / "k"), app="my_app")
+@pytest.mark.parametrize("arch", list(Arch))
+def test_lintian_reports_no_errors_or_warnings(tmp_path, arch):
+    deb = build_fake_deb(tmp_path, fake_kernel_files(tmp_path / "k", str(arch)), app="my_app", arch=arch)
     proc = subprocess.run(["lintian", "--pedantic", "-I", str(deb)], capture_output=True, text=True)
     tags = [ln for ln in proc.stdout.splitlines() if ln[:2] in ("E:", "W:", "I:", "P:")]
     assert tags == [] and proc.returncode == 0, proc.stdout + proc.stderr
@@ -431,14 +460,27 @@ FAKE_TOOLCHAIN = {"gcc": {"version": "gcc (Debian 99.1.0-1) 99.1.0", "package": 
 copied it from kernel.json rather than asking the host."""
 
 
-def fake_pipeline(out: Path, tmp: Path, passed: bool = True):
-    """Fake outputs of every stage for the recipe ``fakeapp`` under TAILOR_OUT=*out*; return the recipe."""
+ARM64_RECIPE = RECIPE.replace("kernel:\n", "arch: arm64\ngeneral: false\nkernel:\n", 1)
+
+ARM64_TOOLCHAIN = {"gcc": {"version": "aarch64-linux-gnu-gcc (Debian 99.1.0-1) 99.1.0",
+                           "package": "gcc-99-aarch64-linux-gnu 99.1.0-1cross1"},
+                   "binutils": {"version": "GNU ld (GNU Binutils for Debian) 9.99",
+                                "package": "binutils-aarch64-linux-gnu 9.99-1"}}
+
+
+def fake_pipeline(out: Path, tmp: Path, passed: bool = True, arch: Arch = Arch.X86_64):
+    """Fake outputs of every stage for the recipe ``fakeapp`` (an *arch* recipe) under TAILOR_OUT=*out*;
+    return the recipe."""
     recipes = tmp / "recipes"
     recipes.mkdir(parents=True, exist_ok=True)
-    (recipes / "fakeapp.yaml").write_text(RECIPE)
+    (recipes / "fakeapp.yaml").write_text(RECIPE if arch is Arch.X86_64 else ARM64_RECIPE)
     recipe = load(recipes / "fakeapp.yaml")
-    fake_kernel_files(kernel.kernel_dir(IDENTITY))
-    meta = fakes.kernel_build(kernel.kernel_dir(IDENTITY), IDENTITY, toolchain=FAKE_TOOLCHAIN, enabled=2)
+    boot_name = arch.boot_image[0]
+    fake_kernel_files(kernel.kernel_dir(IDENTITY), str(arch))
+    kdir = kernel.kernel_dir(IDENTITY)
+    meta = fakes.kernel_build(kdir, IDENTITY, toolchain=FAKE_TOOLCHAIN if arch is Arch.X86_64 else ARM64_TOOLCHAIN,
+                              enabled=2, sizes={n: (kdir / n).stat().st_size for n in (boot_name, "vmlinux", "System.map")},
+                              artefacts={n: n for n in (boot_name, "vmlinux", "System.map", "config")})
     kernel.link_app("fakeapp", meta)
     image = rootfs.image_path(recipe)
     image.parent.mkdir(parents=True, exist_ok=True)
@@ -453,7 +495,7 @@ def fake_pipeline(out: Path, tmp: Path, passed: bool = True):
         "accel": "tcg", "fallback_from_kvm": False, "kvm_failure": "", "time_to_init_s": 0.7, "time_to_ready_s": 0.8,
         "memory": 96, "probe": {"type": "none", "detail": "ready pattern matched at 0.8 s"},
         "console": "console.log", "qemu": ["qemu-system-x86_64"], "qemu_stderr": "",
-        "kernel": str(kernel.kernel_dir(IDENTITY) / "bzImage"), "image": str(image), "boot_method": "bzimage",
+        "kernel": str(kernel.kernel_dir(IDENTITY) / boot_name), "image": str(image), "boot_method": "bzimage",
         "crng_init_s": 0.3, "app_exec_s": 0.75, "entropy_before_app": True}))
     return recipe
 
@@ -498,6 +540,34 @@ def test_release_app_from_fake_outputs(tmp_path, monkeypatch):
     assert fc["machine-config"]["mem_size_mib"] == 96 and fc["network-interfaces"]
     # no path of the machine in the release: two output directories give the same bytes
     assert release.compare_trees(trees[0], trees[1]) == []
+
+
+@needs_dpkg
+def test_release_of_an_arm64_app(tmp_path, monkeypatch):
+    """An arm64 release: the Image in place of the bzImage, an arm64 .deb, an OCI image for linux/arm64,
+    Firecracker's aarch64 config booting the Image, a manifest naming the arch and the cross toolchain."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("TAILOR_OUT", str(out))
+    recipe = fake_pipeline(out, tmp_path, arch=Arch.ARM64)
+    manifest = release.release_app(recipe, "0.1.0")
+    app = out / "release" / "0.1.0" / "fakeapp"
+    names = {p.relative_to(app).as_posix() for p in app.rglob("*") if p.is_file()}
+    assert {"Image", "vmlinux", "config", "System.map", "rootfs.cpio", "firecracker.json",
+            "linux-image-6.1-tailor-fakeapp_0.1.0_arm64.deb"} <= names and "bzImage" not in names
+    assert manifest["kernel"]["arch"] == "arm64" and manifest["kernel"]["image"] == "Image"
+    assert {k: manifest["toolchain"][k] for k in ("gcc", "binutils")} == ARM64_TOOLCHAIN
+    assert manifest["deb"]["file"].endswith("_arm64.deb")
+    fields = subprocess.run(["dpkg-deb", "-f", str(app / manifest["deb"]["file"]), "Architecture"],
+                            capture_output=True, text=True, check=True).stdout
+    assert fields.strip() == "arm64"
+    walked = walk_layout(app / "oci")
+    assert walked["config"]["architecture"] == "arm64" and walked["config"]["os"] == "linux"
+    index = json.loads((app / "oci" / "index.json").read_text())
+    assert index["manifests"][0]["platform"] == {"architecture": "arm64", "os": "linux"}
+    assert walked["files"][".boot/kernel"] == (app / "Image").read_bytes()  # Firecracker on aarch64 boots the Image
+    fc = json.loads((app / "firecracker.json").read_text())
+    check_firecracker_fields(fc)
+    assert fc["boot-source"]["kernel_image_path"] == "Image"
 
 
 @needs_dpkg
@@ -581,3 +651,36 @@ def test_verify_reproducible_hello(project):
     assert report["identical"] + len(report["measurement_only"]) == report["files"] > 10
     first, second = report["builds"]
     assert first["dir"] != second["dir"] and first["started_utc"] < second["started_utc"]
+
+
+@pytest.mark.slow
+def test_release_and_reproduce_hello_arm64(project, tmp_path):
+    """An arm64 release end to end: ``doit release:hello-arm64`` (the cross-compiled kernel the arm64 build
+    test made), an arm64 .deb that lintian passes, an OCI layout skopeo reads as linux/arm64, and
+    ``verify_reproducible --app hello-arm64`` (the second build cross-compiles without ccache)."""
+    if shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("the arm64 cross compiler or qemu-system-aarch64 is not installed (./setup.sh installs them)")
+    proc = doit(project, "release:hello-arm64")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    app = project / "out" / "release" / release.__version__ / "hello-arm64"
+    manifest = json.loads((app / "manifest.json").read_text())
+    assert manifest["kernel"]["arch"] == "arm64" and (app / "Image").is_file() and not (app / "bzImage").exists()
+    assert manifest["toolchain"]["gcc"]["version"].startswith("aarch64-linux-gnu-gcc")
+    deb = app / manifest["deb"]["file"]
+    assert deb.name.endswith("_arm64.deb")
+    assert subprocess.run(["dpkg-deb", "-f", str(deb), "Architecture"], capture_output=True, text=True,
+                          check=True).stdout.strip() == "arm64"
+    if shutil.which("lintian"):
+        lint = subprocess.run(["lintian", "--pedantic", "-I", str(deb)], capture_output=True, text=True)
+        assert not [ln for ln in lint.stdout.splitlines() if ln[:2] in ("E:", "W:", "I:", "P:")], lint.stdout
+    if shutil.which("skopeo"):
+        seen = subprocess.run(["skopeo", "inspect", f"oci:{app / 'oci'}:{release.__version__}"],
+                              capture_output=True, text=True)
+        assert seen.returncode == 0, seen.stderr
+        assert json.loads(seen.stdout)["Architecture"] == "arm64" and json.loads(seen.stdout)["Os"] == "linux"
+    assert json.loads((app / "firecracker.json").read_text())["boot-source"]["kernel_image_path"] == "Image"
+    proc = doit(project, "verify_reproducible", "--app", "hello-arm64")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    report = json.loads((project / "out" / "repro" / "report.json").read_text())
+    assert report["app"] == "hello-arm64" and report["reproducible"] is True and report["differences"] == []
+    assert report["identical"] + len(report["measurement_only"]) == report["files"] > 10

@@ -7,7 +7,7 @@ compared byte for byte between two builds, so what the file says stays as it was
 
 ``app``, ``description``, ``version``, ``tailor_version``, ``source_date_epoch``;
 ``recipe`` (``file``, ``sha256``, ``text``); ``kernel`` (``release``, ``source`` with its label, kind,
-sha256, id and patches, ``config_identity``, ``config_sha256``, ``enabled``, ``cmdline``); ``rootfs``
+sha256, id and patches, ``arch``, ``image``: the boot image's file name, ``config_identity``, ``config_sha256``, ``enabled``, ``cmdline``); ``rootfs``
 (``format``: the image format, ``command``, ``sha256``, ``packages``); ``toolchain`` (tool -> version);
 ``artefacts`` (``{"path", "sha256", "size"}`` of every other file); ``deb`` (``file``, ``maintainer``);
 ``oci`` (``layout``, ``ref``, ``manifest_digest``, ``hypervisor``, ``annotations``); ``firecracker``
@@ -27,10 +27,11 @@ from typing import ClassVar
 
 from tailor.records import Record
 
-RELEASE_FORMAT = 2
+RELEASE_FORMAT = 3
 """The release tree's version, the manifest's ``format``. Bump it when the release tree for the same
 inputs changes, or a manifest key is added, removed, renamed or changes meaning (release tasks rerun).
-2: the OCI layout's JSON and firecracker.json are written with ``json.dumps(sort_keys=True)``."""
+2: the OCI layout's JSON and firecracker.json are written with ``json.dumps(sort_keys=True)``.
+3: ``kernel`` names its ``arch`` (``x86_64``, ``arm64``) and boot ``image`` (``bzImage``, ``Image``)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class ReleaseManifest(Record):
     OPTIONAL: ClassVar[frozenset] = frozenset({"snapshot"})
     NESTED: ClassVar[dict] = {
         "recipe": ("file", "sha256", "text"),
-        "kernel": ("release", "source", "config_identity", "config_sha256", "enabled", "cmdline"),
+        "kernel": ("release", "arch", "image", "source", "config_identity", "config_sha256", "enabled", "cmdline"),
         "rootfs": ("format", "command", "sha256", "packages"),
         "deb": ("file", "maintainer"),
         "oci": ("layout", "ref", "manifest_digest", "hypervisor", "annotations"),

@@ -5,10 +5,10 @@ pipeline first (the task depends on the app's kernel pointer, rootfs image
 and boot result) and then :func:`release_app` writes
 ``out/release/<version>/<app>/``:
 
-* ``bzImage``, ``vmlinux``, ``config``, ``System.map`` (the kernel) and
+* ``bzImage`` (arm64: ``Image``), ``vmlinux``, ``config``, ``System.map`` (the kernel) and
   ``rootfs.cpio`` or ``rootfs.ext2`` (the root image), byte copies of the
   pipeline's outputs, and ``recipe.yaml``;
-* ``linux-image-<major.minor>-tailor-<app>_<version>_amd64.deb``
+* ``linux-image-<major.minor>-tailor-<app>_<version>_<arch>.deb`` (``amd64`` or ``arm64``)
   (:func:`~tailor.release.deb.build_deb`): the kernel, its config and System.map in ``/boot``,
   built with ``dpkg-deb`` from a staging tree with clamped times and root
   ownership, and installed into a scratch root before the release is kept
@@ -69,6 +69,7 @@ from pathlib import Path
 from tailor import __version__, paths, records, rootfs, source
 from tailor import config as config_stage
 from tailor.errors import TailorError
+from tailor.kinds import Arch
 from tailor.epoch import source_date_epoch
 from tailor.qemu import kernel_file
 from tailor.records.release import ReleaseManifest
@@ -92,7 +93,7 @@ from tailor.util import (PROJECT, count_enabled, display_path, file_lock, makedi
 
 __all__ = [  # the public names of the whole package, importable from tailor.release
     "COPY_IGNORE", "DEFAULT_MAINTAINER", "FIRECRACKER_BOOT_ARGS", "FIRECRACKER_MAC", "FIRECRACKER_TAP",
-    "KERNEL_FILES", "MEASURED_KEY", "MEASURED_KEYS", "SNAPSHOT_DIR", "add_snapshot", "is_snapshot_file",
+    "KERNEL_FILES", "kernel_files", "MEASURED_KEY", "MEASURED_KEYS", "SNAPSHOT_DIR", "add_snapshot", "is_snapshot_file",
     "restore_command", "OCI_CONFIG", "OCI_LAYER", "OCI_MANIFEST", "RELEASE_FORMAT", "REPRO_BUILDS",
     "SUMS_NAME", "TEMPLATE_DIR", "URUNC_KERNEL", "URUNC_ROOTFS", "VERSION_RE", "app_release_dir", "build_deb",
     "check_firecracker_config", "check_sums", "check_version", "compare_trees", "config_has", "copy_project",
@@ -105,7 +106,13 @@ __all__ = [  # the public names of the whole package, importable from tailor.rel
 ]
 
 KERNEL_FILES = ("bzImage", "vmlinux", "config", "System.map")
-"""The kernel artefacts copied from ``out/kernel/<identity>/`` into a release."""
+"""The kernel artefacts copied from ``out/kernel/<identity>/`` into an x86_64 release (see :func:`kernel_files`)."""
+
+
+def kernel_files(arch: Arch) -> tuple[str, ...]:
+    """The kernel artefacts copied into a release of an *arch* kernel: its boot image (``bzImage``, or
+    ``Image`` on arm64), ``vmlinux``, ``config`` and ``System.map``."""
+    return (arch.boot_image[0],) + KERNEL_FILES[1:]
 
 
 def source_commit() -> dict:
@@ -180,7 +187,9 @@ def release_app(recipe, version: str | None = None) -> dict:
     if resolved.exists() and resolved.read_text() != config_text:
         raise TailorError(f"kernel {identity[:16]} was not built from the current config of {app}; "
                           f"run `doit kernel:{app}`")
-    kernel_rel = kernel_release(kdir / "bzImage")
+    arch = recipe.arch
+    boot_name = arch.boot_image[0]
+    kernel_rel = kernel_release(kdir / boot_name)
     ref = source.recipe_ref(recipe)
     maint = maintainer()
     fmt = recipe.rootfs.format
@@ -192,28 +201,28 @@ def release_app(recipe, version: str | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{app}.", suffix=".tmp", dir=root))
     try:
         (tmp / "recipe.yaml").write_bytes(Path(recipe.path).read_bytes())
-        for name in KERNEL_FILES:
+        for name in kernel_files(arch):
             _copy(kdir / name, tmp / name)
         _copy(image, tmp / rootfs_name)
-        deb = build_deb(tmp, app=app, kernel_rel=kernel_rel, version=version, bzimage=tmp / "bzImage",
+        deb = build_deb(tmp, app=app, kernel_rel=kernel_rel, version=version, image=tmp / boot_name, arch=arch,
                         config=tmp / "config", system_map=tmp / "System.map", epoch=epoch,
                         description=recipe.description, source_label=ref.label, source_sha256=ref.sha256,
                         config_identity=identity, maintainer_field=maint)
         with tempfile.TemporaryDirectory(prefix="tailor-deb-root-") as scratch:
             listed = install_deb(deb, scratch)
             flavour = f"{kernel_rel}-tailor-{app.replace('_', '-')}"
-            for prefix, src in (("vmlinuz", "bzImage"), ("config", "config"), ("System.map", "System.map")):
+            for prefix, src in (("vmlinuz", boot_name), ("config", "config"), ("System.map", "System.map")):
                 installed = Path(scratch) / "boot" / f"{prefix}-{flavour}"
                 if f"/boot/{prefix}-{flavour}" not in listed or not installed.is_file() \
                         or sha256_file(installed) != sha256_file(tmp / src):
                     raise TailorError(f"{deb.name}: /boot/{prefix}-{flavour} is not installed as built")
         env = [f"PATH={':'.join(PATH_DIRS)}", "HOME=/root"] + [f"{k}={v}" for k, v in recipe.app.env]
         oci = oci_layout(tmp / "oci", app=app, version=version,
-                         kernel=tmp / ("bzImage" if hypervisor == "qemu" else "vmlinux"),
+                         kernel=tmp / (boot_name if hypervisor == "qemu" else arch.firecracker_kernel),
                          rootfs=tmp / rootfs_name, rootfs_format=fmt, argv=argv, env=env,
-                         workdir=recipe.app.workdir, hypervisor=hypervisor, epoch=epoch)
+                         workdir=recipe.app.workdir, hypervisor=hypervisor, epoch=epoch, arch=arch)
         verify_oci(tmp / "oci")
-        fc = firecracker_config(kernel="vmlinux", rootfs=rootfs_name, rootfs_format=fmt,
+        fc = firecracker_config(kernel=arch.firecracker_kernel, rootfs=rootfs_name, rootfs_format=fmt,
                                 memory=recipe.test.memory, network=bool(recipe.app.network),
                                 cmdline_extra=recipe.kernel.cmdline)
         check_firecracker_config(json.loads(fc))
@@ -226,7 +235,7 @@ def release_app(recipe, version: str | None = None) -> dict:
         artefacts = [{"path": rel, "sha256": digest, "size": (tmp / rel).stat().st_size}
                      for rel, digest in file_sums(tmp) if not is_snapshot_file(rel, in_app=True)]
         manifest = _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, rootfs_manifest,
-                             result, artefacts, deb.name, oci, hypervisor, maint, kernel_meta.toolchain)
+                             result, artefacts, deb.name, oci, hypervisor, maint, kernel_meta.toolchain, arch)
         if snapshot:
             manifest["snapshot"] = snapshot
         manifest = ReleaseManifest.from_dict(manifest, display_path(final / "manifest.json")).save(
@@ -248,9 +257,11 @@ def release_app(recipe, version: str | None = None) -> dict:
 
 
 def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, rootfs_manifest: records.RootfsManifest,
-              result: records.BootResult, artefacts, deb_name, oci, hypervisor, maint, kernel_toolchain: dict) -> dict:
+              result: records.BootResult, artefacts, deb_name, oci, hypervisor, maint, kernel_toolchain: dict,
+              arch: Arch) -> dict:
     """The release's manifest.json. Its ``toolchain`` names the compiler and binutils that built the
-    kernel, copied from ``kernel.json`` (recorded at build time), and the image tools of this host."""
+    kernel (an arm64 kernel's cross gcc and binutils), copied from ``kernel.json`` (recorded at build
+    time), and the image tools of this host; ``kernel.arch`` is the recipe's architecture."""
     app = recipe.name
     recipe_bytes = Path(recipe.path).read_bytes()
     commit = source_commit()
@@ -270,6 +281,8 @@ def _manifest(recipe, version, epoch, identity, config_text, kernel_rel, ref, ro
                    "text": recipe_bytes.decode("utf-8", "replace")},
         "kernel": {
             "release": kernel_rel,
+            "arch": str(arch),
+            "image": arch.boot_image[0],
             "source": {"label": ref.label, "kind": ref.kind, "sha256": ref.sha256, "id": ref.id,
                        "patches": [{"file": Path(p.path).name, "sha256": p.sha256} for p in ref.patches]},
             "config_identity": identity,

@@ -19,29 +19,40 @@ from pathlib import Path
 
 from tailor import __version__
 from tailor.errors import TailorError
+from tailor.kinds import Arch
 from tailor.release.names import check_version, maintainer, render
 from tailor.release.treediff import walk_files
 from tailor.rootfs import normalise
 from tailor.util import atomic_path, makedirs, remove
 
 
-def kernel_release(bzimage: str | os.PathLike) -> str:
-    """The kernel release (``uname -r``, e.g. ``6.1.192``) read from a bzImage's setup header."""
+def kernel_release(image: str | os.PathLike) -> str:
+    """The kernel release (``uname -r``, e.g. ``6.1.192``) of a boot image: read from an x86 bzImage's
+    setup header, or from the ``Linux version ...`` banner in an arm64 ``Image`` (uncompressed)."""
     try:
-        with open(bzimage, "rb") as f:
+        with open(image, "rb") as f:
             head = f.read(1 << 16)
+            data = head if head[0x202:0x206] == b"HdrS" else head + f.read()
     except OSError as e:
-        raise TailorError(f"{bzimage}: cannot read ({e.strerror})") from None
-    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
-        raise TailorError(f"{bzimage}: not a bzImage (no HdrS setup header); rebuild the kernel")
-    pointer = int.from_bytes(head[0x20E:0x210], "little")
-    start = pointer + 0x200
-    end = head.find(b"\0", start)
-    if pointer == 0 or end < 0:
-        raise TailorError(f"{bzimage}: the setup header has no kernel version string")
-    words = head[start:end].decode("ascii", "replace").split()
+        raise TailorError(f"{image}: cannot read ({e.strerror})") from None
+    if len(head) >= 0x210 and head[0x202:0x206] == b"HdrS":
+        pointer = int.from_bytes(head[0x20E:0x210], "little")
+        start = pointer + 0x200
+        end = head.find(b"\0", start)
+        if pointer == 0 or end < 0:
+            raise TailorError(f"{image}: the setup header has no kernel version string")
+        found = head[start:end]
+    elif len(head) >= 0x40 and head[0x38:0x3C] == b"ARM\x64":
+        m = re.search(rb"Linux version (\S+) \(", data)
+        if not m:
+            raise TailorError(f"{image}: an arm64 Image without a 'Linux version' banner; rebuild the kernel")
+        found = m.group(1)
+    else:
+        raise TailorError(f"{image}: neither a bzImage (no HdrS setup header) nor an arm64 Image "
+                          f"(no ARM\\x64 magic); rebuild the kernel")
+    words = found.decode("ascii", "replace").split()
     if not words or not re.match(r"^\d+\.\d+[A-Za-z0-9.+_-]*$", words[0]):
-        raise TailorError(f"{bzimage}: unexpected kernel version string {head[start:end][:60]!r}")
+        raise TailorError(f"{image}: unexpected kernel version string {found[:60]!r}")
     return words[0]
 
 
@@ -53,8 +64,9 @@ def deb_package_name(app: str, kernel_rel: str) -> str:
     return f"linux-image-{m.group(1)}.{m.group(2)}-tailor-{app.replace('_', '-')}"
 
 
-def deb_file_name(app: str, kernel_rel: str, version: str) -> str:
-    return f"{deb_package_name(app, kernel_rel)}_{version}_amd64.deb"
+def deb_file_name(app: str, kernel_rel: str, version: str, architecture: str = "amd64") -> str:
+    """``<package>_<version>_<architecture>.deb``, *architecture* in Debian's names (``amd64``, ``arm64``)."""
+    return f"{deb_package_name(app, kernel_rel)}_{version}_{architecture}.deb"
 
 
 def _deb_date(epoch: int) -> str:
@@ -78,13 +90,15 @@ def _wrap(text: str, width: int = 72) -> list[str]:
 
 
 def build_deb(dest_dir: str | os.PathLike, *, app: str, kernel_rel: str, version: str,
-              bzimage: str | os.PathLike, config: str | os.PathLike, system_map: str | os.PathLike,
+              image: str | os.PathLike, config: str | os.PathLike, system_map: str | os.PathLike,
               epoch: int, description: str = "", source_label: str = "", source_sha256: str = "",
-              config_identity: str = "", maintainer_field: str | None = None) -> Path:
+              config_identity: str = "", maintainer_field: str | None = None,
+              arch: Arch = Arch.X86_64) -> Path:
     """Build the ``linux-image-*-tailor-<app>`` package of a kernel in *dest_dir*; return the .deb's path.
 
-    The package holds ``/boot/vmlinuz-<kernel_rel>-tailor-<app>`` (the
-    bzImage), ``/boot/config-...``, ``/boot/System.map-...``, and
+    The package (``Architecture:`` *arch*'s Debian name) holds
+    ``/boot/vmlinuz-<kernel_rel>-tailor-<app>`` (the bzImage, or on arm64 the
+    ``Image``, as Debian's arm64 kernels ship it), ``/boot/config-...``, ``/boot/System.map-...``, and
     ``/usr/share/doc/<package>/`` with ``copyright`` and the compressed
     changelog. The staging tree has every time clamped to *epoch*, root
     ownership (``--root-owner-group``) and ``md5sums``; ``dpkg-deb`` runs with
@@ -104,7 +118,7 @@ def build_deb(dest_dir: str | os.PathLike, *, app: str, kernel_rel: str, version
     try:
         root = stage / package
         files = {
-            f"boot/vmlinuz-{flavour}": Path(bzimage),
+            f"boot/vmlinuz-{flavour}": Path(image),
             f"boot/config-{flavour}": Path(config),
             f"boot/System.map-{flavour}": Path(system_map),
         }
@@ -117,7 +131,7 @@ def build_deb(dest_dir: str | os.PathLike, *, app: str, kernel_rel: str, version
         values = dict(package=package, version=version, app=app, kernel_release=kernel_rel,
                       maintainer=maint, tailor_version=__version__, source_label=source_label or "unknown",
                       source_sha256=source_sha256 or "unknown", config_identity=config_identity or "unknown",
-                      date=_deb_date(epoch))
+                      date=_deb_date(epoch), architecture=arch.debian)
         (root / doc / "copyright").write_text(render("deb-copyright.j2", **values))
         changelog = render("deb-changelog.j2", **values).encode()
         buf = io.BytesIO()
@@ -139,7 +153,7 @@ def build_deb(dest_dir: str | os.PathLike, *, app: str, kernel_rel: str, version
             f"The Linux {kernel_rel} kernel that tailor {__version__} configured and built for the app "
             f"{app}{': ' + description if description else ''}.") + ["."] + _wrap(
             "It ships the kernel image, its configuration and System.map in /boot; it has no modules and "
-            "adds no boot loader entry: boot it as a microVM (qemu -M microvm or Firecracker) with the "
+            f"adds no boot loader entry: boot it as a microVM ({arch.machine} or Firecracker) with the "
             "app's root image from the same tailor release.")
         (root / "DEBIAN" / "control").write_text(render("deb-control.j2", long_description=long_description,
                                                         installed_size=installed, **values))
@@ -147,7 +161,7 @@ def build_deb(dest_dir: str | os.PathLike, *, app: str, kernel_rel: str, version
         for name in ("control", "md5sums"):
             os.chmod(root / "DEBIAN" / name, 0o644)
         normalise(root, epoch)
-        deb = dest_dir / deb_file_name(app, kernel_rel, version)
+        deb = dest_dir / deb_file_name(app, kernel_rel, version, arch.debian)
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), LC_ALL="C", TZ="UTC")
         with atomic_path(deb) as tmp:
             cmd = ["dpkg-deb", "--root-owner-group", "-Zxz", "--threads-max=1", "--build", str(root), str(tmp)]
@@ -167,7 +181,10 @@ def install_deb(deb: str | os.PathLike, root: str | os.PathLike) -> list[str]:
     """Install *deb* with ``dpkg --root`` into the scratch system *root*; return the files dpkg lists.
 
     *root* gets an empty dpkg database first. Works as root and, with
-    ``--force-not-root``, as any user who owns *root*.
+    ``--force-not-root``, as any user who owns *root*. A package of another
+    architecture than the host's (an arm64 kernel on an amd64 host) is installed
+    with ``--force-architecture``: the scratch root stands for a machine of its
+    architecture, and the package holds no program the host would run.
     """
     root = Path(root).resolve()
     admin = root / "var" / "lib" / "dpkg"
@@ -177,6 +194,10 @@ def install_deb(deb: str | os.PathLike, root: str | os.PathLike) -> list[str]:
         if not f.exists():
             f.write_text("")
     base = ["dpkg", f"--root={root}", f"--log={root / 'var/log/dpkg.log'}", "--force-not-root"]
+    arch = subprocess.run(["dpkg-deb", "-f", str(deb), "Architecture"], capture_output=True, text=True)
+    host = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True)
+    if arch.returncode == 0 and host.returncode == 0 and arch.stdout.strip() not in ("all", host.stdout.strip()):
+        base.append("--force-architecture")
     try:
         proc = subprocess.run(base + ["-i", str(Path(deb).resolve())], capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))

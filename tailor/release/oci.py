@@ -20,7 +20,7 @@ from tailor.errors import TailorError
 from tailor.image.layout import (LAYOUT_VERSION, blob_dir, deterministic_tar, put_blob, put_blob_file, read_index,
                                  read_json_blob, verify_blob, write_index)
 from tailor.image.reference import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, REF_NAME
-from tailor.kinds import RootFormat
+from tailor.kinds import Arch, RootFormat
 from tailor.util import enabled_symbols, json_bytes, makedirs
 
 URUNC_KERNEL = "/.boot/kernel"
@@ -63,7 +63,7 @@ def urunc_annotations(*, hypervisor: str, argv: list[str], rootfs_format: str) -
 
 def oci_layout(dest: str | os.PathLike, *, app: str, version: str, kernel: str | os.PathLike,
                rootfs: str | os.PathLike, rootfs_format: str, argv: list[str], env: list[str],
-               workdir: str, hypervisor: str, epoch: int) -> dict:
+               workdir: str, hypervisor: str, epoch: int, arch: Arch = Arch.X86_64) -> dict:
     """Write an OCI image layout of *app* for urunc into the new directory *dest*; return its descriptors.
 
     Three uncompressed tar layers: ``.boot/kernel`` (*kernel*),
@@ -71,7 +71,8 @@ def oci_layout(dest: str | os.PathLike, *, app: str, version: str, kernel: str |
     image) and ``urunc.json`` (the urunc annotations, values base64-encoded).
     The config has *argv* as Entrypoint (argv[0]) and Cmd (the rest), *env*
     and *workdir*; the manifest carries the urunc annotations; ``index.json``
-    names the manifest ``org.opencontainers.image.ref.name=<version>``.
+    names the manifest ``org.opencontainers.image.ref.name=<version>``. The config's
+    ``architecture`` and the index's platform are *arch*'s (``linux/amd64``, ``linux/arm64``).
     """
     if rootfs_format not in tuple(RootFormat):
         raise TailorError(f"rootfs format {rootfs_format!r}: an OCI image for urunc needs cpio or ext2")
@@ -91,7 +92,7 @@ def oci_layout(dest: str | os.PathLike, *, app: str, version: str, kernel: str |
         desc["what"] = what
         layers.append(desc)
     config = put_blob(layout, json_bytes({
-        "created": created, "architecture": "amd64", "os": "linux",
+        "created": created, "architecture": arch.goarch, "os": "linux",
         "config": {"Entrypoint": argv[:1], "Cmd": list(argv[1:]), "Env": list(env), "WorkingDir": workdir,
                    "Labels": annotations},
         "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]},
@@ -111,7 +112,7 @@ def oci_layout(dest: str | os.PathLike, *, app: str, version: str, kernel: str |
         "annotations": manifest_annotations,
     }))
     write_index(layout, [{"mediaType": OCI_MANIFEST, "digest": manifest["digest"], "size": manifest["size"],
-                          "platform": {"architecture": "amd64", "os": "linux"}, "annotations": {REF_NAME: version}}],
+                          "platform": {"architecture": arch.goarch, "os": "linux"}, "annotations": {REF_NAME: version}}],
                 media_type=OCI_INDEX)
     return {"manifest": manifest, "config": config, "layers": layers, "annotations": manifest_annotations,
             "ref": version}

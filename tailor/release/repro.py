@@ -80,7 +80,7 @@ def _cause_rank(diff: dict) -> tuple:
     """Sort key putting the likely cause of a difference first: the kernel and root image, then what
     is derived from them (.deb, OCI layout, Firecracker config), then the manifests and SHA256SUMS."""
     name = diff["path"].rsplit("/", 1)[-1]
-    order = ["vmlinux", "System.map", "bzImage", "config", "rootfs.cpio", "rootfs.ext2", "recipe.yaml"]
+    order = ["vmlinux", "System.map", "bzImage", "Image", "config", "rootfs.cpio", "rootfs.ext2", "recipe.yaml"]
     if name in order:
         rank = order.index(name)
     elif name.endswith(".deb") or name == "firecracker.json":

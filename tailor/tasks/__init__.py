@@ -177,8 +177,8 @@ def broken_tasks(basename: str, broken: dict[str, str]):
 
 
 def by_arch(recipes: list) -> tuple[list, list]:
-    """*recipes* split into the x86_64 ones (every task takes them) and the others (arm64, issue 26: built
-    and boot-tested so far; the study and publish tasks do not take them yet)."""
+    """*recipes* split into the x86_64 ones (every task takes them) and the others (arm64: built,
+    boot-tested and released so far; discovery, fits, slim and snapshots do not take them yet)."""
     from tailor.kinds import Arch
 
     return [r for r in recipes if r.arch is Arch.X86_64], [r for r in recipes if r.arch is not Arch.X86_64]
@@ -188,8 +188,8 @@ def not_yet_tasks(basename: str, recipes: list):
     """Tasks ``<basename>:<app>`` for recipes of an architecture that task does not support yet: each fails
     with one line saying so."""
     for r in recipes:
-        msg = (f"{basename}:{r.name}: not supported for arch {r.arch} yet (only config, kernel, rootfs, boot and "
-               f"build are); use doit build:{r.name}")
+        msg = (f"{basename}:{r.name}: not supported for arch {r.arch} yet (only config, kernel, rootfs, boot, "
+               f"build and release are); use doit build:{r.name}")
         yield {"basename": basename, "name": r.name, "doc": f"(not for {r.arch} yet)",
                "actions": [action(_fail, msg)], "uptodate": [False], "verbosity": 2}
 
