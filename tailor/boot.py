@@ -216,8 +216,8 @@ def full_root_hint(recipe: Recipe, console: str) -> str:
 
 def slim_hint(recipe: Recipe, console: str, cause: type | None = None) -> str:
     """What to add to a failed boot test's reason when the root is slim and the app exited, the kernel
-    panicked or the probe failed (*cause*), or the console names a path slim dropped: how many of the
-    source's files slim dropped, that path, and the fix."""
+    panicked or the probe failed (*cause*), or a console line saying something is missing names a path
+    slim dropped: how many of the source's files slim dropped, that path, and the fix."""
     path = paths.rootfs_slim(recipe.name)
     if not recipe.rootfs.slim or not path.is_file():
         return ""
@@ -230,10 +230,13 @@ def slim_hint(recipe: Recipe, console: str, cause: type | None = None) -> str:
         return ""
     named = ""
     gone_set = set(gone) | set(gone_dirs)
-    for m in reversed(list(_CONSOLE_PATH.finditer(console))):
-        p = m.group(1).rstrip("/.:") or "/"
-        if p in gone_set or _under(gone_dirs, p):
-            named = f"the console names {p}, which slim dropped; "
+    for line in reversed([ln for ln in console.splitlines() if _MISSING.search(ln)]):
+        for m in reversed(list(_CONSOLE_PATH.finditer(line))):
+            p = m.group(1).rstrip("/.:") or "/"
+            if p in gone_set or _under(gone_dirs, p):
+                named = f"the console names {p}, which slim dropped; "
+                break
+        if named:
             break
     if not named and cause not in (QemuExited, KernelPanicked, ProbeFailed):
         return ""  # a timeout, no output: nothing says the files are missing
@@ -242,6 +245,11 @@ def slim_hint(recipe: Recipe, console: str, cause: type | None = None) -> str:
             f"{display_path(recipe.path)} to keep them, or list what the app needs in rootfs.files; "
             f"{display_path(path)} lists them)")
 
+
+_MISSING = re.compile(r"no such file|not found|can't|cannot|could not|couldn't|does not exist|missing|ENOENT",
+                      re.IGNORECASE)
+"""A console line that says something is missing; only paths on such lines are taken as what slim dropped
+(a path the app merely mentions, e.g. initdb creating its data directory, is not)."""
 
 _CONSOLE_PATH = re.compile(r"(?<![\w.~-])(/(?:[A-Za-z0-9._+@-]+/?)+)")
 """An absolute path as a program prints it in an error (``'/www'``, ``/usr/lib/x.so:``)."""

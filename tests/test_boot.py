@@ -643,6 +643,21 @@ def test_run_failure_writes_result_then_raises(tmp_path, fake_qemu, monkeypatch,
     assert "Attempted to kill init" in capsys.readouterr().err
 
 
+def test_slim_hint_names_only_paths_the_console_says_are_missing(tmp_path, monkeypatch):
+    """A path the app merely mentions (initdb creating its data directory, which slim's record lists because
+    the package ships the empty directory) is not blamed; one on a "No such file" line is."""
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "o"))
+    recipe = make_recipe("app: {command: /bin/busybox}\nrootfs: {slim: true}\n", tmp_path)
+    fakes.slim_dropped(recipe.name, source="packages", dropped=["/var/lib/pg/data/x", "/usr/share/z/a.txt"],
+                       dropped_dirs=["/usr/share/z", "/var/lib/pg/data"])
+    mentioned = "creating directory /var/lib/pg/data ... ok\nERROR:  VACUUM cannot run inside a transaction block\n"
+    hint = boot.slim_hint(recipe, mentioned, boot.ProbeFailed)
+    assert "rootfs.slim dropped 2 of the packages' files: set rootfs.slim: false" in hint
+    assert "the console names" not in hint
+    missing = mentioned + "app: cannot open '/usr/share/z/a.txt': No such file or directory\n"
+    assert "the console names /usr/share/z/a.txt, which slim dropped; " in boot.slim_hint(recipe, missing)
+
+
 @pytest.mark.parametrize("dropped, dirs, named", [
     (["/www/index.html", "/www/about.html", "/usr/share/doc/x"], ["/www", "/usr/share/doc"], True),
     (["/usr/share/doc/x"], ["/usr/share/doc"], False),
