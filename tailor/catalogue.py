@@ -6,7 +6,8 @@ boot test of each app on the comparison baseline's kernel (:data:`BASELINE`,
 Firecracker's config) that :func:`boot_on_baseline` records; when
 :func:`time_boots` has booted every app :data:`RUNS` times on each of its
 kernels (``out/catalogue/timing.json``), the table's times are those medians
-(a timing whose kernel or image has changed since is ignored);
+(a timing whose kernel or image has changed since is ignored); an app's arm64 copy, the
+recipe ``<app>-arm64``, gives the arm64 column (:func:`arm64_copies`);
 :func:`render_table` renders ``templates/catalogue.md.j2``; :func:`update_readme`
 replaces the part of docs/catalogue.md between the catalogue markers. Lupine's
 per-app option lists are read from ``../shared/reference/lupine-options.yaml``
@@ -25,6 +26,7 @@ import yaml
 from tailor import baseline, boot, paths, qemu, records, rootfs
 from tailor.errors import TailorError
 from tailor.image import parse_reference
+from tailor.kinds import Arch
 from tailor.recipe import Recipe, general_variant
 from tailor.records.stages import BootTiming
 from tailor.rootfs import render
@@ -41,6 +43,8 @@ BASELINE = "firecracker"
 """The baseline kernel every app is also boot-tested on, so that the table compares time to ready."""
 RUNS = 3
 """Boots per app and kernel in :func:`time_boots`; the table shows their median."""
+ARM64_SUFFIX = "-arm64"
+"""The arm64 column shows, for an app, the recipe named ``<app>-arm64`` (``arch: arm64``)."""
 
 
 def lupine_options(path: Path | None = None) -> dict[str, tuple[str, ...]]:
@@ -83,7 +87,7 @@ def _if_built(record_class, path: Path):
 
 def _variant(recipe: Recipe, timing: dict | None = None) -> dict:
     kernel = _if_built(records.KernelPointer, paths.kernel_pointer(recipe.id))
-    row = {"bzimage": kernel.sizes["bzImage"] if kernel else None,
+    row = {"bzimage": kernel.sizes.get(recipe.arch.boot_image[0]) if kernel else None,
            "identity": kernel.identity[:16] if kernel else None, **_boot(paths.boot_result(recipe.id))}
     return _timed(row, timing, kernel.identity if kernel else None)
 
@@ -205,9 +209,19 @@ def needs_registry_access(recipe: Recipe) -> bool:
     return bool(recipe.rootfs.image) and parse_reference(recipe.rootfs.image).needs_registry_access()
 
 
-def rows(recipes: list[Recipe]) -> list[dict]:
-    """One row per recipe with what out/ records about both variants."""
+def arm64_copies(recipes: list[Recipe], others: list[Recipe]) -> dict[str, Recipe]:
+    """The arm64 recipe of each catalogue app that has one: ``<app>-arm64`` among *others* (recipes of
+    other architectures), keyed by the app's name."""
+    names = {r.name for r in recipes}
+    return {r.name[:-len(ARM64_SUFFIX)]: r for r in others
+            if r.arch is Arch.ARM64 and r.name.endswith(ARM64_SUFFIX) and r.name[:-len(ARM64_SUFFIX)] in names}
+
+
+def rows(recipes: list[Recipe], others: list[Recipe] = ()) -> list[dict]:
+    """One row per recipe with what out/ records about both variants, and about the app's arm64 copy
+    (``<app>-arm64`` among *others*) when it has one."""
     lupine = lupine_options()
+    arm64 = arm64_copies(recipes, list(others))
     out = []
     timings = _if_built(BootTiming, timing_path())
     base = baseline.load(BASELINE)
@@ -227,13 +241,14 @@ def rows(recipes: list[Recipe]) -> list[dict]:
             "baseline": _timed(_boot(baseline_result(r)), timing.get(BASELINE),
                                base.identity if base else None),
             "registry": needs_registry_access(r),
+            "arm64": _variant(arm64[r.name]) if r.name in arm64 else None,
         })
     return out
 
 
-def render_table(recipes: list[Recipe]) -> str:
+def render_table(recipes: list[Recipe], others: list[Recipe] = ()) -> str:
 
-    data = rows(recipes)
+    data = rows(recipes, others)
     general_kernels = {row["general"]["identity"] for row in data if row["general"] and row["general"]["identity"]}
     return render("catalogue.md.j2", rows=data, general_kernels=sorted(general_kernels), baseline=BASELINE)
 
@@ -243,6 +258,6 @@ def update_readme(text: str, readme: Path = README) -> None:
     replace_marked(readme, START, END, text, "catalogue")
 
 
-def write_table(recipes: list[Recipe]) -> None:
-    update_readme(render_table(recipes))
+def write_table(recipes: list[Recipe], others: list[Recipe] = ()) -> None:
+    update_readme(render_table(recipes, others))
     print(f"tailor: catalogue table of {len(recipes)} recipes written to docs/catalogue.md")

@@ -90,15 +90,16 @@ def docs_task() -> dict:
     return {"actions": [action("figures:write_docs")], "uptodate": [False], "verbosity": 2}
 
 
-def catalogue_tasks(recipes: list[Recipe]):
+def catalogue_tasks(recipes: list[Recipe], others: list[Recipe] = ()):
     """``catalogue_table`` (the table from what out/ records), ``catalogue_baseline`` (every built app
     on the catalogue's baseline kernel), ``catalogue_timing`` (repeated boots) and ``catalogue``
     (build everything, then the table). ``catalogue`` leaves out the recipes whose image needs
-    registry access (their rows say so until built)."""
-    from tailor.catalogue import BASELINE, RUNS, needs_registry_access
+    registry access (their rows say so until built). *others* are the recipes of other architectures:
+    an app's ``<app>-arm64`` copy among them fills its arm64 column."""
+    from tailor.catalogue import ARM64_SUFFIX, BASELINE, RUNS, needs_registry_access
 
     yield {"basename": "catalogue_table", "doc": "write the catalogue table in docs/catalogue.md from the recorded results",
-           "actions": [action("catalogue:write_table", recipes)], "uptodate": [False], "verbosity": 2}
+           "actions": [action("catalogue:write_table", recipes, list(others))], "uptodate": [False], "verbosity": 2}
     yield {"basename": "catalogue_timing",
            "doc": f"boot every built app {RUNS} times on its own kernel, the general one and the {BASELINE} "
                   "baseline's; the table shows the medians (tens of minutes)",
@@ -108,6 +109,7 @@ def catalogue_tasks(recipes: list[Recipe]):
            "actions": [action("catalogue:boot_on_baseline", recipes)], "uptodate": [False], "verbosity": 2}
     yield {"basename": "catalogue",
            "doc": "build and boot-test every recipe on both kernels, then write the table of docs/catalogue.md (hours)",
-           "actions": [action("catalogue:write_table", recipes)],
-           "task_dep": [f"build:{r.id}" for r in with_variants(recipes) if not needs_registry_access(r)],
+           "actions": [action("catalogue:write_table", recipes, list(others))],
+           "task_dep": [f"build:{r.id}" for r in with_variants(recipes) if not needs_registry_access(r)]
+                       + [f"build:{r.id}" for r in others if r.name.endswith(ARM64_SUFFIX)],
            "uptodate": [False], "verbosity": 2}
