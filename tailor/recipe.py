@@ -761,9 +761,6 @@ def parse(text: str, path: Path) -> Recipe:
         raise c.err(("general",), f"there is no general kernel for arch {arch} yet ({display_path(missing)} is "
                                   f"missing); remove general or set it to false")
     release = _release(c, data.get("release"), app)
-    if arch is not Arch.X86_64 and rootfs.image:
-        raise c.err(("rootfs", "image"), f"an OCI image root is not supported for arch {arch} yet; "
-                    f"use rootfs.packages (Debian's {arch.debian} packages)")
     digests = {"kernel": section_digest(kernel, arch), "rootfs": section_digest(rootfs, arch),
                "app": model_digest(app), "test": section_digest(test, arch), "release": model_digest(release)}
     return Recipe(name=name, path=path, description=description, kernel=kernel, rootfs=rootfs,

@@ -413,8 +413,7 @@ def build(recipe: Recipe, *, into: Path | None = None, traced: list[dict] | None
     origin = display_path(recipe.path)
     img = None
     if recipe.rootfs.image:
-
-        img = oci.obtain(recipe.rootfs.image, origin)
+        img = oci.obtain(recipe.rootfs.image, origin, recipe.arch.goarch)
     rdir = makedirs(into or rootfs_dir(recipe.name))
     epoch = source_date_epoch()
     packages = sorted(set(recipe.rootfs.packages) | set(ALWAYS_PACKAGES))

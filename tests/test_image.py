@@ -9,6 +9,7 @@ import inspect
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -242,7 +243,7 @@ def test_a_damaged_cached_blob_is_caught_and_fetched_again(project, capsys):
     good = blob.read_bytes()
     blob.write_bytes(good.replace(b"amd64", b"arm64"))
     assert image.fetch(ref, digest, "r.yaml").config["architecture"] == "amd64" and blob.read_bytes() == good
-    assert "is damaged (config sha256:" in capsys.readouterr().err
+    assert "does not verify for linux/amd64 (config sha256:" in capsys.readouterr().err
     # damaged in the source as well: one line
     blob.write_bytes(good.replace(b"amd64", b"arm64"))
     src = project / "src/blobs/sha256" / img.config_digest[7:]
@@ -251,11 +252,56 @@ def test_a_damaged_cached_blob_is_caught_and_fetched_again(project, capsys):
         image.fetch(ref, digest, "r.yaml")
 
 
-def test_non_amd64_and_index_without_amd64(project):
+def test_an_image_of_another_platform_is_refused_in_one_line_either_way(project):
     _, digest = make_layout(project, architecture="arm64")
-    with pytest.raises(TailorError, match="the image is linux/arm64; tailor builds amd64/linux microVMs only"):
+    with pytest.raises(TailorError, match=r"the image is linux/arm64; the recipe builds linux/amd64 microVMs "
+                                          r"\(arch: x86_64\); use an image with a linux/amd64 variant"):
         image.fetch(image.parse_reference("oci:src:1"), digest, "r.yaml")
     assert not (project / "out/cache/oci/index.json").exists()
+    assert image.fetch(image.parse_reference("oci:src:1"), digest, "r.yaml", "arm64").config["architecture"] == "arm64"
+    _, digest = make_layout(project, name="x86")
+    with pytest.raises(TailorError, match=r"the image is linux/amd64; the recipe builds linux/arm64 microVMs \(arch: arm64\)"):
+        image.fetch(image.parse_reference("oci:x86:1"), digest, "r.yaml", "arm64")
+
+
+def multi_platform_index(project, platforms=("amd64", "arm64")) -> str:
+    """A layout ``multi`` whose tag ``1`` is an index of one image per platform (each with /etc/arch
+    saying its architecture); returns the index's digest."""
+    from tailor.image.layout import put_blob, set_tag
+    from tailor.image.reference import OCI_INDEX
+
+    layout = project / "multi"
+    manifests = []
+    for arch in platforms:
+        _, digest = make_layout(project, name="multi", tag=arch, architecture=arch,
+                                entries=[("etc", "dir", None), ("etc/arch", "file", arch.encode())])
+        desc = next(m for m in json.loads((layout / "index.json").read_text())["manifests"] if m["digest"] == digest)
+        manifests.append({"mediaType": desc["mediaType"], "digest": digest, "size": desc["size"],
+                          "platform": {"architecture": arch, "os": "linux"}})
+    index = put_blob(layout, json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests},
+                                        sort_keys=True).encode())
+    return set_tag(layout, dict(index, mediaType=OCI_INDEX), "1")["digest"]
+
+
+def test_a_multi_platform_index_gives_each_recipe_its_architectures_image(project, capsys):
+    """One pinned index digest, two platforms: an x86_64 recipe unpacks the linux/amd64 image and an arm64
+    recipe the linux/arm64 one, from one shared cache (fetching the second platform's blobs once)."""
+    digest = multi_platform_index(project)
+    ref = image.parse_reference("oci:multi:1")
+    assert image.pinned_digest(ref, "r.yaml", project / "images.lock") == digest
+    for arch in ("amd64", "arm64", "amd64"):
+        img = image.fetch(ref, digest, "r.yaml", arch)
+        assert img.config["architecture"] == arch
+        root = project / f"root-{arch}"
+        shutil.rmtree(root, ignore_errors=True)
+        image.unpack(img, root, "r.yaml")
+        assert (root / "etc/arch").read_text() == arch
+    err = capsys.readouterr().err
+    assert err.count("does not verify for linux/arm64") == 1 and "linux/amd64 (" not in err
+    only_arm = multi_platform_index(project, platforms=("arm64",))
+    with pytest.raises(TailorError, match=r"the image has no linux/amd64 variant \(it has linux/arm64\); "
+                                          r"the recipe builds linux/amd64 microVMs"):
+        image.fetch(ref, only_arm, "r.yaml")
 
 
 def test_docker_archive_is_converted_with_skopeo_and_gives_the_same_digest_twice(project):
@@ -355,11 +401,33 @@ def test_image_specs_load_and_say_what_is_wrong(tmp_path):
     assert image.local_image_task("oci:out/images/none:1") is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("packages: [hello]\nentrypont: [/usr/bin/hello]\n")
-    with pytest.raises(TailorError, match="bad.yaml: entrypont: unknown key; allowed keys: tag, packages"):
+    with pytest.raises(TailorError, match="bad.yaml: entrypont: unknown key; allowed keys: tag, arch, packages"):
         image_build.load_spec(bad)
     bad.write_text("entrypoint: [/usr/bin/hello]\n")
     with pytest.raises(TailorError, match="packages: list the Debian packages the image is made of"):
         image_build.load_spec(bad)
+    bad.write_text("packages: [hello]\narch: riscv64\n")
+    with pytest.raises(TailorError, match="bad.yaml: arch: 'riscv64' is not a supported architecture; use x86_64 or arm64"):
+        image_build.load_spec(bad)
+    for value in ("usr/share/doc", "/", "/usr/../etc"):
+        bad.write_text(f"packages: [hello]\nexclude: [{value!r}]\n")
+        with pytest.raises(TailorError, match=f"bad.yaml: exclude: '{re.escape(value)}' must be an absolute path"):
+            image_build.load_spec(bad)
+
+
+def test_exclude_drops_paths_through_the_trees_own_symlinks_and_never_outside(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "usr/share/doc/pkg").mkdir(parents=True)
+    (tree / "usr/share/doc/pkg/copyright").write_text("c")
+    (tree / "usr/lib/x").mkdir(parents=True)
+    (tree / "lib").symlink_to("/usr/lib")  # absolute, as images have them: it must resolve inside the tree
+    outside = tmp_path / "usr/lib/x"
+    outside.mkdir(parents=True)
+    image_build._exclude(tree, "/usr/share/doc")
+    image_build._exclude(tree, "/lib/x")
+    image_build._exclude(tree, "/usr/share/man")  # missing: nothing to do
+    assert not (tree / "usr/share/doc").exists() and (tree / "usr/share").is_dir()
+    assert not (tree / "usr/lib/x").exists() and outside.is_dir() and (tree / "lib").is_symlink()
 
 
 def test_packages_go_over_a_merged_usr_image_through_its_symlinks(tmp_path):

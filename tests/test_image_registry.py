@@ -193,7 +193,7 @@ def test_bad_registry_references_fail_in_one_line_and_leave_nothing(case, projec
         "unknown-tag": f"unknown repository or tag in registry {registry}; check the name and tag",
         "wrong-digest": f"registry {registry} has no manifest {wrong} in that repository; check the digest "
                         f"(in the recipe or images.lock) and the name",
-        "arm64": "the image is linux/arm64; tailor builds amd64/linux microVMs only",
+        "arm64": "the image is linux/arm64; the recipe builds linux/amd64 microVMs (arch: x86_64)",
     }[case]
     (project / f"recipes/bad-{case}.yaml").write_text(recipe_from_redis(image_ref, general=False))
     out = tmp_path / "out"
@@ -260,8 +260,11 @@ def test_docker_schema2_and_multi_platform_images_are_verified_and_unpacked(proj
         assert (tree / "usr/bin/redis-server").exists() and img.config["config"]["Entrypoint"] == ["/usr/bin/redis-server"]
     ref = image.parse_reference(f"docker://{registry}/tailor/redis-armonly:1")
     with pytest.raises(TailorError, match=r"the image has no linux/amd64 variant \(it has linux/arm64\); "
-                                          r"tailor builds amd64/linux microVMs only"):
+                                          r"the recipe builds linux/amd64 microVMs \(arch: x86_64\)"):
         image.fetch(ref, image.resolve(ref, "t"), "t")
+    for name in ("armonly", "multi"):  # an arm64 recipe takes the linux/arm64 image of the same references
+        ref = image.parse_reference(f"docker://{registry}/tailor/redis-{name}:1")
+        assert image.fetch(ref, image.resolve(ref, "t"), "t", "arm64").config["architecture"] == "arm64"
 
 
 def test_image_user_env_and_workdir_reach_the_app_on_the_general_kernel(project, registry, tmp_path):

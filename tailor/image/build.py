@@ -1,7 +1,8 @@
 """Images built locally from Debian packages: ``images/<name>.yaml`` -> ``out/images/<name>`` (``doit image:<name>``).
 
 :func:`build_from_packages` extracts the packages' closure (as the rootfs stage does), keeps the
-``keep`` paths with their ELF closure, and writes one deterministic uncompressed layer with
+``keep`` paths with their ELF closure (or drops the ``exclude`` paths), and writes one deterministic
+uncompressed layer with
 :func:`write_layout`: same packages, same digest.
 """
 
@@ -23,6 +24,7 @@ from tailor.fstree import add_users, apply_overlay, copy_in, elf_files, expand_f
 from tailor.image.layout import put_blob, put_blob_file, set_tag, tree_tar
 from tailor.image.reference import IMAGES_DIR, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, TAG_RE
 from tailor.epoch import source_date_epoch
+from tailor.kinds import Arch, parse_arch
 from tailor.recipe import ROOTFS_DIR
 from tailor.util import display_path, makedirs, remove, replace_dir
 
@@ -44,10 +46,15 @@ class ImageSpec:
     user: str = ""
     overlay: tuple[str, ...] = ()
     """Directories under ``rootfs/`` copied over the tree (the app's own files: scripts, pages)."""
-    architecture: str = "amd64"
+    exclude: tuple[str, ...] = ()
+    """In-image paths removed from the packages' tree before the overlay (as Debian's slim container
+    images leave out /usr/share/doc, man pages and locales through dpkg's path-exclude)."""
+    arch: Arch = Arch.X86_64
+    """The image's architecture (``arch`` in the spec, as in recipes): its Debian packages' and its
+    config's platform (``linux/amd64``, ``linux/arm64``)."""
 
 
-_SPEC_KEYS = ("tag", "packages", "keep", "entrypoint", "cmd", "env", "workdir", "user", "overlay")
+_SPEC_KEYS = ("tag", "arch", "packages", "keep", "exclude", "entrypoint", "cmd", "env", "workdir", "user", "overlay")
 
 
 def load_spec(path: Path) -> ImageSpec:
@@ -77,13 +84,20 @@ def load_spec(path: Path) -> ImageSpec:
         raise TailorError(f"{where}: tag: {tag!r} is not a valid tag")
     if not strings("packages"):
         raise TailorError(f"{where}: packages: list the Debian packages the image is made of")
+    try:
+        arch = parse_arch(data.get("arch", "x86_64"))
+    except ValueError as e:
+        raise TailorError(f"{where}: arch: {e}") from None
+    for p in strings("exclude"):
+        if not p.startswith("/") or ".." in Path(p).parts or p.rstrip("/") == "":
+            raise TailorError(f"{where}: exclude: {p!r} must be an absolute path inside the image (not / itself)")
     for name in strings("overlay"):
         if name.startswith("/") or ".." in Path(name).parts or not (ROOTFS_DIR / name).is_dir():
             raise TailorError(f"{where}: overlay: {name!r} is not a directory under rootfs/")
     return ImageSpec(name=path.stem, path=path, tag=tag, packages=strings("packages"), keep=strings("keep"),
                      entrypoint=strings("entrypoint"), cmd=strings("cmd"), env=tuple(sorted(env.items())),
                      workdir=str(data.get("workdir", "/")), user=str(data.get("user", "")),
-                     overlay=strings("overlay"))
+                     overlay=strings("overlay"), exclude=strings("exclude"), arch=arch)
 
 
 def write_layout(layout: Path, tag: str, layers: list[Path], config: dict) -> str:
@@ -118,8 +132,8 @@ def build_from_packages(spec: ImageSpec, layout: Path) -> str:
     """
     where = display_path(spec.path)
     epoch = source_date_epoch()
-    closure = debian.closure(list(spec.packages), f"{where}: packages")
-    debs = debian.download(closure)
+    closure = debian.closure(list(spec.packages), f"{where}: packages", arch=spec.arch.debian)
+    debs = debian.download(closure, arch=spec.arch.debian)
     work = makedirs(layout.parent) / f".{layout.name}.build-{os.getpid()}"
     remove(work)
     try:
@@ -138,6 +152,8 @@ def build_from_packages(spec: ImageSpec, layout: Path) -> str:
                 copy_in(full, tree, p)
             if spec.user:  # the user the image runs as must exist in it
                 add_users(tree, (spec.user.split(":")[0],))
+        for p in spec.exclude:
+            _exclude(tree, p)
         for name in spec.overlay:
             apply_overlay(tree, ROOTFS_DIR / name, f"{where}: overlay")
         normalise(tree, epoch)
@@ -148,12 +164,19 @@ def build_from_packages(spec: ImageSpec, layout: Path) -> str:
             shutil.copytree(layout, scratch)
         digest = write_layout(scratch, spec.tag, [layer],
                               image_config(entrypoint=spec.entrypoint, cmd=spec.cmd, env=spec.env,
-                                           workdir=spec.workdir, user=spec.user))
+                                           workdir=spec.workdir, user=spec.user, architecture=spec.arch.goarch))
         replace_dir(scratch, layout)
     finally:
         remove(work)
     print(f"[image:{spec.name}] {layout.name}:{spec.tag} is {digest}", file=sys.stderr)
     return digest
+
+
+def _exclude(tree: Path, path: str) -> None:
+    """Remove the in-image *path* from *tree*; its parent is followed through the tree's own symlinks
+    (``/lib`` -> ``usr/lib``) but never out of the tree."""
+    parent = Path(resolve_in_root(tree, str(Path(path).parent)))  # no symlink left in it, never above tree
+    remove(tree / parent.relative_to("/") / Path(path).name)
 
 
 def build_local(name: str) -> str:

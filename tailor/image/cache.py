@@ -67,20 +67,21 @@ def _skopeo_error(text: str, ref: ImageRef, origin: str, digest: str | None = No
     return TailorError(f"{where}: skopeo failed: {line[:300]}")
 
 
-def _platform_manifest(layout: Path, desc: dict, where: str) -> dict:
-    """Follow an index to its linux/amd64 manifest descriptor (a manifest's own descriptor is returned as is)."""
+def _platform_manifest(layout: Path, desc: dict, where: str, goarch: str = "amd64") -> dict:
+    """Follow an index to its linux/*goarch* manifest descriptor (a manifest's own descriptor is returned as
+    is; :func:`verify` checks its config's platform)."""
     for _ in range(4):
         if desc.get("mediaType") not in INDEX_TYPES:
             return desc
         index = read_json_blob(layout, desc, "index", where)
         found = [m for m in index.get("manifests", []) if isinstance(m, dict)
-                 and (m.get("platform") or {}).get("architecture") == "amd64"
+                 and (m.get("platform") or {}).get("architecture") == goarch
                  and (m.get("platform") or {}).get("os") == "linux"]
         if not found:
             platforms = [m.get("platform") or {} for m in index.get("manifests", []) if isinstance(m, dict)]
             plats = sorted({f"{p.get('os', '?')}/{p.get('architecture', '?')}" for p in platforms})
-            raise TailorError(f"{where}: the image has no linux/amd64 variant (it has {', '.join(plats) or 'none'}); "
-                              f"tailor builds amd64/linux microVMs only")
+            raise TailorError(f"{where}: the image has no linux/{goarch} variant (it has {', '.join(plats) or 'none'}); "
+                              f"{_for_arch(goarch)}")
         desc = found[0]
     raise TailorError(f"{where}: indexes nested too deeply")
 
@@ -102,9 +103,17 @@ def cache_dir() -> Path:
     return paths.cache_dir("oci")
 
 
-def verify(layout: Path, top: dict, ref: ImageRef, digest: str, where: str) -> Image:
-    """Check the index/manifest at *top*, the config and every layer in *layout*; return the image."""
-    desc = _platform_manifest(layout, top, where)
+def _for_arch(goarch: str) -> str:
+    """What a platform refusal tells the user: which architecture the recipe builds, and the way out."""
+    arch = {"amd64": "x86_64", "arm64": "arm64"}.get(goarch, goarch)
+    return (f"the recipe builds linux/{goarch} microVMs (arch: {arch}); use an image with a linux/{goarch} "
+            f"variant or set the recipe's arch to the image's")
+
+
+def verify(layout: Path, top: dict, ref: ImageRef, digest: str, where: str, goarch: str = "amd64") -> Image:
+    """Check the index/manifest at *top* (an index narrowed to its linux/*goarch* manifest), the config and
+    every layer in *layout*; return the image."""
+    desc = _platform_manifest(layout, top, where, goarch)
     manifest = read_json_blob(layout, desc, "manifest", where)
     if manifest.get("mediaType", desc.get("mediaType")) not in MANIFEST_TYPES and "layers" not in manifest:
         raise TailorError(f"{where}: {desc['digest'][:19]} is not an image manifest")
@@ -113,8 +122,8 @@ def verify(layout: Path, top: dict, ref: ImageRef, digest: str, where: str) -> I
         raise TailorError(f"{where}: the manifest has no config")
     config = read_json_blob(layout, cdesc, "config", where)
     arch, osname = config.get("architecture"), config.get("os")
-    if (osname, arch) != ("linux", "amd64"):
-        raise TailorError(f"{where}: the image is {osname}/{arch}; tailor builds amd64/linux microVMs only")
+    if (osname, arch) != ("linux", goarch):
+        raise TailorError(f"{where}: the image is {osname}/{arch}; {_for_arch(goarch)}")
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         raise TailorError(f"{where}: the manifest has no layer list")
@@ -165,46 +174,50 @@ def resolve(ref: ImageRef, origin: str) -> str:
         remove(scratch)
 
 
-def cached(ref: ImageRef, digest: str, origin: str) -> Image | None:
-    """The image pinned at *digest* when the cache has it and it verifies again, else None.
+def cached(ref: ImageRef, digest: str, origin: str, goarch: str = "amd64", quiet: bool = False) -> Image | None:
+    """The linux/*goarch* image pinned at *digest* when the cache has it and it verifies again, else None.
 
-    A cached copy that no longer verifies (a damaged blob) is reported and fetched again."""
+    A cached copy that no longer verifies (a damaged blob, or an index fetched for another platform whose
+    linux/*goarch* blobs are not there yet) is reported (unless *quiet*) and fetched again."""
     layout = cache_dir()
     where = f"{origin}: rootfs.image: {ref.text}"
     for m in index_manifests(layout):
         if tag_of(m) == digest:
             try:
-                return verify(layout, m, ref, digest, where)
+                return verify(layout, m, ref, digest, where, goarch)
             except TailorError as e:
-                print(f"tailor: the cached copy of {ref.unpinned}@{digest[:19]} is damaged ({str(e).split(': ')[-1]}); "
-                      f"fetching it again", file=sys.stderr, flush=True)
+                if quiet:
+                    return None
+                print(f"tailor: the cached copy of {ref.unpinned}@{digest[:19]} does not verify for linux/{goarch} "
+                      f"({str(e).split(': ')[-1]}); fetching it again", file=sys.stderr, flush=True)
                 return None
     return None
 
 
-def fetch(ref: ImageRef, digest: str, origin: str) -> Image:
-    """The image *ref* pinned at *digest*, verified, from the cache or fetched into it."""
+def fetch(ref: ImageRef, digest: str, origin: str, goarch: str = "amd64") -> Image:
+    """The linux/*goarch* image *ref* pinned at *digest* (an index narrowed to that platform), verified,
+    from the cache or fetched into it."""
     where = f"{origin}: rootfs.image: {ref.text}"
     layout = makedirs(cache_dir())
-    img = cached(ref, digest, origin)
+    img = cached(ref, digest, origin, goarch, quiet=True)  # asked again under the lock, which reports it
     if img is not None:
         return img
     with file_lock(layout / ".lock", "the image cache"):
-        img = cached(ref, digest, origin)
+        img = cached(ref, digest, origin, goarch)
         if img is not None:
             return img
         scratch = layout / f".fetch-{os.getpid()}"
         remove(scratch)
         try:
-            top = _fetch_into(ref, digest, scratch, where, origin)
-            img = verify(scratch, top, ref, digest, where)
+            top = _fetch_into(ref, digest, scratch, where, origin, goarch)
+            img = verify(scratch, top, ref, digest, where, goarch)
             _store(scratch, layout, top, digest, img)
         finally:
             remove(scratch)
-    return verify(layout, _cache_entry(layout, digest), ref, digest, where)
+    return verify(layout, _cache_entry(layout, digest), ref, digest, where, goarch)
 
 
-def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: str) -> dict:
+def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: str, goarch: str = "amd64") -> dict:
     """Copy the image into the OCI layout *scratch*; return the descriptor of the pinned digest in it."""
     if ref.transport == "docker":
         print(f"tailor: fetching {ref.unpinned}@{digest} with skopeo", file=sys.stderr, flush=True)
@@ -218,7 +231,7 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
         media = top.get("mediaType") or (OCI_INDEX if "manifests" in top else OCI_MANIFEST)
         put_blob(scratch, raw)
         desc = {"mediaType": media, "digest": digest, "size": len(raw)}
-        single = _platform_manifest(scratch, desc, where)  # an index: pick linux/amd64 before copying
+        single = _platform_manifest(scratch, desc, where, goarch)  # an index: pick the platform before copying
         if single["digest"] != digest:  # the platform's manifest, as the registry serves it, checked here too
             child = _skopeo(["inspect", "--raw", f"docker://{ref.location}@{single['digest']}"], ref, origin,
                             single["digest"]).stdout
@@ -246,15 +259,16 @@ def _fetch_into(ref: ImageRef, digest: str, scratch: Path, where: str, origin: s
                 if entry else ""
             raise TailorError(f"{where}: {display_path(src)} has no image with the pinned digest {digest}{now}; "
                               f"fix the digest or build the image")
-        _copy_layout(src, scratch, desc, where)
+        _copy_layout(src, scratch, desc, where, goarch)
     if desc["digest"] != digest:
         raise TailorError(f"{where}: it is {desc['digest']} now, not the pinned {digest}; "
                           f"run `python -m tailor pin-image <app>` to move the pin")
     return desc
 
 
-def _copy_layout(src: Path, dest: Path, desc: dict, where: str) -> None:
-    """Copy the blobs of the image *desc* (index, manifest, config, layers) from layout *src* to *dest*."""
+def _copy_layout(src: Path, dest: Path, desc: dict, where: str, goarch: str = "amd64") -> None:
+    """Copy the blobs of the image *desc* (index, its linux/*goarch* manifest, config, layers) from layout
+    *src* to *dest*."""
     makedirs(blob_dir(dest))
     todo = [desc]
     while todo:
@@ -269,7 +283,7 @@ def _copy_layout(src: Path, dest: Path, desc: dict, where: str) -> None:
         if d.get("mediaType") in INDEX_TYPES + MANIFEST_TYPES:
             data = json.loads(path.read_bytes())
             todo += [m for m in data.get("manifests", []) if (m.get("platform") or {}).get("architecture")
-                     in (None, "amd64")]
+                     in (None, goarch)]
             todo += ([data["config"]] if isinstance(data.get("config"), dict) else []) + list(data.get("layers", []))
 
 

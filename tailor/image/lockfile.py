@@ -83,13 +83,14 @@ def pin(ref: ImageRef, origin: str, path: Path | None = None) -> str:
     return digest
 
 
-def obtain(ref_text: str, origin: str) -> Image:
-    """The recipe's image: parsed, pinned, fetched and verified."""
+def obtain(ref_text: str, origin: str, goarch: str = "amd64") -> Image:
+    """The recipe's image: parsed, pinned, fetched and verified (an index narrowed to its linux/*goarch*
+    image: ``amd64`` for an x86_64 recipe, ``arm64`` for an arm64 one)."""
     ref = parse_reference(ref_text)
     digest = locked_digest(ref)
     if digest:
-        return cache.fetch(ref, digest, origin)
+        return cache.fetch(ref, digest, origin, goarch)
     digest = cache.resolve(ref, origin)
-    img = cache.fetch(ref, digest, origin)  # pinned only once it fetched and verified
+    img = cache.fetch(ref, digest, origin, goarch)  # pinned only once it fetched and verified
     _record_new(ref, digest)
     return img
