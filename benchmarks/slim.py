@@ -2,6 +2,9 @@
 
     python benchmarks/slim.py [APP ...] [--runs N] [--no-memory | --memory APP,...]
 
+Naming apps measures those again and keeps the other apps' rows of out/bench/slim.json as they were
+(each app's figures and ratios always come from one run of its own).
+
 For each app (default: every recipe whose kernel is built and that has a network
 probe or a ready pattern), builds its root three ways into out/bench/slim/<app>/
 (``rootfs.slim: false``, the whole tree; ``true``, the entrypoint and its
@@ -133,7 +136,8 @@ def ratio(a, b) -> str:
 def main() -> int:
     from tailor.bench import conditions
     from tailor.errors import TailorError
-    from tailor.records.bench import save_bench
+    from tailor import paths
+    from tailor.records.bench import load_bench, save_bench
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("apps", nargs="*")
@@ -148,7 +152,10 @@ def main() -> int:
     except TailorError as e:
         print(f"tailor: error: {e}", file=sys.stderr)
         return 1
-    save_bench("slim", {"kind": "slim", "apps": result,
+    kept = {}
+    if args.apps and paths.bench_path("slim").is_file():
+        kept = {app: row for app, row in load_bench("slim").apps.items() if app not in result}
+    save_bench("slim", {"kind": "slim", "apps": {**kept, **result},
                         "conditions": conditions()})
     for app, r in result.items():
         v = r["variants"]
