@@ -235,17 +235,20 @@ def size_sections(data: dict | None) -> list[Section]:
     ]
 
 
-def lines_section(data: dict | None, boot: dict | None = None) -> Section:
+def lines_section(data: dict | None, boot: dict | None = None, memory: dict | None = None) -> Section:
     """The report's apps on the default kernel line and on each other one (hello and hello-612), side by side."""
     title = "Kernel lines: the same recipe on Linux 6.1 and 6.12"
     intro = ("Each app's own kernel, from the same recipe on Debian's linux-source-6.1 and on its "
              "linux-source-6.12 copy (recipes/<app>-612.yaml): bzImage, options set to y and system calls "
-             "compiled in (counted as in the sections above), and the median boot to init and to ready "
-             "(the boot benchmark's default method); × is the 6.12 figure over the 6.1 one.")
+             "compiled in (counted as in the sections above), the median boot to init and to ready "
+             "(the boot benchmark's default method) and the smallest guest memory with which the boot test "
+             "passes (the memory benchmark); × is the 6.12 figure over the 6.1 one.")
     boots = {(r["app"], r["variant"]): r for r in (boot or {}).get("results", []) if not r.get("missing")}
 
     def booted(app: str, key: str) -> float | None:
         return ((boots.get((app, "specific")) or {}).get(key) or {}).get("median")
+    mins = {r["app"]: r.get("min_mib") for r in (memory or {}).get("results", [])
+            if r.get("variant") == "specific" and not r.get("missing")}
     if not data:
         return _not_measured("size", title, intro, "lines")
 
@@ -253,7 +256,7 @@ def lines_section(data: dict | None, boot: dict | None = None) -> Section:
         return next((k for k in data["kernels"] if k["variant"] == "specific" and app in k["apps"]), None)
 
     head = ["app", "source", "bzImage", "×", "vmlinux", "×", "options =y", "×", "system calls", "×",
-            "boot to init", "×", "to ready", "×"]
+            "boot to init", "×", "to ready", "×", "min memory", "×"]
     rows, missing, bars = [], [], []
     for copy, (app, _package) in line_apps().items():
         first, other = own(app), own(copy)
@@ -270,7 +273,8 @@ def lines_section(data: dict | None, boot: dict | None = None) -> Section:
                         + cell(k["enabled"], base and base["enabled"], str)
                         + cell(k["syscalls"]["real"], base and base["syscalls"]["real"], str)
                         + cell(booted(name, "init_s"), booted(app, "init_s"), fmt_s)
-                        + cell(booted(name, "ready_s"), booted(app, "ready_s"), fmt_s))
+                        + cell(booted(name, "ready_s"), booted(app, "ready_s"), fmt_s)
+                        + cell(mins.get(name), mins.get(app), lambda m: "–" if m is None else f"{m} MiB"))
             bars.append((f"{app} on {(k.get('source') or '?').split(' ')[0].replace('linux-source-', '')}",
                          k["bzImage"] / 1e6, fmt_mb(k["bzImage"]), "specific" if base is None else "general"))
     charts = [c for c in [chart("bzImage size by kernel line", "MB", bars)] if c]
@@ -793,7 +797,8 @@ def target_lines(results: dict[str, dict], metrics: tuple[str, ...]) -> list[str
 
 
 def sections(results: dict[str, dict]) -> list[Section]:
-    return (size_sections(results.get("size")) + [lines_section(results.get("size"), results.get("boot")), boot_section(results.get("boot")),
+    return (size_sections(results.get("size"))
+            + [lines_section(results.get("size"), results.get("boot"), results.get("memory")), boot_section(results.get("boot")),
             initcalls_section(results.get("initcalls")), memory_section(results.get("memory")),
             memory_breakdown_section(results.get("memory")), throughput_section(results.get("throughput")),
             snapshot_section(results.get("snapshot")), slim_section(results.get("slim")),

@@ -695,3 +695,25 @@ def test_a_root_variant_that_could_not_be_built_says_why():
                               "reason": "not built: recipes/x.yaml: app.workdir '/app' is not a directory in the "
                                         "rootfs", "ready_s": None, "min_memory_mib": None})
     assert cell == "not built: recipes/x.yaml: app.workdir '/app' is not a directory in the rootfs"
+
+
+def test_kernel_lines_compare_size_boot_and_minimum_memory_side_by_side():
+    """The 6.1 row and its 6.12 copy: each figure beside the copy's ratio to it, memory included."""
+    def kernel(app, source, bz, enabled, calls):
+        return {"label": app, "variant": "specific", "apps": [app], "bzImage": bz, "vmlinux": 10 * bz,
+                "enabled": enabled, "syscalls": {"real": calls, "raw": calls, "stubs": 0}, "source": source}
+
+    size = {"kernels": [kernel("hello", "linux-source-6.1 6.1.192-2", 1_000_000, 400, 230),
+                        kernel("hello-612", "linux-source-6.12 6.12.118-1~deb12u1", 1_100_000, 440, 235)]}
+    boot = {"results": [{"app": a, "variant": "specific", "init_s": {"median": t}, "ready_s": {"median": t + 0.1}}
+                        for a, t in (("hello", 0.4), ("hello-612", 0.44))]}
+    memory = {"results": [{"app": "hello", "variant": "specific", "min_mib": 20},
+                          {"app": "hello-612", "variant": "specific", "min_mib": 25},
+                          {"app": "hello", "variant": "general", "min_mib": 99}]}
+    section = report.lines_section(size, boot, memory)
+    rows = {r[0]: r for r in section.rows}
+    assert section.head[-2:] == ["min memory", "×"]
+    assert rows["hello"][-2:] == ["20 MiB", ""] and rows["hello-612"][-2:] == ["25 MiB", "1.25x"]
+    assert rows["hello-612"][2:4] == ["1.10 MB", "1.10x"]
+    without = {r[0]: r for r in report.lines_section(size, boot, None).rows}
+    assert without["hello-612"][-2:] == ["–", "–"]  # not measured

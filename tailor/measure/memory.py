@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from tailor import boot, config, kernel, qemu, records, rootfs
-from tailor.bench import Variant, bench_dir, conditions, result_row, say, variants
+from tailor.bench import Variant, bench_dir, conditions, line_apps, report_variants, result_row, say
 from tailor.errors import TailorError
 from tailor.kinds import RootFormat
 from tailor.measure.boot_time import MEASURE_CMDLINE, boot_once
@@ -158,10 +158,12 @@ def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY
     """Bisect each variant's smallest passing guest memory in MiB; for each app's own kernel and each
     baseline, break that minimum down and (with *alternatives*) measure the other root formats (the
     baselines: the other of cpio and ext2 only, so that each root is also compared like with like);
-    writes ``memory.json``."""
+    writes ``memory.json``. By default the report's apps and their copies on the other kernel lines
+    (:func:`~tailor.bench.report_variants`; a copy on its own kernel and its own root only)."""
     results, extra = [], []
     images: dict[tuple[str, str], Variant] = {}  # each app's image in another format, built once for all its kernels
-    for v in variants(apps):
+    copies = set(line_apps())
+    for v in report_variants(apps):
         row = result_row(v)
         if v.missing:
             row["missing"] = v.missing
@@ -172,7 +174,7 @@ def measure_memory(apps: dict[str, Recipe | str] | None = None, lo: int = MEMORY
         if found is not None and v.variant != "general":
             row["root"] = v.recipe.rootfs.format
             row["breakdown"] = _breakdown_of(v, found, accel)
-            if alternatives:
+            if alternatives and v.app not in copies:
                 extra += _alternatives(v, found, lo, hi, accel, log, images)
         results.append(row)
     return save_bench("memory", {"kind": "memory", "conditions": conditions(accel), "cmdline_extra": MEASURE_CMDLINE,
