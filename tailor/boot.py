@@ -240,11 +240,17 @@ def slim_hint(recipe: Recipe, console: str, cause: type | None = None) -> str:
             break
     if not named and cause not in (QemuExited, KernelPanicked, ProbeFailed):
         return ""  # a timeout, no output: nothing says the files are missing
+    if not named and _OUT_OF_MEMORY.search(console):
+        return ""  # the guest ran out of memory: not a file slim dropped
     source = "image's" if rec.source == "image" else "packages'"
     return (f" (rootfs.slim dropped {len(gone)} of the {source} files: {named}set rootfs.slim: false in "
             f"{display_path(recipe.path)} to keep them, or list what the app needs in rootfs.files; "
             f"{display_path(path)} lists them)")
 
+
+_OUT_OF_MEMORY = re.compile(r"Out of memory|deadlocked on memory|oom-kill|Kernel panic - not syncing: VFS: Unable to "
+                            r"mount root|Initramfs unpacking failed")
+"""A console that says the guest ran out of memory (or could not hold its root): a failure slim did not cause."""
 
 _MISSING = re.compile(r"no such file|not found|can't|cannot|could not|couldn't|does not exist|missing|ENOENT",
                       re.IGNORECASE)
