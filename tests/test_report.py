@@ -449,9 +449,9 @@ def test_catalogue_table_renders_when_nothing_is_built(tmp_path, monkeypatch):
     assert "| hello |" in text and "not built" in text and "under tcg." in text
 
 
-def test_catalogue_table_has_an_arm64_column_from_the_apps_arm64_copies(tmp_path, monkeypatch):
-    """An app's ``<app>-arm64`` recipe fills its arm64 cell: its boot result and Image size; an app
-    without one shows "-", one whose copy is not built "not built"; x86_64 recipes never count."""
+def test_catalogue_arm64_table_from_the_apps_arm64_copies(tmp_path, monkeypatch):
+    """An app's ``<app>-arm64`` recipe gets a row of the arm64 table: its Image size and boot result; one not
+    built says so; x86_64 recipes never count as copies; the table goes between its own markers."""
     from tailor import catalogue, paths, recipe
 
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
@@ -463,12 +463,17 @@ def test_catalogue_table_has_an_arm64_column_from_the_apps_arm64_copies(tmp_path
     fakes.kernel_pointer("hello-arm64", Path("/k"), "d" * 64, bzImage="/k/Image",
                          sizes={"Image": 3_188_744, "vmlinux": 3_849_224, "System.map": 485_741})
     fakes.boot_result(paths.boot_result("hello-arm64"), time_to_ready_s=0.3, boot_method="image")
-    text = catalogue.render_table(x86, others)
-    cell = {line.split("|")[1].strip(): line.strip("|").split("|")[-1].strip() for line in text.splitlines()
-            if line.startswith("| ") and not line.startswith("| app ")}
-    assert cell["hello"] == "pass, Image 3.19 MB"
-    assert cell["redis"] == "not built" and cell["golang"] == "-"
+    text = catalogue.render_arm64_table(x86, others)
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("| ") and not line.startswith("| app ")}
+    assert cells["hello"] == ["hello", "hello-arm64", "0 / 0", "3.19 MB", "- cpio", "pass"]
+    assert cells["redis"][-1] == "not built" and "golang" not in cells
     assert "1 of " in text and "`qemu-system-aarch64 -M virt -cpu max`" in text
+    page = tmp_path / "catalogue.md"
+    page.write_text(f"# c\n{catalogue.START}\nold\n{catalogue.END}\n{catalogue.ARM64_START}\nold\n{catalogue.ARM64_END}\n")
+    monkeypatch.setattr(catalogue, "README", page)
+    catalogue.write_arm64_table(x86, others)
+    assert "| hello | hello-arm64 |" in page.read_text() and "\nold\n" in page.read_text()  # the main table stays
 
 
 def test_catalogue_table_shows_the_baseline_boot_and_whether_the_pool_was_seeded(tmp_path, monkeypatch):
@@ -481,7 +486,7 @@ def test_catalogue_table_shows_the_baseline_boot_and_whether_the_pool_was_seeded
         fakes.boot_result(where, time_to_ready_s=ready, boot_method="pvh", entropy_before_app=entropy)
     row = next(line for line in catalogue.render_table([hello]).splitlines() if line.startswith("| hello |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[5:] == ["pass (0.8 s)", "not built", "pass (2.1 s)", "yes", "-"]  # no hello-arm64 among others
+    assert cells[5:] == ["pass (0.8 s)", "not built", "pass (2.1 s)", "yes"]
     assert "booted by PVH (the ELF vmlinux)" in catalogue.render_table([hello])
     with pytest.raises(TailorError, match="baseline is not built; run `doit baseline:firecracker`"):
         catalogue.boot_on_baseline([hello])

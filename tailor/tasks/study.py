@@ -100,6 +100,10 @@ def catalogue_tasks(recipes: list[Recipe], others: list[Recipe] = ()):
 
     yield {"basename": "catalogue_table", "doc": "write the catalogue table in docs/catalogue.md from the recorded results",
            "actions": [action("catalogue:write_table", recipes, list(others))], "uptodate": [False], "verbosity": 2}
+    yield {"basename": "catalogue_arm64_table",
+           "doc": "write the arm64 table of docs/catalogue.md (each app's <app>-arm64 copy) from the recorded results",
+           "actions": [action("catalogue:write_arm64_table", recipes, list(others))], "uptodate": [False],
+           "verbosity": 2}
     yield {"basename": "catalogue_timing",
            "doc": f"boot every built app {RUNS} times on its own kernel, the general one and the {BASELINE} "
                   "baseline's; the table shows the medians (tens of minutes)",
