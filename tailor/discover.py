@@ -469,7 +469,7 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
                                            + ("; found only by the #if conditions around the lines it ran"
                                               if o in by_line else "")} for o in cands}
     why = "candidates from the trace"
-    memo = Memo(lambda opts: run.trial(opts, why))
+    memo = Memo(lambda opts: run.trial(opts, why), spent=lambda: run.boots)  # the budget counts real trials
     chosen = list(cands)
     if not memo(chosen):
         rest = [o for o in probe.options() if o not in chosen and o not in run.base_on]

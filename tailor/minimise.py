@@ -42,12 +42,22 @@ Oracle = Callable[[list[str]], bool]
 
 
 class Memo:
-    """Wraps an oracle so that each distinct option set is tried once; ``trials`` counts the real calls."""
+    """Wraps an oracle so that each distinct option set is tried once; ``trials`` counts the real calls.
 
-    def __init__(self, oracle: Oracle):
+    *spent*, when given, counts what a call really cost instead (discovery: the kernels built and booted,
+    so that a set whose dependencies resolve it to a kernel already tried costs nothing and does not use
+    up the budget)."""
+
+    def __init__(self, oracle: Oracle, spent: Callable[[], int] | None = None):
         self.oracle = oracle
         self.seen: dict[frozenset, bool] = {}
-        self.trials = 0
+        self.calls = 0
+        self.spent = spent
+
+    @property
+    def trials(self) -> int:
+        """The oracle calls made so far, or what *spent* says they cost."""
+        return self.spent() if self.spent is not None else self.calls
 
     def known(self, options: Iterable[str]) -> bool | None:
         """The result for *options* if it was tried, else None."""
@@ -56,7 +66,7 @@ class Memo:
     def __call__(self, options: list[str]) -> bool:
         key = frozenset(options)
         if key not in self.seen:
-            self.trials += 1
+            self.calls += 1
             self.seen[key] = bool(self.oracle(list(options)))
         return self.seen[key]
 

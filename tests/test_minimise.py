@@ -53,6 +53,23 @@ def test_memo_calls_each_set_once():
     assert memo.known(["b", "a"]) is True and memo.known(["b"]) is None
 
 
+def test_the_budget_counts_what_trials_cost_when_told():
+    """Discovery's trials that resolve to a kernel already tried cost nothing: with *spent*, only the others
+    use up the budget (here: sets without o0 resolve to the same kernel, as if a kept option selected it)."""
+    options = [f"o{i}" for i in range(8)]
+    real = []
+
+    def oracle(opts):
+        if "o0" in opts:  # a real kernel build and boot
+            real.append(list(opts))
+        return {"o1", "o5"} <= set(opts)
+
+    out = ddmin([options], Memo(oracle, spent=lambda: len(real)), budget=3)
+    counted = ddmin([options], Memo(oracle), budget=3)
+    assert out.trials <= 3 and counted.trials <= 3
+    assert len(out.kept) < len(counted.kept)  # the free calls let the same budget go further
+
+
 def test_ddmin_keeps_exactly_what_is_needed():
     options = [f"o{i}" for i in range(16)]
     out = ddmin([options], FakeOracle({"o3", "o11"}))
