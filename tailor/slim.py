@@ -27,7 +27,8 @@
    a directory it only entered), the dropped files are added back by
    bisection over their directories (:func:`tailor.minimise.add_back`),
    within a budget of trial images, and the list gains them with the reason
-   ``needed by the boot test``.
+   ``needed by the boot test``. Once the list is verified, ``whole/`` and ``try/`` are removed (the
+   record keeps the whole image's figures); a failed run leaves them for a look.
 
 ``kept.json`` is what ``rootfs:<app>`` of a ``slim: traced`` recipe keeps
 (:func:`tailor.rootfs.load_traced`); ``--write`` copies the list into the
@@ -267,6 +268,7 @@ def make(recipe: Recipe, *, budget: int = DEFAULT_BUDGET, write: bool = False) -
         probe=seen["probe"], writeback_s=seen["writeback_s"], seconds=round(time.monotonic() - t0, 1),
     ).save(paths.slim_kept(recipe.name))
     remove(work / "try")
+    remove(work / "whole")  # up to gigabytes for a big image; kept.json has its figures
     print(f"[slim:{recipe.name}] {len(kept)} paths kept ({len(added)} added back), {trials.count} trial image(s): "
           f"{record['slim']['content_bytes'] / 1e6:.1f} MB of files against {record['whole']['content_bytes'] / 1e6:.1f} "
           f"MB whole (images {record['slim']['bytes'] / 1e6:.1f} and {record['whole']['bytes'] / 1e6:.1f} MB); "

@@ -391,4 +391,5 @@ def test_an_image_runs_as_it_is_and_a_slim_one_says_what_it_dropped(project, reg
     why = {e["path"]: e["why"] for e in kept["paths"]}
     assert why.get("/www/index.html") == "read" and why.get("/bin/busybox") == "read", why
     assert kept["trials"] >= 1 and kept["slim"]["files"] < kept["whole"]["files"]
+    assert not (project / "out/slim/holdout-traced/whole").exists()  # removed once the list was verified
     assert json.loads((project / "out/boot/holdout-traced/result.json").read_text())["pass"] is True
