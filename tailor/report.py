@@ -37,7 +37,7 @@ from tailor.records.bench import load_bench
 from tailor.templates import render
 from tailor.util import write_atomic
 
-KINDS = ("size", "boot", "initcalls", "memory", "throughput", "snapshot", "slim", "pipeline")
+KINDS = ("size", "boot", "initcalls", "memory", "throughput", "snapshot", "slim", "pipeline", "discover")
 BASELINE_ORDER = ("microvm", "firecracker", "kata")
 """The baselines' columns, in this order, in every table that has data for them (kata beside firecracker)."""
 TARGET_BASELINES = ("firecracker", "kata")
@@ -53,6 +53,7 @@ BENCH_HINT = {
     "snapshot": "doit snapshot:<app>, then python benchmarks/snapshot.py",
     "slim": "python benchmarks/slim.py",
     "pipeline": "python benchmarks/pipeline.py (outside doit)",
+    "discover": "python -m tailor discover <app>, then python benchmarks/discover.py",
 }
 
 
@@ -609,6 +610,38 @@ def slim_section(data: dict | None) -> Section:
                    [ch] if ch else [], [], [], True)
 
 
+def discover_section(data: dict | None) -> Section:
+    """Discovery (trace, map, trials, minimisation) against each app's hand-found kernel."""
+    title = "Discovery against the hand-found kernels"
+    intro = ("Each app's kernel options found by `python -m tailor discover <app>` (traced on the probe kernel, "
+             "mapped to options, then minimised by delta debugging with the recipe's boot test and exercise as "
+             "the oracle) against the recipe's own, hand-found options: trial kernels built and booted, the "
+             "whole discovery's wall time, options on top of the base, bzImage and system calls compiled in; "
+             "× is the discovered figure over the hand-found one.")
+    if not data or not data.get("rows"):
+        return _not_measured("discover", title, intro)
+    rows, missing, items = [], [], []
+    for r in sorted(data["rows"], key=lambda r: _app_rank(r["app"])):
+        h = r.get("hand_found") or {}
+        state = "minimised" if r.get("minimised") and not r.get("untried") else \
+            (f"budget spent ({len(r['untried'])} untried)" if r.get("untried") else "not minimised")
+        rows.append([r["app"], state, str(r["trial_kernels"]), f"{r['total_s'] / 60:.1f} min",
+                     f"{len(r['discovered'])} / {len(r['recipe'])}", fmt_mb(r["bzImage"]), fmt_mb(h.get("bzImage")),
+                     fmt_ratio(ratio(r["bzImage"], h.get("bzImage"))), f"{r['syscalls']} / {h.get('syscalls', '–')}",
+                     ", ".join(sorted(set(r["discovered"]) - set(r["recipe"]))) or "none",
+                     ", ".join(sorted(set(r["recipe"]) - set(r["discovered"]))) or "none"])
+        if not h:
+            missing.append(f"{r['app']}: hand-found kernel not built; run `doit kernel:{r['app']}`")
+        items += [(f"{r['app']} discovered", r["bzImage"] / 1e6, fmt_mb(r["bzImage"]), "specific")]
+        if h:
+            items.append((f"{r['app']} by hand", h["bzImage"] / 1e6, fmt_mb(h["bzImage"]), "general"))
+    ch = chart("bzImage: discovered and hand-found", "MB", items)
+    return Section("discover", title, intro,
+                   ["app", "search", "trial kernels", "wall time", "options (found / hand)", "bzImage", "by hand",
+                    "×", "system calls (found / hand)", "only found", "only by hand"], rows,
+                   [ch] if ch else [], missing, [], True)
+
+
 # --------------------------------------------------------------------------
 # Targets
 
@@ -802,7 +835,7 @@ def sections(results: dict[str, dict]) -> list[Section]:
             initcalls_section(results.get("initcalls")), memory_section(results.get("memory")),
             memory_breakdown_section(results.get("memory")), throughput_section(results.get("throughput")),
             snapshot_section(results.get("snapshot")), slim_section(results.get("slim")),
-            pipeline_section(results.get("pipeline"))])
+            discover_section(results.get("discover")), pipeline_section(results.get("pipeline"))])
 
 
 def conditions_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:

@@ -223,7 +223,9 @@ _BENCH = {
                  "clean": None},
     "snapshot": {"apps": {}},
     "slim": {"apps": {}},
-    "discover": {"rows": [{"app": "hello", "trials": 3}]},
+    "discover": {"rows": [{"app": "hello", "trial_kernels": 3, "total_s": 300.0, "discovered": [], "recipe": [],
+                           "bzImage": 900_000, "syscalls": 230, "hand_found": None, "minimised": True,
+                           "untried": []}]},
     "scale": {"config": "allnoconfig", "identity": "a" * 64, "farm": {}, "builds": {}, "ratios": {},
               "identical_kernels": True, "serial": {}, "local_cpu_share_with_helpers": 0.5, "projection": [],
               "one_machine": True, "cores": 2},
@@ -232,7 +234,7 @@ _BENCH = {
 
 def bench(kind: str, path: Path | None = None, **changes) -> records.Record:
     """Write a plausible ``out/bench/<kind>.json`` (or *path*) as the measurement of *kind* writes it."""
-    data = {"kind": kind, **({} if kind in ("discover", "scale") else {"conditions": CONDITIONS}), **_BENCH[kind]}
+    data = {"kind": kind, **({} if kind in ("scale",) else {"conditions": CONDITIONS}), **_BENCH[kind]}
     data.update(changes)
     path = path or paths.bench_path(kind)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def measured(tmp_path):
     bench.mkdir(parents=True)
     for kind in ("snapshot", "slim", "size"):
         save_bench(kind, fixture_results()[kind], bench / f"{kind}.json")
-    (bench / "discover.json").write_text('{"rows": []}')
+    fakes.bench("scale", bench / "scale.json")  # a measurement the report does not read
     fakes.bench("boot", bench / "boot.json", conditions={**fakes.CONDITIONS, "date": None})
     md = tmp_path / "out" / "report" / "report.md"
     md.parent.mkdir(parents=True)
@@ -123,7 +123,7 @@ def test_a_snapshot_holds_the_measurements_the_report_and_their_conditions(measu
     assert sorted(p.name for p in dest.iterdir()) == ["conditions.json", "report.md", "size.json", "slim.json",
                                                       "snapshot.json"]
     assert left_out == ["boot.json: records no conditions (no date, machine or accelerator)",
-                        "discover.json: the report does not read it"]
+                        "scale.json: the report does not read it"]
     record = json.loads((dest / "conditions.json").read_text())
     assert record["format"] == figures.FORMAT and record["measurements"]["slim"]["date"] == "2024-01-01 00:00 UTC"
     assert record["files"]["slim.json"] == sha256_file(dest / "slim.json")

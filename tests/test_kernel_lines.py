@@ -142,10 +142,10 @@ def test_report_sets_the_kernel_lines_side_by_side():
     assert s.measured and s.id == "lines"
     assert s.rows == [
         ["hello", "linux-source-6.1 6.1.192-2", "1.00 MB", "", "10.00 MB", "", "388", "", "250", "",
-         "0.500 s", "", "0.600 s", ""],
+         "0.500 s", "", "0.600 s", "", "–", ""],
         ["hello-612", "linux-source-6.12 6.12.118-1~deb12u1", "1.10 MB", "1.10x", "11.00 MB", "1.10x", "427",
-         "1.10x", "260", "1.04x", "0.550 s", "1.10x", "0.660 s", "1.10x"]]
-    assert report.lines_section(data).rows[1][-4:] == ["–", "–", "–", "–"]  # no boot benchmark yet
+         "1.10x", "260", "1.04x", "0.550 s", "1.10x", "0.660 s", "1.10x", "–", "–"]]  # no memory benchmark
+    assert report.lines_section(data).rows[1][-6:] == ["–"] * 6  # no boot or memory benchmark yet
     assert s.missing == ["redis-612: kernel not measured; run `doit build:redis-612`, then doit bench:size "
                          "(or python benchmarks/size.py)",
                          "nginx: kernel not measured; run `doit build:nginx`, then doit bench:size "

@@ -164,12 +164,15 @@ class SlimBench(Record):
 
 @dataclass(frozen=True)
 class DiscoverBench(Record):
-    FORMAT: ClassVar[str] = "tailor-bench-discover/1"
+    FORMAT: ClassVar[str] = "tailor-bench-discover/2"
     kind: str
+    conditions: dict
     rows: list
 
-    KEYS: ClassVar[dict] = {"kind": ("kind", str), "rows": ("rows", list)}
-    ROWS: ClassVar[dict] = {"rows": ("app",)}
+    KEYS: ClassVar[dict] = _keys(rows=list)
+    NESTED: ClassVar[dict] = {"conditions": _CONDITIONS}
+    ROWS: ClassVar[dict] = {"rows": ("app", "trial_kernels", "total_s", "discovered", "recipe", "bzImage", "syscalls",
+                                     "hand_found", "minimised", "untried")}
 
 
 @dataclass(frozen=True)
