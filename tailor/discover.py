@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from tailor import boot, kernel, kmap, linemap, paths, probe, qemu, rootfs, source, trace
-from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps
+from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps, unwrap_carriers
 from tailor import config as cfg
 from tailor.catalogue import lupine_options
 from tailor.errors import TailorError
@@ -227,6 +227,13 @@ class _Run:
     def resolve(self, options: Iterable[str]):
         layer = [Assign(o, "y", "discover") for o in options]
         return resolve(self.tree, self.base_layers + [layer], "deps", source_id=self.ref.id)
+
+    def enabled(self, options: list[str]) -> set[str]:
+        """What base + *options* (deps closed) enables; nothing when the set does not resolve."""
+        try:
+            return set(enabled_symbols(self.resolve(options).config))
+        except ResolveError:
+            return set()
 
     def trial(self, options: list[str], why: str) -> bool:
         """Build base + *options* (deps closed) and run the boot test; record the trial.
@@ -499,21 +506,36 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         why = "minimise"
         groups = minimise_groups({o: reasons[o]["class"] for o in chosen},
                                  {o: len(evidence.by_option.get(o, ())) for o in chosen})
+        trials_before = memo.trials
         run.say(f"minimising {len(chosen)} options by delta debugging, groups " +
                 ", ".join(f"{reasons[g[0]]['class']} ({len(g)})" for g in groups) +
                 ("" if budget is None else f", within {budget} trial kernels"))
         out = ddmin(groups, memo, budget=budget)
-        minimise_trials = out.trials
-        chosen, untried = out.kept, out.untried
+        needed = list(out.needed)
+        if out.complete:  # a kept option needed only for what its dependencies carried in gives way to that
+            left = None if budget is None else max(0, budget - out.trials)
+            kept, swapped = unwrap_carriers(out.kept, out.needed, out.dropped, run.enabled, memo, left)
+            for y, carried in swapped.items():
+                run.say(f"{y} was needed only for {', '.join(carried)}, which its dependencies brought in: "
+                        f"kept {', '.join(carried)} instead")
+                needed = [o for o in needed if o != y] + carried
+                for o in carried:
+                    reasons[o]["why"] += (f"; kept in place of {y}, which the boot test needed only because its "
+                                          f"dependencies brought this in (minimise)")
+        else:
+            kept, swapped = out.kept, {}
+        minimise_trials = memo.trials - trials_before
+        chosen, untried = kept, out.untried
+        gone = [o for o in out.dropped if o not in chosen] + list(swapped)
         final = run.resolve(chosen)
-        dropped, by_deps = split_kept_by_deps(out.dropped, enabled_symbols(final.config))
-        for o in out.dropped:
+        dropped, by_deps = split_kept_by_deps(gone, enabled_symbols(final.config))
+        for o in gone:
             reasons.pop(o, None)
-        for o in out.needed:
+        for o in needed:
             reasons[o]["why"] += "; the boot test fails without it (minimise)"
         for o in untried:
             reasons[o]["why"] += "; not tried without it (the minimisation budget ran out)"
-        run.say(f"phase 5/5 minimised in {out.trials} trials: kept {len(chosen)}, dropped {len(dropped)}"
+        run.say(f"phase 5/5 minimised in {minimise_trials} trials: kept {len(chosen)}, dropped {len(dropped)}"
                 + (f", {len(by_deps)} back through dependencies of kept options ({', '.join(by_deps)})"
                    if by_deps else "")
                 + ("" if out.complete else f"; budget spent, left untried: {', '.join(untried)}"))

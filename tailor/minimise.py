@@ -22,6 +22,10 @@ drive them with fake oracles and discovery with real kernels.
     when it runs out the options whose need was not shown are returned as
     ``untried``.
 
+:func:`unwrap_carriers`
+    after ddmin: a kept option needed only because its dependencies carried dropped ones in is
+    replaced by those options (one trial each).
+
 :class:`Memo`
     wraps an oracle so that each distinct option set is tried once, and counts
     the trials; :func:`ddmin` asks it whether a set is already known, so a
@@ -170,6 +174,36 @@ def ddmin(groups: list[list[str]], oracle: Oracle | Memo, budget: int | None = N
     untried = [o for o in kept if o not in needed]
     return Outcome(kept=kept, dropped=[o for o in order if o not in kept], needed=needed, untried=untried,
                    complete=not untried, trials=memo.trials - start)
+
+
+def unwrap_carriers(kept: list[str], needed: list[str], dropped: list[str],
+                    closure: Callable[[list[str]], set[str]], oracle: Oracle | Memo,
+                    budget: int | None = None) -> tuple[list[str], dict[str, list[str]]]:
+    """Replace each kept option that was needed only as a *carrier* of dropped ones by what it carried.
+
+    ddmin may drop option X while a kept option Y's dependencies still bring X in (``TCP_MD5SIG``
+    ``depends on INET``): the trial "without X" is not without X, so X goes, and removing Y later fails,
+    because it takes X along. Then Y looks needed although X is. For each *needed* Y whose removal takes
+    *dropped* options out of the :func:`closure` (what a set enables), the set without Y but with those
+    options is tried (one oracle call each, within *budget* new trials); if it passes, Y is replaced.
+    Returns the new kept list and ``{Y: [the options that replaced it]}``."""
+    memo = oracle if isinstance(oracle, Memo) else Memo(oracle)
+    start = memo.trials
+    swapped: dict[str, list[str]] = {}
+    for y in list(needed):
+        if y not in kept:
+            continue
+        without = [k for k in kept if k != y]
+        carried = [o for o in dropped if o in closure(kept) and o not in closure(without) and o not in kept]
+        carried = [o for o in carried if not any(o in closure([c]) for c in carried if c != o)]  # the tops only
+        if not carried:
+            continue
+        trial = without + carried
+        if memo.known(trial) is None and budget is not None and memo.trials - start >= budget:
+            break
+        if memo(trial):
+            kept, swapped[y] = trial, carried
+    return kept, swapped
 
 
 def split_kept_by_deps(dropped: list[str], enabled: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps
+from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps, unwrap_carriers
 
 
 class FakeOracle:
@@ -138,3 +138,22 @@ def test_options_back_through_dependencies_are_not_dropped():
     assert out.kept == ["INET", "VIRTIO_NET"]
     dropped, by_deps = split_kept_by_deps(out.dropped, oracle.closure(out.kept))
     assert dropped == ["EPOLL"] and by_deps == ["NET", "NETDEVICES", "NET_CORE"]
+
+
+def test_a_kept_option_that_only_carried_a_dropped_one_is_replaced_by_it():
+    """TCP_MD5SIG depends on INET: ddmin drops INET (TCP_MD5SIG brings it back), then cannot drop
+    TCP_MD5SIG (INET goes with it). The unwrap trial keeps INET instead, and only that."""
+    deps = {"TCP_MD5SIG": ["INET"], "INET": ["NET"]}
+    oracle = FakeOracle({"INET", "EPOLL"}, deps)
+    out = ddmin([["INET", "NET"], ["TCP_MD5SIG", "EPOLL"]], oracle)
+    assert out.kept == ["TCP_MD5SIG", "EPOLL"] and out.needed == ["TCP_MD5SIG", "EPOLL"]  # the wrong culprit
+    memo = Memo(oracle)
+    kept, swapped = unwrap_carriers(out.kept, out.needed, out.dropped, oracle.closure, memo)
+    assert sorted(kept) == ["EPOLL", "INET"] and swapped == {"TCP_MD5SIG": ["INET"]} and memo.trials == 1
+    # nothing carried, or no budget left: nothing tried
+    assert unwrap_carriers(["EPOLL"], ["EPOLL"], ["NET"], oracle.closure, Memo(oracle)) == (["EPOLL"], {})
+    assert unwrap_carriers(out.kept, out.needed, out.dropped, oracle.closure, Memo(oracle), budget=0) == \
+        (out.kept, {})
+    # a carrier that is needed for itself stays
+    both = FakeOracle({"TCP_MD5SIG", "EPOLL"}, deps)
+    assert unwrap_carriers(out.kept, out.needed, out.dropped, both.closure, Memo(both))[1] == {}
