@@ -615,7 +615,8 @@ def discover_section(data: dict | None) -> Section:
     title = "Discovery against the hand-found kernels"
     intro = ("Each app's kernel options found by `python -m tailor discover <app>` (traced on the probe kernel, "
              "mapped to options, then minimised by delta debugging with the recipe's boot test and exercise as "
-             "the oracle) against the recipe's own, hand-found options: trial kernels built and booted, the "
+             "the oracle) against the recipe's own, hand-found options: trial kernels built and booted (and how "
+             "many of them were compiled in that run rather than found in out/kernel from an earlier one), the "
              "whole discovery's wall time, options on top of the base, bzImage and system calls compiled in; "
              "× is the discovered figure over the hand-found one.")
     if not data or not data.get("rows"):
@@ -625,7 +626,8 @@ def discover_section(data: dict | None) -> Section:
         h = r.get("hand_found") or {}
         state = "minimised" if r.get("minimised") and not r.get("untried") else \
             (f"budget spent ({len(r['untried'])} untried)" if r.get("untried") else "not minimised")
-        rows.append([r["app"], state, str(r["trial_kernels"]), f"{r['total_s'] / 60:.1f} min",
+        rows.append([r["app"], state, f"{r['trial_kernels']} ({r.get('builds', 0)} compiled)",
+                     f"{r['total_s'] / 60:.1f} min",
                      f"{len(r['discovered'])} / {len(r['recipe'])}", fmt_mb(r["bzImage"]), fmt_mb(h.get("bzImage")),
                      fmt_ratio(ratio(r["bzImage"], h.get("bzImage"))), f"{r['syscalls']} / {h.get('syscalls', '–')}",
                      ", ".join(sorted(set(r["discovered"]) - set(r["recipe"]))) or "none",

@@ -725,14 +725,14 @@ def test_kernel_lines_compare_size_boot_and_minimum_memory_side_by_side():
 
 
 def test_discovery_section_puts_each_app_beside_its_hand_found_kernel():
-    row = {"app": "redis", "trial_kernels": 11, "total_s": 1500.0, "discovered": ["EPOLL", "FUTEX", "INET", "SWAP"],
+    row = {"app": "redis", "trial_kernels": 11, "builds": 9, "total_s": 1500.0, "discovered": ["EPOLL", "FUTEX", "INET", "SWAP"],
            "recipe": ["EPOLL", "FUTEX", "INET", "PROC_FS"], "bzImage": 1_414_000, "syscalls": 262,
            "hand_found": {"identity": "a" * 64, "bzImage": 1_400_000, "syscalls": 263}, "minimised": True,
            "untried": []}
     other = dict(row, app="nginx", hand_found=None, untried=["UNIX"], trial_kernels=40)
     section = report.discover_section({"kind": "discover", "rows": [row, other]})
     cells = {r[0]: r for r in section.rows}
-    assert cells["redis"] == ["redis", "minimised", "11", "25.0 min", "4 / 4", "1.41 MB", "1.40 MB", "1.01x",
+    assert cells["redis"] == ["redis", "minimised", "11 (9 compiled)", "25.0 min", "4 / 4", "1.41 MB", "1.40 MB", "1.01x",
                               "262 / 263", "SWAP", "PROC_FS"]
     assert cells["nginx"][1] == "budget spent (1 untried)" and cells["nginx"][6:8] == ["–", "–"]
     assert section.missing == ["nginx: hand-found kernel not built; run `doit kernel:nginx`"]
