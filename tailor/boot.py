@@ -68,6 +68,10 @@ def new_console(recipe: Recipe, on_line: Callable[[str], None] | None = None) ->
                         on_line=on_line)
 
 
+NETWORK_FAILED = "tailor-init: network setup failed"
+"""What the init prints when it cannot bring eth0 up (templates/init.sh.j2): a network probe cannot pass."""
+
+
 def decide(recipe: Recipe, vm: VM, port: int | None, timeout: float) -> tuple[Verdict, str]:
     """Wait for the console's verdict in *vm*, then run the network probe if it asks for one.
 
@@ -80,8 +84,18 @@ def decide(recipe: Recipe, vm: VM, port: int | None, timeout: float) -> tuple[Ve
         return verdict, pass_detail(vm.console, probe.type)
     if verdict.state != "probe":
         return verdict, ""
+    def abort() -> str | None:
+        """Stop waiting when the guest died (raises), or when its init said it has no network (nothing will
+        answer; returns why)."""
+        vm.check(no_output_s=None)
+        with vm.cond:
+            failed = next((line for _, line in vm.console.lines if NETWORK_FAILED in line), None)
+        if failed is not None and recipe.app.network:
+            return f"the guest has no network, so nothing can answer ({failed.strip()})"
+        return None
+
     try:
-        detail = probes.run_probe(probe, port, vm.t0 + timeout, abort=lambda: vm.check(no_output_s=None))
+        detail = probes.run_probe(probe, port, vm.t0 + timeout, abort=abort)
     except (QemuExited, KernelPanicked) as e:
         return fail(type(e), str(e)), str(e)
     except ProbeFailed as e:

@@ -569,6 +569,11 @@ case "$FAKE_QEMU_MODE" in
     printf "httpd: can't change directory to '/www': No such file or directory\r\n"
     printf 'Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n'
     exit 0 ;;
+  nonet)
+    printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\n'
+    printf "ip: can't find device 'eth0'\r\n"
+    printf 'tailor-init: network setup failed (does the kernel have INET and VIRTIO_NET?)\r\n'
+    exec sleep 30 ;;
   silent) exec sleep 30 ;;
   error) echo "qemu-system-x86_64: -kernel /x: could not load kernel" >&2; exit 1 ;;
   slow) printf 'Linux version 6.1 (fake)\r\nRun /init as init process\r\n'; exec sleep 30 ;;
@@ -658,6 +663,21 @@ def test_slim_hint_names_only_paths_the_console_says_are_missing(tmp_path, monke
                           boot.KernelPanicked) == ""  # out of memory (the memory benchmark's small guests)
     missing = mentioned + "app: cannot open '/usr/share/z/a.txt': No such file or directory\n"
     assert "the console names /usr/share/z/a.txt, which slim dropped; " in boot.slim_hint(recipe, missing)
+
+
+def test_a_guest_without_network_fails_its_probe_at_once(tmp_path, fake_qemu, monkeypatch):
+    """The init says eth0 could not be set up: the probe stops waiting (it used to wait out the whole test
+    timeout, three minutes per such trial kernel in discovery)."""
+    kernel, image, starts = fake_qemu
+    monkeypatch.setenv("FAKE_QEMU_MODE", "nonet")
+    recipe = make_recipe("app: {command: /init, network: true}\ntest: {probe: {type: tcp, port: 80}, timeout: 25}\n",
+                         tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(TailorError) as info:
+        boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
+    assert time.monotonic() - t0 < 15
+    assert "tcp probe: the guest has no network, so nothing can answer (tailor-init: network setup failed" \
+        in str(info.value)
 
 
 @pytest.mark.parametrize("dropped, dirs, named", [
