@@ -193,7 +193,8 @@ def test_bad_registry_references_fail_in_one_line_and_leave_nothing(case, projec
         "unknown-tag": f"unknown repository or tag in registry {registry}; check the name and tag",
         "wrong-digest": f"registry {registry} has no manifest {wrong} in that repository; check the digest "
                         f"(in the recipe or images.lock) and the name",
-        "arm64": "the image is linux/arm64; the recipe builds linux/amd64 microVMs (arch: x86_64)",
+        "arm64": "the image is linux/arm64; the recipe builds linux/amd64 microVMs (arch: x86_64); use an image "
+                 "with a linux/amd64 variant or set the recipe's arch to the image's",
     }[case]
     (project / f"recipes/bad-{case}.yaml").write_text(recipe_from_redis(image_ref, general=False))
     out = tmp_path / "out"
