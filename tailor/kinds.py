@@ -109,8 +109,8 @@ class Arch(StrEnum):
 
     @property
     def goarch(self) -> str:
-        """The OCI image's ``architecture`` (Go's ``GOARCH``: ``amd64``, ``arm64``)."""
-        return "amd64" if self is Arch.X86_64 else "arm64"
+        """The OCI image's ``architecture`` (Go's ``GOARCH``), which for amd64 and arm64 is Debian's name."""
+        return self.debian
 
     @property
     def firecracker_kernel(self) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tailor import paths
 from tailor.errors import TailorError
+from tailor.kinds import Arch
 from tailor.image.layout import (blob_dir, blob_path, index_manifests, put_blob, read_index, read_json_blob, set_tag,
                                  tag_of, verify_blob)
 from tailor.image.reference import (DIGEST, INDEX_TYPES, LAYER_TYPES, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST,
@@ -105,7 +106,7 @@ def cache_dir() -> Path:
 
 def _for_arch(goarch: str) -> str:
     """What a platform refusal tells the user: which architecture the recipe builds, and the way out."""
-    arch = {"amd64": "x86_64", "arm64": "arm64"}.get(goarch, goarch)
+    arch = next((a for a in Arch if a.goarch == goarch), goarch)  # the recipe's name for it (kinds.Arch)
     return (f"the recipe builds linux/{goarch} microVMs (arch: {arch}); use an image with a linux/{goarch} "
             f"variant or set the recipe's arch to the image's")
 
