@@ -672,10 +672,9 @@ def test_a_guest_without_network_fails_its_probe_at_once(tmp_path, fake_qemu, mo
     monkeypatch.setenv("FAKE_QEMU_MODE", "nonet")
     recipe = make_recipe("app: {command: /init, network: true}\ntest: {probe: {type: tcp, port: 80}, timeout: 25}\n",
                          tmp_path)
-    t0 = time.monotonic()
     with pytest.raises(TailorError) as info:
         boot.run(recipe, kernel, image, tmp_path / "out", accel="tcg")
-    assert time.monotonic() - t0 < 15
+    assert "test timeout" not in str(info.value)  # it stopped on the init's line, not at the deadline
     assert "tcp probe: the guest has no network, so nothing can answer (tailor-init: network setup failed" \
         in str(info.value)
 
