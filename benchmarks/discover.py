@@ -62,6 +62,7 @@ def row(app: str) -> dict:
         "bzImage": summary.bzimage, "syscalls": calls, "syscalls_run": summary.syscalls,
         "hand_found": hand_found(recipe),
         "minimised": summary.minimised, "minimise_trials": summary.minimise_trials,
+        "search": summary.search or "ddmin",  # records from before --search existed used ddmin
         "untried": summary.untried, "mapping": summary.mapping,
         "classes": {o["option"]: o["class"] for o in summary.options},
     }
@@ -112,7 +113,8 @@ def main() -> int:
               f"{', '.join(sorted(set(r['discovered']) - set(r['recipe']))) or 'none'}; only hand-found: "
               f"{', '.join(sorted(set(r['recipe']) - set(r['discovered']))) or 'none'}")
         m = r["mapping"]
-        print(f"  {'minimised' if r['minimised'] else 'not minimised'}: {r['minimise_trials']} minimisation trials"
+        print(f"  {'minimised (' + r['search'] + ')' if r['minimised'] else 'not minimised'}: "
+              f"{r['minimise_trials']} minimisation trials"
               + (f", left untried: {', '.join(r['untried'])}" if r["untried"] else "")
               + (f"; candidates by objects {len(m.get('objects', []))}, by #if lines {len(m.get('lines', []))}, "
                  f"only by lines {len(m.get('lines_only', []))}" if m else ""))

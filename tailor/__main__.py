@@ -15,7 +15,7 @@ Commands::
     slim APP [--write] [--budget N]
                                 trace the files APP uses, verify a root of only those (like doit slim:APP)
                                 boot APP's built VM for use; ps, stop NAME, logs NAME for detached VMs
-    discover APP [--write] [--no-minimise] [--budget N]
+    discover APP [--write] [--no-minimise] [--budget N] [--search probdd|ddmin]
                                 discover APP's kernel options, minimised (like doit discover:APP)
     derive-probe REFERENCE      derive base_configs/probe.config from a reference .config
     fits APP --config PATH [--from-recipe]
@@ -117,7 +117,8 @@ def _discover(args) -> int:
 
     recipe = _recipe(args.app)
     budget = DEFAULT_BUDGET if args.budget is None else args.budget
-    summary = discover(recipe, minimise_set=not args.no_minimise, budget=budget, jobs=args.jobs)
+    summary = discover(recipe, minimise_set=not args.no_minimise, budget=budget, jobs=args.jobs,
+                       search=args.search)
     if args.write:
         path = write_recipe(recipe, summary)
         print(f"wrote {len(summary['options'])} options with their reasons to {display_path(path)}")
@@ -261,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-minimise", action="store_true",
                    help="keep the set the trace found (default: then drop, by delta debugging, every option the "
                         "boot test and its exercise do not need)")
+    p.add_argument("--search", choices=("probdd", "ddmin"), default="probdd",
+                   help="how to minimise: probdd (default) drops the options least likely needed by what the trace "
+                        "showed first, in sets sized by those odds; ddmin halves groups by class, no odds")
     p.add_argument("--budget", type=int, default=None, metavar="N",
                    help="minimise with at most N trial kernels and list what was left untried (default 40)")
     p.add_argument("--jobs", type=int, default=None, help="make -j for the kernel builds (default: cores)")

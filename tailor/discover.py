@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from tailor import boot, kernel, kmap, linemap, paths, probe, qemu, rootfs, source, trace
-from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps, unwrap_carriers
+from tailor.minimise import Memo, add_back, ddmin, priors, probdd, split_kept_by_deps, unwrap_carriers
 from tailor import config as cfg
 from tailor.catalogue import lupine_options
 from tailor.errors import TailorError
@@ -405,16 +405,25 @@ DEFAULT_BUDGET = 40
 """Trial kernels minimisation may try at most, unless ``--budget`` says otherwise."""
 
 
+SEARCHES = ("probdd", "ddmin")
+"""How minimisation searches: :func:`~tailor.minimise.probdd` (the default) or :func:`~tailor.minimise.ddmin`."""
+
+
 def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_BUDGET,
-             jobs: int | None = None) -> dict:
+             jobs: int | None = None, search: str = "probdd") -> dict:
     """Discover *recipe*'s options; write ``out/discover/<app>/`` and return the summary.
 
-    With *minimise_set* (the default) the passing set is then reduced by :func:`~tailor.minimise.ddmin`,
-    most suspicious class first, within *budget* trial kernels (None: no cap)."""
+    With *minimise_set* (the default) the passing set is then reduced within *budget* trial kernels (None:
+    no cap), by *search*: ``probdd`` drops first the options the trace gives the weakest evidence for
+    (:func:`~tailor.minimise.priors` from each one's class and traced functions), ``ddmin`` by class, most
+    suspicious first, in halves. Both take the boot test as monotonic (a set inside one that failed is not
+    built: it fails too)."""
     if recipe.variant:
         raise TailorError(f"discover: {recipe.id} is a variant; discover {recipe.name} itself")
     if budget is not None and budget < 0:
         raise TailorError(f"discover {recipe.name}: --budget {budget}: give a number of trial kernels, 0 or more")
+    if search not in SEARCHES:
+        raise TailorError(f"discover {recipe.name}: search {search!r}: use one of {', '.join(SEARCHES)}")
     run = _Run(recipe, jobs)
     run.say(f"base {'+'.join(recipe.kernel.base) or '(none)'}: {len(run.base_on)} options on; "
             f"probe fragment: {len(probe.options())} app-facing options")
@@ -481,7 +490,8 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
                                            + ("; found only by the #if conditions around the lines it ran"
                                               if o in by_line else "")} for o in cands}
     why = "candidates from the trace"
-    memo = Memo(lambda opts: run.trial(opts, why), spent=lambda: run.boots)  # the budget counts real trials
+    memo = Memo(lambda opts: run.trial(opts, why), spent=lambda: run.boots,  # the budget counts real trials
+                monotonic=True)
     chosen = list(cands)
     if not memo(chosen):
         rest = [o for o in probe.options() if o not in chosen and o not in run.base_on]
@@ -504,13 +514,20 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
     minimise_trials = 0
     if minimise_set and chosen:
         why = "minimise"
-        groups = minimise_groups({o: reasons[o]["class"] for o in chosen},
-                                 {o: len(evidence.by_option.get(o, ())) for o in chosen})
+        chosen_classes = {o: reasons[o]["class"] for o in chosen}
+        weights = {o: len(evidence.by_option.get(o, ())) for o in chosen}
         trials_before = memo.trials
-        run.say(f"minimising {len(chosen)} options by delta debugging, groups " +
-                ", ".join(f"{reasons[g[0]]['class']} ({len(g)})" for g in groups) +
-                ("" if budget is None else f", within {budget} trial kernels"))
-        out = ddmin(groups, memo, budget=budget)
+        within = "" if budget is None else f", within {budget} trial kernels"
+        if search == "ddmin":
+            groups = minimise_groups(chosen_classes, weights)
+            run.say(f"minimising {len(chosen)} options by delta debugging, groups " +
+                    ", ".join(f"{reasons[g[0]]['class']} ({len(g)})" for g in groups) + within)
+            out = ddmin(groups, memo, budget=budget)
+        else:
+            odds = priors(chosen_classes, weights)
+            run.say(f"minimising {len(chosen)} options by probabilistic delta debugging, least likely needed "
+                    f"first: " + ", ".join(f"{o} {odds[o]:.2f}" for o in sorted(odds, key=odds.get)) + within)
+            out = probdd(odds, memo, budget=budget)
         needed = list(out.needed)
         if out.complete:  # a kept option needed only for what its dependencies carried in gives way to that
             left = None if budget is None else max(0, budget - out.trials)
@@ -561,6 +578,7 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         "options": options,
         "not_taken": [{"option": o, "why": w} for o, w in sorted(skipped.items())],
         "minimised": bool(minimise_set),
+        "search": search if minimise_set else None,
         "dropped_by_minimise": dropped,
         "kept_by_deps": by_deps,
         "untried": untried,

@@ -50,13 +50,15 @@ class Memo:
 
     *spent*, when given, counts what a call really cost instead (discovery: the kernels built and booted,
     so that a set whose dependencies resolve it to a kernel already tried costs nothing and does not use
-    up the budget)."""
+    up the budget). With *monotonic*, a result is also inferred, not tried: a set inside one that failed
+    fails, a set holding one that passed passes (true of an oracle where options only add code)."""
 
-    def __init__(self, oracle: Oracle, spent: Callable[[], int] | None = None):
+    def __init__(self, oracle: Oracle, spent: Callable[[], int] | None = None, monotonic: bool = False):
         self.oracle = oracle
         self.seen: dict[frozenset, bool] = {}
         self.calls = 0
         self.spent = spent
+        self.monotonic = monotonic
 
     @property
     def trials(self) -> int:
@@ -64,12 +66,23 @@ class Memo:
         return self.spent() if self.spent is not None else self.calls
 
     def known(self, options: Iterable[str]) -> bool | None:
-        """The result for *options* if it was tried, else None."""
-        return self.seen.get(frozenset(options))
+        """The result for *options* if it was tried (or, *monotonic*, follows from one tried), else None."""
+        key = frozenset(options)
+        if key in self.seen or not self.monotonic:
+            return self.seen.get(key)
+        for tried, passed in self.seen.items():
+            if not passed and key <= tried:
+                return False
+            if passed and tried <= key:
+                return True
+        return None
 
     def __call__(self, options: list[str]) -> bool:
         key = frozenset(options)
         if key not in self.seen:
+            inferred = self.known(key)
+            if inferred is not None:
+                return inferred
             self.calls += 1
             self.seen[key] = bool(self.oracle(list(options)))
         return self.seen[key]
@@ -174,6 +187,77 @@ def ddmin(groups: list[list[str]], oracle: Oracle | Memo, budget: int | None = N
     untried = [o for o in kept if o not in needed]
     return Outcome(kept=kept, dropped=[o for o in order if o not in kept], needed=needed, untried=untried,
                    complete=not untried, trials=memo.trials - start)
+
+
+def priors(classes: dict[str, str], weights: dict[str, int] | None = None) -> dict[str, float]:
+    """Each option's prior probability of being needed, for :func:`probdd`, from what the trace showed.
+
+    The class sets the floor (:data:`CLASS_PRIOR`: set-up and hook code is rarely needed, a system call
+    the app ran often is); the more of the option's functions the trace saw run (*weights*), the nearer
+    the prior comes to :data:`PRIOR_CEILING` (half way at :data:`PRIOR_HALF` functions). The numbers are
+    generic, the same for every app and option: they order the search, they never decide it (only a
+    failed trial keeps an option)."""
+    weights = weights or {}
+    out = {}
+    for opt, cls in classes.items():
+        floor = CLASS_PRIOR.get(cls, 0.5)
+        w = max(0, weights.get(opt, 0))
+        out[opt] = floor + (PRIOR_CEILING - floor) * w / (w + PRIOR_HALF)
+    return out
+
+
+CLASS_PRIOR = {"setup": 0.02, "hook": 0.02, "reached": 0.05, "bisection": 0.3, "syscall": 0.3}
+"""The prior probability that an option of a class is needed, before its traced functions are counted."""
+PRIOR_CEILING = 0.9
+PRIOR_HALF = 50
+
+
+def probdd(prior: dict[str, float], oracle: Oracle | Memo, budget: int | None = None) -> Outcome:
+    """Remove options while the oracle passes, guided by each option's probability of being needed.
+
+    Probabilistic delta debugging (after Wang et al., FSE 2021): each round removes the set of undecided
+    options, least likely needed first, that maximises the expected number removed (its size times the
+    probability that none of them is needed). A pass drops them; a failure raises their probabilities by
+    Bayes' rule (one of them is needed), and a single option that fails is needed. The search ends when
+    every kept option has failed alone, so the result is 1-minimal for a monotonic oracle (one where
+    taking options away never turns a failure into a pass), as the boot test is when options only add
+    code. A failure of a larger set is not re-tried on a smaller one: with fewer options kept, the option
+    is still needed. Priors come from :func:`priors`; the oracle must pass on all of *prior*'s options.
+    *budget* caps new oracle calls; what is left undecided is returned as ``untried``."""
+    memo = oracle if isinstance(oracle, Memo) else Memo(oracle)
+    start = memo.trials
+    order = list(prior)
+    kept = list(order)
+    memo.seen.setdefault(frozenset(kept), True)
+    p = {o: min(0.99, max(0.01, float(prior[o]))) for o in order}
+    needed: set[str] = set()
+    complete = True
+    while True:
+        undecided = sorted((o for o in kept if o not in needed), key=lambda o: (p[o], order.index(o)))
+        if not undecided:
+            break
+        best, best_gain, keep_all = [], -1.0, 1.0
+        for i, o in enumerate(undecided):
+            keep_all *= 1.0 - p[o]
+            if (i + 1) * keep_all > best_gain:
+                best, best_gain = undecided[: i + 1], (i + 1) * keep_all
+        trial = [o for o in kept if o not in best]
+        if memo.known(trial) is None and budget is not None and memo.trials - start >= budget:
+            complete = False
+            break
+        if memo(trial):
+            kept = trial
+        elif len(best) == 1:
+            needed.add(best[0])
+        else:
+            none_needed = 1.0
+            for o in best:
+                none_needed *= 1.0 - p[o]
+            for o in best:
+                p[o] = min(0.99, p[o] / max(1e-9, 1.0 - none_needed))
+    untried = [o for o in kept if o not in needed]
+    return Outcome(kept=kept, dropped=[o for o in order if o not in kept], needed=[o for o in kept if o in needed],
+                   untried=untried, complete=complete and not untried, trials=memo.trials - start)
 
 
 def unwrap_carriers(kept: list[str], needed: list[str], dropped: list[str],

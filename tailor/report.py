@@ -624,7 +624,7 @@ def discover_section(data: dict | None) -> Section:
     rows, missing, items = [], [], []
     for r in sorted(data["rows"], key=lambda r: _app_rank(r["app"])):
         h = r.get("hand_found") or {}
-        state = "minimised" if r.get("minimised") and not r.get("untried") else \
+        state = f"minimised ({r.get('search', 'ddmin')})" if r.get("minimised") and not r.get("untried") else \
             (f"budget spent ({len(r['untried'])} untried)" if r.get("untried") else "not minimised")
         rows.append([r["app"], state, f"{r['trial_kernels']} ({r.get('builds', 0)} compiled)",
                      f"{r['total_s'] / 60:.1f} min",

@@ -213,6 +213,8 @@ def test_options_yaml_renders_as_yaml():
     from tailor.rootfs import render
 
     data = yaml.safe_load(render("discover-options.yaml.j2", s=SUMMARY))
+    assert data["search"] is None  # a record from before --search
+    assert yaml.safe_load(render("discover-options.yaml.j2", s={**SUMMARY, "search": "probdd"}))["search"] == "probdd"
     assert [o["option"] for o in data["options"]] == ["NET", "NETDEVICES"]
     assert [o["class"] for o in data["options"]] == ["syscall", "deps"]
     assert all(o["why"] for o in data["options"]) and data["not_taken"] == []

@@ -1,5 +1,6 @@
 """The option searches against fake oracles: bisection (add back), ddmin (1-minimal, in group order,
-within a budget) and options that only come back through a kept option's dependencies."""
+within a budget), probabilistic ddmin (guided by priors, 1-minimal for monotonic oracles), the memo's
+monotonic inference and options that only come back through a kept option's dependencies."""
 
 import math
 
@@ -7,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tailor.minimise import Memo, add_back, ddmin, split_kept_by_deps, unwrap_carriers
+from tailor.minimise import (CLASS_PRIOR, PRIOR_CEILING, Memo, add_back, ddmin, priors, probdd,
+                             split_kept_by_deps, unwrap_carriers)
 
 
 class FakeOracle:
@@ -157,3 +159,89 @@ def test_a_kept_option_that_only_carried_a_dropped_one_is_replaced_by_it():
     # a carrier that is needed for itself stays
     both = FakeOracle({"TCP_MD5SIG", "EPOLL"}, deps)
     assert unwrap_carriers(out.kept, out.needed, out.dropped, both.closure, Memo(both))[1] == {}
+
+
+def test_a_monotonic_memo_infers_instead_of_trying():
+    """A set inside one that failed fails; a set holding one that passed passes: no oracle call for either."""
+    oracle = FakeOracle({"a", "b"})
+    memo = Memo(oracle, monotonic=True)
+    assert memo(["a", "b", "c"]) is True and memo(["a", "c"]) is False
+    assert len(oracle.calls) == 2
+    assert memo.known(["a"]) is False and memo(["c"]) is False  # inside the failed {a, c}
+    assert memo.known(["a", "b", "c", "d"]) is True and memo(["a", "b", "c", "d"]) is True
+    assert memo.known(["b", "c"]) is None  # neither inside a failure nor holding a pass
+    assert len(oracle.calls) == 2 and memo.trials == 2
+    plain = Memo(oracle)
+    plain(["a", "c"])
+    assert plain.known(["a"]) is None  # without monotonic, only what was tried is known
+
+
+def test_priors_order_by_class_then_by_traced_functions():
+    p = priors({"s": "setup", "h": "hook", "r": "reached", "r2": "reached", "y": "syscall", "u": "unheard-of"},
+               {"r": 0, "r2": 200, "y": 3})
+    assert p["s"] == CLASS_PRIOR["setup"] and p["r"] == CLASS_PRIOR["reached"]
+    assert p["h"] < p["r"] < p["y"] and p["r"] < p["r2"] < PRIOR_CEILING
+    assert 0 < min(p.values()) and max(p.values()) < 1
+    assert p["u"] == 0.5  # a class it does not know: even odds
+
+
+def test_probdd_keeps_exactly_what_is_needed_and_drops_the_unlikely_first():
+    options = [f"o{i}" for i in range(24)]
+    prior = {o: (0.6 if o in ("o3", "o11", "o20") else 0.03) for o in options}
+    oracle = FakeOracle({"o3", "o11"})
+    out = probdd(prior, oracle)
+    assert out.kept == ["o3", "o11"] and out.complete and out.needed == ["o3", "o11"] and not out.untried
+    assert out.dropped == [o for o in options if o not in ("o3", "o11")]
+    first_dropped = set(options) - set(oracle.calls[0])
+    assert first_dropped and not first_dropped & {"o3", "o11", "o20"}  # the unlikely ones go first
+    assert len(oracle.calls) == out.trials
+
+
+def test_probdd_with_telling_priors_needs_fewer_trials_than_ddmin():
+    options = [f"o{i}" for i in range(32)]
+    needed = {"o5", "o17", "o28"}
+    prior = {o: (0.5 if o in needed else 0.03) for o in options}
+    guided = probdd(prior, FakeOracle(needed))
+    halved = ddmin([options], FakeOracle(needed))
+    assert sorted(guided.kept) == sorted(halved.kept) == sorted(needed)
+    assert guided.trials < halved.trials
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=14).flatmap(lambda n: st.tuples(
+    st.just([f"o{i}" for i in range(n)]),
+    st.lists(st.sets(st.integers(min_value=0, max_value=n - 1), min_size=1, max_size=3), max_size=4),
+    st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=n, max_size=n))))
+def test_probdd_result_passes_and_is_one_minimal(case):
+    options, clauses, odds = case
+    def oracle(opts):  # a monotone CNF with alternatives, as in the ddmin property above
+        s = set(opts)
+        return all(any(f"o{i}" in s for i in c) for c in clauses)
+    out = probdd(dict(zip(options, odds)), Memo(oracle, monotonic=True))
+    assert oracle(out.kept) and out.complete
+    assert sorted(out.kept + out.dropped) == sorted(options)
+    for o in out.kept:
+        assert not oracle([k for k in out.kept if k != o])
+
+
+def test_probdd_budget_caps_trials_and_says_what_was_left():
+    options = [f"o{i}" for i in range(20)]
+    oracle = FakeOracle({"o1", "o7", "o13", "o19"})
+    out = probdd({o: 0.1 for o in options}, oracle, budget=3)
+    assert out.trials == 3 == len(oracle.calls)
+    assert not out.complete and out.untried
+    assert oracle(out.kept)
+    assert set(out.needed) | set(out.untried) == set(out.kept)
+    assert {"o1", "o7", "o13", "o19"} <= set(out.kept)
+    none = probdd({"a": 0.1, "b": 0.1}, FakeOracle({"a"}), budget=0)
+    assert none.trials == 0 and none.kept == ["a", "b"] and none.untried == ["a", "b"] and not none.complete
+
+
+def test_probdd_options_back_through_dependencies_are_not_dropped():
+    deps = {"VIRTIO_NET": ["NETDEVICES", "NET_CORE"], "INET": ["NET"]}
+    oracle = FakeOracle({"VIRTIO_NET", "NETDEVICES", "NET_CORE", "INET"}, deps)
+    prior = {"NET": 0.2, "NETDEVICES": 0.2, "NET_CORE": 0.2, "EPOLL": 0.2, "INET": 0.5, "VIRTIO_NET": 0.5}
+    out = probdd(prior, oracle)
+    assert sorted(out.kept) == ["INET", "VIRTIO_NET"]
+    dropped, by_deps = split_kept_by_deps(out.dropped, oracle.closure(out.kept))
+    assert dropped == ["EPOLL"] and sorted(by_deps) == ["NET", "NETDEVICES", "NET_CORE"]

@@ -728,12 +728,15 @@ def test_discovery_section_puts_each_app_beside_its_hand_found_kernel():
     row = {"app": "redis", "trial_kernels": 11, "builds": 9, "total_s": 1500.0, "discovered": ["EPOLL", "FUTEX", "INET", "SWAP"],
            "recipe": ["EPOLL", "FUTEX", "INET", "PROC_FS"], "bzImage": 1_414_000, "syscalls": 262,
            "hand_found": {"identity": "a" * 64, "bzImage": 1_400_000, "syscalls": 263}, "minimised": True,
-           "untried": []}
+           "untried": [], "search": "probdd"}
     other = dict(row, app="nginx", hand_found=None, untried=["UNIX"], trial_kernels=40)
-    section = report.discover_section({"kind": "discover", "rows": [row, other]})
+    old = dict(row, app="memcached")
+    del old["search"]  # measured before --search: ddmin
+    section = report.discover_section({"kind": "discover", "rows": [row, other, old]})
     cells = {r[0]: r for r in section.rows}
-    assert cells["redis"] == ["redis", "minimised", "11 (9 compiled)", "25.0 min", "4 / 4", "1.41 MB", "1.40 MB", "1.01x",
+    assert cells["memcached"][1] == "minimised (ddmin)"
+    assert cells["redis"] == ["redis", "minimised (probdd)", "11 (9 compiled)", "25.0 min", "4 / 4", "1.41 MB", "1.40 MB", "1.01x",
                               "262 / 263", "SWAP", "PROC_FS"]
     assert cells["nginx"][1] == "budget spent (1 untried)" and cells["nginx"][6:8] == ["–", "–"]
-    assert section.missing == ["nginx: hand-found kernel not built; run `doit kernel:nginx`"]
+    assert section.missing[0] == "nginx: hand-found kernel not built; run `doit kernel:nginx`"
     assert not report.discover_section(None).rows  # nothing measured: the section says what to run

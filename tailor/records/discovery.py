@@ -88,6 +88,9 @@ class DiscoverySummary(_InDiscoverDir, Record):
     boots: int
     trials: int
     seconds: int | float
+    search: str | None = None
+    """How minimisation searched (``probdd``, ``ddmin``); records written before it existed leave it out
+    (they used ddmin), so it is optional and the format stays."""
 
     KEYS: ClassVar[dict] = {
         "app": ("app", str), "recipe": ("recipe", str), "base": ("base", list), "probe_kernel": ("probe_kernel", str),
@@ -97,7 +100,9 @@ class DiscoverySummary(_InDiscoverDir, Record):
         "untried": ("untried", list), "minimise_trials": ("minimise_trials", int), "budget": ("budget", _INT_OR_NONE),
         "syscalls": ("syscalls", int), "mapping": ("mapping", dict), "trace": ("trace", dict),
         "builds": ("builds", int), "boots": ("boots", int), "trials": ("trials", int), "seconds": ("seconds", _NUMBER),
+        "search": ("search", str),
     }
+    OPTIONAL: ClassVar[frozenset] = frozenset({"search"})
     NESTED: ClassVar[dict] = {
         "mapping": ("objects", "lines", "lines_only"),
         "trace": ("seconds", "lines", "bytes", "pcs_boot", "pcs_setup", "pcs_app", "capped", "functions_app",
