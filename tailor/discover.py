@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from tailor import boot, kernel, kmap, linemap, paths, probe, qemu, rootfs, source, trace
-from tailor.minimise import Memo, add_back, ddmin, priors, probdd, split_kept_by_deps, unwrap_carriers
+from tailor.minimise import (Memo, add_back, ddmin, first_removal, priors, probdd, split_kept_by_deps,
+                             unwrap_carriers)
 from tailor import config as cfg
 from tailor.catalogue import lupine_options
 from tailor.errors import TailorError
@@ -489,10 +490,21 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
                                     "why": f"{classes[o].why}; {_reason_for(o, evidence)}"
                                            + ("; found only by the #if conditions around the lines it ran"
                                               if o in by_line else "")} for o in cands}
-    why = "candidates from the trace"
     memo = Memo(lambda opts: run.trial(opts, why), spent=lambda: run.boots,  # the budget counts real trials
                 monotonic=True)
     chosen = list(cands)
+    early = 0
+    if minimise_set and search == "probdd" and len(chosen) > 1 and budget != 0:
+        # probdd's first step before the whole set: when it passes, so does the whole set (the boot test is
+        # monotonic), and that kernel is never built
+        why = "minimise"
+        odds = priors({o: classes[o].cls for o in chosen}, {o: len(evidence.by_option.get(o, ())) for o in chosen})
+        before = memo.trials
+        first = first_removal(odds, chosen)
+        if memo([o for o in chosen if o not in first]):
+            run.say(f"the first minimisation step passed without {len(first)} options: the whole set passes too")
+        early = memo.trials - before
+    why = "candidates from the trace"
     if not memo(chosen):
         rest = [o for o in probe.options() if o not in chosen and o not in run.base_on]
         why = "bisection over the probe fragment"
@@ -527,10 +539,10 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
             odds = priors(chosen_classes, weights)
             run.say(f"minimising {len(chosen)} options by probabilistic delta debugging, least likely needed "
                     f"first: " + ", ".join(f"{o} {odds[o]:.2f}" for o in sorted(odds, key=odds.get)) + within)
-            out = probdd(odds, memo, budget=budget)
+            out = probdd(odds, memo, budget=None if budget is None else max(0, budget - early))
         needed = list(out.needed)
         if out.complete:  # a kept option needed only for what its dependencies carried in gives way to that
-            left = None if budget is None else max(0, budget - out.trials)
+            left = None if budget is None else max(0, budget - early - out.trials)
             kept, swapped = unwrap_carriers(out.kept, out.needed, out.dropped, run.enabled, memo, left)
             for y, carried in swapped.items():
                 run.say(f"{y} was needed only for {', '.join(carried)}, which its dependencies brought in: "
@@ -541,7 +553,7 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
                                           f"dependencies brought this in (minimise)")
         else:
             kept, swapped = out.kept, {}
-        minimise_trials = memo.trials - trials_before
+        minimise_trials = memo.trials - trials_before + early
         chosen, untried = kept, out.untried
         gone = [o for o in out.dropped if o not in chosen] + list(swapped)
         final = run.resolve(chosen)

@@ -212,6 +212,20 @@ PRIOR_CEILING = 0.9
 PRIOR_HALF = 50
 
 
+def first_removal(odds: dict[str, float], order: list[str] | None = None) -> list[str]:
+    """The options :func:`probdd` removes next, given each one's *odds* of being needed: the least likely
+    first, as many as maximise the expected number removed (how many, times the chance none is needed);
+    ties go by *order* (default: *odds*' own)."""
+    order = order or list(odds)
+    undecided = sorted(odds, key=lambda o: (odds[o], order.index(o)))
+    best, best_gain, none_needed = [], -1.0, 1.0
+    for i, o in enumerate(undecided):
+        none_needed *= 1.0 - odds[o]
+        if (i + 1) * none_needed > best_gain:
+            best, best_gain = undecided[: i + 1], (i + 1) * none_needed
+    return best
+
+
 def probdd(prior: dict[str, float], oracle: Oracle | Memo, budget: int | None = None) -> Outcome:
     """Remove options while the oracle passes, guided by each option's probability of being needed.
 
@@ -233,14 +247,9 @@ def probdd(prior: dict[str, float], oracle: Oracle | Memo, budget: int | None = 
     needed: set[str] = set()
     complete = True
     while True:
-        undecided = sorted((o for o in kept if o not in needed), key=lambda o: (p[o], order.index(o)))
-        if not undecided:
+        best = first_removal({o: p[o] for o in kept if o not in needed}, order)
+        if not best:
             break
-        best, best_gain, keep_all = [], -1.0, 1.0
-        for i, o in enumerate(undecided):
-            keep_all *= 1.0 - p[o]
-            if (i + 1) * keep_all > best_gain:
-                best, best_gain = undecided[: i + 1], (i + 1) * keep_all
         trial = [o for o in kept if o not in best]
         if memo.known(trial) is None and budget is not None and memo.trials - start >= budget:
             complete = False

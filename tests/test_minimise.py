@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tailor.minimise import (CLASS_PRIOR, PRIOR_CEILING, Memo, add_back, ddmin, priors, probdd,
+from tailor.minimise import (CLASS_PRIOR, PRIOR_CEILING, Memo, add_back, ddmin, first_removal, priors, probdd,
                              split_kept_by_deps, unwrap_carriers)
 
 
@@ -245,3 +245,18 @@ def test_probdd_options_back_through_dependencies_are_not_dropped():
     assert sorted(out.kept) == ["INET", "VIRTIO_NET"]
     dropped, by_deps = split_kept_by_deps(out.dropped, oracle.closure(out.kept))
     assert dropped == ["EPOLL"] and sorted(by_deps) == ["NET", "NETDEVICES", "NET_CORE"]
+
+
+def test_the_first_removal_takes_the_least_likely_as_far_as_it_pays():
+    # 0.05 each: removing n of them is expected to remove n * 0.95**n, best at n = 19 or 20
+    odds = {f"o{i}": 0.05 for i in range(30)}
+    odds.update(likely=0.9)
+    first = first_removal(odds)
+    assert len(first) in (19, 20) and "likely" not in first and first == [f"o{i}" for i in range(len(first))]
+    # one option with even odds among sure-unneeded ones: removing it too is not worth the risk
+    assert first_removal({"a": 0.01, "b": 0.5, "c": 0.01}) == ["a", "c"]
+    assert first_removal({}) == []
+    # it is probdd's own first step
+    oracle = FakeOracle(set())
+    probdd(odds, oracle)
+    assert set(odds) - set(oracle.calls[0]) == set(first)
