@@ -228,9 +228,10 @@ def test_doit_action_checks_every_baseline_and_writes_json(redis_record, out, tm
 
     from tailor.tasks import study
 
-    [task] = list(study.fits_tasks([r]))
+    task, table = list(study.fits_tasks([r]))
     assert (task["name"], task["uptodate"], task["verbosity"]) == ("redis", [False], 2)
     assert task["targets"] == [str(out / "fits" / "redis.json")]
+    assert table["basename"] == "fits_table" and table["doc"]
 
 
 def test_doit_action_without_record_checks_the_recipe(out, tmp_path, capsys):
@@ -245,3 +246,40 @@ def test_doit_action_without_record_checks_the_recipe(out, tmp_path, capsys):
     assert "kv: CONFIG_EPOLL not set: recipe kernel.options (event loop)" in lines
     assert data["baselines"]["microvm"]["missing"] == [
         {"option": "EPOLL", "state": "not set", "needed_by": "recipe kernel.options (event loop)"}]
+
+
+def test_the_table_checks_each_recipe_from_its_record_or_its_own_options(redis_record, tmp_path, monkeypatch):
+    """redis has a discovery record (EPOLL missing from SMALL, VIRTIO_NET only a module); memcached has none,
+    so its recipe's kernel.options are checked; a config that is not available is said so."""
+    from tailor.recipe import find
+
+    recipes = [find("redis"), find("memcached")]
+    rows = {r["app"]: r for r in fits.table_rows(recipes, {"small": SMALL, "gone": None})}
+    assert rows["redis"]["from"] == "discovery" and rows["redis"]["needs"][:2] == ["NET", "INET"]
+    assert rows["redis"]["missing"] == {"small": ["VIRTIO_NET", "EPOLL"], "gone": None}
+    assert rows["memcached"]["from"] == "recipe"
+    assert rows["memcached"]["needs"] == [n for n, v in find("memcached").kernel.options if v == "y"]
+    # written between the markers of a page and of a README, from configs handed in by baseline_config
+    doc, readme = tmp_path / "discovery.md", tmp_path / "README.md"
+    doc.write_text(f"intro\n{fits.TABLE_START}\nold\n{fits.TABLE_END}\nafter\n")
+    readme.write_text(f"top\n{fits.SUMMARY_START}\n{fits.SUMMARY_END}\n")
+    configs = {"firecracker": SMALL, "kata": SMALL.replace("=m", "=y").replace("# CONFIG_EPOLL is not set",
+                                                                                 "CONFIG_EPOLL=y"), "microvm": None}
+    monkeypatch.setattr(fits, "baseline_config", configs.get)
+    fits.write_table(recipes, doc, readme)
+    table = doc.read_text()
+    assert "old" not in table and table.startswith("intro\n") and table.endswith("after\n")
+    assert "| redis | discovery | 7 | lacks VIRTIO_NET, EPOLL | fits | not available |" in table
+    summary = readme.read_text().splitlines()[2]
+    assert "of the 2 x86_64 recipes" in summary and "microvm: not available here" in summary
+    assert "1 fit kata's" in summary or "2 fit kata's" in summary
+
+
+def test_the_table_of_the_real_firecracker_config(redis_record, monkeypatch):
+    """Against Firecracker's own 6.1 guest config (as is, without olddefconfig): the recorded redis fits."""
+    if not FIRECRACKER.is_file():
+        pytest.skip("Firecracker's config is not beside the project")
+    from tailor.recipe import find
+
+    rows = fits.table_rows([find("redis")], {"firecracker": FIRECRACKER.read_text()})
+    assert rows[0]["missing"] == {"firecracker": []}

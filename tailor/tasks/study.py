@@ -41,6 +41,10 @@ def fits_tasks(recipes: list[Recipe]):
                       f"(firecracker, kata, microvm)",
                "actions": [action("fits:against_baselines", r)], "targets": [str(paths.fits_path(r.name))],
                "uptodate": [False], "verbosity": 2}
+    yield {"basename": "fits_table",
+           "doc": "write the table of every x86_64 recipe against the Firecracker, Kata and microvm configs in "
+                  "docs/discovery.md, and its summary line in the README (reads configs only)",
+           "actions": [action("fits:write_table", recipes)], "uptodate": [False], "verbosity": 2}
 
 
 def baseline_tasks():
