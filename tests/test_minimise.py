@@ -34,6 +34,14 @@ class FakeOracle:
         return self.needed <= self.closure(options)
 
 
+def check_one_minimal(out, oracle, options):
+    """*out* passes, partitions *options*, and no single kept option can go."""
+    assert oracle(out.kept) and out.complete
+    assert sorted(out.kept + out.dropped) == sorted(options)
+    for o in out.kept:
+        assert not oracle([k for k in out.kept if k != o])
+
+
 @pytest.mark.parametrize("needed", [["r3"], ["r0"], ["r31"], ["r5", "r20"], []])
 def test_add_back_finds_the_missing_options(needed):
     rest = [f"r{i}" for i in range(32)]
@@ -110,17 +118,18 @@ def test_ddmin_result_passes_and_is_one_minimal(case):
     def oracle(opts):
         s = set(opts)
         return all(any(f"o{i}" in s for i in c) for c in clauses)
-    out = ddmin([options[: len(options) // 2], options[len(options) // 2:]], oracle)
-    assert oracle(out.kept) and out.complete
-    assert sorted(out.kept + out.dropped) == sorted(options)
-    for o in out.kept:
-        assert not oracle([k for k in out.kept if k != o])
+    check_one_minimal(ddmin([options[: len(options) // 2], options[len(options) // 2:]], oracle), oracle, options)
 
 
-def test_ddmin_budget_caps_trials_and_says_what_was_left():
+SEARCHES = {"ddmin": lambda options, oracle, budget: ddmin([options], oracle, budget=budget),
+            "probdd": lambda options, oracle, budget: probdd({o: 0.1 for o in options}, oracle, budget=budget)}
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_the_budget_caps_trials_and_says_what_was_left(search):
     options = [f"o{i}" for i in range(20)]
     oracle = FakeOracle({"o1", "o7", "o13", "o19"})
-    out = ddmin([options], oracle, budget=3)
+    out = SEARCHES[search](options, oracle, 3)
     assert out.trials == 3 == len(oracle.calls)
     assert not out.complete and out.untried
     assert oracle(out.kept)  # what is kept still passes: only passing removals were taken
@@ -217,22 +226,10 @@ def test_probdd_result_passes_and_is_one_minimal(case):
     def oracle(opts):  # a monotone CNF with alternatives, as in the ddmin property above
         s = set(opts)
         return all(any(f"o{i}" in s for i in c) for c in clauses)
-    out = probdd(dict(zip(options, odds)), Memo(oracle, monotonic=True))
-    assert oracle(out.kept) and out.complete
-    assert sorted(out.kept + out.dropped) == sorted(options)
-    for o in out.kept:
-        assert not oracle([k for k in out.kept if k != o])
+    check_one_minimal(probdd(dict(zip(options, odds)), Memo(oracle, monotonic=True)), oracle, options)
 
 
-def test_probdd_budget_caps_trials_and_says_what_was_left():
-    options = [f"o{i}" for i in range(20)]
-    oracle = FakeOracle({"o1", "o7", "o13", "o19"})
-    out = probdd({o: 0.1 for o in options}, oracle, budget=3)
-    assert out.trials == 3 == len(oracle.calls)
-    assert not out.complete and out.untried
-    assert oracle(out.kept)
-    assert set(out.needed) | set(out.untried) == set(out.kept)
-    assert {"o1", "o7", "o13", "o19"} <= set(out.kept)
+def test_probdd_budget_zero_tries_nothing():
     none = probdd({"a": 0.1, "b": 0.1}, FakeOracle({"a"}), budget=0)
     assert none.trials == 0 and none.kept == ["a", "b"] and none.untried == ["a", "b"] and not none.complete
 
