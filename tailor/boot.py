@@ -256,6 +256,8 @@ def slim_hint(recipe: Recipe, console: str, cause: type | None = None) -> str:
         return ""  # a timeout, no output: nothing says the files are missing
     if not named and _OUT_OF_MEMORY.search(console):
         return ""  # the guest ran out of memory: not a file slim dropped
+    if not named and NETWORK_FAILED in console:
+        return ""  # the kernel could not bring eth0 up: not a file slim dropped
     source = "image's" if rec.source == "image" else "packages'"
     return (f" (rootfs.slim dropped {len(gone)} of the {source} files: {named}set rootfs.slim: false in "
             f"{display_path(recipe.path)} to keep them, or list what the app needs in rootfs.files; "

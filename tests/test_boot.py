@@ -661,6 +661,8 @@ def test_slim_hint_names_only_paths_the_console_says_are_missing(tmp_path, monke
     assert "the console names" not in hint
     assert boot.slim_hint(recipe, "Kernel panic - not syncing: System is deadlocked on memory\n",
                           boot.KernelPanicked) == ""  # out of memory (the memory benchmark's small guests)
+    no_network = f"{boot.NETWORK_FAILED} (does the kernel have INET and VIRTIO_NET?)\n"
+    assert boot.slim_hint(recipe, no_network, boot.ProbeFailed) == ""  # a kernel without the network, not a file
     missing = mentioned + "app: cannot open '/usr/share/z/a.txt': No such file or directory\n"
     assert "the console names /usr/share/z/a.txt, which slim dropped; " in boot.slim_hint(recipe, missing)
 
