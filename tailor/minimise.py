@@ -278,7 +278,8 @@ def unwrap_carriers(kept: list[str], needed: list[str], dropped: list[str],
     ``depends on INET``): the trial "without X" is not without X, so X goes, and removing Y later fails,
     because it takes X along. Then Y looks needed although X is. For each *needed* Y whose removal takes
     *dropped* options out of the :func:`closure` (what a set enables), the set without Y but with those
-    options is tried (one oracle call each, within *budget* new trials); if it passes, Y is replaced.
+    options is tried (one oracle call each, within *budget* new trials) when it enables fewer options than the
+    kept set (not when those options depend on Y and bring it back); if it passes, Y is replaced.
     Returns the new kept list and ``{Y: [the options that replaced it]}``."""
     memo = oracle if isinstance(oracle, Memo) else Memo(oracle)
     start = memo.trials
@@ -292,6 +293,8 @@ def unwrap_carriers(kept: list[str], needed: list[str], dropped: list[str],
         if not carried:
             continue
         trial = without + carried
+        if not closure(trial) < closure(kept):
+            continue  # what it carried brings it back (INET carries TCP_CONG_CUBIC, a default, which depends on INET)
         if memo.known(trial) is None and budget is not None and memo.trials - start >= budget:
             break
         if memo(trial):

@@ -165,6 +165,16 @@ def test_a_kept_option_that_only_carried_a_dropped_one_is_replaced_by_it():
     assert unwrap_carriers(["EPOLL"], ["EPOLL"], ["NET"], oracle.closure, Memo(oracle)) == (["EPOLL"], {})
     assert unwrap_carriers(out.kept, out.needed, out.dropped, oracle.closure, Memo(oracle), budget=0) == \
         (out.kept, {})
+    # INET "carries" TCP_CONG_CUBIC (a default when INET is on) which depends on INET: swapping them would
+    # only add an option, so it is not tried
+    cubic = FakeOracle({"INET", "EPOLL"}, {"TCP_CONG_CUBIC": ["INET"], "INET": ["NET"]})
+
+    def with_defaults(options):
+        on = cubic.closure(options)
+        return on | {"TCP_CONG_CUBIC"} if "INET" in on else on
+    memo = Memo(cubic)
+    kept, swapped = unwrap_carriers(["INET", "EPOLL"], ["INET", "EPOLL"], ["TCP_CONG_CUBIC"], with_defaults, memo)
+    assert (kept, swapped, memo.trials) == (["INET", "EPOLL"], {}, 0)
     # a carrier that is needed for itself stays
     both = FakeOracle({"TCP_MD5SIG", "EPOLL"}, deps)
     assert unwrap_carriers(out.kept, out.needed, out.dropped, both.closure, Memo(both))[1] == {}
