@@ -493,14 +493,19 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
     memo = Memo(lambda opts: run.trial(opts, why), spent=lambda: run.boots,  # the budget counts real trials
                 monotonic=True)
     chosen = list(cands)
+
+    def odds_of(options: list[str]) -> dict[str, float]:
+        """Each option's odds of being needed (:func:`priors`), from its class and its traced functions."""
+        return priors({o: reasons[o]["class"] for o in options},
+                      {o: len(evidence.by_option.get(o, ())) for o in options})
+
     early = 0
     if minimise_set and search == "probdd" and len(chosen) > 1 and budget != 0:
         # probdd's first step before the whole set: when it passes, so does the whole set (the boot test is
         # monotonic), and that kernel is never built
         why = "minimise"
-        odds = priors({o: classes[o].cls for o in chosen}, {o: len(evidence.by_option.get(o, ())) for o in chosen})
         before = memo.trials
-        first = first_removal(odds, chosen)
+        first = first_removal(odds_of(chosen), chosen)
         if memo([o for o in chosen if o not in first]):
             run.say(f"the first minimisation step passed without {len(first)} options: the whole set passes too")
         early = memo.trials - before
@@ -526,17 +531,16 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
     minimise_trials = 0
     if minimise_set and chosen:
         why = "minimise"
-        chosen_classes = {o: reasons[o]["class"] for o in chosen}
-        weights = {o: len(evidence.by_option.get(o, ())) for o in chosen}
         trials_before = memo.trials
         within = "" if budget is None else f", within {budget} trial kernels"
         if search == "ddmin":
-            groups = minimise_groups(chosen_classes, weights)
+            groups = minimise_groups({o: reasons[o]["class"] for o in chosen},
+                                     {o: len(evidence.by_option.get(o, ())) for o in chosen})
             run.say(f"minimising {len(chosen)} options by delta debugging, groups " +
                     ", ".join(f"{reasons[g[0]]['class']} ({len(g)})" for g in groups) + within)
             out = ddmin(groups, memo, budget=budget)
         else:
-            odds = priors(chosen_classes, weights)
+            odds = odds_of(chosen)
             run.say(f"minimising {len(chosen)} options by probabilistic delta debugging, least likely needed "
                     f"first: " + ", ".join(f"{o} {odds[o]:.2f}" for o in sorted(odds, key=odds.get)) + within)
             out = probdd(odds, memo, budget=None if budget is None else max(0, budget - early))
