@@ -21,24 +21,8 @@ import sys
 import _setup  # noqa: F401  (puts the project on sys.path)
 
 
-def hand_found(recipe):
-    """The recipe's own kernel (bzImage, system calls) when it is built, else None."""
-    from tailor import kernel, records
-    from tailor.measure import count_syscalls
-
-    if not kernel.app_pointer(recipe.name).is_file():
-        return None
-    pointer = records.KernelPointer.load(kernel.app_pointer(recipe.name))
-    kdir = pointer.files.dir
-    try:
-        calls = count_syscalls((kdir / "System.map").read_text())["real"]
-    except OSError:
-        return None
-    return {"identity": pointer.identity, "bzImage": pointer.sizes["bzImage"], "syscalls": calls}
-
-
 def row(app: str) -> dict:
-    from tailor import kernel
+    from tailor import discover, kernel
     from tailor.measure import count_syscalls
     from tailor.recipe import load
     from tailor.records.discovery import DiscoverySummary, DiscoveryTrials
@@ -60,7 +44,7 @@ def row(app: str) -> dict:
         "discovered": [o["option"] for o in summary.options],
         "recipe": [name for name, _ in recipe.kernel.options],
         "bzImage": summary.bzimage, "syscalls": calls, "syscalls_run": summary.syscalls,
-        "hand_found": hand_found(recipe),
+        "hand_found": discover.hand_found(recipe.name),
         "minimised": summary.minimised, "minimise_trials": summary.minimise_trials,
         "search": summary.search or "ddmin",  # records from before --search existed used ddmin
         "untried": summary.untried, "mapping": summary.mapping,

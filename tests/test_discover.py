@@ -267,8 +267,17 @@ def test_comparison_table(tmp_path, monkeypatch):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
     assert "| redis | 2 | 9 |" in text and "hello" not in text  # hello has no discovery result here
+    assert "| 1.40 MB, minimised (ddmin), 3 trials (2 kernels compiled) | not built |" in text
+    # with the hand-found kernel built, its size and the ratio
+    kdir = tmp_path / "out" / "kernel" / "hand"
+    kdir.mkdir(parents=True)
+    (kdir / "System.map").write_text("ffffffff81000000 T __x64_sys_read\nffffffff81000010 T __x64_sys_write\n")
+    fakes.kernel_pointer("redis", kdir, sizes={"bzImage": 1_750_000, "vmlinux": 1, "System.map": 1})
+    fakes.discovery_summary("redis", bzImage=1_400_000, search="probdd", trials=4)
+    discover.write_table([find("redis")], readme)
+    assert "| 1.40 MB, minimised (probdd), 4 trials (2 kernels compiled) | 1.75 MB: discovered 0.80x |" in readme.read_text()
     assert "- redis, ADVISE_SYSCALLS (only discovered; trace): traced: system calls madvise" in text
-    assert "- redis, EPOLL (only in the recipe): the discovered kernel passes the boot test without it" in text
+    assert "- redis, EPOLL (only in the recipe): the discovered kernel passes the boot test and its exercise without it" in text
 
 
 def test_fifo_reader_filters_a_real_fifo(tmp_path):
