@@ -42,6 +42,7 @@ reasons; the probe kernel, the trace and the map are modules of their own.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
@@ -202,6 +203,25 @@ def minimise_groups(classes: dict[str, str], weights: dict[str, int] | None = No
 # The whole discovery
 
 
+TRIAL_TIMEOUT_FACTOR = 10
+TRIAL_TIMEOUT_FLOOR = 30
+
+
+def trial_timeout(recipe_timeout: int | float, passed_boot_s: Iterable[float]) -> int | float:
+    """The boot test's time limit for a trial: the recipe's ``test.timeout`` until a trial has passed,
+    then :data:`TRIAL_TIMEOUT_FACTOR` times the slowest passing trial's boot (probe and exercise
+    included), at least :data:`TRIAL_TIMEOUT_FLOOR` seconds, never more than the recipe's.
+
+    A kernel that lacks what the app needs often leaves it running but deaf (nginx's master logs
+    "start worker processes", then fails to spawn them); waiting the recipe's whole timeout for that
+    costs minutes per trial. A trial cut short by mistake only keeps options (the search is
+    conservative about failures), never passes a kernel that fails."""
+    slowest = max((s for s in passed_boot_s if s > 0), default=None)
+    if slowest is None:
+        return recipe_timeout
+    return min(recipe_timeout, max(TRIAL_TIMEOUT_FLOOR, math.ceil(TRIAL_TIMEOUT_FACTOR * slowest)))
+
+
 class _Run:
     """One discovery: the recipe, its source tree and base, the trial counter and the log."""
 
@@ -274,12 +294,17 @@ class _Run:
         record["bzImage"] = meta.sizes["bzImage"]
         t1 = time.monotonic()
         self.boots += 1
+        limit = trial_timeout(self.recipe.test.timeout,
+                              (t["boot_s"] for t in self.trials if t["result"] == "pass" and "same_as" not in t))
         try:
-            boot.run(self.recipe, qemu.kernel_file(kernel.describe(meta))[0],
-                     rootfs.image_path(self.recipe), tdir)
+            boot.run(replace(self.recipe, test=replace(self.recipe.test, timeout=limit)),
+                     qemu.kernel_file(kernel.describe(meta))[0], rootfs.image_path(self.recipe), tdir)
             record.update(result="pass", reason="")
         except TailorError as e:
             record.update(result="fail", reason=str(e).splitlines()[0])
+            if limit < self.recipe.test.timeout:
+                record["reason"] += (f" (a trial's time limit: {limit} s, {TRIAL_TIMEOUT_FACTOR}x the slowest passing "
+                                     f"trial, not the recipe's {self.recipe.test.timeout} s)")
         record["boot_s"] = round(time.monotonic() - t1, 1)
         self.trials.append(record)
         DiscoveryTrials(self.app, self.trials).save(self.dir / DiscoveryTrials.FILE)

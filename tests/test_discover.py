@@ -358,3 +358,14 @@ def test_classify_rules_on_small_cases():
     assert discover.classify(["start_xmit"], entered, common).cls == "reached"
     # a system call entry first run by the init's set-up is not the app's
     assert discover.classify(["__x64_sys_socket"], {"__x64_sys_socket": ("x", "setup")}, common).cls == "setup"
+
+
+@pytest.mark.parametrize("recipe_timeout, passed, limit", [
+    (180, [], 180),             # nothing passed yet: the recipe's own limit
+    (180, [0.0], 180),          # a trial that took another's result (no boot) says nothing
+    (180, [1.2, 2.0], 30),      # fast boots: the floor
+    (180, [1.2, 7.35], 74),     # ten times the slowest passing boot, rounded up
+    (60, [9.0], 60),            # never more than the recipe allows
+])
+def test_trial_timeout(recipe_timeout, passed, limit):
+    assert discover.trial_timeout(recipe_timeout, passed) == limit
