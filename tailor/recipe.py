@@ -632,7 +632,9 @@ def _test(c: _Checker, raw, app: AppSpec) -> TestSpec:
     kp = ("test",)
     raw = c.mapping(raw, kp, children("test"))
     ready = raw.get("ready", default("test.ready"))
-    if ready:
+    if ready is None:
+        ready = ""
+    if ready != "":  # an empty list or mapping is no pattern either: c.string says so
         ready = c.string(ready, kp + ("ready",), what="a regular expression")
         try:
             re.compile(ready)
