@@ -35,7 +35,7 @@ CONDITIONS = "conditions.json"
 FORMAT = "tailor-measurements/1"
 REPORT_MD = "report.md"
 
-REGIONS = {"measurements": "docs/measurements.md"}
+REGIONS = {"measurements": "docs/measurements.md", "discovery-summary": "README.md"}
 """Each generated region: its name (``templates/docs/<name>.md.j2``) and the page that holds it."""
 
 
@@ -205,11 +205,40 @@ def context(snap: Path) -> dict:
              report.fmt_ratio(report.ratio(r["variants"]["whole"]["bytes"], r["variants"]["traced"]["bytes"]))]
             for app, r in sorted((results.get("slim") or {}).get("apps", {}).items())]
     return {"date": record["date"], "dir": f"measurements/{snap.name}", "files": sorted(record["files"]),
+            "discovery": discovery_figures(results.get("discover")),
             "conditions": conditions, "counts": counts,
             "judged": [[t["what"], t["value"], t["ratio"], t["limit"], t["against"], t["verdict"]]
                        for t in targets if t["verdict"] in ("met", "missed")],
             "missing": [(kind, report.BENCH_HINT[kind]) for kind in report.KINDS if kind not in results],
             "snapshot": snapshot, "slim": slim}
+
+
+DISCOVERY_TRIALS_GOAL = 12
+DISCOVERY_MINUTES_GOAL = 25
+DISCOVERY_SIZE_SLACK = 1.01
+"""Issue 22's goals for a minimised discovery: median trial kernels and minutes per app, and the
+discovered bzImage against the hand-found one (the benchmark prints the same)."""
+
+
+def discovery_figures(data: dict | None) -> dict | None:
+    """The discovery benchmark's table as the report renders it, and its medians against the goals."""
+    from statistics import median
+
+    from tailor import report
+
+    if not data or not data.get("rows"):
+        return None
+    rows = data["rows"]
+    section = report.discover_section(data)
+    built = [r for r in rows if r.get("hand_found")]
+    trials = median(r["trial_kernels"] for r in rows)
+    minutes = median(r["total_s"] for r in rows) / 60
+    return {"head": section.head, "rows": section.rows, "apps": len(rows), "with_hand": len(built),
+            "no_bigger": sum(1 for r in built if r["bzImage"] <= r["hand_found"]["bzImage"] * DISCOVERY_SIZE_SLACK),
+            "trials": f"{trials:g}", "trials_met": trials <= DISCOVERY_TRIALS_GOAL,
+            "minutes": f"{minutes:.1f} min", "minutes_met": minutes <= DISCOVERY_MINUTES_GOAL,
+            "trials_goal": DISCOVERY_TRIALS_GOAL, "minutes_goal": f"{DISCOVERY_MINUTES_GOAL} min",
+            "slack": f"{(DISCOVERY_SIZE_SLACK - 1) * 100:.0f}%"}
 
 
 # --------------------------------------------------------------------------
@@ -255,6 +284,7 @@ FIGURE = re.compile(r"(?<![\w.,/-])\d+(?:[.,]\d+)*(?:\s?[–-]\s?\d+(?:[.,]\d+)*
 """A figure with a unit: a size, a duration, a ratio or a percentage (``1.87 MB``, ``0.20x``, ``3–5 s``)."""
 
 NOT_MEASURED = {
+    "docs/discovery.md": ("at least 30 s",),  # discovery's floor for a trial's time limit
     "docs/images.md": ("within 1 s", "waits 36 s"),  # how long tailor waits for ext2 writeback: its own settings
     "docs/kernel.md": ("2 MiB physical", "16 MiB"),  # PHYSICAL_START in lupine-base and the kernel's default
     "docs/measurements.md": ("between 8 and 256 MiB", "than 5%", "over 100 ms"),  # the benchmarks' parameters

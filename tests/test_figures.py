@@ -76,6 +76,7 @@ def test_a_figure_edited_by_hand_in_a_generated_region_fails(tmp_path, monkeypat
     figure = re.search(r"\d+\.\d+x", region).group(0)
     edited = text.replace(region, region.replace(figure, "0.01x", 1))
     (tmp_path / "docs" / "measurements.md").write_text(edited)
+    (tmp_path / "README.md").write_text((PROJECT / "README.md").read_text())  # the other page with a region
     snap = figures.newest_snapshot()
     monkeypatch.setattr(figures, "PROJECT", tmp_path)
     assert len(figures.stale_pages(snap)) == 1
@@ -207,3 +208,18 @@ def test_a_gap_may_name_only_the_known_fields(tmp_path):
                    " gap: 'drop {speed}'}\n")
     with pytest.raises(TailorError, match=r"target 1: gap names speed; it may name \{figure\}"):
         report.load_targets(bad)
+
+
+def test_discovery_figures_judge_the_medians_and_count_kernels_no_bigger_than_by_hand():
+    def row(app, trials, seconds, bz, hand):
+        return {"app": app, "trial_kernels": trials, "builds": trials, "total_s": seconds, "bzImage": bz,
+                "hand_found": None if hand is None else {"bzImage": hand, "syscalls": 263}, "syscalls": 260,
+                "discovered": ["EPOLL"], "recipe": ["EPOLL", "FUTEX"], "minimised": True, "search": "probdd",
+                "untried": []}
+    fig = figures.discovery_figures({"rows": [row("redis", 14, 1900, 1_348_608, 1_401_856),
+                                              row("nginx", 10, 1200, 1_420_000, 1_400_000),   # 1.4% bigger
+                                              row("hello", 4, 600, 900_000, None)]})         # not built
+    assert fig["apps"] == 3 and fig["with_hand"] == 2 and fig["no_bigger"] == 1
+    assert fig["trials"] == "10" and fig["trials_met"] and fig["minutes"] == "20.0 min" and fig["minutes_met"]
+    assert [r[0] for r in fig["rows"]] and len(fig["rows"]) == 3 and fig["head"][0] == "app"
+    assert figures.discovery_figures(None) is None and figures.discovery_figures({"rows": []}) is None
