@@ -193,7 +193,7 @@ def priors(classes: dict[str, str], weights: dict[str, int] | None = None) -> di
     """Each option's prior probability of being needed, for :func:`probdd`, from what the trace showed.
 
     The class sets the floor (:data:`CLASS_PRIOR`: set-up and hook code is rarely needed, a system call
-    the app ran often is); the more of the option's functions the trace saw run (*weights*), the nearer
+    the app ran often is); the more of the option's functions the trace saw the app run (*weights*), the nearer
     the prior comes to :data:`PRIOR_CEILING` (half way at :data:`PRIOR_HALF` functions). The numbers are
     generic, the same for every app and option: they order the search, they never decide it (only a
     failed trial keeps an option)."""

@@ -369,3 +369,29 @@ def test_classify_rules_on_small_cases():
 ])
 def test_trial_timeout(recipe_timeout, passed, limit):
     assert discover.trial_timeout(recipe_timeout, passed) == limit
+
+
+def test_app_work_counts_only_the_apps_own_code():
+    evidence = {"NET_NS": ["net_ns_get", "sock_net_set"], "EPOLL": ["do_epoll_wait", "ep_poll", "ep_insert"]}
+    app_phase = {"EPOLL": ["do_epoll_wait", "ep_poll", "not_evidence"], "INET": ["tcp_v4_rcv"]}
+    assert discover.app_work(evidence, app_phase) == {"NET_NS": 0, "EPOLL": 2}
+
+
+def test_app_work_odds_replayed_on_recorded_minimisations():
+    """probdd against an oracle that needs what the real runs found needed (tests/data/discover/minimised.json),
+    with odds from all traced functions against odds from the app's own code: the same sets, fewer trials."""
+    from tailor.minimise import Memo, priors, probdd
+
+    data = json.loads((Path(__file__).parent / "data" / "discover" / "minimised.json").read_text())["apps"]
+    trials = {}
+    for app, d in data.items():
+        needed = set(d["needed"])
+        weights = {"all": {o: len(f) for o, f in d["evidence"].items()},
+                   "app": discover.app_work(d["evidence"], d["app_phase"])}
+        for name, w in weights.items():
+            out = probdd(priors(d["classes"], w), Memo(lambda opts: needed <= set(opts), monotonic=True))
+            assert set(out.kept) == needed and out.complete, (app, name)
+            trials[app, name] = out.trials
+        assert trials[app, "app"] <= trials[app, "all"], app
+    assert sum(trials[a, "app"] for a in data) < sum(trials[a, "all"] for a in data)
+    assert max(trials[a, "app"] for a in data) <= 14  # nginx: 21 with every traced function counted
