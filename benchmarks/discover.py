@@ -109,13 +109,18 @@ def main() -> int:
         else:
             print(f"  bzImage {r['bzImage']} B, system calls compiled in {r['syscalls']}; hand-found kernel not "
                   f"built (doit kernel:{r['app']})")
-    if rows:
+    if rows:  # the goals are the ones docs/measurements.md judges the committed figures by
+        from tailor.figures import DISCOVERY_MINUTES_GOAL, DISCOVERY_SIZE_SLACK, DISCOVERY_TRIALS_GOAL
+
         trials = statistics.median(r["trial_kernels"] for r in rows)
         wall = statistics.median(r["total_s"] for r in rows) / 60
-        smaller = sum(1 for r in rows if r["hand_found"] and r["bzImage"] <= r["hand_found"]["bzImage"] * 1.01)
-        print(f"median over {len(rows)} apps: {trials:g} trial kernels ({'met' if trials <= 12 else 'missed'}: goal "
-              f"<= 12), {wall:.1f} min per discovery ({'met' if wall <= 25 else 'missed'}: goal <= 25); bzImage no "
-              f"bigger than the hand-found kernel's (+1%) for {smaller} of "
+        smaller = sum(1 for r in rows
+                      if r["hand_found"] and r["bzImage"] <= r["hand_found"]["bzImage"] * DISCOVERY_SIZE_SLACK)
+        print(f"median over {len(rows)} apps: {trials:g} trial kernels "
+              f"({'met' if trials <= DISCOVERY_TRIALS_GOAL else 'missed'}: goal <= {DISCOVERY_TRIALS_GOAL}), "
+              f"{wall:.1f} min per discovery ({'met' if wall <= DISCOVERY_MINUTES_GOAL else 'missed'}: goal <= "
+              f"{DISCOVERY_MINUTES_GOAL}); bzImage no bigger than the hand-found kernel's "
+              f"(+{(DISCOVERY_SIZE_SLACK - 1) * 100:.0f}%) for {smaller} of "
               f"{sum(1 for r in rows if r['hand_found'])} with a hand-found kernel built")
     save_bench("discover", {"kind": "discover", "rows": rows, "conditions": conditions()})
     return 0
