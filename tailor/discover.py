@@ -251,6 +251,7 @@ class _Run:
         self.base = resolve(self.tree, self.base_layers, source_id=self.ref.id)
         self.base_on = enabled_symbols(self.base.config)
         self.trials: list[dict] = []
+        self.trees: list[tuple[int, frozenset[str], Path]] = []  # (trial, its config's lines, its object tree)
         self.builds = 0
         self.boots = 0
         self.start = time.monotonic()
@@ -268,6 +269,18 @@ class _Run:
             return set(enabled_symbols(self.resolve(options).config))
         except ResolveError:
             return set()
+
+    def nearest_tree(self, config_text: str) -> tuple[int, Path] | None:
+        """The trial kernel of this run whose ``.config`` differs from *config_text* in the fewest lines
+        (the latest of equals), as (trial, object tree), to seed the next build from; None before the first."""
+        mine = config_lines(config_text)
+        best = None
+        for n, lines, tree in self.trees:
+            if (tree / ".config").is_file():
+                d = len(mine ^ lines)
+                if best is None or d <= best[0]:
+                    best = (d, n, tree)
+        return None if best is None else (best[1], best[2])
 
     def trial(self, options: list[str], why: str) -> bool:
         """Build base + *options* (deps closed) and run the boot test; record the trial.
@@ -299,10 +312,15 @@ class _Run:
         record.update(identity=result.identity, added_by_deps=result.added, enabled=result.enabled())
         self.say(f"trial {n} ({why}): {len(options)} options (+{len(result.added)} by deps), "
                  f"kernel {result.identity[:16]}")
-        had = (kernel.kernel_dir(kernel.kernel_identity(result.identity)) / "kernel.json").is_file()
+        kdir = kernel.kernel_dir(kernel.kernel_identity(result.identity))
+        had = (kdir / "kernel.json").is_file()
+        seed = None if had else self.nearest_tree(result.config)
         meta = kernel.build(tdir / ".config", self.srctree, result.identity, self.ref.label, jobs=self.jobs,
-                            label=f"discover:{self.app}")
+                            label=f"discover:{self.app}", seed=seed[1] if seed else None)
+        self.trees.append((n, config_lines(result.config), kdir / "build"))
         self.builds += 0 if had else 1
+        if not had:
+            record.update(objects=meta.objects_compiled, seed=seed[0] if seed else None)
         record["build_s"] = round(time.monotonic() - t0, 1)
         record["bzImage"] = meta.sizes["bzImage"]
         t1 = time.monotonic()
@@ -323,8 +341,20 @@ class _Run:
         self.trials.append(record)
         DiscoveryTrials(self.app, self.trials).save(self.dir / DiscoveryTrials.FILE)
         self.say(f"trial {n}: {record['result'].upper()}" + (f" ({record['reason']})" if record["reason"] else "")
-                 + f"; build {record['build_s']} s, boot {record['boot_s']} s")
+                 + f"; build {record['build_s']} s" + _objects_note(record) + f", boot {record['boot_s']} s")
         return record["result"] == "pass"
+
+
+def _objects_note(record: dict) -> str:
+    if "objects" not in record:
+        return " (kernel already built)"
+    seeded = f" recompiled from trial {record['seed']}'s tree" if record["seed"] else " compiled"
+    return f" ({record['objects']} objects{seeded})"
+
+
+def config_lines(config_text: str) -> frozenset[str]:
+    """A ``.config``'s assignments (``CONFIG_X=...`` and ``# CONFIG_X is not set`` lines), to compare two."""
+    return frozenset(ln for ln in config_text.splitlines() if ln.startswith(("CONFIG_", "# CONFIG_")))
 
 
 NULL_DONE = "tailor-discover: null app done"

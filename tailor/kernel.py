@@ -12,6 +12,14 @@ identical share one directory, so the second one costs nothing. ``kernel.json`` 
 without it is an unfinished build, which the next run simply continues in the
 same object tree (kbuild is incremental).
 
+A kernel may be *seeded* from another kernel's object tree (same source, arch and toolchain):
+the tree is copied and kbuild recompiles only the objects whose sources, headers or config
+symbols changed, instead of a whole new tree through ccache (which still preprocesses every
+file). Seeded builds run in one fixed directory, ``out/kernel/.seeded/``, since kbuild reruns any
+command whose text changed and the file-prefix maps in each command name the object directory;
+the finished tree is then moved to the kernel's own ``build/``. Discovery's trial kernels, which
+differ from an earlier trial by a few options, are built this way.
+
 Before compiling, kbuild's own ``make olddefconfig`` must reproduce the
 engine's ``.config`` byte for byte; otherwise the build stops, because the
 engine and kbuild disagree about what this kernel is.
@@ -24,6 +32,7 @@ distcc helpers are used as tailor.farm's settings say.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -197,9 +206,9 @@ def _record_estimate(enabled: int, objects: int) -> None:
 
 
 def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jobs: int | None = None,
-                   label: str = "kernel", arch: str = Arch.X86_64) -> int:
+                   label: str = "kernel", arch: str = Arch.X86_64, seeded: bool = False) -> int:
     """Run ``make bzImage`` (``make Image`` on arm64) in *objdir*, logging to *log_path* and showing progress;
-    return objects compiled.
+    return objects compiled (in a *seeded* tree: recompiled, of which no estimate is shown).
 
     The farm settings (tailor.farm: a shared ccache, distcc helpers) are checked first."""
     plan = farm.plan(label=label)
@@ -226,7 +235,8 @@ def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jo
                 if _COMPILE_LINE.match(line):
                     compiled += 1
                     estimate = max(estimate, compiled)
-                    progress.update(f"{compiled}/~{estimate} objects compiled")
+                    progress.update(f"{compiled} objects recompiled" if seeded
+                                    else f"{compiled}/~{estimate} objects compiled")
             rc = proc.wait()
         except BaseException:
             proc.kill()
@@ -236,14 +246,40 @@ def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jo
         progress.done("FAILED")
         sys.stderr.write("".join(f"  | {t}\n" for t in list(tail)[-25:]))
         raise TailorError(f"kernel build failed (make exited {rc}); full log: {log_path}")
-    progress.done(f"done, {compiled} objects compiled")
+    progress.done(f"done, {compiled} objects {'recompiled' if seeded else 'compiled'}")
     return compiled
 
 
+SEEDED = ".seeded"
+"""The directory under ``out/kernel/`` where seeded kernels are built (see the module's docstring)."""
+
+
+def seed_tree(seed: Path, stage: Path) -> None:
+    """Copy the object tree *seed* to *stage* (replacing what is there), keeping modification times, so
+    that kbuild sees what it built as up to date and rebuilds only what a new ``.config`` changes."""
+    remove(stage)
+    partial = stage.with_name(stage.name + ".partial")
+    remove(partial)
+    try:
+        shutil.copytree(seed, partial, symlinks=True, copy_function=shutil.copy2)
+    except (OSError, shutil.Error) as e:
+        remove(partial)
+        raise TailorError(f"cannot copy the object tree {display_path(seed)} to seed a build ({e}); "
+                          f"delete {display_path(seed.parent)} and rerun") from None
+    os.replace(partial, stage)
+
+
 def build(config_path: Path, srctree: Path, identity: str, source_label: str = "",
-          jobs: int | None = None, label: str = "kernel", arch: str = Arch.X86_64) -> KernelBuild:
+          jobs: int | None = None, label: str = "kernel", arch: str = Arch.X86_64,
+          seed: Path | None = None) -> KernelBuild:
     """Build the kernel of *arch* for *config_path* (unless one with this identity exists); return its
-    ``kernel.json``."""
+    ``kernel.json``.
+
+    *seed*, the object tree of another kernel of the same source, arch and toolchain (its
+    ``build/``), makes this build incremental from that tree (see the module's docstring). It is
+    ignored when this kernel's own unfinished tree exists (that one is continued), and when another
+    process is building a seeded kernel at the moment (then the build starts from nothing, as without
+    a seed)."""
     config_text = Path(config_path).read_text()
     key = kernel_identity(identity, arch=arch)
     made = artefacts(arch)
@@ -261,19 +297,37 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
                 print(f"[{label}] reusing kernel {key[:16]} (identical config and toolchain)", file=sys.stderr)
                 return meta
         objdir = kdir / "build"
-        olddefconfig_check(srctree, objdir, config_text, arch)
-        enabled = count_enabled(config_text)
-        log_tmp = kdir / "build.log.partial"
-        compiled = compile_kernel(srctree, objdir, log_tmp, enabled, jobs, label, arch)
-        for name, rel in made.items():
-            with atomic_path(kdir / name) as tmp:
-                shutil.copyfile(objdir / rel, tmp)
-        with atomic_path(kdir / "config") as tmp:
-            shutil.copyfile(objdir / ".config", tmp)
+        with contextlib.ExitStack() as held:
+            workdir = objdir
+            if seed is not None and not objdir.exists() and (Path(seed) / ".config").is_file():
+                stage = kernel_root() / SEEDED
+                try:
+                    held.enter_context(file_lock(kernel_root() / f"{SEEDED}.lock", "the seeded build tree",
+                                                 wait=False))
+                except TailorError:
+                    print(f"[{label}] another seeded build is running: building from nothing", file=sys.stderr)
+                else:
+                    print(f"[{label}] seeded from {display_path(seed)}: recompiling what the config changes",
+                          file=sys.stderr)
+                    seed_tree(Path(seed), stage)
+                    workdir = stage
+            olddefconfig_check(srctree, workdir, config_text, arch)
+            enabled = count_enabled(config_text)
+            log_tmp = kdir / "build.log.partial"
+            makedirs(kdir)
+            compiled = compile_kernel(srctree, workdir, log_tmp, enabled, jobs, label, arch,
+                                      seeded=workdir != objdir)
+            for name, rel in made.items():
+                with atomic_path(kdir / name) as tmp:
+                    shutil.copyfile(workdir / rel, tmp)
+            with atomic_path(kdir / "config") as tmp:
+                shutil.copyfile(workdir / ".config", tmp)
+            if workdir != objdir:
+                os.replace(workdir, objdir)
         os.replace(log_tmp, kdir / "build.log")
         total = sum(1 for ln in (kdir / "build.log").read_text(errors="replace").splitlines()
                     if _COMPILE_LINE.match(ln))
-        if compiled == total and compiled > 0:
+        if compiled == total and compiled > 0 and seed is None:
             _record_estimate(enabled, compiled)
         cmd, _ = make_command(srctree, objdir, [boot_name], jobs or os.cpu_count() or 1, arch=arch)
         meta = KernelBuild(

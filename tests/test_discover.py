@@ -395,3 +395,27 @@ def test_app_work_odds_replayed_on_recorded_minimisations():
         assert trials[app, "app"] <= trials[app, "all"], app
     assert sum(trials[a, "app"] for a in data) < sum(trials[a, "all"] for a in data)
     assert max(trials[a, "app"] for a in data) <= 14  # nginx: 21 with every traced function counted
+
+
+def test_a_trial_is_seeded_from_the_nearest_earlier_trial_kernel(tmp_path):
+    """The next trial's build starts from the object tree of the run's kernel whose .config differs
+    least (the latest of equals); trees that are gone are passed over."""
+    def tree(name, text):
+        d = tmp_path / name
+        d.mkdir()
+        (d / ".config").write_text(text)
+        return d
+
+    base = "CONFIG_NET=y\nCONFIG_INET=y\nCONFIG_EPOLL=y\n# CONFIG_FUTEX is not set\n"
+    run = object.__new__(discover._Run)
+    run.trees = []
+    assert run.nearest_tree(base) is None
+    run.trees.append((1, discover.config_lines(base + "CONFIG_FUTEX=y\nCONFIG_UNIX=y\n"), tree("1", base)))
+    run.trees.append((2, discover.config_lines("CONFIG_NET=y\n"), tree("2", "CONFIG_NET=y\n")))
+    run.trees.append((3, discover.config_lines(base.replace("CONFIG_EPOLL=y", "# CONFIG_EPOLL is not set")),
+                      tmp_path / "gone"))
+    assert run.nearest_tree(base) == (1, tmp_path / "1")
+    run.trees.append((4, discover.config_lines(base + "CONFIG_FUTEX=y\nCONFIG_SHMEM=y\n"), tree("4", base)))
+    assert run.nearest_tree(base) == (4, tmp_path / "4")
+    # comments and blank lines are not assignments
+    assert discover.config_lines("#\n# Networking\n#\n\nCONFIG_NET=y\n") == {"CONFIG_NET=y"}

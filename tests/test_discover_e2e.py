@@ -2,6 +2,7 @@
 and the discovered kernel boot-tested. Kernels are shared through out/ with the other slow tests (the
 probe kernel is built once; a discovered set equal to a recipe's reuses that recipe's kernel)."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tailor import config, discover
+from tailor import config, discover, kernel, source
 from tailor.recipe import find, load
-from tailor.util import out_dir
+from tailor.util import out_dir, remove
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,3 +96,30 @@ def test_discover_redis_shares_the_probe_kernel_minimises_within_budget_and_writ
     assert {name for name, _ in written.kernel.options} == names
     result = config.configure(written, outdir=tmp_path / "config")
     assert result.identity == summary["kernel"]
+
+
+def test_a_kernel_seeded_from_a_near_one_recompiles_a_few_objects_and_is_the_same_kernel(tmp_path):
+    """What discovery's trials rely on, on the real kernel: redis's kernel without EPOLL, seeded from
+    redis's own object tree, recompiles a few objects (kbuild tracks each config symbol) and is
+    byte for byte the kernel that a build from nothing of the same config gives."""
+    redis = find("redis")
+    srctree = source.prepare(source.recipe_ref(redis))
+    mine = config.configure(redis, outdir=tmp_path / "hand")
+    hand = kernel.build(tmp_path / "hand" / ".config", srctree, mine.identity, "test")
+    text = redis.path.read_text()
+    assert "    EPOLL: y" in text
+    copy = tmp_path / "redis.yaml"
+    copy.write_text("".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("    EPOLL: y")))
+    result = config.configure(load(copy), outdir=tmp_path / "config")
+    seed = kernel.kernel_dir(hand.kernel_identity) / "build"
+    seeded = kernel.build(tmp_path / "config" / ".config", srctree, result.identity, "test", seed=seed)
+    alias = hashlib.sha256(b"fresh " + result.identity.encode()).hexdigest()  # the same config, built again
+    fresh = kernel.build(tmp_path / "config" / ".config", srctree, alias, "test")
+    try:
+        assert 0 < seeded.objects_compiled < fresh.objects_compiled / 4, (seeded.objects_compiled,
+                                                                          fresh.objects_compiled)
+        for name in ("bzImage", "vmlinux", "System.map"):
+            ours, theirs = (kernel.kernel_dir(k.kernel_identity) / name for k in (seeded, fresh))
+            assert hashlib.sha256(ours.read_bytes()).digest() == hashlib.sha256(theirs.read_bytes()).digest(), name
+    finally:
+        remove(kernel.kernel_dir(fresh.kernel_identity))

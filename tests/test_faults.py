@@ -36,7 +36,7 @@ import pytest
 from conftest import FAKELINUX, project_copy, wait_until
 import yaml
 
-from tailor import kernel
+from tailor import kernel, util
 from tailor.errors import TailorBug, TailorError
 from tailor.recipe import load
 
@@ -125,7 +125,7 @@ KERNEL_FILES = ("bzImage", "vmlinux", "System.map", "config")
 BUILD_KERNEL = """\
 import sys
 from pathlib import Path
-from tailor import kernel
+from tailor import kernel, util
 from tailor.errors import TailorError
 try:
     kernel.build(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], "fake", jobs=1)
@@ -566,6 +566,48 @@ def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeyp
     assert on_disk["toolchain"] == second.toolchain and on_disk["format"] == "tailor-kernel/1"
     assert on_disk["make"][0] == "make" and "bzImage" in on_disk["make"]
     assert not [a for a in on_disk["make"] if str(tmp_path) in a]  # no machine path in the record
+
+
+def test_a_seeded_build_recompiles_only_what_changed_and_leaves_its_seed_alone(fake_kernel, tmp_path, monkeypatch,
+                                                                              capfd):
+    """A kernel seeded from another's object tree is built in out/kernel/.seeded (one fixed path) from a
+    copy of that tree, recompiles only what its config changes, ends in its own build/ and is the same
+    kernel a build from nothing gives; the seed is not touched. While another seeded build holds the
+    fixed path, the build starts from nothing instead of waiting."""
+    tree, config = fake_kernel
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    first = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
+    seed = kernel.kernel_dir(first.kernel_identity) / "build"
+    before = {p: p.stat().st_mtime_ns for p in seed.rglob("*") if p.is_file()}
+
+    # the same options under another identity (as two discovery trials whose resolved configs agree):
+    # the copied tree is up to date, nothing recompiles, and the kernel is the one built from nothing
+    capfd.readouterr()
+    same = kernel.build(config, tree, "5eed" * 16, "fake", jobs=2, seed=seed)
+    assert same.objects_compiled == 0
+    assert "seeded from" in capfd.readouterr().err
+    kdir = kernel.kernel_dir(same.kernel_identity)
+    for name in KERNEL_FILES:
+        assert digest(kdir / name) == digest(kernel.kernel_dir(first.kernel_identity) / name), name
+    assert (kdir / "build" / ".config").is_file() and not (kernel.kernel_root() / kernel.SEEDED).exists()
+    assert {p: p.stat().st_mtime_ns for p in seed.rglob("*") if p.is_file()} == before
+
+    # another option: the fake kbuild's autoconf.h changes, so (unlike Linux's, which tracks each
+    # symbol) every object recompiles; the result equals a build of that config from nothing
+    other = tmp_path / "other-config"
+    other.write_text(config.read_text().replace("CONFIG_FUTEX=y\n", ""))
+    changed = kernel.build(other, tree, "c0ffee00" * 8, "fake", jobs=2, seed=seed)
+    assert changed.objects_compiled == OBJECTS
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "fresh"))
+    fresh = kernel.build(other, tree, "c0ffee00" * 8, "fake", jobs=2)
+    assert fresh.sizes == changed.sizes and fresh.kernel_identity == changed.kernel_identity
+
+    # the fixed path is busy: no wait, a build from nothing
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    with util.file_lock(kernel.kernel_root() / f"{kernel.SEEDED}.lock", "test"):
+        capfd.readouterr()
+        busy = kernel.build(other, tree, "b0b0" * 16, "fake", jobs=2, seed=seed)
+    assert busy.objects_compiled == OBJECTS and "another seeded build is running" in capfd.readouterr().err
 
 
 def test_kernel_task_is_out_of_date_when_the_toolchain_changes(monkeypatch):
