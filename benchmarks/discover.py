@@ -1,6 +1,6 @@
 """Discovery against the hand-found recipes: builds, boots, trace size, time, options, kernel size, system calls.
 
-    python benchmarks/discover.py [APP ...] [--run]
+    python benchmarks/discover.py [APP ...] [--run] [--keep]
 
 For every app discovered so far (out/discover/<app>/discover.json), or the apps
 named, prints the kernel builds and boots discovery took, the trace's size, the
@@ -11,10 +11,13 @@ measured when it is built (`doit kernel:<app>`), with the minimisation's trials
 and what each mapping (objects, #if lines) found. Goals (2 cores): trace + map
 under 120 s; median trial kernels per app <= 12 and wall time per discovery <=
 25 min; the discovered bzImage no bigger than the hand-found one (+1%). ``--run`` runs the discovery of each named app first (kernel
-builds: minutes each). Stores out/bench/discover.json.
+builds: minutes each). Stores out/bench/discover.json, each row with the time its discovery ended;
+``--keep`` keeps the other apps' rows of the last measurement (a minimised discovery takes up to an
+hour, so the catalogue is measured a few apps at a time).
 """
 
 import argparse
+import datetime
 import statistics
 import sys
 
@@ -49,7 +52,28 @@ def row(app: str) -> dict:
         "search": summary.search or "ddmin",  # records from before --search existed used ddmin
         "untried": summary.untried, "mapping": summary.mapping,
         "classes": {o["option"]: o["class"] for o in summary.options},
+        "options": [{k: o[k] for k in ("option", "class", "from", "why")} for o in summary.options],
+        "measured": datetime.datetime.fromtimestamp(DiscoverySummary.path(app).stat().st_mtime,
+                                                    datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        # trial kernels compiled in this run: seeded from an earlier trial's tree, or from nothing
+        "compiled": [{k: t.get(k) for k in ("trial", "seed", "objects", "build_s")} for t in built if "objects" in t],
     }
+
+
+def earlier_rows() -> list[dict]:
+    """The rows of the last discovery measurement: out/bench/discover.json, else the newest snapshot's;
+    each with the date it was measured (a row from before rows carried one: its measurement's date)."""
+    from tailor import figures
+    from tailor.paths import bench_path
+    from tailor.records.bench import load_bench
+
+    path = bench_path("discover")
+    if not path.is_file():
+        path = figures.newest_snapshot() / "discover.json"
+        if not path.is_file():
+            return []
+    data = load_bench("discover", path).dump()
+    return [dict(r, measured=r.get("measured") or data["conditions"]["date"]) for r in data["rows"]]
 
 
 def ratio(a, b) -> str:
@@ -67,6 +91,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("apps", nargs="*", help="apps (default: every app discovered so far)")
     parser.add_argument("--run", action="store_true", help="run each app's discovery first")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the rows of apps not named from the last measurement (out/bench/discover.json, "
+                             "else the newest snapshot in docs/measurements/), each with the date it was measured")
     args = parser.parse_args()
     try:
         if args.run:
@@ -102,6 +129,13 @@ def main() -> int:
               + (f", left untried: {', '.join(r['untried'])}" if r["untried"] else "")
               + (f"; candidates by objects {len(m.get('objects', []))}, by #if lines {len(m.get('lines', []))}, "
                  f"only by lines {len(m.get('lines_only', []))}" if m else ""))
+        seeded = [c for c in r["compiled"] if c["seed"]]
+        fresh = [c for c in r["compiled"] if not c["seed"]]
+        if r["compiled"]:
+            print("  trial kernels compiled: " + "; ".join(
+                f"{len(cs)} {what}, median {statistics.median(c['objects'] for c in cs):g} objects, "
+                f"{statistics.median(c['build_s'] for c in cs):g} s" for cs, what in
+                ((seeded, "seeded from an earlier trial's tree"), (fresh, "from nothing")) if cs))
         if h:
             print(f"  bzImage {r['bzImage']} B vs {h['bzImage']} B ({ratio(r['bzImage'], h['bzImage'])}); "
                   f"system calls compiled in {r['syscalls']} vs {h['syscalls']} ({ratio(r['syscalls'], h['syscalls'])})"
@@ -122,7 +156,13 @@ def main() -> int:
               f"{DISCOVERY_MINUTES_GOAL}); bzImage no bigger than the hand-found kernel's "
               f"(+{(DISCOVERY_SIZE_SLACK - 1) * 100:.0f}%) for {smaller} of "
               f"{sum(1 for r in rows if r['hand_found'])} with a hand-found kernel built")
-    save_bench("discover", {"kind": "discover", "rows": rows, "conditions": conditions()})
+    now = conditions()
+    if args.keep and args.apps:
+        kept = [r for r in earlier_rows() if r["app"] not in args.apps]
+        if kept:
+            print(f"kept from the last measurement: {', '.join(r['app'] + ' (' + r['measured'] + ')' for r in kept)}")
+        rows = sorted(rows + kept, key=lambda r: r["app"])
+    save_bench("discover", {"kind": "discover", "rows": rows, "conditions": now})
     return 0
 
 

@@ -35,7 +35,8 @@ CONDITIONS = "conditions.json"
 FORMAT = "tailor-measurements/1"
 REPORT_MD = "report.md"
 
-REGIONS = {"measurements": "docs/measurements.md", "discovery-summary": "README.md"}
+REGIONS = {"measurements": "docs/measurements.md", "discovery-summary": "README.md",
+           "discovery-table": "docs/discovery.md"}
 """Each generated region: its name (``templates/docs/<name>.md.j2``) and the page that holds it."""
 
 
@@ -206,6 +207,7 @@ def context(snap: Path) -> dict:
             for app, r in sorted((results.get("slim") or {}).get("apps", {}).items())]
     return {"date": record["date"], "dir": f"measurements/{snap.name}", "files": sorted(record["files"]),
             "discovery": discovery_figures(results.get("discover")),
+            "discovery_table": discovery_table(results.get("discover")),
             "conditions": conditions, "counts": counts,
             "judged": [[t["what"], t["value"], t["ratio"], t["limit"], t["against"], t["verdict"]]
                        for t in targets if t["verdict"] in ("met", "missed")],
@@ -239,6 +241,13 @@ def discovery_figures(data: dict | None) -> dict | None:
             "minutes": f"{minutes:.1f} min", "minutes_met": minutes <= DISCOVERY_MINUTES_GOAL,
             "trials_goal": DISCOVERY_TRIALS_GOAL, "minutes_goal": f"{DISCOVERY_MINUTES_GOAL} min",
             "slack": f"{(DISCOVERY_SIZE_SLACK - 1) * 100:.0f}%"}
+
+
+def discovery_table(data: dict | None) -> list[dict]:
+    """docs/discovery.md's table: each measured discovery against the hand-found options and Lupine's."""
+    from tailor import discover
+
+    return discover.comparison_rows(data["rows"]) if data and data.get("rows") else []
 
 
 # --------------------------------------------------------------------------

@@ -631,7 +631,8 @@ def discover_section(data: dict | None) -> Section:
                      f"{len(r['discovered'])} / {len(r['recipe'])}", fmt_mb(r["bzImage"]), fmt_mb(h.get("bzImage")),
                      fmt_ratio(ratio(r["bzImage"], h.get("bzImage"))), f"{r['syscalls']} / {h.get('syscalls', '–')}",
                      ", ".join(sorted(set(r["discovered"]) - set(r["recipe"]))) or "none",
-                     ", ".join(sorted(set(r["recipe"]) - set(r["discovered"]))) or "none"])
+                     ", ".join(sorted(set(r["recipe"]) - set(r["discovered"]))) or "none",
+                     (r.get("measured") or data.get("conditions", {}).get("date") or "–")[:10]])
         if not h:
             missing.append(f"{r['app']}: hand-found kernel not built; run `doit kernel:{r['app']}`")
         items += [(f"{r['app']} discovered", r["bzImage"] / 1e6, fmt_mb(r["bzImage"]), "specific")]
@@ -640,7 +641,7 @@ def discover_section(data: dict | None) -> Section:
     ch = chart("bzImage: discovered and hand-found", "MB", items)
     return Section("discover", title, intro,
                    ["app", "search", "trial kernels", "wall time", "options (found / hand)", "bzImage", "by hand",
-                    "×", "system calls (found / hand)", "only found", "only by hand"], rows,
+                    "×", "system calls (found / hand)", "only found", "only by hand", "measured"], rows,
                    [ch] if ch else [], missing, [], True)
 
 

@@ -253,31 +253,30 @@ def test_null_recipe_keeps_the_kernel_and_runs_small_programs():
     assert "coreutils" in null.rootfs.packages and "/bin/true" in null.app.args[-1]
 
 
-def test_comparison_table(tmp_path, monkeypatch):
-    import fakes
-    from tailor.recipe import find
+def test_comparison_table_from_the_measured_rows():
+    """docs/discovery.md's table comes from benchmarks/discover.py's rows (the committed snapshot), not from
+    out/: each app against the recipe's options as measured, Lupine's count, the hand-found kernel, and why
+    each difference (a row from before the benchmark recorded reasons says so)."""
+    from tailor.templates import render
 
-    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
-    fakes.discovery_summary("redis", bzImage=1_400_000, options=[
-        {"option": "NET", "from": "trace", "class": "syscall", "why": "traced: system calls socket"},
-        {"option": "ADVISE_SYSCALLS", "from": "trace", "class": "syscall", "why": "traced: system calls madvise"}])
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{discover.TABLE_START}\nold\n{discover.TABLE_END}\nrest\n")
-    discover.write_table([find("redis"), find("hello")], readme)
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
-    assert "| redis | 2 | 9 |" in text and "hello" not in text  # hello has no discovery result here
+    row = {"app": "redis", "discovered": ["NET", "ADVISE_SYSCALLS"], "recipe": ["NET", "EPOLL"], "bzImage": 1_400_000,
+           "trials": 3, "builds": 2, "minimised": True, "search": None, "hand_found": None, "measured": "2026-12-03",
+           "options": [{"option": "NET", "from": "trace", "class": "syscall", "why": "traced: system calls socket"},
+                       {"option": "ADVISE_SYSCALLS", "from": "trace", "class": "syscall",
+                        "why": "traced: system calls madvise"}]}
+    older = {"app": "nginx", "discovered": ["NET", "UNIX"], "recipe": ["NET"], "bzImage": 1_360_000, "trials": 22,
+             "builds": 21, "minimised": True, "search": "probdd", "classes": {"NET": "syscall", "UNIX": "reached"},
+             "hand_found": {"bzImage": 1_700_000, "syscalls": 263, "identity": "x"}}
+    rows = discover.comparison_rows([row, older])
+    assert [r["app"] for r in rows] == ["nginx", "redis"]
+    text = render("docs/discovery-table.md.j2", discovery_table=rows, dir="measurements/2026-12-03")
+    assert "| redis | 2 | 2 |" in text
     assert "| 1.40 MB, minimised (ddmin), 3 trials (2 kernels compiled) | not built |" in text
-    # with the hand-found kernel built, its size and the ratio
-    kdir = tmp_path / "out" / "kernel" / "hand"
-    kdir.mkdir(parents=True)
-    (kdir / "System.map").write_text("ffffffff81000000 T __x64_sys_read\nffffffff81000010 T __x64_sys_write\n")
-    fakes.kernel_pointer("redis", kdir, sizes={"bzImage": 1_750_000, "vmlinux": 1, "System.map": 1})
-    fakes.discovery_summary("redis", bzImage=1_400_000, search="probdd", trials=4)
-    discover.write_table([find("redis")], readme)
-    assert "| 1.40 MB, minimised (probdd), 4 trials (2 kernels compiled) | 1.75 MB: discovered 0.80x |" in readme.read_text()
-    assert "- redis, ADVISE_SYSCALLS (only discovered; trace): traced: system calls madvise" in text
+    assert "| 1.36 MB, minimised (probdd), 22 trials (21 kernels compiled) | 1.70 MB: discovered 0.80x |" in text
+    assert "- redis, ADVISE_SYSCALLS (only discovered; trace): traced: system calls madvise\n" in text
     assert "- redis, EPOLL (only in the recipe): the discovered kernel passes the boot test and its exercise without it" in text
+    assert "- nginx, UNIX (only discovered): class reached; its reason is not in this measurement" in text
+    assert "No minimised discovery" in render("docs/discovery-table.md.j2", discovery_table=[], dir="x")
 
 
 def test_fifo_reader_filters_a_real_fifo(tmp_path):

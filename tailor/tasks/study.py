@@ -12,7 +12,7 @@ from tailor.tasks.build import _config_changed
 
 
 def discover_tasks(recipes: list[Recipe]):
-    """``discover:<app>`` and ``discover_table``."""
+    """``discover:<app>`` (the table in docs/discovery.md is rendered by ``python -m tailor docs``)."""
     from tailor.records.discovery import DISCOVER_FORMAT
 
     for r in recipes:
@@ -29,8 +29,6 @@ def discover_tasks(recipes: list[Recipe]):
                                           "code": imports.code_digest("discover")})],
             "verbosity": 2,
         }
-    yield {"basename": "discover_table", "doc": "write the discovered-vs-recipe-vs-Lupine table in docs/discovery.md",
-           "actions": [action("discover:write_table", recipes)], "uptodate": [False], "verbosity": 2}
 
 
 def fits_tasks(recipes: list[Recipe]):
