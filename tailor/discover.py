@@ -276,7 +276,7 @@ class _Run:
         mine = config_lines(config_text)
         best = None
         for n, lines, tree in self.trees:
-            if (tree / ".config").is_file():
+            if kernel.seeds(tree, kernel.stage_dir()):  # built in the stage (a kernel of an earlier run may not be)
                 d = len(mine ^ lines)
                 if best is None or d <= best[0]:
                     best = (d, n, tree)
@@ -316,11 +316,12 @@ class _Run:
         had = (kdir / "kernel.json").is_file()
         seed = None if had else self.nearest_tree(result.config)
         meta = kernel.build(tdir / ".config", self.srctree, result.identity, self.ref.label, jobs=self.jobs,
-                            label=f"discover:{self.app}", seed=seed[1] if seed else None)
+                            label=f"discover:{self.app}", staged=True, seed=seed[1] if seed else None)
         self.trees.append((n, config_lines(result.config), kdir / "build"))
         self.builds += 0 if had else 1
-        if not had:
-            record.update(objects=meta.objects_compiled, seed=seed[0] if seed else None)
+        if not had:  # the seed, when the build was seeded (it is not when another build held the stage)
+            seeded = seed is not None and kernel.seeded_from(kdir / "build") == seed[1]
+            record.update(objects=meta.objects_compiled, seed=seed[0] if seeded else None)
         record["build_s"] = round(time.monotonic() - t0, 1)
         record["bzImage"] = meta.sizes["bzImage"]
         t1 = time.monotonic()

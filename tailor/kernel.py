@@ -12,13 +12,18 @@ identical share one directory, so the second one costs nothing. ``kernel.json`` 
 without it is an unfinished build, which the next run simply continues in the
 same object tree (kbuild is incremental).
 
-A kernel may be *seeded* from another kernel's object tree (same source, arch and toolchain):
-the tree is copied and kbuild recompiles only the objects whose sources, headers or config
-symbols changed, instead of a whole new tree through ccache (which still preprocesses every
-file). Seeded builds run in one fixed directory, ``out/kernel/.seeded/``, since kbuild reruns any
-command whose text changed and the file-prefix maps in each command name the object directory;
-the finished tree is then moved to the kernel's own ``build/``. Discovery's trial kernels, which
-differ from an earlier trial by a few options, are built this way.
+A *staged* kernel is built in one fixed directory, ``out/kernel/.stage/``, and its object tree then
+moves to the kernel's own ``build/``. Such a tree can *seed* the next staged build (same source, arch
+and toolchain): it is copied back into the stage and kbuild recompiles only the objects whose
+sources, headers or config symbols changed, instead of a whole new tree through ccache (which still
+preprocesses every file). The directory must be the same because kbuild reruns any command whose
+text changed, and the file-prefix maps in every command name the object directory; a tree built
+elsewhere does not seed (the build starts from nothing). Discovery's trial kernels, which differ from
+an earlier trial by a few options, are built this way.
+
+Over 400 lines because a build is one sequence under one lock (the reuse check, the stage and its
+seed, kbuild's olddefconfig check, the compile, the artefacts and ``kernel.json``) and the make
+environment it runs in must be the one every kernel is built with.
 
 Before compiling, kbuild's own ``make olddefconfig`` must reproduce the
 engine's ``.config`` byte for byte; otherwise the build stops, because the
@@ -250,8 +255,12 @@ def compile_kernel(srctree: Path, objdir: Path, log_path: Path, enabled: int, jo
     return compiled
 
 
-SEEDED = ".seeded"
-"""The directory under ``out/kernel/`` where seeded kernels are built (see the module's docstring)."""
+STAGE = ".stage"
+"""The directory under ``out/kernel/`` where staged kernels are built (see the module's docstring)."""
+BUILT_IN = ".tailor-built-in"
+"""A file in a staged object tree: the directory it was built in (only a tree built in the stage seeds)."""
+SEEDED_FROM = ".tailor-seeded-from"
+"""A file in a seeded object tree: the tree it was seeded from."""
 
 
 def seed_tree(seed: Path, stage: Path) -> None:
@@ -269,17 +278,38 @@ def seed_tree(seed: Path, stage: Path) -> None:
     os.replace(partial, stage)
 
 
+def seeded_from(tree: Path) -> Path | None:
+    """The object tree that the staged tree *tree* was seeded from; None when it was built from nothing."""
+    try:
+        return Path((Path(tree) / SEEDED_FROM).read_text().strip())
+    except OSError:
+        return None
+
+
+def stage_dir() -> Path:
+    """``out/kernel/.stage/``: where staged kernels are built."""
+    return kernel_root() / STAGE
+
+
+def seeds(seed: Path | None, stage: Path) -> bool:
+    """Whether the object tree *seed* was built in *stage* (so that its commands are the stage's)."""
+    try:
+        return seed is not None and (Path(seed) / BUILT_IN).read_text().strip() == str(stage)
+    except OSError:
+        return False
+
+
 def build(config_path: Path, srctree: Path, identity: str, source_label: str = "",
           jobs: int | None = None, label: str = "kernel", arch: str = Arch.X86_64,
-          seed: Path | None = None) -> KernelBuild:
+          staged: bool = False, seed: Path | None = None) -> KernelBuild:
     """Build the kernel of *arch* for *config_path* (unless one with this identity exists); return its
     ``kernel.json``.
 
-    *seed*, the object tree of another kernel of the same source, arch and toolchain (its
-    ``build/``), makes this build incremental from that tree (see the module's docstring). It is
-    ignored when this kernel's own unfinished tree exists (that one is continued), and when another
-    process is building a seeded kernel at the moment (then the build starts from nothing, as without
-    a seed)."""
+    *staged* builds it in ``out/kernel/.stage/`` (see the module's docstring), from a copy of *seed*
+    (another staged kernel's ``build/``) when given, so that only what the config changes recompiles.
+    A build is not staged when this kernel's own unfinished tree exists (that one is continued), nor
+    when another process holds the stage at the moment (no wait: it builds in its own directory).
+    """
     config_text = Path(config_path).read_text()
     key = kernel_identity(identity, arch=arch)
     made = artefacts(arch)
@@ -297,26 +327,36 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
                 print(f"[{label}] reusing kernel {key[:16]} (identical config and toolchain)", file=sys.stderr)
                 return meta
         objdir = kdir / "build"
+        seeded = False
         with contextlib.ExitStack() as held:
             workdir = objdir
-            if seed is not None and not objdir.exists() and (Path(seed) / ".config").is_file():
-                stage = kernel_root() / SEEDED
+            if staged and not objdir.exists():
+                stage = stage_dir()
                 try:
-                    held.enter_context(file_lock(kernel_root() / f"{SEEDED}.lock", "the seeded build tree",
-                                                 wait=False))
+                    held.enter_context(file_lock(kernel_root() / f"{STAGE}.lock", "the kernel stage", wait=False))
                 except TailorError:
-                    print(f"[{label}] another seeded build is running: building from nothing", file=sys.stderr)
-                else:
-                    print(f"[{label}] seeded from {display_path(seed)}: recompiling what the config changes",
+                    print(f"[{label}] another staged build is running: building in {display_path(objdir)}",
                           file=sys.stderr)
-                    seed_tree(Path(seed), stage)
+                else:
                     workdir = stage
+                    seeded = seeds(seed, stage)
+                    if seeded:
+                        print(f"[{label}] seeded from {display_path(seed)}: recompiling what the config changes",
+                              file=sys.stderr)
+                        seed_tree(Path(seed), stage)
+                        (stage / SEEDED_FROM).write_text(f"{Path(seed)}\n")
+                    else:
+                        if seed is not None:
+                            print(f"[{label}] {display_path(seed)} was not built in the stage: building from "
+                                  f"nothing", file=sys.stderr)
+                        remove(stage)
+                        makedirs(stage)
+                        (stage / BUILT_IN).write_text(f"{stage}\n")
             olddefconfig_check(srctree, workdir, config_text, arch)
             enabled = count_enabled(config_text)
             log_tmp = kdir / "build.log.partial"
             makedirs(kdir)
-            compiled = compile_kernel(srctree, workdir, log_tmp, enabled, jobs, label, arch,
-                                      seeded=workdir != objdir)
+            compiled = compile_kernel(srctree, workdir, log_tmp, enabled, jobs, label, arch, seeded=seeded)
             for name, rel in made.items():
                 with atomic_path(kdir / name) as tmp:
                     shutil.copyfile(workdir / rel, tmp)
@@ -327,7 +367,7 @@ def build(config_path: Path, srctree: Path, identity: str, source_label: str = "
         os.replace(log_tmp, kdir / "build.log")
         total = sum(1 for ln in (kdir / "build.log").read_text(errors="replace").splitlines()
                     if _COMPILE_LINE.match(ln))
-        if compiled == total and compiled > 0 and seed is None:
+        if compiled == total and compiled > 0 and not seeded:
             _record_estimate(enabled, compiled)
         cmd, _ = make_command(srctree, objdir, [boot_name], jobs or os.cpu_count() or 1, arch=arch)
         meta = KernelBuild(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tailor import discover, kmap, probe
+from tailor import discover, kernel, kmap, probe
 from tailor.errors import TailorError
 from tailor.recipe import load
 from tailor.trace import TraceFilter
@@ -398,11 +398,12 @@ def test_app_work_odds_replayed_on_recorded_minimisations():
 
 def test_a_trial_is_seeded_from_the_nearest_earlier_trial_kernel(tmp_path):
     """The next trial's build starts from the object tree of the run's kernel whose .config differs
-    least (the latest of equals); trees that are gone are passed over."""
-    def tree(name, text):
+    least (the latest of equals); trees that are gone, or were not built in the stage, are passed over."""
+    def tree(name, text, stage=kernel.stage_dir()):
         d = tmp_path / name
         d.mkdir()
         (d / ".config").write_text(text)
+        (d / kernel.BUILT_IN).write_text(f"{stage}\n")
         return d
 
     base = "CONFIG_NET=y\nCONFIG_INET=y\nCONFIG_EPOLL=y\n# CONFIG_FUTEX is not set\n"
@@ -413,7 +414,8 @@ def test_a_trial_is_seeded_from_the_nearest_earlier_trial_kernel(tmp_path):
     run.trees.append((2, discover.config_lines("CONFIG_NET=y\n"), tree("2", "CONFIG_NET=y\n")))
     run.trees.append((3, discover.config_lines(base.replace("CONFIG_EPOLL=y", "# CONFIG_EPOLL is not set")),
                       tmp_path / "gone"))
-    assert run.nearest_tree(base) == (1, tmp_path / "1")
+    run.trees.append((5, discover.config_lines(base), tree("elsewhere", base, stage=tmp_path / "other")))
+    assert run.nearest_tree(base) == (1, tmp_path / "1")  # the same config, but not built in the stage
     run.trees.append((4, discover.config_lines(base + "CONFIG_FUTEX=y\nCONFIG_SHMEM=y\n"), tree("4", base)))
     assert run.nearest_tree(base) == (4, tmp_path / "4")
     # comments and blank lines are not assignments

@@ -568,46 +568,51 @@ def test_toolchain_is_part_of_the_kernel_identity(fake_kernel, tmp_path, monkeyp
     assert not [a for a in on_disk["make"] if str(tmp_path) in a]  # no machine path in the record
 
 
-def test_a_seeded_build_recompiles_only_what_changed_and_leaves_its_seed_alone(fake_kernel, tmp_path, monkeypatch,
-                                                                              capfd):
-    """A kernel seeded from another's object tree is built in out/kernel/.seeded (one fixed path) from a
-    copy of that tree, recompiles only what its config changes, ends in its own build/ and is the same
-    kernel a build from nothing gives; the seed is not touched. While another seeded build holds the
-    fixed path, the build starts from nothing instead of waiting."""
+def test_a_staged_build_seeds_the_next_recompiling_only_what_changed(fake_kernel, tmp_path, monkeypatch, capfd):
+    """Staged kernels are built in out/kernel/.stage (one fixed path) and end in their own build/. A staged
+    tree seeds the next staged build: a copy of it recompiles only what the config changes, and the kernel
+    is the one a build from nothing gives; the seed is not touched. A tree built elsewhere does not seed,
+    and while another process holds the stage the build runs in its own directory instead of waiting."""
     tree, config = fake_kernel
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
-    first = kernel.build(config, tree, IDENTITY, "fake", jobs=2)
+    first = kernel.build(config, tree, IDENTITY, "fake", jobs=2, staged=True)
+    assert first.objects_compiled == OBJECTS
     seed = kernel.kernel_dir(first.kernel_identity) / "build"
+    assert kernel.seeds(seed, kernel.stage_dir()) and kernel.seeded_from(seed) is None
+    assert not kernel.stage_dir().exists()
     before = {p: p.stat().st_mtime_ns for p in seed.rglob("*") if p.is_file()}
 
     # the same options under another identity (as two discovery trials whose resolved configs agree):
-    # the copied tree is up to date, nothing recompiles, and the kernel is the one built from nothing
+    # the copied tree is up to date, nothing recompiles, and the kernel is the first one
     capfd.readouterr()
-    same = kernel.build(config, tree, "5eed" * 16, "fake", jobs=2, seed=seed)
-    assert same.objects_compiled == 0
-    assert "seeded from" in capfd.readouterr().err
+    same = kernel.build(config, tree, "5eed" * 16, "fake", jobs=2, staged=True, seed=seed)
+    assert same.objects_compiled == 0 and "seeded from" in capfd.readouterr().err
     kdir = kernel.kernel_dir(same.kernel_identity)
     for name in KERNEL_FILES:
         assert digest(kdir / name) == digest(kernel.kernel_dir(first.kernel_identity) / name), name
-    assert (kdir / "build" / ".config").is_file() and not (kernel.kernel_root() / kernel.SEEDED).exists()
+    assert kernel.seeded_from(kdir / "build") == seed and not kernel.stage_dir().exists()
     assert {p: p.stat().st_mtime_ns for p in seed.rglob("*") if p.is_file()} == before
 
     # another option: the fake kbuild's autoconf.h changes, so (unlike Linux's, which tracks each
     # symbol) every object recompiles; the result equals a build of that config from nothing
     other = tmp_path / "other-config"
     other.write_text(config.read_text().replace("CONFIG_FUTEX=y\n", ""))
-    changed = kernel.build(other, tree, "c0ffee00" * 8, "fake", jobs=2, seed=seed)
+    changed = kernel.build(other, tree, "c0ffee00" * 8, "fake", jobs=2, staged=True, seed=seed)
     assert changed.objects_compiled == OBJECTS
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "fresh"))
     fresh = kernel.build(other, tree, "c0ffee00" * 8, "fake", jobs=2)
     assert fresh.sizes == changed.sizes and fresh.kernel_identity == changed.kernel_identity
-
-    # the fixed path is busy: no wait, a build from nothing
+    unstaged = kernel.kernel_dir(fresh.kernel_identity) / "build"
     monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
-    with util.file_lock(kernel.kernel_root() / f"{kernel.SEEDED}.lock", "test"):
-        capfd.readouterr()
-        busy = kernel.build(other, tree, "b0b0" * 16, "fake", jobs=2, seed=seed)
-    assert busy.objects_compiled == OBJECTS and "another seeded build is running" in capfd.readouterr().err
+
+    # a tree built in its own directory does not seed; a busy stage: the build's own directory, no wait
+    capfd.readouterr()
+    alone = kernel.build(other, tree, "a1a1" * 16, "fake", jobs=2, staged=True, seed=unstaged)
+    assert alone.objects_compiled == OBJECTS and "was not built in the stage" in capfd.readouterr().err
+    with util.file_lock(kernel.kernel_root() / f"{kernel.STAGE}.lock", "test"):
+        busy = kernel.build(other, tree, "b0b0" * 16, "fake", jobs=2, staged=True, seed=seed)
+    assert busy.objects_compiled == OBJECTS and "another staged build is running" in capfd.readouterr().err
+    assert not kernel.seeds(kernel.kernel_dir(busy.kernel_identity) / "build", kernel.stage_dir())
 
 
 def test_kernel_task_is_out_of_date_when_the_toolchain_changes(monkeypatch):
