@@ -80,10 +80,16 @@ def source_lines(vmlinux: Path, pcs: Iterable[int], timeout: float = 600) -> dic
     return parse_addr2line(proc.stdout)
 
 
+_BUILT_ELSEWHERE = re.compile(r"^/.*/kernel/(?:[0-9a-f]{16}/build|\.stage)/(.+)$")
+"""An absolute name under some tailor kernel's build directory: the kernel was built in another checkout
+(or its out/ moved) and the line tables still name that directory."""
+
+
 def _tree_path(srctree: Path, name: str, objdir: Path | None = None) -> Path | None:
     """The source file *name* (as the line tables spell it) in *srctree*: relative names are the tree's;
-    absolute ones under the build directory *objdir* (the compilation directory kbuild ran in) are
-    taken relative to it; anything else is outside the tree (None)."""
+    absolute ones under the build directory *objdir* (the compilation directory kbuild ran in), or under
+    a tailor kernel's build directory elsewhere (:data:`_BUILT_ELSEWHERE`), are taken relative to it;
+    anything else is outside the tree (None)."""
     name = name.removeprefix("./")
     path = Path(name)
     if path.is_absolute():
@@ -94,7 +100,10 @@ def _tree_path(srctree: Path, name: str, objdir: Path | None = None) -> Path | N
             except ValueError:
                 continue
         else:
-            return None
+            moved = _BUILT_ELSEWHERE.match(os.path.normpath(name))
+            if moved is None:
+                return None
+            path = srctree / moved.group(1)
     else:
         path = srctree / path
     try:

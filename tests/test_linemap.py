@@ -83,3 +83,16 @@ def test_absolute_names_under_the_build_directory_are_the_trees(tmp_path):
     lines = {1: [(f"{objdir}/{SOCK}", n)], 2: [(f"{tmp_path}/elsewhere/sock.c", n)]}
     assert linemap.options_by_function(lines, {1: "sk_alloc", 2: "x"}.get, FAKELINUX, objdir) == {
         "CGROUPS": ["sk_alloc"]}
+
+
+def test_a_kernel_built_in_another_checkout_keeps_its_line_tables(tmp_path):
+    """A probe kernel built in another checkout (its out/ copied or shared) names that checkout's build
+    directory in its line tables: names under any tailor kernel's build directory are the tree's too,
+    while other absolute paths stay outside it."""
+    objdir = tmp_path / "here" / "out" / "kernel" / "0123456789abcdef" / "build"
+    n = line_with(SOCK, "nr_cgroup_socks++")
+    there = f"{tmp_path}/there/out/kernel/fedcba9876543210/build/{SOCK}"
+    lines = {1: [(there, n)], 2: [(f"{tmp_path}/there/out/kernel/.stage/{SOCK}", n)],
+             3: [(f"{tmp_path}/there/src/{SOCK}", n)]}
+    assert linemap.options_by_function(lines, {1: "sk_alloc", 2: "sk_clone", 3: "x"}.get, FAKELINUX, objdir) == {
+        "CGROUPS": ["sk_alloc", "sk_clone"]}
