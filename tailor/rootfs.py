@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tailor import cpio, debian, paths
 from tailor import image as oci
-from tailor.elf import library_closure, resolve_in_root
+from tailor.elf import library_closure, read_dynamic, resolve_in_root
 from tailor.errors import TailorError
 from tailor.fstree import (add_users, apply_overlay, copy_in, elf_files, expand_files, has_user, make_dir_in,
                            normalise)

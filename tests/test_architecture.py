@@ -144,3 +144,31 @@ def test_a_module_over_400_lines_says_why():
     long = [f"{name} ({n} lines)" for name, path in _modules().items()
             if (n := len(path.read_text().splitlines())) > 400 and "Over 400 lines" not in path.read_text()[:4000]]
     assert not long, "over 400 lines without a reason in the docstring: " + ", ".join(long)
+
+
+def _global_names_used(table) -> set[str]:
+    """The names every function and class of a module's symbol table reads as globals."""
+    used = set()
+    for child in table.get_children():
+        used |= {s.get_name() for s in child.get_symbols()
+                 if s.is_global() and s.is_referenced() and not s.is_assigned() and not s.is_parameter()}
+        used |= _global_names_used(child)
+    return used
+
+
+def test_every_global_name_a_module_uses_is_defined():
+    """A name read as a global in a function must be defined in the module or be a builtin: an import
+    lost in a move is otherwise a NameError on the first run of a rare path (rootfs's check of an
+    overlay-provided app.command called read_dynamic, which a refactor had stopped importing)."""
+    import builtins
+    import importlib
+    import symtable
+
+    missing = []
+    for name, path in _modules().items():
+        module = importlib.import_module(f"tailor.{name}" if name else "tailor")
+        table = symtable.symtable(path.read_text(), str(path), "exec")
+        assigned = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
+        missing += [f"{name}: {n}" for n in sorted(_global_names_used(table))  # (a module may del its temporaries)
+                    if not hasattr(module, n) and not hasattr(builtins, n) and n not in assigned]
+    assert not missing, missing
