@@ -143,6 +143,12 @@ def main() -> int:
         else:
             print(f"  bzImage {r['bzImage']} B, system calls compiled in {r['syscalls']}; hand-found kernel not "
                   f"built (doit kernel:{r['app']})")
+    now = conditions()
+    if args.keep and args.apps:
+        kept = [r for r in earlier_rows() if r["app"] not in args.apps]
+        if kept:
+            print(f"kept from the last measurement: {', '.join(r['app'] + ' (' + r['measured'] + ')' for r in kept)}")
+        rows = sorted(rows + kept, key=lambda r: r["app"])
     if rows:  # the goals are the ones docs/measurements.md judges the committed figures by
         from tailor.figures import DISCOVERY_MINUTES_GOAL, DISCOVERY_SIZE_SLACK, DISCOVERY_TRIALS_GOAL
 
@@ -156,12 +162,6 @@ def main() -> int:
               f"{DISCOVERY_MINUTES_GOAL}); bzImage no bigger than the hand-found kernel's "
               f"(+{(DISCOVERY_SIZE_SLACK - 1) * 100:.0f}%) for {smaller} of "
               f"{sum(1 for r in rows if r['hand_found'])} with a hand-found kernel built")
-    now = conditions()
-    if args.keep and args.apps:
-        kept = [r for r in earlier_rows() if r["app"] not in args.apps]
-        if kept:
-            print(f"kept from the last measurement: {', '.join(r['app'] + ' (' + r['measured'] + ')' for r in kept)}")
-        rows = sorted(rows + kept, key=lambda r: r["app"])
     save_bench("discover", {"kind": "discover", "rows": rows, "conditions": now})
     return 0
 
