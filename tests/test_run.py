@@ -370,11 +370,20 @@ def test_a_release_with_the_snapshot_restores_by_its_script(built_redis):
     port = free_port()
     qemu = subprocess.Popen(["bash", "snapshot/restore.sh", str(port)], cwd=rel, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(qemu.stderr), daemon=True)
+    reader.start()
     try:
         assert "PING" in redis_ping(port, 60)
+        # the guest answers as soon as its state is loaded; the script reseeds it just after
+        deadline = time.monotonic() + 60
+        while not any("restored and reseeded" in ln for ln in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         os.killpg(qemu.pid, signal.SIGTERM)
-        _, err = qemu.communicate(timeout=60)
+        qemu.wait(timeout=60)
+        reader.join(timeout=10)
+    err = "".join(lines)
     assert "restored and reseeded" in err, err[-2000:]
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (rel / "snapshot").iterdir()} == before
 
