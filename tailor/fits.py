@@ -248,18 +248,51 @@ def baseline_config(name: str) -> str | None:
     return baseline.resolve_config(name, source.prepare(ref), ref.id)[0]
 
 
-def table_rows(recipes, configs: dict[str, str | None]) -> list[dict]:
+def measured_needs(app: str, row: dict, where: str) -> Needs:
+    """What *app* needs by its row of a measurement snapshot's ``discover.json`` (*where*: that file):
+    the row's ``discovered`` options, each with its ``classes`` entry and, where the row has ``options``
+    (rows measured before 2026-12-03 do not), its origin and reason."""
+    names = _expect(row.get("discovered"), list, Path(where), f"rows[{app}].discovered", "a list of options")
+    classes = row.get("classes") if isinstance(row.get("classes"), dict) else {}
+    detail = {e.get("option"): e for e in row.get("options") or () if isinstance(e, dict)}
+    out = []
+    for i, name in enumerate(names):
+        _expect(name, str, Path(where), f"rows[{app}].discovered[{i}]", "an option name")
+        e = detail.get(name, {})
+        cls = classes.get(name, e.get("class"))
+        out.append(Need(name.removeprefix("CONFIG_"), str(e.get("from", "discovery")), str(e.get("why", "")),
+                        cls=cls if isinstance(cls, str) else None))
+    return Needs(app, where, tuple(out))
+
+
+def table_rows(recipes, configs: dict[str, str | None], measured: dict[str, dict] | None = None,
+               where: str = "discover.json") -> list[dict]:
     """One row per recipe: where its needs come from and, per config of *configs*, the options it lacks
-    (None: that config is not available)."""
+    (None: that config is not available). An app with a row in *measured* (``discover.json``'s rows of a
+    committed measurement snapshot, by app; *where* names that file) needs what its minimised discovery
+    kept; any other app what its recipe's ``kernel.options`` ask for. Records in ``out/discover/`` are not
+    read: the table is the same on every machine."""
+    measured = measured or {}
     rows = []
     for r in recipes:
-        recorded = DiscoverySummary.path(r.name).is_file()
-        need = needs(r.name) if recorded else from_recipe(r)
-        rows.append({"app": r.name, "from": "discovery" if recorded else "recipe",
+        row = measured.get(r.name)
+        need = measured_needs(r.name, row, where) if row else from_recipe(r)
+        rows.append({"app": r.name, "from": f"discovery ({str(row.get('measured', '?'))[:10]})" if row else "recipe",
                      "needs": [n.option for n in need.options],
                      "missing": {name: None if text is None else [m.option for m in check(need, text)]
                                  for name, text in configs.items()}})
     return rows
+
+
+def measured_rows() -> tuple[dict[str, dict], str]:
+    """The discover rows of the newest measurement snapshot by app, and that file's name for messages;
+    ({}, "") when the snapshot has no discover measurement."""
+    from tailor.figures import load_snapshot, newest_snapshot
+
+    snap = newest_snapshot()
+    results, _ = load_snapshot(snap)
+    rows = (results.get("discover") or {}).get("rows") or []
+    return {r["app"]: r for r in rows if isinstance(r, dict) and "app" in r}, display_path(snap / "discover.json")
 
 
 def write_table(recipes, doc: Path | None = None, readme: Path | None = None) -> None:
@@ -269,7 +302,8 @@ def write_table(recipes, doc: Path | None = None, readme: Path | None = None) ->
 
     recipes = [r for r in recipes if not r.variant]
     configs = {name: baseline_config(name) for name in TABLE_BASELINES}
-    rows = table_rows(recipes, configs)
+    measured, where = measured_rows()
+    rows = table_rows(recipes, configs, measured, where)
     doc = doc or PROJECT / "docs" / "discovery.md"
     readme = readme or PROJECT / "README.md"
     replace_marked(doc, TABLE_START, TABLE_END, render("fits.md.j2", rows=rows, configs=configs), "fits")

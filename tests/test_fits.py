@@ -248,17 +248,25 @@ def test_doit_action_without_record_checks_the_recipe(out, tmp_path, capsys):
         {"option": "EPOLL", "state": "not set", "needed_by": "recipe kernel.options (event loop)"}]
 
 
-def test_the_table_checks_each_recipe_from_its_record_or_its_own_options(redis_record, tmp_path, monkeypatch):
-    """redis has a discovery record (EPOLL missing from SMALL, VIRTIO_NET only a module); memcached has none,
-    so its recipe's kernel.options are checked; a config that is not available is said so."""
+def test_the_table_checks_each_recipe_from_its_measured_row_or_its_own_options(tmp_path, monkeypatch):
+    """redis has a row in the committed measurement (EPOLL missing from SMALL, VIRTIO_NET only a module);
+    memcached has none, so its recipe's kernel.options are checked, even with a record in out/discover/
+    (the table is the same on every machine); a config that is not available is said so."""
     from tailor.recipe import find
 
+    monkeypatch.setenv("TAILOR_OUT", str(tmp_path / "out"))
+    fakes.discovery_summary("memcached")
     recipes = [find("redis"), find("memcached")]
-    rows = {r["app"]: r for r in fits.table_rows(recipes, {"small": SMALL, "gone": None})}
-    assert rows["redis"]["from"] == "discovery" and rows["redis"]["needs"][:2] == ["NET", "INET"]
+    measured = {"redis": {"app": "redis", "measured": "2026-12-03 18:35 UTC",
+                          "discovered": [o["option"] for o in OPTIONS]}}
+    rows = {r["app"]: r for r in fits.table_rows(recipes, {"small": SMALL, "gone": None}, measured)}
+    assert rows["redis"]["from"] == "discovery (2026-12-03)" and rows["redis"]["needs"][:2] == ["NET", "INET"]
     assert rows["redis"]["missing"] == {"small": ["VIRTIO_NET", "EPOLL"], "gone": None}
     assert rows["memcached"]["from"] == "recipe"
     assert rows["memcached"]["needs"] == [n for n, v in find("memcached").kernel.options if v == "y"]
+    # a damaged row names the file and the key
+    with pytest.raises(TailorError, match=r"discover.json: rows\[redis\].discovered\[1\]: expected an option"):
+        fits.table_rows([find("redis")], {}, {"redis": {"discovered": ["NET", 3]}}, "x/discover.json")
     # written between the markers of a page and of a README, from configs handed in by baseline_config
     doc, readme = tmp_path / "discovery.md", tmp_path / "README.md"
     doc.write_text(f"intro\n{fits.TABLE_START}\nold\n{fits.TABLE_END}\nafter\n")
@@ -266,13 +274,23 @@ def test_the_table_checks_each_recipe_from_its_record_or_its_own_options(redis_r
     configs = {"firecracker": SMALL, "kata": SMALL.replace("=m", "=y").replace("# CONFIG_EPOLL is not set",
                                                                                  "CONFIG_EPOLL=y"), "microvm": None}
     monkeypatch.setattr(fits, "baseline_config", configs.get)
+    monkeypatch.setattr(fits, "measured_rows", lambda: (measured, "x/discover.json"))
     fits.write_table(recipes, doc, readme)
     table = doc.read_text()
     assert "old" not in table and table.startswith("intro\n") and table.endswith("after\n")
-    assert "| redis | discovery | 7 | lacks VIRTIO_NET, EPOLL | fits | not available |" in table
+    assert "| redis | discovery (2026-12-03) | 7 | lacks VIRTIO_NET, EPOLL | fits | not available |" in table
     summary = readme.read_text().splitlines()[2]
     assert "of the 2 x86_64 recipes" in summary and "microvm: not available here" in summary
     assert "1 fit kata's" in summary or "2 fit kata's" in summary
+
+
+def test_the_table_reads_the_committed_measurement():
+    """measured_rows reads the newest snapshot: every app it has a row for, each with its kept options."""
+    rows, where = fits.measured_rows()
+    assert where.endswith("/discover.json") and where.startswith("docs/measurements/")
+    assert "redis" in rows
+    need = fits.measured_needs("redis", rows["redis"], where)
+    assert {"EPOLL", "INET"} <= {n.option for n in need.options} and need.origin == where
 
 
 def test_the_table_of_the_real_firecracker_config(redis_record, monkeypatch):
@@ -281,5 +299,6 @@ def test_the_table_of_the_real_firecracker_config(redis_record, monkeypatch):
         pytest.skip("Firecracker's config is not beside the project")
     from tailor.recipe import find
 
-    rows = fits.table_rows([find("redis")], {"firecracker": FIRECRACKER.read_text()})
+    measured = {"redis": {"app": "redis", "discovered": [o["option"] for o in OPTIONS]}}
+    rows = fits.table_rows([find("redis")], {"firecracker": FIRECRACKER.read_text()}, measured)
     assert rows[0]["missing"] == {"firecracker": []}
