@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from tailor import boot, kernel, kmap, linemap, paths, probe, qemu, rootfs, source, trace
+from tailor import boot, enosys, kernel, kmap, linemap, paths, probe, qemu, rootfs, source, trace
 from tailor.minimise import (Memo, add_back, ddmin, first_removal, priors, probdd, split_kept_by_deps,
                              unwrap_carriers)
 from tailor import config as cfg
@@ -68,6 +68,10 @@ from tailor.util import (PROJECT, display_path, enabled_symbols, makedirs, remov
 FORMAT = DISCOVER_FORMAT
 """The format of every file of ``out/discover/<app>/`` (:mod:`tailor.records.discovery`)."""
 SYSCALL_PREFIX = "__x64_sys_"
+NETWORK_NEEDS = ("INET", "VIRTIO_NET")
+"""What the generated init's network set-up needs of every kernel (templates/init.sh.j2: an IPv4 address
+on eth0, which is the microVM's virtio-net device): a network recipe's boot test cannot pass without them,
+so minimisation keeps them without building the kernels that would show it."""
 
 
 discover_dir = paths.discover_dir
@@ -346,6 +350,42 @@ class _Run:
         return record["result"] == "pass"
 
 
+def _check_calls(run: _Run, recipe, probe_kdir: Path, image: Path, cands: list[str], classes: dict,
+                 by_object: dict[str, list[str]], app_phase: dict[str, list[str]], reasons: dict[str, dict]
+                 ) -> tuple[list[dict] | None, list[str], set[str]]:
+    """Boot the app on the probe kernel with each system-call option's calls failing (:mod:`tailor.enosys`):
+    (the checks' records or None when there was nothing to check, the options it cannot do without, the
+    options whose calls it survived without). Each option's reason says which. Only options found by
+    object (their calls' code is built only with them) whose class is ``syscall`` are checked, with every
+    call of theirs the app phase ran (the null app's too: a kernel without the option fails those for all)."""
+    calls = {o: enosys.calls_of(app_phase.get(o, [])) for o in cands
+             if classes[o].cls == "syscall" and o in by_object}
+    calls = {o: c for o, c in calls.items() if c}
+    if not calls:
+        return None, [], set()
+    t = time.monotonic()
+    run.say(f"checking {len(calls)} options by booting the probe kernel with their system calls failing (ENOSYS): "
+            + ", ".join(calls))
+    checks = enosys.check(recipe, probe_kdir / "bzImage", image, calls, run.srctree, run.dir / "enosys",
+                          limit=lambda s: trial_timeout(recipe.test.timeout, [s]), say=run.say)
+    needed, survived = [], set()
+    for c in checks[1:]:
+        calls_text = ", ".join(c.calls)
+        if c.result == "fail":
+            needed.append(c.option)
+            reasons[c.option]["why"] += (f"; the boot test fails with {calls_text} failing as on a kernel without "
+                                         f"it (ENOSYS, on the probe kernel): needed, no trial kernel built")
+        elif c.result == "pass":
+            survived.add(c.option)
+            reasons[c.option]["why"] += f"; the boot test passes with {calls_text} failing (ENOSYS)"
+    booted = [c for c in checks if c.result in ("pass", "fail")]
+    run.boots += len(booted)  # before minimisation: its budget counts from where it starts
+    run.say(f"system call checks: {len(needed)} needed ({', '.join(needed) or 'none'}), {len(survived)} survived "
+            f"({', '.join(sorted(survived)) or 'none'}); {len(booted)} boots in {time.monotonic() - t:.1f} s, "
+            f"no kernel built")
+    return [c.record() for c in checks], needed, survived
+
+
 def _objects_note(record: dict) -> str:
     if "objects" not in record:
         return " (kernel already built)"
@@ -566,10 +606,27 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
 
     app_own = app_work(evidence.by_option, maps["app"].by_option)
 
+    # 3b. the system calls the app cannot do without: boots on the probe kernel with them failing, no build
+    known_needed: list[str] = []
+    survived: set[str] = set()
+    checked: list[dict] | None = None
+    if minimise_set and search == "probdd" and budget != 0:
+        checked, known_needed, survived = _check_calls(run, recipe, probe_kdir, image, cands, classes, by_object,
+                                                       user.by_option, reasons)
+        for o in NETWORK_NEEDS if recipe.app.network else ():
+            if o in cands and o not in known_needed:
+                known_needed.append(o)
+                reasons[o]["why"] += ("; the init's network set-up needs it (an IPv4 address on eth0, the microVM's "
+                                      "virtio-net device): kept without a trial kernel")
+        if known_needed:
+            run.say(f"kept without trying: {', '.join(known_needed)}")
+
     def odds_of(options: list[str]) -> dict[str, float]:
         """Each option's odds of being needed (:func:`priors`), from its class and how much of its own code
-        the app's work ran (:func:`app_work`)."""
-        return priors({o: reasons[o]["class"] for o in options}, {o: app_own.get(o, 0) for o in options})
+        the app's work ran (:func:`app_work`); an option whose system calls the app survived without is
+        taken as reached code only."""
+        return priors({o: "reached" if o in survived else reasons[o]["class"] for o in options},
+                      {o: app_own.get(o, 0) for o in options})
 
     early = 0
     if minimise_set and search == "probdd" and len(chosen) > 1 and budget != 0:
@@ -577,8 +634,9 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         # monotonic), and that kernel is never built
         why = "minimise"
         before = memo.trials
-        first = first_removal(odds_of(chosen), chosen)
-        if memo([o for o in chosen if o not in first]):
+        rest = [o for o in chosen if o not in known_needed]
+        first = first_removal(odds_of(rest), rest) if rest else []
+        if first and memo([o for o in chosen if o not in first]):
             run.say(f"the first minimisation step passed without {len(first)} options: the whole set passes too")
         early = memo.trials - before
     why = "candidates from the trace"
@@ -615,7 +673,7 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
             odds = odds_of(chosen)
             run.say(f"minimising {len(chosen)} options by probabilistic delta debugging, least likely needed "
                     f"first: " + ", ".join(f"{o} {odds[o]:.2f}" for o in sorted(odds, key=odds.get)) + within)
-            out = probdd(odds, memo, budget=None if budget is None else max(0, budget - early))
+            out = probdd(odds, memo, budget=None if budget is None else max(0, budget - early), needed=known_needed)
         needed = list(out.needed)
         if out.complete:  # a kept option needed only for what its dependencies carried in gives way to that
             left = None if budget is None else max(0, budget - early - out.trials)
@@ -637,7 +695,8 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         for o in gone:
             reasons.pop(o, None)
         for o in needed:
-            reasons[o]["why"] += "; the boot test fails without it (minimise)"
+            if o not in known_needed:
+                reasons[o]["why"] += "; the boot test fails without it (minimise)"
         for o in untried:
             reasons[o]["why"] += "; not tried without it (the minimisation budget ran out)"
         run.say(f"phase 5/5 minimised in {minimise_trials} trials: kept {len(chosen)}, dropped {len(dropped)}"
@@ -667,6 +726,7 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         "not_taken": [{"option": o, "why": w} for o, w in sorted(skipped.items())],
         "minimised": bool(minimise_set),
         "search": search if minimise_set else None,
+        "calls_checked": checked,
         "dropped_by_minimise": dropped,
         "kept_by_deps": by_deps,
         "untried": untried,

@@ -226,7 +226,8 @@ def first_removal(odds: dict[str, float], order: list[str] | None = None) -> lis
     return best
 
 
-def probdd(prior: dict[str, float], oracle: Oracle | Memo, budget: int | None = None) -> Outcome:
+def probdd(prior: dict[str, float], oracle: Oracle | Memo, budget: int | None = None,
+           needed: Iterable[str] = ()) -> Outcome:
     """Remove options while the oracle passes, guided by each option's probability of being needed.
 
     Probabilistic delta debugging (after Wang et al., FSE 2021): each round removes the set of undecided
@@ -237,14 +238,16 @@ def probdd(prior: dict[str, float], oracle: Oracle | Memo, budget: int | None = 
     taking options away never turns a failure into a pass), as the boot test is when options only add
     code. A failure of a larger set is not re-tried on a smaller one: with fewer options kept, the option
     is still needed. Priors come from :func:`priors`; the oracle must pass on all of *prior*'s options.
-    *budget* caps new oracle calls; what is left undecided is returned as ``untried``."""
+    *budget* caps new oracle calls; what is left undecided is returned as ``untried``. Options of *needed*
+    are known to be needed already (discovery's system call checks): they are kept and never tried
+    without."""
     memo = oracle if isinstance(oracle, Memo) else Memo(oracle)
     start = memo.trials
     order = list(prior)
     kept = list(order)
     memo.seen.setdefault(frozenset(kept), True)
     p = {o: min(0.99, max(0.01, float(prior[o]))) for o in order}
-    needed: set[str] = set()
+    needed = {o for o in needed if o in p}
     complete = True
     while True:
         best = first_removal({o: p[o] for o in kept if o not in needed}, order)

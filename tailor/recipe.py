@@ -50,6 +50,8 @@ ROOTFS_DIR = PROJECT / "rootfs"
 RESEED_SOURCE = ROOTFS_DIR / "_tailor" / "reseed.c"
 """The snapshot entropy helper every network image gets (a recipe name cannot start with ``_``, so no
 recipe's default overlay is rootfs/_tailor)."""
+ENOSYS_SOURCE = ROOTFS_DIR / "_tailor" / "enosys.c"
+"""Discovery's system call helper (:mod:`tailor.enosys`), put only into copies of an image it boots."""
 PROBE_FRAGMENT = BASE_CONFIGS_DIR / "probe.config"
 """The probe kernel's fragment (tailor.probe derives it; a discovery reruns when it changes)."""
 

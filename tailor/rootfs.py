@@ -160,18 +160,24 @@ def run_build_step(step, stage_dir: Path, origin: str) -> None:
 
 
 def reseed_helper() -> Path:
-    """The compiled :data:`RESEED_SOURCE`, cached in ``out/cache/reseed`` under a digest of the source,
-    the gcc version line and :data:`RESEED_FLAGS` (compiled once, not at every rootfs build)."""
-    origin = display_path(RESEED_SOURCE)
+    """The compiled :data:`RESEED_SOURCE` (:func:`compile_helper`)."""
+    return compile_helper(RESEED_SOURCE, "reseed", "a network recipe's rootfs compiles this helper with it")
+
+
+def compile_helper(source: Path, name: str, why: str) -> Path:
+    """The freestanding helper *source* compiled with :data:`RESEED_FLAGS`, cached in ``out/cache/<name>``
+    under a digest of the source, the gcc version line and the flags (compiled once, not at every use);
+    *why* says, when gcc is missing, what needs it."""
+    origin = display_path(source)
     try:
         gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"))
     except OSError:
-        raise TailorError(f"{origin}: gcc not found; a network recipe's rootfs compiles this helper with it") from None
-    key = sha256_text("\0".join([sha256_file(RESEED_SOURCE), gcc.stdout.partition("\n")[0], *RESEED_FLAGS]))
-    binary = paths.cache_dir("reseed") / f"reseed-{key[:16]}"
+        raise TailorError(f"{origin}: gcc not found; {why}") from None
+    key = sha256_text("\0".join([sha256_file(source), gcc.stdout.partition("\n")[0], *RESEED_FLAGS]))
+    binary = paths.cache_dir(name) / f"{name}-{key[:16]}"
     if not binary.is_file():
         with atomic_path(binary, mode=0o755) as tmp:
-            proc = subprocess.run(["gcc", *RESEED_FLAGS, "-o", str(tmp), str(RESEED_SOURCE)], capture_output=True,
+            proc = subprocess.run(["gcc", *RESEED_FLAGS, "-o", str(tmp), str(source)], capture_output=True,
                                   text=True, env=dict(os.environ, LC_ALL="C"))
             if proc.returncode != 0:
                 lines = proc.stderr.strip().splitlines() or [f"status {proc.returncode}"]

@@ -82,6 +82,16 @@ def test_discover_redis_shares_the_probe_kernel_minimises_within_budget_and_writ
     assert summary["probe_kernel"] == hello["probe_kernel"]
     names = {o["option"] for o in summary["options"]}
     assert {"NET", "INET", "VIRTIO_NET", "EPOLL"} <= names
+    # before any trial kernel: the probe kernel booted with EPOLL's calls failing (ENOSYS) fails the boot
+    # test, so EPOLL is kept and no trial kernel is built without it
+    checked = {c["option"]: c for c in summary["calls_checked"]}
+    assert checked[""]["result"] == "pass" and checked["EPOLL"]["result"] == "fail", checked
+    assert "epoll_wait" in checked["EPOLL"]["calls"]
+    assert all({"EPOLL", "INET", "VIRTIO_NET"} <= set(t["options"]) for t in trials if t["why"] == "minimise")
+    assert "network set-up needs it" in next(o["why"] for o in summary["options"] if o["option"] == "VIRTIO_NET")
+    why = next(o["why"] for o in summary["options"] if o["option"] == "EPOLL")
+    assert "failing as on a kernel without it (ENOSYS, on the probe kernel): needed" in why
+    assert "system call checks: " in proc.stderr and "no kernel built" in proc.stderr
     calls = json.loads((out_dir() / "discover" / "redis" / "syscalls.json").read_text())
     assert {"epoll_wait", "accept4", "bind", "listen"} <= set(calls["app_phase"]) | set(calls["all"])
     # --write: a copy of the recipe without options gets the discovered ones, and resolves (strict)

@@ -91,6 +91,10 @@ class DiscoverySummary(_InDiscoverDir, Record):
     search: str | None = None
     """How minimisation searched (``probdd``, ``ddmin``); records written before it existed leave it out
     (they used ddmin), so it is optional and the format stays."""
+    calls_checked: list | None = None
+    """The system call checks before minimisation (:mod:`tailor.enosys`): per option, its calls made to
+    fail, the result and the boot's seconds; the control boot's row has option ``""``. Optional: records
+    written before the checks existed have none."""
 
     KEYS: ClassVar[dict] = {
         "app": ("app", str), "recipe": ("recipe", str), "base": ("base", list), "probe_kernel": ("probe_kernel", str),
@@ -100,15 +104,16 @@ class DiscoverySummary(_InDiscoverDir, Record):
         "untried": ("untried", list), "minimise_trials": ("minimise_trials", int), "budget": ("budget", _INT_OR_NONE),
         "syscalls": ("syscalls", int), "mapping": ("mapping", dict), "trace": ("trace", dict),
         "builds": ("builds", int), "boots": ("boots", int), "trials": ("trials", int), "seconds": ("seconds", _NUMBER),
-        "search": ("search", str),
+        "search": ("search", str), "calls_checked": ("calls_checked", list),
     }
-    OPTIONAL: ClassVar[frozenset] = frozenset({"search"})
+    OPTIONAL: ClassVar[frozenset] = frozenset({"search", "calls_checked"})
     NESTED: ClassVar[dict] = {
         "mapping": ("objects", "lines", "lines_only"),
         "trace": ("seconds", "lines", "bytes", "pcs_boot", "pcs_setup", "pcs_app", "capped", "functions_app",
                   "unmapped_app", "map_seconds", "lines_seconds"),
     }
-    ROWS: ClassVar[dict] = {"options": ("option", "from", "class", "why"), "not_taken": ("option", "why")}
+    ROWS: ClassVar[dict] = {"options": ("option", "from", "class", "why"), "not_taken": ("option", "why"),
+                            "calls_checked": ("option", "calls", "result", "reason", "boot_s")}
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ catalogue. None of them is part of ``build``; most run every time they are asked
 from __future__ import annotations
 
 from tailor import imports, paths
-from tailor.recipe import PROBE_FRAGMENT, Recipe, with_variants
+from tailor.recipe import ENOSYS_SOURCE, PROBE_FRAGMENT, Recipe, with_variants
 from tailor.tasks import action
 from tailor.tasks.build import _config_changed
 
@@ -21,7 +21,7 @@ def discover_tasks(recipes: list[Recipe]):
             "doc": f"discover {r.name}'s kernel options: trace on the probe kernel, map, verify by boot test",
             "actions": [action("discover:discover_action", r)],
             "task_dep": [f"rootfs:{r.name}"],
-            "file_dep": [str(PROBE_FRAGMENT), str(paths.rootfs_image(r.name, r.rootfs.format))]
+            "file_dep": [str(PROBE_FRAGMENT), str(ENOSYS_SOURCE), str(paths.rootfs_image(r.name, r.rootfs.format))]
                         + [str(p) for p in r.fragment_paths() if p.exists()],
             "targets": [str(paths.discover_dir(r.name) / "options.yaml")],
             "uptodate": [_config_changed({"test": r.digests["test"], "app": r.digests["app"],
