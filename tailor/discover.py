@@ -726,7 +726,6 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         "not_taken": [{"option": o, "why": w} for o, w in sorted(skipped.items())],
         "minimised": bool(minimise_set),
         "search": search if minimise_set else None,
-        "calls_checked": checked,
         "dropped_by_minimise": dropped,
         "kept_by_deps": by_deps,
         "untried": untried,
@@ -743,6 +742,8 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
         "trials": len(run.trials),
         "seconds": round(time.monotonic() - run.start, 1),
     }
+    if checked is not None:  # optional in the record: left out when nothing was checked
+        summary["calls_checked"] = checked
     record = DiscoverySummary.from_dict(summary, display_path(run.dir / DiscoverySummary.FILE), with_format=False)
     DiscoveryTrace(
         app=run.app, probe_kernel=probe_kernel["identity"],
