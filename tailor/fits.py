@@ -285,8 +285,8 @@ def table_rows(recipes, configs: dict[str, str | None], measured: dict[str, dict
 
 
 def measured_rows() -> tuple[dict[str, dict], str]:
-    """The discover rows of the newest measurement snapshot by app, and that file's name for messages;
-    ({}, "") when the snapshot has no discover measurement."""
+    """The discover rows of the newest measurement snapshot by app (none when it has no discover
+    measurement), and that file's name for messages."""
     from tailor.figures import load_snapshot, newest_snapshot
 
     snap = newest_snapshot()
