@@ -77,6 +77,14 @@ CMDLINES = {Arch.X86_64: BASE_CMDLINE, Arch.ARM64: "console=ttyAMA0 panic=-1"}
 ``panic=-1``; a reboot ends qemu under ``-no-reboot`` (arm64 resets through PSCI)."""
 
 
+TCG_CMDLINE = {Arch.X86_64: "tsc=unstable"}
+"""Added to the command line of a guest under TCG. An x86_64 guest's TSC under TCG is the host's raw
+counter; the guest calibrates it against the PIT only on some boots, and on one boot in about thirty
+here its clocksource watchdog then caught it jumping (the guest's clock ran 70 s ahead in a few seconds)
+and switched clocks while redis-benchmark ran, which reset its connections. ``tsc=unstable`` makes
+every TCG boot keep time by the timer interrupt, as the boots whose calibration fails always did."""
+
+
 def qemu_binary(arch: str = Arch.X86_64) -> str:
     """The qemu system emulator for guests of *arch*."""
     return Arch(arch).qemu
@@ -195,6 +203,8 @@ def qemu_command(kernel: str | os.PathLike, image: str | os.PathLike, fmt: str, 
         cmd += ["-netdev", netdev, "-device", "virtio-net-device,netdev=n0"]
     cmd += [str(a) for a in extra]
     append = f"{CMDLINES[arch]} {fmt.kernel_args}"
+    if accel is Accel.TCG and arch in TCG_CMDLINE:
+        append += " " + TCG_CMDLINE[arch]
     if cmdline_extra and cmdline_extra.strip():
         append += " " + " ".join(cmdline_extra.split())
     cmd += ["-append", append]

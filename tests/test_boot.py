@@ -155,7 +155,7 @@ def test_qemu_command_cpio_tcg(boot_files):
     assert qemu_accepts(cmd) is None
     assert cmd[cmd.index("-accel") + 1] == "tcg" and cmd[cmd.index("-m") + 1] == "128"
     assert cmd[cmd.index("-kernel") + 1] == str(kernel) and cmd[cmd.index("-initrd") + 1] == str(cpio)
-    assert cmd[cmd.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 rdinit=/init"
+    assert cmd[cmd.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 rdinit=/init tsc=unstable"
     assert "-netdev" not in cmd and "-drive" not in cmd
 
 

@@ -16,7 +16,7 @@ import pytest
 
 import fakes
 from tailor import paths, run
-from tailor.errors import TailorError
+from tailor.errors import ProbeFailed, TailorError
 from tailor.recipe import find
 from tailor.util import write_json
 
@@ -374,7 +374,11 @@ def test_a_release_with_the_snapshot_restores_by_its_script(built_redis):
     reader = threading.Thread(target=lambda: lines.extend(qemu.stderr), daemon=True)
     reader.start()
     try:
-        assert "PING" in redis_ping(port, 60)
+        try:
+            answer = redis_ping(port, 60)
+        except ProbeFailed as e:
+            pytest.fail(f"restore.sh: {e}; exit status {qemu.poll()}; its output: {''.join(lines)[-3000:]}")
+        assert "PING" in answer
         # the guest answers as soon as its state is loaded; the script reseeds it just after
         deadline = time.monotonic() + 60
         while not any("restored and reseeded" in ln for ln in lines) and time.monotonic() < deadline:
