@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,10 @@ def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((address, 0))
         return s.getsockname()[1]
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @dataclass
@@ -115,6 +120,13 @@ class Lab:
         self._as_root = os.geteuid() == 0
 
     def __enter__(self) -> "Lab":
+        """Open the lab; until it closes, a SIGTERM to this process (the default action would end it
+        at once, leaving the daemons running) raises KeyboardInterrupt, so the ``with`` block and
+        pytest's teardown stop them. Only in the main thread, and only over the default action."""
+        self._old_sigterm = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._old_sigterm = signal.signal(signal.SIGTERM, _interrupt)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -124,6 +136,9 @@ class Lab:
         for s in reversed(self.servers):
             s.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if getattr(self, "_old_sigterm", None) is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
 
     def _daemon_file(self, name: str) -> Path:
         """An empty file the daemon (possibly running as nobody) may write."""

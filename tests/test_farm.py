@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -339,3 +340,34 @@ def test_lab_stops_its_daemons(tmp_path):
     assert not lab_dir.exists()
     assert farm.reach("127.0.0.1", r.port, timeout=0.5) and farm.reach("127.0.0.2", h.port, timeout=0.5)
 
+
+
+LAB_SCRIPT = """
+import sys, time
+from tailor import farmlab
+with farmlab.Lab() as lab:
+    h = lab.distccd("127.0.0.2")
+    print(h.proc.pid, lab.dir, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_lab_stopped_by_sigterm_stops_its_daemons():
+    """SIGTERM to the process that opened a lab (as a CI runner's timeout or ``kill`` sends) still stops
+    its distccd and removes its scratch directory; before, the helpers outlived the process."""
+    proc = subprocess.Popen([sys.executable, "-c", LAB_SCRIPT], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    pid, lab_dir = proc.stdout.readline().split()
+    try:
+        assert os.path.isdir(lab_dir)
+        proc.terminate()
+        proc.wait(30)
+        left = subprocess.run(["pgrep", "-f", f"distccd.*{lab_dir}"], capture_output=True, text=True).stdout.split()
+        assert not left, f"distccd processes left running: {left}"
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+        assert not os.path.exists(lab_dir)
+        assert "KeyboardInterrupt" in proc.stderr.read()
+    finally:
+        subprocess.run(["pkill", "-f", f"distccd.*{lab_dir}"])
+        shutil.rmtree(lab_dir, ignore_errors=True)
