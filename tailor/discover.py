@@ -68,10 +68,6 @@ from tailor.util import (PROJECT, display_path, enabled_symbols, makedirs, remov
 FORMAT = DISCOVER_FORMAT
 """The format of every file of ``out/discover/<app>/`` (:mod:`tailor.records.discovery`)."""
 SYSCALL_PREFIX = "__x64_sys_"
-NETWORK_NEEDS = ("INET", "VIRTIO_NET")
-"""What the generated init's network set-up needs of every kernel (templates/init.sh.j2: an IPv4 address
-on eth0, which is the microVM's virtio-net device): a network recipe's boot test cannot pass without them,
-so minimisation keeps them without building the kernels that would show it."""
 
 
 discover_dir = paths.discover_dir
@@ -613,7 +609,7 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
     if minimise_set and search == "probdd" and budget != 0:
         checked, known_needed, survived = _check_calls(run, recipe, probe_kdir, image, cands, classes, by_object,
                                                        user.by_option, reasons)
-        for o in NETWORK_NEEDS if recipe.app.network else ():
+        for o in rootfs.NETWORK_NEEDS if recipe.app.network else ():
             if o in cands and o not in known_needed:
                 known_needed.append(o)
                 reasons[o]["why"] += ("; the init's network set-up needs it (an IPv4 address on eth0, the microVM's "

@@ -55,6 +55,10 @@ IMAGE_ETC = ("/etc/passwd", "/etc/group", "/etc/hosts", "/etc/nsswitch.conf")
 
 GUEST_ADDRESS = "10.0.2.15/24"
 GUEST_GATEWAY = "10.0.2.2"
+NETWORK_NEEDS = ("INET", "VIRTIO_NET")
+"""What the init's network set-up (an IPv4 address on eth0, the microVM's virtio-net device) needs of
+every kernel: a network recipe's boot test cannot pass without them. The init names them when the
+set-up fails; discovery keeps them without building the kernels that would show it."""
 STAGE_SHELL = "/bin/sh"
 """Always in an image: the stage links it to busybox when the packages lack it (dash is Essential, so
 no package depends on it and apt's closure never has it)."""
@@ -192,7 +196,8 @@ def init_script(recipe: Recipe, command_path: str) -> str:
     return render(INIT_TEMPLATE, name=recipe.name, command=command_path, args=list(app.args),
                   env=list(app.env), workdir=app.workdir, network=app.network, user=app.user,
                   setup=list(app.setup), services=list(app.services), reseed=RESEED_GUEST,
-                  address=GUEST_ADDRESS, gateway=GUEST_GATEWAY, path=":".join(PATH_DIRS))
+                  address=GUEST_ADDRESS, gateway=GUEST_GATEWAY, network_needs=NETWORK_NEEDS,
+                  path=":".join(PATH_DIRS))
 
 
 def stage(recipe: Recipe, tree: Path, dest: Path, *, traced: list[dict] | None = None) -> dict:

@@ -168,6 +168,8 @@ def test_init_network_section_only_when_asked(tmp_path):
     net = rootfs.init_script(make_recipe(tmp_path, "app: {command: x, network: true}\n", "n"), "/x")
     assert "eth0" not in plain
     assert "ip addr add 10.0.2.15/24 dev eth0" in net and "route add default via 10.0.2.2" in net
+    # the failure message names what discovery keeps for every network recipe
+    assert f"does the kernel have {rootfs.NETWORK_NEEDS[0]} and {rootfs.NETWORK_NEEDS[1]}?" in net
 
 
 def _staged(tmp_path, pkg_tree, name, touch_time):
