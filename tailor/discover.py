@@ -609,11 +609,10 @@ def discover(recipe, *, minimise_set: bool = True, budget: int | None = DEFAULT_
     if minimise_set and search == "probdd" and budget != 0:
         checked, known_needed, survived = _check_calls(run, recipe, probe_kdir, image, cands, classes, by_object,
                                                        user.by_option, reasons)
-        for o in rootfs.NETWORK_NEEDS if recipe.app.network else ():
+        for o, need in rootfs.init_needs(recipe).items():
             if o in cands and o not in known_needed:
                 known_needed.append(o)
-                reasons[o]["why"] += ("; the init's network set-up needs it (an IPv4 address on eth0, the microVM's "
-                                      "virtio-net device): kept without a trial kernel")
+                reasons[o]["why"] += f"; {need}: kept without a trial kernel"
         if known_needed:
             run.say(f"kept without trying: {', '.join(known_needed)}")
 

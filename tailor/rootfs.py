@@ -59,6 +59,8 @@ NETWORK_NEEDS = ("INET", "VIRTIO_NET")
 """What the init's network set-up (an IPv4 address on eth0, the microVM's virtio-net device) needs of
 every kernel: a network recipe's boot test cannot pass without them. The init names them when the
 set-up fails; discovery keeps them without building the kernels that would show it."""
+READY_PORT_NEEDS = ("PROC_FS",)
+"""What the init's wait for a service's ``ready_port`` needs: busybox ``netstat`` reads ``/proc/net/tcp``."""
 STAGE_SHELL = "/bin/sh"
 """Always in an image: the stage links it to busybox when the packages lack it (dash is Essential, so
 no package depends on it and apt's closure never has it)."""
@@ -198,6 +200,20 @@ def init_script(recipe: Recipe, command_path: str) -> str:
                   setup=list(app.setup), services=list(app.services), reseed=RESEED_GUEST,
                   address=GUEST_ADDRESS, gateway=GUEST_GATEWAY, network_needs=NETWORK_NEEDS,
                   path=":".join(PATH_DIRS))
+
+
+def init_needs(recipe: Recipe) -> dict[str, str]:
+    """The options the generated init itself needs to run *recipe*, each with why: a network recipe's
+    set-up (:data:`NETWORK_NEEDS`), a wait for a service's port (:data:`READY_PORT_NEEDS`). Without
+    them the boot test cannot pass whatever the app needs, so discovery keeps them untried."""
+    needs: dict[str, str] = {}
+    if recipe.app.network:
+        needs.update(dict.fromkeys(NETWORK_NEEDS, "the init's network set-up needs it (an IPv4 address on eth0, "
+                                                  "the microVM's virtio-net device)"))
+    if any(svc.ready_port for svc in recipe.app.services):
+        needs.update(dict.fromkeys(READY_PORT_NEEDS, "the init waits for a service's ready_port with netstat, "
+                                                     "which reads /proc/net/tcp"))
+    return needs
 
 
 def stage(recipe: Recipe, tree: Path, dest: Path, *, traced: list[dict] | None = None) -> dict:

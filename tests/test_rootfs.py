@@ -586,3 +586,17 @@ def test_reseed_helper_refuses_a_bad_port(helper):
     for args in ([], ["0"], ["65536"], ["80x"]):
         proc = subprocess.run([str(helper)] + args, capture_output=True, text=True, timeout=10)
         assert proc.returncode == 1 and "usage: reseed PORT" in proc.stderr
+
+
+def test_init_needs_what_the_generated_init_uses(tmp_path):
+    """The options the init itself needs (kept untried by discovery): none for a plain app, the network
+    set-up's for a network app, /proc for a wait on a service's port (busybox netstat), not for a path."""
+    plain = make_recipe(tmp_path, "app: {command: x}\n")
+    assert rootfs.init_needs(plain) == {}
+    net = make_recipe(tmp_path, "app: {command: x, network: true}\n", "n")
+    assert list(rootfs.init_needs(net)) == list(rootfs.NETWORK_NEEDS)
+    port = make_recipe(tmp_path, "app: {command: x, network: true, services: [{run: [/s], ready_port: 8080}]}\n", "p")
+    assert list(rootfs.init_needs(port)) == [*rootfs.NETWORK_NEEDS, *rootfs.READY_PORT_NEEDS]
+    assert "netstat -ltn" in rootfs.init_script(port, "/x") and "/proc/net/tcp" in rootfs.init_needs(port)["PROC_FS"]
+    path = make_recipe(tmp_path, "app: {command: x, services: [{run: [/s], ready_path: /run/s.sock}]}\n", "q")
+    assert rootfs.init_needs(path) == {} and "netstat" not in rootfs.init_script(path, "/x")
