@@ -224,3 +224,15 @@ def test_discovery_figures_judge_the_medians_and_count_kernels_no_bigger_than_by
     assert fig["trials"] == "10" and fig["trials_met"] and fig["minutes"] == "20.0 min" and fig["minutes_met"]
     assert [r[0] for r in fig["rows"]] and len(fig["rows"]) == 3 and fig["head"][0] == "app"
     assert figures.discovery_figures(None) is None and figures.discovery_figures({"rows": []}) is None
+
+
+def test_the_discovery_summary_names_the_recipes_not_measured_and_why():
+    from tailor.recipe import load
+    from tailor.util import PROJECT
+
+    recipes = [load(PROJECT / "recipes" / f"{name}.yaml") for name in ("redis", "node", "traefik")]
+    row = {"app": "redis", "trial_kernels": 5, "builds": 5, "total_s": 800, "bzImage": 1_348_608,
+           "hand_found": {"bzImage": 1_401_856, "syscalls": 263}, "syscalls": 260, "discovered": ["EPOLL"],
+           "recipe": ["EPOLL"], "minimised": True, "search": "probdd", "untried": []}
+    fig = figures.discovery_figures({"rows": [row]}, recipes)
+    assert fig["unmeasured"] == ["node"] and fig["registry"] == ["traefik"]
