@@ -2,6 +2,7 @@
 snapshot that does not fit (fakes); the real redis snapshot and restore are slow tests in test_run.py."""
 
 import json
+import os
 import shlex
 
 import pytest
@@ -155,3 +156,30 @@ def test_two_builds_may_differ_in_their_snapshots_only(tmp_path):
     assert not measurement_only(a, b, {"kind": "differs", "path": "SHA256SUMS"})
     fakes.release_manifest(b / "redis/manifest.json", "other", snapshot={})
     assert not measurement_only(a, b, {"kind": "differs", "path": "redis/manifest.json"})
+
+
+def test_the_restore_script_picks_a_reseed_port_nothing_listens_on(tmp_path):
+    """restore.sh sends random bytes to the reseed port: a port some other program listens on is
+    skipped. The test seeds bash's RANDOM so that the script's first pick is a port it holds open."""
+    import socket
+    import subprocess
+
+    from tailor.templates import render
+
+    first = int(subprocess.run(["bash", "-c", "RANDOM=7; echo $((20000 + RANDOM % 20000))"],
+                               capture_output=True, text=True, check=True).stdout)
+    script = render("release/restore-snapshot.sh.j2", app="redis", version="1", qemu_version="QEMU", guest_port=6379,
+                    reseed_port=61999, qemu='echo "$reseed_port" > picked; true')
+    script = script.replace("set -euo pipefail\n", "set -euo pipefail\nRANDOM=7\n", 1)
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot/disk.qcow2").write_bytes(b"")
+    (tmp_path / "snapshot/restore.sh").write_text(script)
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", first))
+        taken.listen()
+        proc = subprocess.run(["bash", "snapshot/restore.sh"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "RESEED_HOST_PORT": ""})
+    picked = int((tmp_path / "picked").read_text())
+    assert proc.returncode == 0, proc.stderr
+    assert picked != first and 20000 <= picked < 40000
