@@ -47,7 +47,7 @@ def row(app: str) -> dict:
         "discovered": [o["option"] for o in summary.options],
         "recipe": [name for name, _ in recipe.kernel.options],
         "bzImage": summary.bzimage, "syscalls": calls, "syscalls_run": summary.syscalls,
-        "hand_found": discover.hand_found(recipe.name),
+        "hand_found": discover.hand_found(recipe.name), "exercise": len(recipe.test.exercise),
         "minimised": summary.minimised, "minimise_trials": summary.minimise_trials,
         "search": summary.search or "ddmin",  # records from before --search existed used ddmin
         "untried": summary.untried, "mapping": summary.mapping,

@@ -58,7 +58,7 @@ from tailor.catalogue import lupine_options
 from tailor.errors import TailorError
 from tailor.kinds import RootFormat
 from tailor.kconfig import Assign, ResolveError, load_tree, resolve
-from tailor.recipe import AppSpec, RootfsSpec, TestSpec, parse
+from tailor.recipe import AppSpec, RootfsSpec, TestSpec, find, parse
 from tailor.records.discovery import (DISCOVER_FORMAT, DiscoverySummary, DiscoverySyscalls, DiscoveryTrace,
                                       DiscoveryTrials, NullTrace)
 from tailor.templates import render
@@ -850,9 +850,20 @@ def comparison_rows(measured: list[dict]) -> list[dict]:
             "only_recipe": [o for o in m["recipe"] if o not in m["discovered"]],
             "bzimage": m["bzImage"], "trials": m["trials"], "builds": m["builds"], "minimised": m["minimised"],
             "search": m.get("search") or ("ddmin" if m["minimised"] else None), "hand": m.get("hand_found"),
-            "measured": m.get("measured"),
+            "measured": m.get("measured"), "exercise": _exercise_steps(m),
         })
     return rows
+
+
+def _exercise_steps(measured: dict) -> int:
+    """How many ``test.exercise`` steps ran in measurement row *measured*: as recorded, or for a row from
+    before the benchmark recorded it, the steps of the catalogue recipe of that name (0 when it has none)."""
+    if "exercise" in measured:
+        return measured["exercise"]
+    try:
+        return len(find(measured["app"]).test.exercise)
+    except TailorError:
+        return 0
 
 
 # --------------------------------------------------------------------------

@@ -275,6 +275,12 @@ def test_comparison_table_from_the_measured_rows():
     assert "| 1.36 MB, minimised (probdd), 22 trials (21 kernels compiled) | 1.70 MB: discovered 0.80x |" in text
     assert "- redis, ADVISE_SYSCALLS (only discovered; trace): traced: system calls madvise\n" in text
     assert "- redis, EPOLL (only in the recipe): the discovered kernel passes the boot test and its exercise without it" in text
+    # an app whose recipe has no exercise (recorded by the benchmark, or read from the recipe for older rows)
+    plain = discover.comparison_rows([{**row, "app": "httpd", "exercise": 0}])
+    plain_text = render("docs/discovery-table.md.j2", discovery_table=plain, dir="x")
+    assert "- httpd, EPOLL (only in the recipe): the discovered kernel passes the boot test without it" in plain_text
+    assert "where the recipe has one (none), its exercise" in plain_text
+    assert discover.comparison_rows([{**row, "app": "php"}])[0]["exercise"] == 0  # php's recipe has none
     assert "- nginx, UNIX (only discovered): class reached; its reason is not in this measurement" in text
     assert "No minimised discovery" in render("docs/discovery-table.md.j2", discovery_table=[], dir="x")
 
