@@ -135,7 +135,8 @@ def candidates(by_option: dict[str, list[str]], probe_on: set[str], base_on: set
 CLASSES = ("setup", "hook", "reached", "bisection", "syscall")
 """The classes of candidate options, most suspicious first (the order minimisation drops them in):
 
-``setup``     all its code first ran in the init's own set-up, before the app's exec;
+``setup``     all its code first ran in the init's own set-up (mounts, the network), before the recipe's
+              setup steps, services and the app's exec (:func:`tailor.trace.phase_after`);
 ``hook``      its code was entered only through calls that compile to an empty stub without it (a
               header's ``#else static inline`` stand-in), or only from functions the null app ran too
               (paths every process takes: fork, exec, exit, memory mapping): it ran as a hook of
@@ -172,7 +173,7 @@ def classify(functions: list[str], entered: dict[str, tuple[str | None, str]], c
     if calls:
         return Evidence("syscall", f"the app ran its system calls {_names(calls, 8)}")
     if all(phase == "setup" for _, phase in first.values()):
-        return Evidence("setup", f"only the init's set-up ran its code, before the app's exec: "
+        return Evidence("setup", f"only the init's own set-up ran its code (mounts, the network): "
                                  f"{_names(sorted(functions))}")
     entries = {f: prev for f, (prev, _) in first.items() if prev is not None and prev not in own}
     callers = sorted(set(entries.values()))

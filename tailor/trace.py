@@ -8,8 +8,10 @@ that trace written into a FIFO, and :class:`TraceFilter` keeps only what
 matters as the stream is written: each kernel pc once, with the phase in
 which it was first seen. ``boot`` lasts until the console shows ``Run /init
 as init process``; ``setup`` is the generated init's own work (mounts, the
-network, the recipe's setup steps and services) until it prints ``tailor-init:
-exec``; everything after is ``app`` (the app, the probe and the exercise).
+network) until it starts the recipe's first setup step or service, or prints
+``tailor-init: exec``; everything after is ``app``: the recipe's setup steps
+and services (mariadb-install-db, postgres's initdb: the app's own work, run
+before it), the app, the probe and the exercise (:func:`phase_after`).
 The pcs keep the order in which they were first seen, so the function run
 just before a function was first entered is known (:func:`entries`). A guest that panics and runs garbage makes the stream grow by
 megabytes a second: the filter only counts those bytes, and stops recording
@@ -46,6 +48,18 @@ MAX_PCS = 2_000_000
 
 _PC = re.compile(rb"pc:0x([0-9a-fA-F]+)")
 INIT_MARK = "Run /init as init process"
+RECIPE_WORK_RE = re.compile(r"tailor-init: (setup |starting service )")
+"""The generated init's line before each of the recipe's setup steps and services (templates/init.sh.j2)."""
+
+
+def phase_after(line: str) -> str | None:
+    """The phase a console *line* starts (``setup`` at the init's start, ``app`` at the recipe's first
+    setup step or service, or at the app's exec), or None."""
+    if INIT_MARK in line:
+        return "setup"
+    if RECIPE_WORK_RE.search(line) or EXEC_RE.search(line):
+        return "app"
+    return None
 
 
 TRACE_CMDLINE = "nokaslr tailor.trace"
@@ -196,10 +210,9 @@ def run(recipe, kernel: Path, image: Path, outdir: Path) -> Trace:
         reader.start()
 
         def on_line(line: str) -> None:
-            if INIT_MARK in line:
-                reader.enter("setup")
-            elif EXEC_RE.search(line):
-                reader.enter("app")
+            phase = phase_after(line)
+            if phase:
+                reader.enter(phase)
 
         start = time.monotonic()
         result, error = None, ""

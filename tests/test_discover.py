@@ -147,6 +147,31 @@ def test_map_functions_and_candidates(kb):
     assert reason.startswith("traced: system calls epoll_wait") and "ep_poll" in reason
 
 
+def test_the_recipes_setup_steps_and_services_are_traced_as_the_apps_work():
+    """mariadb's set-up step (mariadb-install-db) and haproxy's service are the app's work: the trace's
+    ``app`` phase starts at the first of them, not at the exec; the init's mounts and network stay ``setup``."""
+    import subprocess
+
+    from tailor import rootfs
+    from tailor.recipe import find
+    from tailor.trace import phase_after
+
+    assert phase_after("[    0.4] Run /init as init process") == "setup"
+    assert phase_after("tailor-init: eth0 up, 10.0.2.15/24") is None
+    assert phase_after("tailor-init: exec /usr/sbin/nginx") == "app"
+    for app, first in (("mariadb", "tailor-init: setup /bin/busybox"),
+                       ("haproxy", "tailor-init: starting service ")):
+        script = rootfs.init_script(find(app), "/app")
+        # the lines the init prints, as the console shows them (each echo of the script, run by sh)
+        echoes = [line for line in script.splitlines() if line.startswith('echo "tailor-init: ')]
+        printed = [subprocess.run(["sh", "-c", line], capture_output=True, text=True).stdout.strip()
+                   for line in echoes]
+        phases = [phase_after(line) for line in printed]
+        start = next(i for i, p in enumerate(phases) if p == "app")
+        assert printed[start].startswith(first), printed
+        assert all(p is None for p in phases[:start])
+
+
 def test_trace_filter_keeps_unique_kernel_pcs_by_phase():
     f = TraceFilter()
     stream = (b"translate_block tb:0x7f00, pc:0xfff0, tb_code:0x7f01\n"           # firmware: not kernel
