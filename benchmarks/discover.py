@@ -53,6 +53,8 @@ def row(app: str) -> dict:
         "untried": summary.untried, "mapping": summary.mapping,
         "classes": {o["option"]: o["class"] for o in summary.options},
         "options": [{k: o[k] for k in ("option", "class", "from", "why")} for o in summary.options],
+        # what the app logged on the discovered kernel, not on the probe kernel, about calls it did without
+        "fallbacks": discover.discovered_fallbacks(app, summary.kernel),
         "measured": datetime.datetime.fromtimestamp(DiscoverySummary.path(app).stat().st_mtime,
                                                     datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         # trial kernels compiled in this run: seeded from an earlier trial's tree, or from nothing

@@ -58,7 +58,7 @@ from tailor.catalogue import lupine_options
 from tailor.errors import TailorError
 from tailor.kinds import RootFormat
 from tailor.kconfig import Assign, ResolveError, load_tree, resolve
-from tailor.recipe import AppSpec, RootfsSpec, TestSpec, find, parse
+from tailor.recipe import AppSpec, RootfsSpec, TestSpec, find, option_notes, parse
 from tailor.records.discovery import (DISCOVER_FORMAT, DiscoverySummary, DiscoverySyscalls, DiscoveryTrace,
                                       DiscoveryTrials, NullTrace)
 from tailor.templates import render
@@ -833,6 +833,50 @@ def hand_found(name: str) -> dict | None:
     return {"identity": pointer.identity, "bzImage": pointer.sizes["bzImage"], "syscalls": calls}
 
 
+_FALLBACK = re.compile(r"ENOSYS|Function not implemented|errno:? ?38\b|fall(?:ing)? ?back", re.I)
+_CONSOLE_TIME = re.compile(r"^\s*\[\s*\d+\.\d+\]\s*")
+_VARYING = [(re.compile(r"\d{4}-\d\d-\d\d[ T]+\d?\d:\d\d:\d\d(?:\.\d+)?\s+(?:\d+\s+)?"), ""),  # the app's clock (and thread)
+            (re.compile(r"0x[0-9a-f]+"), "0x..."), (re.compile(r"\bsize \d+"), "size ...")]
+
+
+def fallback_lines(console: str, probe_console: str = "", most: int = 6) -> list[str]:
+    """What the app said on a kernel's console about calls the kernel does not provide, and that it
+    did without (``native AIO failed: falling back to ...``, ``Function not implemented``): the
+    console lines naming ENOSYS, errno 38 or a fallback, with the console's timestamp, the app's own
+    clock and addresses taken out so repeats collapse, less those the app said on the probe kernel too
+    (*probe_console*), which has every option discovery could find. At most *most* lines, in order."""
+    def clean(line: str) -> str:
+        line = _CONSOLE_TIME.sub("", line)
+        for pattern, by in _VARYING:
+            line = pattern.sub(by, line)
+        return line.strip()
+
+    already = {clean(line) for line in probe_console.splitlines() if _FALLBACK.search(line)}
+    out: list[str] = []
+    for line in console.splitlines():
+        text = clean(line)
+        if _FALLBACK.search(text) and text not in already and text not in out:
+            out.append(text)
+    return out[:most]
+
+
+def discovered_fallbacks(app: str, identity: str) -> list[str]:
+    """:func:`fallback_lines` of discovery's last passing trial of kernel *identity* (the discovered
+    one) in ``out/discover/<app>/``, against its boot on the probe kernel; empty when either console
+    log is gone."""
+    from tailor.records.discovery import DiscoveryTrials
+
+    run = paths.discover_dir(app)
+    try:
+        trials = DiscoveryTrials.load(DiscoveryTrials.path(app)).trials
+        passed = [t for t in trials if t["result"] == "pass" and t.get("identity") == identity]
+        console = (run / "trials" / str(passed[-1]["trial"]) / "console.log").read_text(errors="replace")
+        probe_console = (run / "probe-boot" / "console.log").read_text(errors="replace")
+    except (OSError, IndexError, TailorError):
+        return []
+    return fallback_lines(console, probe_console)
+
+
 def comparison_rows(measured: list[dict]) -> list[dict]:
     """The table of docs/discovery.md (rendered by ``python -m tailor docs`` from the newest snapshot's
     ``discover.json``): one row per app that benchmarks/discover.py measured, its discovered options
@@ -851,9 +895,19 @@ def comparison_rows(measured: list[dict]) -> list[dict]:
             "only_recipe": [o for o in m["recipe"] if o not in m["discovered"]],
             "bzimage": m["bzImage"], "trials": m["trials"], "builds": m["builds"], "minimised": m["minimised"],
             "search": m.get("search") or ("ddmin" if m["minimised"] else None), "hand": m.get("hand_found"),
-            "measured": m.get("measured"), "exercise": _exercise_steps(m),
+            "measured": m.get("measured"), "exercise": _exercise_steps(m), "notes": _recipe_notes(m["app"]),
+            "fallbacks": m.get("fallbacks", []),
         })
     return rows
+
+
+def _recipe_notes(app: str) -> dict[str, str]:
+    """The comments of catalogue recipe *app*'s ``kernel.options`` (:func:`recipe.option_notes`): what
+    the hand-found options were chosen for, beside what discovery did without (empty for no such recipe)."""
+    try:
+        return option_notes(find(app))
+    except TailorError:
+        return {}
 
 
 def _exercise_steps(measured: dict) -> int:

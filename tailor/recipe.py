@@ -846,6 +846,26 @@ def find(name: str, recipes_dir: Path = RECIPES_DIR) -> Recipe:
     return load(path)
 
 
+_LINE_COMMENT = re.compile(r"^[^#'\"]*#\s*(?P<note>.*\S)\s*$")
+
+
+def option_notes(recipe: Recipe) -> dict[str, str]:
+    """The comment written after each of *recipe*'s ``kernel.options`` on its line of the file
+    (``AIO: y   # InnoDB's native asynchronous I/O``), by option: what the person who chose it
+    thought the app needs it for. YAML drops comments, so each option's line (``option_lines``) is
+    read as text. Options without a comment are left out; an unreadable file gives an empty dict."""
+    try:
+        lines = recipe.path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    notes = {}
+    for option, number in recipe.kernel.option_lines:
+        m = _LINE_COMMENT.match(lines[number - 1]) if 0 < number <= len(lines) else None
+        if m:
+            notes[option] = m["note"]
+    return notes
+
+
 def all_recipes(recipes_dir: Path = RECIPES_DIR) -> list[Recipe]:
     """Every recipe in *recipes_dir*, sorted by name; names must be unique."""
     out, seen = [], {}

@@ -299,14 +299,23 @@ def test_comparison_table_from_the_measured_rows():
     assert "| 1.40 MB, minimised (ddmin), 3 trials (2 kernels compiled) | not built |" in text
     assert "| 1.36 MB, minimised (probdd), 22 trials (21 kernels compiled) | 1.70 MB: discovered 0.80x |" in text
     assert "- redis, ADVISE_SYSCALLS (only discovered; trace): traced: system calls madvise\n" in text
-    assert "- redis, EPOLL (only in the recipe): the discovered kernel passes the boot test and its exercise without it" in text
+    assert ("- redis, EPOLL (only in the recipe, whose comment says: redis's event loop (ae_epoll)): the discovered "
+            "kernel passes the boot test and its exercise without it") in text
     # an app whose recipe has no exercise (recorded by the benchmark, or read from the recipe for older rows)
     plain = discover.comparison_rows([{**row, "app": "httpd", "exercise": 0}])
     plain_text = render("docs/discovery-table.md.j2", discovery_table=plain, dir="x")
-    assert "- httpd, EPOLL (only in the recipe): the discovered kernel passes the boot test without it" in plain_text
+    assert ("- httpd, EPOLL (only in the recipe, whose comment says: the event MPM): the discovered kernel passes "
+            "the boot test without it") in plain_text
+    unknown = discover.comparison_rows([{**row, "app": "not-a-recipe", "exercise": 0}])
+    assert ("- not-a-recipe, EPOLL (only in the recipe): the discovered kernel passes the boot test without it"
+            in render("docs/discovery-table.md.j2", discovery_table=unknown, dir="x"))
     assert "where the recipe has one (none), its exercise" in plain_text
     assert discover.comparison_rows([{**row, "app": "php"}])[0]["exercise"] == 0  # php's recipe has none
     assert "- nginx, UNIX (only discovered): class reached; its reason is not in this measurement" in text
+    said = discover.comparison_rows([{**row, "fallbacks": ["native AIO failed: falling back", "no `x`"]}])
+    assert ("- redis on its discovered kernel (and not on the probe kernel) logged: `native AIO failed: falling back`; "
+            "`no 'x'`\n") in render("docs/discovery-table.md.j2", discovery_table=said, dir="x")
+    assert "logged:" not in text  # rows without (or from before recording) fallbacks say nothing
     assert "No minimised discovery" in render("docs/discovery-table.md.j2", discovery_table=[], dir="x")
 
 
@@ -451,3 +460,29 @@ def test_a_trial_is_seeded_from_the_nearest_earlier_trial_kernel(tmp_path):
     assert run.nearest_tree(base) == (4, tmp_path / "4")
     # comments and blank lines are not assignments
     assert discover.config_lines("#\n# Networking\n#\n\nCONFIG_NET=y\n") == {"CONFIG_NET=y"}
+
+
+MARIADB_CONSOLE = """\
+[    2.101] tailor-init: exec /usr/sbin/mariadbd
+[    2.727] 2026-12-04  6:57:23 0 [Warning] mariadbd: io_uring_queue_init() failed with ENOSYS: check seccomp filters
+[    2.732] create_uring failed: falling back to libaio
+[    2.733] Warning: io_setup(2048) returned Function not implemented (errno: 38). See man 3 io_setup.
+[    2.733] 2026-12-04  6:57:23 0 [Warning] InnoDB: native AIO failed: falling back to innodb_use_native_aio=OFF
+[    4.335] 2026-12-04  6:57:24 0 [Warning] InnoDB: Failed to set memory to MADV_DONTDUMP: Function not implemented ptr 0x772bef000000 size 16777216
+[    4.336] 2026-12-04  6:57:24 0 [Warning] InnoDB: Failed to set memory to MADV_DONTDUMP: Function not implemented ptr 0x772bee000000 size 16777216
+[    5.010] 2026-12-04  6:57:25 0 [Note] mariadbd: ready for connections.
+"""
+
+
+def test_fallback_lines_are_what_the_app_did_without_on_the_discovered_kernel_only():
+    """The console lines in which the app says a call is missing and it does without, repeats collapsed
+    (clock, thread, addresses), less what it said on the probe kernel too (there io_uring was missing as well)."""
+    probe = "[    2.5] 2026-12-04  6:40:01 0 [Warning] mariadbd: io_uring_queue_init() failed with ENOSYS: check seccomp filters\n"
+    lines = discover.fallback_lines(MARIADB_CONSOLE, probe)
+    assert lines == ["create_uring failed: falling back to libaio",
+                     "Warning: io_setup(2048) returned Function not implemented (errno: 38). See man 3 io_setup.",
+                     "[Warning] InnoDB: native AIO failed: falling back to innodb_use_native_aio=OFF",
+                     "[Warning] InnoDB: Failed to set memory to MADV_DONTDUMP: Function not implemented ptr 0x... size ..."]
+    assert discover.fallback_lines(MARIADB_CONSOLE, MARIADB_CONSOLE) == []
+    assert len(discover.fallback_lines(MARIADB_CONSOLE, most=2)) == 2
+    assert discover.discovered_fallbacks("no-such-app", "0" * 64) == []  # no record: nothing to say

@@ -149,3 +149,15 @@ def test_a_validated_recipe_is_cached_by_what_validation_reads(tmp_path, monkeyp
         with pytest.raises(TailorError, match="cached.yaml"):
             recipe_mod.load_cached(path)
 
+
+
+def test_option_notes_are_the_comments_on_each_options_line(tmp_path):
+    """What a hand-found option was chosen for, from the comment on its line (YAML drops comments)."""
+    r = load_text(tmp_path, "# AIO: y  # not an option: the file's own comment\n"
+                            "kernel:\n  options:\n    AIO: y   # InnoDB's native I/O (io_setup)\n"
+                            "    EPOLL: y\n    CMDLINE: 'a # b'  # quoted hash\n"
+                            "app: {command: x, args: ['#', y]}  # FUTEX\n")
+    assert recipe.option_notes(r) == {"AIO": "InnoDB's native I/O (io_setup)"}
+    assert recipe.option_notes(recipe.find("mariadb"))["FILE_LOCKING"].startswith("InnoDB locks ibdata1")
+    r.path.unlink()
+    assert recipe.option_notes(r) == {}
