@@ -29,12 +29,11 @@ def row(app: str) -> dict:
     from tailor.measure import count_syscalls
     from tailor.recipe import load
     from tailor.records.discovery import DiscoverySummary, DiscoveryTrials
-    from tailor.util import PROJECT
 
     summary = DiscoverySummary.load(DiscoverySummary.path(app))
     trials = DiscoveryTrials.load(DiscoveryTrials.path(app)).trials
     built = [t for t in trials if "same_as" not in t and t["result"] in ("pass", "fail")]
-    recipe = load(PROJECT / summary.recipe)  # recipes/<app>.yaml, or wherever the discovered recipe was
+    recipe = load(recipe_file(app))  # recipes/<app>.yaml, or wherever the discovered recipe was
     kdir = kernel.kernel_dir(kernel.kernel_identity(summary.kernel))
     calls = count_syscalls((kdir / "System.map").read_text())["real"]
     tr = summary.trace
@@ -60,6 +59,14 @@ def row(app: str) -> dict:
         # trial kernels compiled in this run: seeded from an earlier trial's tree, or from nothing
         "compiled": [{k: t.get(k) for k in ("trial", "seed", "objects", "build_s")} for t in built if "objects" in t],
     }
+
+
+def recipe_file(app: str):
+    """The recipe file *app*'s discovery was run from (as its ``discover.json`` records it)."""
+    from tailor.records.discovery import DiscoverySummary
+    from tailor.util import PROJECT
+
+    return PROJECT / DiscoverySummary.load(DiscoverySummary.path(app)).recipe
 
 
 def earlier_rows() -> list[dict]:
@@ -102,6 +109,12 @@ def main() -> int:
             for app in args.apps:
                 discover.discover(find(app))
         apps = args.apps or sorted(p.parent.name for p in (out_dir() / "discover").glob("*/discover.json"))
+        if not args.apps:  # every app discovered so far: not those whose recipe file is gone since
+            gone = [app for app in apps if not recipe_file(app).is_file()]
+            for app in gone:
+                print(f"tailor: {app}: left out, its recipe {recipe_file(app)} is gone since it was discovered",
+                      file=sys.stderr)
+            apps = [app for app in apps if app not in gone]
         rows = [row(app) for app in apps]
         if not rows:
             print("tailor: error: no discovery result yet; run `python -m tailor discover <app>`", file=sys.stderr)
