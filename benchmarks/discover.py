@@ -101,8 +101,9 @@ def main() -> int:
     parser.add_argument("apps", nargs="*", help="apps (default: every app discovered so far)")
     parser.add_argument("--run", action="store_true", help="run each app's discovery first")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the rows of apps not named from the last measurement (out/bench/discover.json, "
-                             "else the newest snapshot in docs/measurements/), each with the date it was measured")
+                        help="keep the rows of apps not measured now from the last measurement "
+                             "(out/bench/discover.json, else the newest snapshot in docs/measurements/), each with "
+                             "the date it was measured")
     args = parser.parse_args()
     try:
         if args.run:
@@ -159,8 +160,9 @@ def main() -> int:
             print(f"  bzImage {r['bzImage']} B, system calls compiled in {r['syscalls']}; hand-found kernel not "
                   f"built (doit kernel:{r['app']})")
     now = conditions()
-    if args.keep and args.apps:
-        kept = [r for r in earlier_rows() if r["app"] not in args.apps]
+    if args.keep:  # the apps not measured now: those not named, or without their discovery here
+        measured = {r["app"] for r in rows}
+        kept = [r for r in earlier_rows() if r["app"] not in measured]
         if kept:
             print(f"kept from the last measurement: {', '.join(r['app'] + ' (' + r['measured'] + ')' for r in kept)}")
         rows = sorted(rows + kept, key=lambda r: r["app"])
