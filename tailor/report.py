@@ -618,7 +618,9 @@ def discover_section(data: dict | None) -> Section:
              "the oracle) against the recipe's own, hand-found options: trial kernels built and booted (and how "
              "many of them were compiled in that run rather than found in out/kernel from an earlier one), the "
              "whole discovery's wall time, options on top of the base, bzImage and system calls compiled in; "
-             "× is the discovered figure over the hand-found one.")
+             "× is the discovered figure over the hand-found one. Candidates: the options the trace's code maps "
+             "to through object files (Makefiles), through the `#if` conditions around its source lines, and "
+             "those only the lines found.")
     if not data or not data.get("rows"):
         return _not_measured("discover", title, intro)
     rows, missing, items = [], [], []
@@ -632,6 +634,7 @@ def discover_section(data: dict | None) -> Section:
                      fmt_ratio(ratio(r["bzImage"], h.get("bzImage"))), f"{r['syscalls']} / {h.get('syscalls', '–')}",
                      ", ".join(sorted(set(r["discovered"]) - set(r["recipe"]))) or "none",
                      ", ".join(sorted(set(r["recipe"]) - set(r["discovered"]))) or "none",
+                     _candidates(r.get("mapping")),
                      (r.get("measured") or data.get("conditions", {}).get("date") or "–")[:10]])
         if not h:
             missing.append(f"{r['app']}: hand-found kernel not built; run `doit kernel:{r['app']}`")
@@ -641,8 +644,17 @@ def discover_section(data: dict | None) -> Section:
     ch = chart("bzImage: discovered and hand-found", "MB", items)
     return Section("discover", title, intro,
                    ["app", "search", "trial kernels", "wall time", "options (found / hand)", "bzImage", "by hand",
-                    "×", "system calls (found / hand)", "only found", "only by hand", "measured"], rows,
+                    "×", "system calls (found / hand)", "only found", "only by hand",
+                    "candidates (objects / #if lines / only lines)", "measured"], rows,
                    [ch] if ch else [], missing, [], True)
+
+
+def _candidates(mapping: dict | None) -> str:
+    """A discovery's candidate options by each mapping (``discover.json``'s ``mapping``), or "–" for a
+    row from before it was recorded."""
+    if not mapping:
+        return "–"
+    return " / ".join(str(len(mapping.get(k, []))) for k in ("objects", "lines", "lines_only"))
 
 
 # --------------------------------------------------------------------------

@@ -736,9 +736,11 @@ def test_discovery_section_puts_each_app_beside_its_hand_found_kernel():
     cells = {r[0]: r for r in section.rows}
     assert cells["memcached"][1] == "minimised (ddmin)"
     assert cells["redis"] == ["redis", "minimised (probdd)", "11 (9 compiled)", "25.0 min", "4 / 4", "1.41 MB", "1.40 MB", "1.01x",
-                              "262 / 263", "SWAP", "PROC_FS", "–"]
+                              "262 / 263", "SWAP", "PROC_FS", "–", "–"]
     dated = report.discover_section({"kind": "discover", "rows": [dict(row, measured="2026-12-03 14:53 UTC")]})
     assert dated.rows[0][-1] == "2026-12-03"
+    mapped = dict(row, mapping={"objects": ["EPOLL", "FUTEX", "SWAP"], "lines": ["EPOLL", "SWAP_X"], "lines_only": ["SWAP_X"]})
+    assert report.discover_section({"kind": "discover", "rows": [mapped]}).rows[0][-2] == "3 / 2 / 1"
     assert cells["nginx"][1] == "budget spent (1 untried)" and cells["nginx"][6:8] == ["–", "–"]
     assert section.missing[0] == "nginx: hand-found kernel not built; run `doit kernel:nginx`"
     assert not report.discover_section(None).rows  # nothing measured: the section says what to run
